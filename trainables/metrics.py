@@ -1,0 +1,23 @@
+"""Names of the per-epoch metrics, shared by the trainable, the driver's callbacks and export."""
+
+from __future__ import annotations
+
+EPOCH = "epoch"
+TRAIN_LOSS = "train_loss"
+TRAIN_ACC = "train_acc"
+VAL_LOSS = "val_loss"
+VAL_ACC = "val_acc"
+GENERALIZATION_GAP = "generalization_gap"
+EPOCH_TIME_S = "epoch_time_s"
+DIVERGED = "diverged"
+
+#: Metrics a study may optimise, with the direction that makes sense for each.
+OBJECTIVES = {
+    VAL_LOSS: "min",
+    VAL_ACC: "max",
+    TRAIN_LOSS: "min",
+    TRAIN_ACC: "max",
+    GENERALIZATION_GAP: "min",
+}
+#: Metrics only classification datasets report.
+CLASSIFICATION_ONLY = {TRAIN_ACC, VAL_ACC}

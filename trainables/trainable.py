@@ -1,0 +1,63 @@
+"""The Ray Tune function trainable: config -> model -> epochs -> `tune.report` + checkpoint.
+
+The only module of `trainables` that imports Ray. The dataset arrives once through the object
+store (`tune.with_parameters`); what to train and for how long arrives as `TrialSettings`, so the
+trial's config holds nothing but its hyperparameters.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+import torch
+from ray import tune
+
+from trainables import metrics as m
+from trainables.data import Dataset
+from trainables.loop import TrainingRun
+
+CHECKPOINT_FILE = "state.pt"
+
+
+@dataclass(frozen=True)
+class TrialSettings:
+    """What every trial of a study shares: the model family, the epoch budget, seed and CPUs."""
+
+    model: str
+    max_epochs: int
+    seed: int = 0
+    cpus: float = 1.0
+
+
+def trial_device() -> torch.device:
+    """CUDA when Ray gave this trial a GPU (Ray sets CUDA_VISIBLE_DEVICES), else CPU."""
+    if ray.get_gpu_ids() and torch.cuda.is_available():
+        return torch.device("cuda", 0)
+    return torch.device("cpu")
+
+
+def train_trial(config: dict[str, Any], data: Dataset, settings: TrialSettings) -> None:
+    """Train one trial, reporting every epoch with a checkpoint that resumes it exactly."""
+    device = trial_device()
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, int(settings.cpus)))
+    run = TrainingRun(settings.model, config, data, device=device, seed=settings.seed)
+
+    checkpoint = tune.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as folder:
+            state = torch.load(Path(folder) / CHECKPOINT_FILE, map_location=device)
+        run.load_state_dict(state)
+
+    while run.epoch < settings.max_epochs:
+        result = run.run_epoch()
+        if result.get(m.DIVERGED):
+            tune.report(result)  # no checkpoint of a diverged model; the trial ends here
+            return
+        with tempfile.TemporaryDirectory() as folder:
+            torch.save(run.state_dict(), Path(folder) / CHECKPOINT_FILE)
+            tune.report(result, checkpoint=tune.Checkpoint.from_directory(folder))

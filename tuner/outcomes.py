@@ -1,0 +1,60 @@
+"""How a trial ended and which of its epochs was best: one definition for the whole driver.
+
+The searcher, the progress display, the summary and (later) tracking and export all call these,
+so "best" and "stopped by ASHA" mean the same thing everywhere.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+from trainables import metrics as m
+
+COMPLETED = "completed"
+STOPPED_BY_ASHA = "stopped_by_asha"
+STOPPED_ON_OVERFIT = "stopped_on_overfit"
+ERRORED = "errored"
+STATUSES = (COMPLETED, STOPPED_BY_ASHA, STOPPED_ON_OVERFIT, ERRORED)
+
+
+def trial_status(
+    last_result: dict[str, Any] | None,
+    max_epochs: int,
+    *,
+    errored: bool = False,
+    stopped_on_overfit: bool = False,
+) -> str:
+    """completed (ran its budget, or ended itself by diverging), stopped_by_asha, ... or errored."""
+    if errored:
+        return ERRORED
+    if stopped_on_overfit:
+        return STOPPED_ON_OVERFIT
+    if not last_result:
+        return STOPPED_BY_ASHA  # stopped before it reported anything
+    if last_result.get(m.DIVERGED) or last_result.get(m.EPOCH, 0) >= max_epochs:
+        return COMPLETED
+    return STOPPED_BY_ASHA
+
+
+def never_stopped(trial_id: str) -> bool:
+    """The overfit check of a study without `scheduler.stop_on_overfit` (picklable, unlike a lambda)."""
+    return False
+
+
+def is_finite(value: Any) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)
+
+
+def best_epoch(history: Iterable[dict[str, Any]], metric: str, mode: str) -> dict[str, Any] | None:
+    """The epoch's result with the best finite `metric` (earliest on ties), or None."""
+    rows = [r for r in history if is_finite(r.get(metric))]
+    if not rows:
+        return None
+    sign = 1 if mode == "min" else -1
+    return min(rows, key=lambda r: (sign * r[metric], r.get(m.EPOCH, 0)))
+
+
+def is_better(value: float, than: float | None, mode: str) -> bool:
+    return than is None or (value < than if mode == "min" else value > than)

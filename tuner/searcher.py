@@ -1,0 +1,77 @@
+"""Ray Tune's OptunaSearch, telling Optuna the truth about trials ASHA stopped.
+
+Ray's stock searcher never reports the result on which a scheduler stops a trial, and then tells
+Optuna the trial COMPLETED with that truncated value, as if a 2-epoch curve were a finished run.
+TPE then learns from values that mean different things. Here:
+
+- every epoch's objective is reported as an intermediate value (step = epoch), the last one too;
+- a trial that ran its whole budget (or was stopped for overfitting) is COMPLETE, valued at its
+  best epoch;
+- a trial stopped early by the scheduler is PRUNED, keeping its partial curve;
+- a diverged trial is PRUNED with its finite values, an errored one FAIL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from optuna.trial import TrialState
+from ray.tune.search.optuna import OptunaSearch
+
+from trainables import metrics as m
+from tuner import outcomes
+
+
+class TruthfulOptunaSearch(OptunaSearch):
+    """OptunaSearch that reports full curves and tells Optuna PRUNED for early-stopped trials."""
+
+    def __init__(
+        self,
+        *args: Any,
+        max_epochs: int,
+        stopped_on_overfit: Callable[[str], bool] | None = None,
+        **kwargs: Any,
+    ):
+        super().__init__(*args, **kwargs)
+        self._max_epochs = max_epochs
+        self._stopped_on_overfit = stopped_on_overfit or outcomes.never_stopped
+        self._curves: dict[str, dict[int, float]] = {}
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        self._report(trial_id, result)
+
+    def on_trial_complete(
+        self, trial_id: str, result: dict | None = None, error: bool = False
+    ) -> None:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        if result:
+            self._report(trial_id, result)  # the stopping result never went through on_trial_result
+        state, value = self._verdict(trial_id, result, error)
+        self._ot_study.tell(self._ot_trials[trial_id], value, state=state)
+        self._completed_trials.add(trial_id)
+        self._curves.pop(trial_id, None)
+
+    def _report(self, trial_id: str, result: dict) -> None:
+        curve = self._curves.setdefault(trial_id, {})
+        step, value = result.get(m.EPOCH), result.get(self.metric)
+        if step is None or step in curve or not outcomes.is_finite(value):
+            return
+        curve[step] = float(value)
+        self._ot_trials[trial_id].report(float(value), int(step))
+
+    def _verdict(
+        self, trial_id: str, result: dict | None, error: bool
+    ) -> tuple[TrialState, float | None]:
+        curve = self._curves.get(trial_id, {})
+        if error or not curve:
+            return TrialState.FAIL, None
+        status = outcomes.trial_status(
+            result, self._max_epochs, stopped_on_overfit=self._stopped_on_overfit(trial_id)
+        )
+        diverged = bool(result and result.get(m.DIVERGED))
+        if status == outcomes.STOPPED_BY_ASHA or diverged:
+            return TrialState.PRUNED, None
+        best = min(curve.values()) if self.mode == "min" else max(curve.values())
+        return TrialState.COMPLETE, best

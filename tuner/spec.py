@@ -1,0 +1,301 @@
+"""The job spec: one typed, validated model per section, loaded from YAML with `--set` overrides.
+
+Everything a study does is decided here, before Ray starts: unknown keys, wrong types and
+impossible values raise `SpecError` naming the key, the value and the rule. Relative paths written
+in a spec file are resolved against that file's folder; paths from `--set` and the defaults,
+against the working directory. The resolved spec (all paths absolute) is what the study saves.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from trainables import metrics as m
+from trainables.data import DATASETS
+from trainables.models import MODELS
+from tuner.errors import SpecError
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
+
+
+class Section(BaseModel):
+    """A spec section: unknown keys are errors, values are not silently coerced."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class DatasetSpec(Section):
+    name: str  # digits | mnist_sample | mnist | mnist1d | table
+    path: str | None = None  # mnist: IDX folder; table: CSV or Parquet file
+    target: str | None = None  # table: the target column
+    window: int | None = Field(None, ge=2)  # table: rows per sliding window (sequence models)
+    val_fraction: float = Field(0.2, gt=0, lt=1)  # share held out for validation
+    seed: int = 0  # seeds the train/validation split
+
+    @field_validator("name")
+    @classmethod
+    def _registered(cls, name: str) -> str:
+        if name not in DATASETS:
+            raise ValueError(f"must be one of {DATASETS.names()}")
+        return name
+
+
+class ObjectiveSpec(Section):
+    metric: str = m.VAL_LOSS  # what the search optimises, at each trial's best epoch
+    mode: Literal["min", "max"] | None = None  # default: the metric's natural direction
+
+    @model_validator(mode="after")
+    def _direction(self) -> ObjectiveSpec:
+        if self.metric not in m.OBJECTIVES:
+            raise ValueError(
+                f"objective.metric must be one of {list(m.OBJECTIVES)} but got {self.metric!r}"
+            )
+        natural = m.OBJECTIVES[self.metric]
+        if self.mode is None:
+            self.mode = natural
+        elif self.mode != natural:
+            raise ValueError(
+                f"objective.mode must be {natural!r} for {self.metric} but got {self.mode!r} "
+                "(that would search for the worst model)"
+            )
+        return self
+
+
+class SearchSpec(Section):
+    algorithm: Literal["tpe", "random", "cmaes", "qmc"] = "tpe"  # the Optuna sampler
+    num_samples: int = Field(32, ge=1)  # trials in the study
+    max_concurrent: int = Field(4, ge=1)  # trials running at once
+    seed: int = 0  # seeds the sampler and every trial's initialisation
+    storage: str | None = None  # Optuna RDB URL; default: optuna.db beside the tracking store
+
+
+class OverfitStopSpec(Section):
+    patience: int = Field(ge=1)  # epochs without a new best val_loss before the trial stops
+    min_delta: float = Field(0.0, ge=0)  # how much lower counts as a new best
+
+
+class SchedulerSpec(Section):
+    name: Literal["asha", "fifo"] = "asha"
+    max_epochs: int = Field(20, ge=1)  # epochs of a trial that is never stopped early
+    grace_period: int = Field(1, ge=1)  # ASHA: epochs before a trial can be stopped
+    reduction_factor: float = Field(3.0, gt=1)  # ASHA: keep 1/reduction_factor at each rung
+    stop_on_overfit: OverfitStopSpec | None = None
+
+    @model_validator(mode="after")
+    def _grace_within_budget(self) -> SchedulerSpec:
+        if self.grace_period > self.max_epochs:
+            raise ValueError(
+                f"scheduler.grace_period must be at most scheduler.max_epochs "
+                f"({self.max_epochs}) but got {self.grace_period}"
+            )
+        return self
+
+
+class ResourcesSpec(Section):
+    cpu: float = Field(1.0, gt=0)  # CPUs per trial (torch threads on CPU)
+    gpu: float = Field(0.0, ge=0)  # GPUs per trial; a fraction shares one GPU between trials
+
+    @field_validator("gpu")
+    @classmethod
+    def _whole_above_one(cls, gpu: float) -> float:
+        if gpu > 1 and gpu != int(gpu):
+            raise ValueError("must be a fraction up to 1 or a whole number of GPUs")
+        return gpu
+
+
+class TrackingSpec(Section):
+    uri: str = "sqlite:///mlflow.db"  # MLflow tracking URI: SQLite file or http(s) server
+    experiment: str | None = None  # default: the study name
+
+
+class FailureSpec(Section):
+    max_retries: int = Field(2, ge=0)  # retries of a failing trial, from its last checkpoint
+
+
+class JobSpec(Section):
+    name: str = Field(pattern=NAME_PATTERN)  # study: MLflow experiment, Ray run, Optuna study
+    model: str  # mlp | cnn | lstm
+    dataset: DatasetSpec
+    search_space: str | dict[str, Any] | None = None  # name, YAML path or mapping; default: model
+    objective: ObjectiveSpec = ObjectiveSpec()
+    search: SearchSpec = SearchSpec()
+    scheduler: SchedulerSpec = SchedulerSpec()
+    resources: ResourcesSpec = ResourcesSpec()
+    tracking: TrackingSpec = TrackingSpec()
+    storage: str = "./tuner-results"  # Ray results and checkpoints
+    failure: FailureSpec = FailureSpec()
+
+    @field_validator("model")
+    @classmethod
+    def _registered(cls, model: str) -> str:
+        if model not in MODELS:
+            raise ValueError(f"must be one of {MODELS.names()}")
+        return model
+
+    @model_validator(mode="after")
+    def _defaults_from_name(self) -> JobSpec:
+        if self.search_space is None:
+            self.search_space = self.model
+        if self.tracking.experiment is None:
+            self.tracking.experiment = self.name
+        return self
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_spec(path: str | Path, overrides: list[str] | None = None) -> JobSpec:
+    """Read a YAML spec file, apply `--set` overrides, validate, make paths absolute."""
+    file = Path(path)
+    if not file.is_file():
+        raise SpecError(f"spec file {str(path)!r} does not exist")
+    try:
+        raw = yaml.safe_load(file.read_text())
+    except yaml.YAMLError as exc:
+        raise SpecError(f"spec file {str(path)!r} is not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise SpecError(f"spec file {str(path)!r} must hold a mapping of keys, got {raw!r}")
+    return spec_from_dict(raw, base_dir=file.resolve().parent, overrides=overrides)
+
+
+def spec_from_dict(
+    raw: dict[str, Any], base_dir: Path | None = None, overrides: list[str] | None = None
+) -> JobSpec:
+    """Validate a spec given as a mapping; `base_dir` anchors the relative paths written in it."""
+    raw = resolve_paths(dict(raw), base_dir or Path.cwd())
+    for override in overrides or []:
+        apply_override(raw, override)
+    try:
+        spec = JobSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise SpecError(format_validation_error(exc)) from None
+    spec = JobSpec.model_validate(resolve_paths(spec.model_dump(), Path.cwd()))
+    if spec.search.storage is None:
+        spec.search.storage = default_optuna_storage(spec.tracking.uri)
+    return spec
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`scheduler.max_epochs=5` -> (["scheduler", "max_epochs"], 5); the value is typed by YAML."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise SpecError(f"--set {text!r} must have the form dotted.key=value")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError as exc:
+        raise SpecError(f"--set {key}: value {value!r} is not valid YAML: {exc}") from None
+    return key.strip().split("."), parsed
+
+
+def apply_override(raw: dict[str, Any], text: str) -> None:
+    """Set one dotted key in the raw spec mapping, creating sections as needed."""
+    keys, value = parse_override(text)
+    node = raw
+    for depth, key in enumerate(keys[:-1]):
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            prefix = ".".join(keys[: depth + 1])
+            raise SpecError(
+                f"--set {'.'.join(keys)}: {prefix} is {child!r}, not a mapping, so it has no "
+                f"key {keys[depth + 1]!r}"
+            )
+        node = child
+    node[keys[-1]] = value
+
+
+# --------------------------------------------------------------------------- paths
+
+_SQLITE = "sqlite:///"
+
+
+def absolute_sqlite_url(url: str, base: Path) -> str:
+    """`sqlite:///x.db` (relative to `base`) -> `sqlite:////abs/x.db`; other URLs unchanged."""
+    if not url.startswith(_SQLITE):
+        return url
+    path = Path(url[len(_SQLITE) :])
+    return url if path.is_absolute() or str(path) == ":memory:" else _SQLITE + str(base / path)
+
+
+def _absolute_path(value: str, base: Path) -> str:
+    if "://" in value or Path(value).is_absolute():
+        return value
+    return str((base / value).resolve())
+
+
+def _looks_like_path(value: str) -> bool:
+    return value.endswith((".yaml", ".yml")) or "/" in value
+
+
+def resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
+    """Anchor every relative path of a raw spec mapping at `base`; leaves other values alone."""
+    base = base.resolve()
+    sections = {k: raw.get(k) for k in ("dataset", "tracking", "search")}
+    if isinstance(sections["dataset"], dict) and isinstance(sections["dataset"].get("path"), str):
+        raw["dataset"] = {**sections["dataset"], "path": _absolute_path(sections["dataset"]["path"], base)}
+    for section, key in (("tracking", "uri"), ("search", "storage")):
+        value = sections[section]
+        if isinstance(value, dict) and isinstance(value.get(key), str):
+            raw[section] = {**value, key: absolute_sqlite_url(value[key], base)}
+    if isinstance(raw.get("storage"), str):
+        raw["storage"] = _absolute_path(raw["storage"], base)
+    space = raw.get("search_space")
+    if isinstance(space, str) and _looks_like_path(space):
+        raw["search_space"] = _absolute_path(space, base)
+    return raw
+
+
+def default_optuna_storage(tracking_uri: str) -> str:
+    """`optuna.db` beside a SQLite tracking store, else in the working directory."""
+    if tracking_uri.startswith(_SQLITE):
+        folder = Path(tracking_uri[len(_SQLITE) :]).parent
+    else:
+        folder = Path.cwd()
+    return _SQLITE + str(folder.resolve() / "optuna.db")
+
+
+# --------------------------------------------------------------------------- error messages
+
+
+def _fields_at(loc: tuple) -> list[str]:
+    """The valid keys of the spec section at `loc`, for 'unknown key' messages."""
+    model: type[BaseModel] = JobSpec
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        annotation = getattr(field, "annotation", None)
+        candidates = [annotation, *getattr(annotation, "__args__", ())]
+        nested = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
+        if not nested:
+            return []
+        model = nested[0]
+    return list(model.model_fields)
+
+
+def _describe_error(err: dict[str, Any]) -> str:
+    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and re.match(r"^[a-z]+\[", p)))
+    key = ".".join(str(p) for p in loc) or "spec"
+    value = err.get("input")
+    if err["type"] == "extra_forbidden":
+        valid = _fields_at(loc[:-1])
+        hint = f"; valid keys here: {', '.join(valid)}" if valid else ""
+        return f"{key} is not a known key (value {value!r}){hint}"
+    if err["type"] == "missing":
+        return f"{key} is required and has no default"
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    if msg.startswith(key):  # validator messages that already name their key
+        return msg
+    msg = msg.replace("Input should be", "must be").replace("String should", "must")
+    return f"{key} {msg[0].lower()}{msg[1:]} but got {value!r}"
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """One readable paragraph out of pydantic's errors, de-duplicated."""
+    lines = list(dict.fromkeys(_describe_error(e) for e in exc.errors()))
+    return "invalid job spec: " + "; ".join(lines)

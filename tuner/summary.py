@@ -1,0 +1,71 @@
+"""What a finished study prints and leaves in its results folder."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import yaml
+from rich.table import Table
+
+from trainables import metrics as m
+from tuner import outcomes
+from tuner.export import exported_config, plain
+
+if TYPE_CHECKING:
+    from tuner.study import StudyResult
+
+TRIALS_FILE = "trials.csv"
+BEST_CONFIG_FILE = "best-config.yaml"
+
+
+def best_config(result: StudyResult) -> dict[str, Any] | None:
+    best = result.best
+    return None if best is None else exported_config(result.spec, best, 1, result.execution)
+
+
+def save_results(result: StudyResult) -> None:
+    """trials.csv (one row per trial, best first) and best-config.yaml beside Ray's results."""
+    result.results_path.mkdir(parents=True, exist_ok=True)
+    result.trials.to_csv(result.results_path / TRIALS_FILE, index=False)
+    config = best_config(result)
+    if config:
+        (result.results_path / BEST_CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def summary_lines(result: StudyResult) -> list[str]:
+    spec, counts = result.spec, result.status_counts()
+    metric = spec.objective.metric
+    epochs = int(result.trials["epochs"].sum()) if len(result.trials) else 0
+    budget = len(result.trials) * spec.scheduler.max_epochs
+    statuses = ", ".join(f"{counts[s]} {s}" for s in outcomes.STATUSES if counts.get(s))
+    lines = [
+        f"Study {result.execution}: {len(result.trials)} trials in {result.wall_time_s:.0f}s "
+        f"({statuses}); {epochs} epochs trained of {budget} without early stopping",
+    ]
+    best = result.best
+    if best is None:
+        lines.append(f"No trial produced a finite {metric}.")
+        return lines
+    val_acc = plain(best.get("best_val_acc"))
+    acc = f", val_acc {val_acc:.4f}" if val_acc is not None else ""
+    lines.append(
+        f"Best: trial {int(best['trial'])} at epoch {int(best['best_epoch'])}: "
+        f"val_loss {best['best_val_loss']:.4f}{acc} ({metric} is the objective, "
+        f"{spec.objective.mode}imised at each trial's best epoch)"
+    )
+    return lines
+
+
+def top_table(result: StudyResult, rows: int = 5) -> Table:
+    table = Table("rank", "trial", "status", "best epoch", m.VAL_LOSS, m.VAL_ACC, "gap", title="Top trials")
+    for rank, (_, row) in enumerate(result.trials.head(rows).iterrows(), start=1):
+        if plain(row["best_epoch"]) is None:  # no finite result
+            continue
+        acc = plain(row.get("best_val_acc"))
+        table.add_row(
+            str(rank), str(int(row["trial"])), row["status"], str(int(row["best_epoch"])),
+            f"{row['best_val_loss']:.4f}",
+            "-" if acc is None else f"{acc:.4f}",
+            f"{row['best_generalization_gap']:.4f}",
+        )
+    return table
