@@ -3,8 +3,8 @@
 Every loader returns a `Dataset` whose inputs have one of three layouts, so that each model family
 can consume any compatible dataset:
 
-- ``image``: ``(N, C, H, W)``; the MLP flattens it, the CNN convolves it, the LSTM reads it row by row.
-- ``sequence``: ``(N, T, F)``; MLP flattens, CNN convolves along T with F channels, LSTM reads T steps.
+- ``image``: ``(N, C, H, W)``; the MLP flattens it, the CNN convolves it, the LSTM reads its rows.
+- ``sequence``: ``(N, T, F)``; MLP flattens, CNN convolves along T (F channels), LSTM reads T steps.
 - ``vector``: ``(N, F)``; only the MLP takes it (set ``dataset.window`` for sequence models).
 
 Inputs are standardised with statistics of the training split only. Classification splits are
@@ -44,7 +44,7 @@ class DataOptions:
 
 @dataclass
 class Dataset:
-    """A train/validation split as float32 inputs and int64 (classes) or float32 (regression) targets."""
+    """A train/validation split: float32 inputs, int64 (classes) or float32 (regression) targets."""
 
     name: str
     layout: Layout
@@ -237,9 +237,7 @@ def load_mnist(options: DataOptions) -> Dataset:
             f"dataset.path: {options.path!r}: images {images.shape} and labels {labels.shape} "
             "do not match; expected (N, H, W) images and N labels"
         )
-    return classification_dataset(
-        "mnist", "image", images[:, None, :, :] / 255.0, labels, options
-    )
+    return classification_dataset("mnist", "image", images[:, None, :, :] / 255.0, labels, options)
 
 
 _describe("mnist", "full MNIST from a local folder of the standard IDX files (dataset.path)")

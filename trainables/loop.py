@@ -45,8 +45,15 @@ def make_optimizer(params, hp: dict[str, Any]) -> torch.optim.Optimizer:
     raise ValueError(f"optimizer {name!r} is unknown; choose one of: {', '.join(OPTIMIZERS)}")
 
 
+class RegressionLoss(nn.MSELoss):
+    """MSE of a (N, 1) prediction against a (N,) target (plain MSELoss would broadcast to N x N)."""
+
+    def forward(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return super().forward(prediction.squeeze(-1), target)
+
+
 def loss_function(task: str) -> nn.Module:
-    return nn.CrossEntropyLoss() if task == "classification" else nn.MSELoss()
+    return nn.CrossEntropyLoss() if task == "classification" else RegressionLoss()
 
 
 @dataclass
@@ -139,13 +146,20 @@ class TrainingRun:
         t = self.tensors
         start = time.perf_counter()
         train_epoch(
-            self.model, self.optimizer, self.loss_fn, t.x_train, t.y_train,
-            self.batch_size, self.generator,
+            self.model,
+            self.optimizer,
+            self.loss_fn,
+            t.x_train,
+            t.y_train,
+            self.batch_size,
+            self.generator,
         )
         train_loss, train_acc = evaluate(
             self.model, self.loss_fn, t.x_train, t.y_train, self.classification
         )
-        val_loss, val_acc = evaluate(self.model, self.loss_fn, t.x_val, t.y_val, self.classification)
+        val_loss, val_acc = evaluate(
+            self.model, self.loss_fn, t.x_val, t.y_val, self.classification
+        )
         self.epoch += 1
         result = {
             m.EPOCH: self.epoch,

@@ -38,7 +38,11 @@ class ModelFamily:
     description: str
 
     def build(
-        self, hparams: dict[str, Any], sample_shape: tuple[int, ...], layout: Layout, output_dim: int
+        self,
+        hparams: dict[str, Any],
+        sample_shape: tuple[int, ...],
+        layout: Layout,
+        output_dim: int,
     ) -> nn.Module:
         if layout not in self.layouts:
             raise ValueError(
@@ -63,7 +67,11 @@ def register_model(
 
 
 def build_model(
-    name: str, hparams: dict[str, Any], sample_shape: tuple[int, ...], layout: Layout, output_dim: int
+    name: str,
+    hparams: dict[str, Any],
+    sample_shape: tuple[int, ...],
+    layout: Layout,
+    output_dim: int,
 ) -> nn.Module:
     """Build the named model for inputs of `sample_shape` and `output_dim` outputs."""
     return MODELS.get(name).build(hparams, sample_shape, layout, output_dim)
@@ -90,7 +98,9 @@ def activation(name: str) -> nn.Module:
     },
     description="dense layers with activation and dropout (784 -> 128 -> 10 on MNIST by default)",
 )
-def build_mlp(hp: dict, sample_shape: tuple[int, ...], layout: Layout, output_dim: int) -> nn.Module:
+def build_mlp(
+    hp: dict, sample_shape: tuple[int, ...], layout: Layout, output_dim: int
+) -> nn.Module:
     layers: list[nn.Module] = [nn.Flatten()]
     width = math.prod(sample_shape)
     for _ in range(int(hp["num_layers"])):
@@ -116,7 +126,7 @@ class SequenceToChannels(nn.Module):
 def conv_block(
     in_ch: int, out_ch: int, hp: dict, spatial: tuple[int, ...], dims: int
 ) -> tuple[list[nn.Module], tuple[int, ...]]:
-    """Conv -> (BN) -> activation -> (pool) -> dropout; returns the layers and the new spatial size."""
+    """Conv -> (BN) -> activation -> (pool) -> dropout; the layers and the new spatial size."""
     conv = nn.Conv2d if dims == 2 else nn.Conv1d
     norm = nn.BatchNorm2d if dims == 2 else nn.BatchNorm1d
     kernel = int(hp["kernel_size"])
@@ -152,7 +162,9 @@ def conv_block(
     },
     description="conv blocks (channels double per block, pooling), then a dense head",
 )
-def build_cnn(hp: dict, sample_shape: tuple[int, ...], layout: Layout, output_dim: int) -> nn.Module:
+def build_cnn(
+    hp: dict, sample_shape: tuple[int, ...], layout: Layout, output_dim: int
+) -> nn.Module:
     if layout == "image":
         in_ch, *spatial = sample_shape
         layers: list[nn.Module] = []

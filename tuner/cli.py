@@ -1,4 +1,4 @@
-"""`tuner`: parse, call the library, print, map errors to exit codes (0 ok, 1 failed, 2 usage/spec)."""
+"""`tuner`: parse, call the library, print; exit codes 0 ok, 1 failed, 2 usage or spec error."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from rich.table import Table
 from tuner.errors import NotAvailableError, SpecError, TunerError
 
 app = typer.Typer(
-    help="Distributed hyperparameter tuning for PyTorch: Ray Tune + Optuna + ASHA, tracked in MLflow.",
+    help="Hyperparameter tuning for PyTorch: Ray Tune + Optuna + ASHA, tracked in MLflow.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -31,6 +31,7 @@ SetOption = Annotated[
     list[str] | None,
     typer.Option("--set", help="Override a spec key: dotted.key=value (YAML-typed). Repeatable."),
 ]
+OutOption = Annotated[Path | None, typer.Option("--out", help="Where to write.")]
 AddressOption = Annotated[
     str | None,
     typer.Option(help="Ray cluster: 'auto' or ray://HEAD:10001. Default: a local Ray."),
@@ -45,10 +46,10 @@ def handle_errors(command: Callable) -> Callable:
         try:
             return command(*args, **kwargs)
         except SpecError as exc:
-            err.print(f"[bold red]error:[/] {exc}", highlight=False)
+            err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except TunerError as exc:
-            err.print(f"[bold red]error:[/] {exc}", highlight=False)
+            err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             err.print("[yellow]interrupted[/]")
@@ -57,8 +58,9 @@ def handle_errors(command: Callable) -> Callable:
             if os.environ.get("TUNER_DEBUG"):
                 traceback.print_exc()
             err.print(
-                f"[bold red]error:[/] {type(exc).__name__}: {exc} (set TUNER_DEBUG=1 for the traceback)",
+                f"[bold red]error:[/] {type(exc).__name__}: {exc} (TUNER_DEBUG=1: traceback)",
                 highlight=False,
+                soft_wrap=True,
             )
             raise typer.Exit(1) from None
 
@@ -77,8 +79,10 @@ def run_and_report(spec_path: Path, overrides: list[str] | None, address: str | 
     from tuner.study import require_success, run_study
 
     spec = load_spec(spec_path, overrides)
-    out.print(f"[bold]{spec.name}[/]: {spec.model} on {spec.dataset.name}, "
-              f"{spec.search.num_samples} trials ({spec.search.algorithm} + {spec.scheduler.name})")
+    out.print(
+        f"[bold]{spec.name}[/]: {spec.model} on {spec.dataset.name}, "
+        f"{spec.search.num_samples} trials ({spec.search.algorithm} + {spec.scheduler.name})"
+    )
     result = run_study(spec, address=address, show_progress=True)
     print_summary(result)
     require_success(result)
@@ -106,19 +110,23 @@ def print_summary(result) -> None:
     """The best trial (its best epoch), the ranking, and where everything is."""
     from tuner.summary import best_config, summary_lines, top_table
 
-    spec = result.spec
     out.print()
     for line in summary_lines(result):
-        out.print(line, highlight=False)
+        out.print(line, highlight=False, soft_wrap=True)
     best = result.best
     if best is None:
         return
     out.print(top_table(result, rows=5))
     out.print("[bold]Best config[/] (train it to its best epoch):")
-    out.print(yaml.safe_dump(best_config(result), sort_keys=False).rstrip(), highlight=False)
     out.print(
-        f"\nResults: {result.results_path} (trials.csv, best-config.yaml, {Path(spec.storage).name} "
-        f"checkpoints, tuner.log)\nOptuna study {result.execution!r} in {spec.search.storage}",
+        yaml.safe_dump(best_config(result), sort_keys=False).rstrip(),
+        highlight=False,
+        soft_wrap=True,
+    )
+    out.print(
+        f"\nResults, per-trial checkpoints and logs: {result.results_path}\n"
+        f"  trials.csv (every trial, best first), best-config.yaml, tuner.log\n"
+        f"Optuna study {result.execution!r}: {result.spec.search.storage}",
         highlight=False,
     )
 
@@ -160,7 +168,7 @@ def spaces() -> None:
 
     for name in search_spaces.names():
         out.print(f"[bold]{name}[/] ({search_spaces.path_of(name)})")
-        out.print(search_spaces.path_of(name).read_text().rstrip(), highlight=False)
+        out.print(search_spaces.path_of(name).read_text().rstrip(), highlight=False, soft_wrap=True)
         out.print()
 
 
@@ -173,7 +181,9 @@ def _not_yet(feature: str) -> None:
 
 @app.command()
 @handle_errors
-def submit(spec: Path, address: str = typer.Option(..., help="http://HEAD:8265"), set_: SetOption = None) -> None:
+def submit(
+    spec: Path, address: str = typer.Option(..., help="http://HEAD:8265"), set_: SetOption = None
+) -> None:
     """Submit the study to a Ray cluster as a Ray Job; prints the job id."""
     _not_yet("tuner submit")
 
@@ -215,7 +225,12 @@ def list_studies() -> None:
 
 @app.command()
 @handle_errors
-def export(study: str, top_k: int = 1, format: str = "yaml", out_path: Path | None = typer.Option(None, "--out")) -> None:
+def export(
+    study: str,
+    top_k: int = 1,
+    format: str = "yaml",
+    out_path: OutOption = None,
+) -> None:
     """The best config(s) of a study as files `tuner train` accepts."""
     _not_yet("tuner export")
 
@@ -229,7 +244,7 @@ def train(config: Path, epochs: int | None = None) -> None:
 
 @app.command()
 @handle_errors
-def report(study: str, out_path: Path | None = typer.Option(None, "--out")) -> None:
+def report(study: str, out_path: OutOption = None) -> None:
     """The study's HTML dashboard."""
     _not_yet("tuner report")
 

@@ -1,4 +1,4 @@
-"""Best configs out of a study, in the format `tuner train` reads (see SPEC.md, "Exported config")."""
+"""Best configs out of a study, in the format `tuner train` reads (SPEC.md, "Exported config")."""
 
 from __future__ import annotations
 

@@ -39,7 +39,7 @@ def trial_status(
 
 
 def never_stopped(trial_id: str) -> bool:
-    """The overfit check of a study without `scheduler.stop_on_overfit` (picklable, unlike a lambda)."""
+    """The overfit check of a study without `scheduler.stop_on_overfit` (a lambda won't pickle)."""
     return False
 
 

@@ -22,8 +22,14 @@ from trainables import metrics as m
 from tuner import outcomes
 
 REPORTED = (
-    m.EPOCH, m.TRAIN_LOSS, m.TRAIN_ACC, m.VAL_LOSS, m.VAL_ACC,
-    m.GENERALIZATION_GAP, m.EPOCH_TIME_S, m.DIVERGED,
+    m.EPOCH,
+    m.TRAIN_LOSS,
+    m.TRAIN_ACC,
+    m.VAL_LOSS,
+    m.VAL_ACC,
+    m.GENERALIZATION_GAP,
+    m.EPOCH_TIME_S,
+    m.DIVERGED,
 )
 
 
@@ -122,7 +128,10 @@ class StudyRecorder(Callback):
         best: tuple[TrialRecord, dict[str, float]] | None = None
         for record in self.trials.values():
             row = record.best(self.metric, self.mode)
-            if row and (best is None or outcomes.is_better(row[self.metric], best[1][self.metric], self.mode)):
+            if row and (
+                best is None
+                or outcomes.is_better(row[self.metric], best[1][self.metric], self.mode)
+            ):
                 best = (record, row)
         return best
 

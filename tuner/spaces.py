@@ -179,6 +179,7 @@ def _first_error(exc: ValidationError) -> str:
 
 def check_condition(name: str, when: Condition | None, params: dict[str, Any], where: str) -> None:
     """`when` must name existing categorical entries and values among their choices."""
+    categoricals = [n for n, p in params.items() if isinstance(p, CategoricalParam)]
     for parent, wanted in (when or {}).items():
         key = f"{where}.{name}.when.{parent}"
         if parent == name:
@@ -186,7 +187,7 @@ def check_condition(name: str, when: Condition | None, params: dict[str, Any], w
         if not isinstance(params.get(parent), CategoricalParam):
             raise SpecError(
                 f"{key}: {parent!r} must be a categorical entry of the space "
-                f"(categoricals: {[n for n, p in params.items() if isinstance(p, CategoricalParam)]})"
+                f"(categoricals: {categoricals})"
             )
         for value in wanted if isinstance(wanted, list) else [wanted]:
             if value not in params[parent].choices:
@@ -241,7 +242,7 @@ SAMPLERS = ("tpe", "random", "cmaes", "qmc")
 
 
 def make_sampler(algorithm: str, seed: int) -> optuna.samplers.BaseSampler:
-    """An Optuna sampler by name, seeded; TPE is multivariate and lies constantly for parallelism."""
+    """An Optuna sampler by name, seeded; TPE multivariate, with a constant liar for parallelism."""
     if algorithm == "tpe":
         return optuna.samplers.TPESampler(
             seed=seed, multivariate=True, group=True, constant_liar=True
@@ -250,7 +251,9 @@ def make_sampler(algorithm: str, seed: int) -> optuna.samplers.BaseSampler:
         return optuna.samplers.RandomSampler(seed=seed)
     if algorithm == "cmaes":  # categorical entries fall back to an independent random sampler
         return optuna.samplers.CmaEsSampler(
-            seed=seed, independent_sampler=optuna.samplers.RandomSampler(seed=seed), warn_independent_sampling=False
+            seed=seed,
+            independent_sampler=optuna.samplers.RandomSampler(seed=seed),
+            warn_independent_sampling=False,
         )
     if algorithm == "qmc":
         return optuna.samplers.QMCSampler(seed=seed, warn_independent_sampling=False)

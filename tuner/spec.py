@@ -239,7 +239,10 @@ def resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
     base = base.resolve()
     sections = {k: raw.get(k) for k in ("dataset", "tracking", "search")}
     if isinstance(sections["dataset"], dict) and isinstance(sections["dataset"].get("path"), str):
-        raw["dataset"] = {**sections["dataset"], "path": _absolute_path(sections["dataset"]["path"], base)}
+        raw["dataset"] = {
+            **sections["dataset"],
+            "path": _absolute_path(sections["dataset"]["path"], base),
+        }
     for section, key in (("tracking", "uri"), ("search", "storage")):
         value = sections[section]
         if isinstance(value, dict) and isinstance(value.get(key), str):

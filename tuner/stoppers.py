@@ -1,4 +1,4 @@
-"""`scheduler.stop_on_overfit`: stop a trial whose val loss has not improved for `patience` epochs."""
+"""`scheduler.stop_on_overfit`: stop a trial whose val loss has not improved for N epochs."""
 
 from __future__ import annotations
 

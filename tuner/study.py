@@ -98,8 +98,13 @@ def check_model_builds(model: str, space: SearchSpace, dataset: Dataset) -> None
         if isinstance(param, CategoricalParam):
             probes += [{**space.constants, name: choice} for choice in param.choices]
     tiny = Dataset(
-        dataset.name, dataset.layout, dataset.x_train[:2], dataset.y_train[:2],
-        dataset.x_val[:2], dataset.y_val[:2], dataset.num_classes,
+        dataset.name,
+        dataset.layout,
+        dataset.x_train[:2],
+        dataset.y_train[:2],
+        dataset.x_val[:2],
+        dataset.y_val[:2],
+        dataset.num_classes,
     )
     for hparams in probes:
         try:
@@ -202,7 +207,7 @@ def logs_to_file(path: Path) -> Iterator[None]:
         yield
     finally:
         logging.captureWarnings(False)
-        for lg, (handlers, propagate) in zip(loggers, saved):
+        for lg, (handlers, propagate) in zip(loggers, saved, strict=True):
             lg.handlers, lg.propagate = handlers, propagate
         handler.close()
 

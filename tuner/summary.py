@@ -57,13 +57,18 @@ def summary_lines(result: StudyResult) -> list[str]:
 
 
 def top_table(result: StudyResult, rows: int = 5) -> Table:
-    table = Table("rank", "trial", "status", "best epoch", m.VAL_LOSS, m.VAL_ACC, "gap", title="Top trials")
+    table = Table(
+        "rank", "trial", "status", "best epoch", m.VAL_LOSS, m.VAL_ACC, "gap", title="Top trials"
+    )
     for rank, (_, row) in enumerate(result.trials.head(rows).iterrows(), start=1):
         if plain(row["best_epoch"]) is None:  # no finite result
             continue
         acc = plain(row.get("best_val_acc"))
         table.add_row(
-            str(rank), str(int(row["trial"])), row["status"], str(int(row["best_epoch"])),
+            str(rank),
+            str(int(row["trial"])),
+            row["status"],
+            str(int(row["best_epoch"])),
             f"{row['best_val_loss']:.4f}",
             "-" if acc is None else f"{acc:.4f}",
             f"{row['best_generalization_gap']:.4f}",

@@ -1,0 +1,181 @@
+"""Whole studies through a real local Ray: TPE + ASHA, what Optuna hears, datasets, determinism."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from tests.conftest import tiny_spec
+from trainables import metrics as m
+from tuner import outcomes
+from tuner.errors import SpecError, StudyError
+from tuner.spec import JobSpec
+from tuner.study import require_success, run_study
+from tuner.summary import BEST_CONFIG_FILE, TRIALS_FILE
+
+pytestmark = pytest.mark.usefixtures("ray_local")
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def optuna_trials(spec: JobSpec, execution: str) -> list[optuna.trial.FrozenTrial]:
+    study = optuna.load_study(study_name=execution, storage=spec.search.storage)
+    return sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
+
+
+def asha_spec(model: str, **sections) -> JobSpec:
+    return tiny_spec(
+        name=f"asha-{model}",
+        model=model,
+        search={"algorithm": "tpe", "num_samples": 8, "max_concurrent": 2},
+        scheduler={"name": "asha", "max_epochs": 4, "grace_period": 1, "reduction_factor": 2},
+        **sections,
+    )
+
+
+@pytest.mark.parametrize("model", ["mlp", "cnn", "lstm"])
+def test_tpe_asha_study_tells_optuna_the_truth(model: str, study_dir: Path) -> None:
+    spec = asha_spec(model)
+    result = run_study(spec, show_progress=False)
+    trials = result.trials
+
+    assert len(trials) == 8
+    assert set(trials["status"]) <= {outcomes.COMPLETED, outcomes.STOPPED_BY_ASHA}
+    stopped = trials[trials["status"] == outcomes.STOPPED_BY_ASHA]
+    assert len(stopped) >= 1, "ASHA stopped no trial"
+    assert (stopped["epochs"] < spec.scheduler.max_epochs).all()
+    assert (trials[trials["status"] == outcomes.COMPLETED]["epochs"] == 4).all()
+    for column in ("best_val_loss", "best_val_acc", "best_train_loss", "best_train_acc"):
+        assert trials[column].notna().all()
+    assert ((trials["best_val_acc"] >= 0) & (trials["best_val_acc"] <= 1)).all()
+    gap = trials["best_val_loss"] - trials["best_train_loss"]
+    assert (gap - trials["best_generalization_gap"]).abs().max() < 1e-6
+
+    by_id = trials.set_index("trial_id")
+    ot_trials = optuna_trials(spec, result.execution)
+    assert len(ot_trials) == 8
+    states = {t.state for t in ot_trials}
+    assert TrialState.PRUNED in states and TrialState.COMPLETE in states
+    for ot_trial, (_, row) in zip(ot_trials, trials.sort_values("trial").iterrows(), strict=True):
+        curve = ot_trial.intermediate_values
+        assert sorted(curve) == list(range(1, int(row["epochs"]) + 1)), "a curve lost an epoch"
+        if ot_trial.state == TrialState.COMPLETE:
+            assert ot_trial.value == pytest.approx(min(curve.values()))
+            assert row["status"] == outcomes.COMPLETED
+        else:
+            assert ot_trial.state == TrialState.PRUNED
+            assert row["status"] == outcomes.STOPPED_BY_ASHA
+        assert by_id.loc[row["trial_id"], "best_val_loss"] == pytest.approx(min(curve.values()))
+
+    best = result.best
+    assert best["best_val_loss"] == trials["best_val_loss"].min()
+    saved = yaml.safe_load((result.results_path / BEST_CONFIG_FILE).read_text())
+    assert saved["model"] == model and saved["epochs"] == int(best["best_epoch"])
+    assert saved["metrics"]["val_loss"] == pytest.approx(best["best_val_loss"])
+    assert (result.results_path / TRIALS_FILE).is_file()
+
+
+@pytest.mark.parametrize(
+    ("model", "dataset"),
+    [
+        ("mlp", {"name": "mnist_sample"}),
+        ("cnn", {"name": "mnist1d"}),
+        ("mlp", {"name": "table", "path": str(EXAMPLES / "data/wine.csv"), "target": "cultivar"}),
+        (
+            "lstm",
+            {
+                "name": "table",
+                "path": str(EXAMPLES / "data/sunspots.csv"),
+                "target": "next_activity",
+                "window": 12,
+            },
+        ),
+    ],
+    ids=["mnist_sample-mlp", "mnist1d-cnn", "csv-table-mlp", "csv-windows-lstm"],
+)
+def test_study_on_each_dataset(model: str, dataset: dict, study_dir: Path) -> None:
+    spec = tiny_spec(name="datasets", model=model, dataset=dataset)
+    result = run_study(spec, show_progress=False)
+    require_success(result)
+    assert len(result.trials) == 2
+    assert (result.trials["epochs"] == 2).all()
+    assert result.trials["best_val_loss"].notna().all()
+    if dataset.get("target") == "next_activity":  # regression: no accuracy
+        assert result.trials["best_val_acc"].isna().all()
+    else:
+        assert result.best["best_val_acc"] > 0.3  # well above chance (0.1 or 0.33) after 2 epochs
+
+
+def test_same_spec_and_seed_give_the_same_trial_configs(study_dir: Path) -> None:
+    """Sequential TPE (past its 10 random start-up trials) repeats exactly on CPU."""
+
+    def configs() -> list[dict]:
+        spec = tiny_spec(
+            name="repeat",
+            search={"algorithm": "tpe", "num_samples": 12, "max_concurrent": 1, "seed": 7},
+            scheduler={"name": "asha", "max_epochs": 2, "grace_period": 1},
+        )
+        result = run_study(spec, show_progress=False)
+        return [t.params for t in optuna_trials(spec, result.execution)]
+
+    first, second = configs(), configs()
+    assert len(first) == 12
+    assert first == second
+
+
+def test_stop_on_overfit_ends_a_trial_and_counts_it_complete(study_dir: Path) -> None:
+    overfitting = {"hidden_units": 512, "lr": 0.01, "batch_size": 32, "dropout": 0.0}
+    spec = tiny_spec(
+        name="overfit",
+        search={"num_samples": 1},
+        search_space=overfitting,
+        scheduler={"name": "fifo", "max_epochs": 30, "stop_on_overfit": {"patience": 2}},
+    )
+    result = run_study(spec, show_progress=False)
+    row = result.trials.iloc[0]
+    assert row["status"] == outcomes.STOPPED_ON_OVERFIT
+    assert row["epochs"] == row["best_epoch"] + 2
+    (ot_trial,) = optuna_trials(spec, result.execution)
+    assert ot_trial.state == TrialState.COMPLETE
+    assert ot_trial.value == pytest.approx(row["best_val_loss"])
+
+
+def test_diverging_trials_end_cleanly_and_fail_the_study(study_dir: Path) -> None:
+    spec = tiny_spec(
+        name="diverge",
+        search_space={"optimizer": "sgd", "lr": 1.0e6, "momentum": 0.9},
+        scheduler={"name": "fifo", "max_epochs": 5},
+    )
+    result = run_study(spec, show_progress=False)
+    assert (result.trials["status"] == outcomes.COMPLETED).all()
+    assert (result.trials["epochs"] < 5).all(), "a diverged trial kept training"
+    assert all(t.state != TrialState.COMPLETE for t in optuna_trials(spec, result.execution))
+    with pytest.raises(StudyError, match="finite val_loss"):
+        require_success(result)
+
+
+def test_gpu_request_on_a_cpu_cluster_is_refused_up_front(study_dir: Path) -> None:
+    spec = tiny_spec(resources={"gpu": 0.25})
+    with pytest.raises(SpecError, match=r"resources.gpu.*0.25 GPU.*cluster has 0 GPU"):
+        run_study(spec, show_progress=False)
+
+
+def test_incompatible_model_and_data_are_refused_before_ray(study_dir: Path) -> None:
+    dataset = {"name": "table", "path": str(EXAMPLES / "data/wine.csv"), "target": "cultivar"}
+    with pytest.raises(SpecError, match="dataset.window"):
+        run_study(tiny_spec(model="cnn", dataset=dataset), show_progress=False)
+
+
+def test_accuracy_objective_on_regression_is_refused(study_dir: Path) -> None:
+    dataset = {
+        "name": "table",
+        "path": str(EXAMPLES / "data/sunspots.csv"),
+        "target": "next_activity",
+    }
+    spec = tiny_spec(dataset=dataset, objective={"metric": m.VAL_ACC})
+    with pytest.raises(SpecError, match="objective.metric.*regression"):
+        run_study(spec, show_progress=False)
