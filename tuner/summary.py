@@ -57,9 +57,8 @@ def summary_lines(result: StudyResult) -> list[str]:
 
 
 def top_table(result: StudyResult, rows: int = 5) -> Table:
-    table = Table(
-        "rank", "trial", "status", "best epoch", m.VAL_LOSS, m.VAL_ACC, "gap", title="Top trials"
-    )
+    columns = ("rank", "trial", "status", "epochs", "best epoch", m.VAL_LOSS, m.VAL_ACC, "gap")
+    table = Table(*columns, title="Top trials (metrics at each trial's best epoch)")
     for rank, (_, row) in enumerate(result.trials.head(rows).iterrows(), start=1):
         if plain(row["best_epoch"]) is None:  # no finite result
             continue
@@ -68,6 +67,7 @@ def top_table(result: StudyResult, rows: int = 5) -> Table:
             str(rank),
             str(int(row["trial"])),
             row["status"],
+            str(int(row["epochs"])),
             str(int(row["best_epoch"])),
             f"{row['best_val_loss']:.4f}",
             "-" if acc is None else f"{acc:.4f}",
