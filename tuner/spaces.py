@@ -172,9 +172,13 @@ def parse_space(raw: dict[str, Any], where: str = "search_space") -> SearchSpace
 
 def _first_error(exc: ValidationError) -> str:
     err = exc.errors()[0]
-    key = ".".join(str(p) for p in err["loc"][1:]) or "type"
+    key = ".".join(str(p) for p in err["loc"][1:])
+    if not key and str(err["type"]).startswith("union_tag"):
+        key = "type"
     msg = str(err["msg"]).removeprefix("Value error, ").replace("Input should be", "must be")
-    return f"{key} {msg}" if err["type"] != "missing" else f"{key} is required"
+    if err["type"] == "missing":
+        return f"{key} is required"
+    return f"{key} {msg}" if key else msg
 
 
 def check_condition(name: str, when: Condition | None, params: dict[str, Any], where: str) -> None:

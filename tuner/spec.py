@@ -281,8 +281,11 @@ def _fields_at(loc: tuple) -> list[str]:
     return list(model.model_fields)
 
 
+_UNION_MEMBER = re.compile(r"^([a-z-]+\[|(str|int|float|bool|none)$)")
+
+
 def _describe_error(err: dict[str, Any]) -> str:
-    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and re.match(r"^[a-z]+\[", p)))
+    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and _UNION_MEMBER.match(p)))
     key = ".".join(str(p) for p in loc) or "spec"
     value = err.get("input")
     if err["type"] == "extra_forbidden":

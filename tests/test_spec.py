@@ -1,0 +1,483 @@
+"""tuner/spec.py: defaults, `--set` overrides, validation messages and path resolution."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tuner.errors import SpecError, TunerError
+from tuner.spec import JobSpec, load_spec, parse_override, spec_from_dict
+
+MINIMAL: dict[str, Any] = {"name": "study-1", "model": "mlp", "dataset": {"name": "digits"}}
+
+
+def with_(**sections: Any) -> dict[str, Any]:
+    """MINIMAL with some top-level keys replaced."""
+    return {**MINIMAL, **sections}
+
+
+def write_spec(folder: Path, raw: Any, name: str = "spec.yaml") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text(raw if isinstance(raw, str) else yaml.safe_dump(raw))
+    return path
+
+
+@pytest.fixture
+def cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh working directory (resolved, so that /tmp symlinks do not matter)."""
+    folder = (tmp_path / "cwd").resolve()
+    folder.mkdir()
+    monkeypatch.chdir(folder)
+    return folder
+
+
+# --------------------------------------------------------------------------- defaults
+
+
+def test_minimal_spec_gets_every_default(cwd: Path) -> None:
+    spec = spec_from_dict(MINIMAL)
+    assert spec.name == "study-1"
+    assert spec.model == "mlp"
+    assert spec.dataset.name == "digits"
+    assert spec.dataset.path is None
+    assert spec.dataset.target is None
+    assert spec.dataset.window is None
+    assert spec.dataset.val_fraction == 0.2
+    assert spec.dataset.seed == 0
+    assert spec.search_space == "mlp"  # default: the model's built-in space
+    assert spec.objective.metric == "val_loss"
+    assert spec.objective.mode == "min"
+    assert spec.search.algorithm == "tpe"
+    assert spec.search.num_samples == 32
+    assert spec.search.max_concurrent == 4
+    assert spec.search.seed == 0
+    assert spec.scheduler.name == "asha"
+    assert spec.scheduler.max_epochs == 20
+    assert spec.scheduler.grace_period == 1
+    assert spec.scheduler.reduction_factor == 3
+    assert spec.scheduler.stop_on_overfit is None
+    assert spec.resources.cpu == 1
+    assert spec.resources.gpu == 0
+    assert spec.tracking.uri == f"sqlite:///{cwd / 'mlflow.db'}"
+    assert spec.tracking.experiment == "study-1"  # default: the study name
+    assert spec.storage == str(cwd / "tuner-results")
+    assert spec.search.storage == f"sqlite:///{cwd / 'optuna.db'}"
+    assert spec.failure.max_retries == 2
+
+
+def test_only_name_model_and_dataset_name_are_required() -> None:
+    required = {n for n, f in JobSpec.model_fields.items() if f.is_required()}
+    assert required == {"name", "model", "dataset"}
+    dataset = JobSpec.model_fields["dataset"].annotation
+    assert {n for n, f in dataset.model_fields.items() if f.is_required()} == {"name"}
+
+
+def test_objective_mode_defaults_to_the_metrics_direction(cwd: Path) -> None:
+    spec = spec_from_dict(with_(objective={"metric": "val_acc"}))
+    assert spec.objective.mode == "max"
+
+
+def test_search_space_and_experiment_can_be_set(cwd: Path) -> None:
+    spec = spec_from_dict(with_(model="cnn", search_space="cnn", tracking={"experiment": "exp"}))
+    assert spec.search_space == "cnn"
+    assert spec.tracking.experiment == "exp"
+
+
+def test_to_yaml_round_trips(cwd: Path) -> None:
+    spec = spec_from_dict(MINIMAL)
+    again = spec_from_dict(yaml.safe_load(spec.to_yaml()))
+    assert again == spec
+
+
+# --------------------------------------------------------------------------- --set overrides
+
+
+@pytest.mark.parametrize(
+    ("override", "path", "expected"),
+    [
+        ("scheduler.max_epochs=5", ("scheduler", "max_epochs"), 5),
+        ("search.num_samples=3", ("search", "num_samples"), 3),
+        ("dataset.val_fraction=0.3", ("dataset", "val_fraction"), 0.3),
+        ("search.algorithm=random", ("search", "algorithm"), "random"),
+        ("resources.gpu=0.25", ("resources", "gpu"), 0.25),
+        ("name=other", ("name",), "other"),
+        ("scheduler.stop_on_overfit.patience=2", ("scheduler", "stop_on_overfit", "patience"), 2),
+    ],
+)
+def test_set_overrides_are_typed_by_yaml(
+    cwd: Path, override: str, path: tuple[str, ...], expected: Any
+) -> None:
+    spec = spec_from_dict(MINIMAL, overrides=[override])
+    value: Any = spec
+    for key in path:
+        value = getattr(value, key)
+    assert value == expected
+    assert type(value) is type(expected)
+
+
+def test_parse_override_types() -> None:
+    assert parse_override("scheduler.max_epochs=5") == (["scheduler", "max_epochs"], 5)
+    assert parse_override("a.b=true") == (["a", "b"], True)
+    assert parse_override("a=[1, 2]") == (["a"], [1, 2])
+    assert parse_override("a='5'") == (["a"], "5")
+    assert parse_override("a=") == (["a"], None)
+    assert parse_override("x=sqlite:///a=b.db") == (["x"], "sqlite:///a=b.db")
+
+
+def test_set_overrides_a_value_written_in_the_file(tmp_path: Path, cwd: Path) -> None:
+    path = write_spec(tmp_path / "specs", with_(scheduler={"max_epochs": 10, "grace_period": 2}))
+    spec = load_spec(path, overrides=["scheduler.max_epochs=5"])
+    assert spec.scheduler.max_epochs == 5
+    assert spec.scheduler.grace_period == 2
+
+
+def test_later_set_wins(cwd: Path) -> None:
+    spec = spec_from_dict(MINIMAL, overrides=["search.seed=1", "search.seed=7"])
+    assert spec.search.seed == 7
+
+
+def test_set_search_storage_resolves_against_cwd(cwd: Path) -> None:
+    spec = spec_from_dict(MINIMAL, overrides=["search.storage=sqlite:///studies/o.db"])
+    assert spec.search.storage == f"sqlite:///{cwd / 'studies' / 'o.db'}"
+    spec = spec_from_dict(MINIMAL, overrides=["search.storage=postgresql://u@host/db"])
+    assert spec.search.storage == "postgresql://u@host/db"
+
+
+@pytest.mark.parametrize("bad", ["scheduler.max_epochs", "noequals", "=5", " =5"])
+def test_malformed_set_is_a_spec_error(bad: str) -> None:
+    with pytest.raises(SpecError, match="dotted.key=value") as info:
+        spec_from_dict(MINIMAL, overrides=[bad])
+    assert repr(bad) in str(info.value)
+
+
+def test_set_through_a_scalar_is_a_spec_error() -> None:
+    with pytest.raises(SpecError, match=r"name is 'study-1', not a mapping"):
+        spec_from_dict(MINIMAL, overrides=["name.x=1"])
+
+
+def test_set_with_invalid_yaml_value_is_a_spec_error() -> None:
+    with pytest.raises(SpecError, match=r"search.seed.*not valid YAML"):
+        spec_from_dict(MINIMAL, overrides=["search.seed=[1, 2"])
+
+
+def test_set_value_is_validated_strictly() -> None:
+    with pytest.raises(SpecError, match=r"scheduler.max_epochs .*integer.* but got '5'"):
+        spec_from_dict(MINIMAL, overrides=["scheduler.max_epochs='5'"])
+
+
+# --------------------------------------------------------------------------- validation errors
+
+
+def spec_error(raw: dict[str, Any], overrides: list[str] | None = None) -> str:
+    with pytest.raises(SpecError) as info:
+        spec_from_dict(raw, overrides=overrides)
+    assert isinstance(info.value, TunerError)
+    return str(info.value)
+
+
+def test_unknown_top_level_key_lists_valid_keys() -> None:
+    msg = spec_error(with_(epochs=5))
+    assert "epochs is not a known key" in msg
+    assert "value 5" in msg
+    for key in ("name", "model", "dataset", "search", "scheduler", "storage", "failure"):
+        assert key in msg.split("valid keys here:")[1]
+
+
+@pytest.mark.parametrize(
+    ("section", "valid"),
+    [
+        ("dataset", ["name", "path", "target", "window", "val_fraction", "seed"]),
+        ("search", ["algorithm", "num_samples", "max_concurrent", "seed", "storage"]),
+        ("scheduler", ["max_epochs", "grace_period", "reduction_factor", "stop_on_overfit"]),
+        ("resources", ["cpu", "gpu"]),
+        ("tracking", ["uri", "experiment"]),
+        ("failure", ["max_retries"]),
+        ("objective", ["metric", "mode"]),
+    ],
+)
+def test_unknown_nested_key_lists_valid_keys(section: str, valid: list[str]) -> None:
+    base = dict(MINIMAL[section]) if section in MINIMAL else {}
+    msg = spec_error(with_(**{section: {**base, "bogus": 1}}))
+    assert f"{section}.bogus is not a known key" in msg
+    listed = msg.split("valid keys here:")[1]
+    for key in valid:
+        assert key in listed
+
+
+def test_unknown_key_two_levels_down() -> None:
+    msg = spec_error(with_(scheduler={"stop_on_overfit": {"patience": 3, "patiance": 4}}))
+    assert "scheduler.stop_on_overfit.patiance is not a known key" in msg
+    assert "patience, min_delta" in msg
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value"),
+    [
+        ("scheduler", "max_epochs", "5"),
+        ("search", "num_samples", "8"),
+        ("search", "num_samples", 2.0),
+        ("search", "num_samples", True),
+        ("dataset", "seed", "0"),
+        ("resources", "gpu", "0.5"),
+        ("failure", "max_retries", "2"),
+    ],
+)
+def test_wrong_types_are_not_coerced(section: str, key: str, value: Any) -> None:
+    base = dict(MINIMAL[section]) if section in MINIMAL else {}
+    msg = spec_error(with_(**{section: {**base, key: value}}))
+    assert f"{section}.{key}" in msg
+    assert f"but got {value!r}" in msg
+
+
+def test_num_samples_must_be_at_least_one() -> None:
+    msg = spec_error(with_(search={"num_samples": 0}))
+    assert "search.num_samples" in msg
+    assert "greater than or equal to 1" in msg
+    assert "but got 0" in msg
+
+
+def test_grace_period_cannot_exceed_max_epochs() -> None:
+    msg = spec_error(with_(scheduler={"max_epochs": 5, "grace_period": 6}))
+    assert "scheduler.grace_period must be at most scheduler.max_epochs (5) but got 6" in msg
+
+
+def test_grace_period_check_sees_set_overrides() -> None:
+    msg = spec_error(MINIMAL, overrides=["scheduler.max_epochs=3", "scheduler.grace_period=4"])
+    assert "scheduler.grace_period" in msg
+    assert "(3) but got 4" in msg
+
+
+@pytest.mark.parametrize(
+    ("metric", "mode", "natural"),
+    [("val_loss", "max", "min"), ("val_acc", "min", "max"), ("train_loss", "max", "min")],
+)
+def test_objective_mode_contrary_to_metric(metric: str, mode: str, natural: str) -> None:
+    msg = spec_error(with_(objective={"metric": metric, "mode": mode}))
+    assert f"objective.mode must be {natural!r} for {metric} but got {mode!r}" in msg
+
+
+def test_unknown_objective_metric() -> None:
+    msg = spec_error(with_(objective={"metric": "accuracy"}))
+    assert "objective.metric" in msg
+    assert "'accuracy'" in msg
+    assert "val_loss" in msg
+
+
+def test_unknown_model_lists_models() -> None:
+    msg = spec_error(with_(model="resnet"))
+    assert "model must be one of ['cnn', 'lstm', 'mlp'] but got 'resnet'" in msg
+
+
+def test_unknown_dataset_lists_datasets() -> None:
+    msg = spec_error(with_(dataset={"name": "cifar10"}))
+    assert "dataset.name must be one of" in msg
+    for name in ("digits", "mnist", "mnist1d", "mnist_sample", "table"):
+        assert repr(name) in msg
+    assert "but got 'cifar10'" in msg
+
+
+@pytest.mark.parametrize("gpu", [1.5, 2.25])
+def test_fractional_gpu_above_one_is_an_error(gpu: float) -> None:
+    msg = spec_error(with_(resources={"gpu": gpu}))
+    rule = "must be a fraction up to 1 or a whole number of GPUs"
+    assert f"resources.gpu {rule} but got {gpu}" in msg
+
+
+@pytest.mark.parametrize("gpu", [0, 0.25, 1, 2])
+def test_gpu_fractions_and_whole_numbers_are_fine(cwd: Path, gpu: float) -> None:
+    assert spec_from_dict(with_(resources={"gpu": gpu})).resources.gpu == gpu
+
+
+def test_negative_gpu_is_an_error() -> None:
+    msg = spec_error(MINIMAL, overrides=["resources.gpu=-1"])
+    assert "resources.gpu" in msg
+    assert "but got -1" in msg
+
+
+@pytest.mark.parametrize("missing", ["name", "model", "dataset"])
+def test_required_keys(missing: str) -> None:
+    raw = {k: v for k, v in MINIMAL.items() if k != missing}
+    assert f"{missing} is required and has no default" in spec_error(raw)
+
+
+def test_dataset_name_is_required() -> None:
+    msg = spec_error(with_(dataset={"val_fraction": 0.1}))
+    assert "dataset.name is required" in msg
+
+
+@pytest.mark.parametrize("fraction", [0, 1, 1.5])
+def test_val_fraction_must_be_inside_0_1(fraction: float) -> None:
+    msg = spec_error(with_(dataset={"name": "digits", "val_fraction": fraction}))
+    assert "dataset.val_fraction" in msg
+    assert f"but got {fraction}" in msg
+
+
+def test_search_space_of_wrong_type_names_the_key() -> None:
+    """search_space is `str | mapping`: the message must not name pydantic's union member."""
+    msg = spec_error(with_(search_space=5))
+    assert "search_space" in msg
+    assert "but got 5" in msg
+    assert "search_space.str" not in msg
+
+
+def test_bad_study_name() -> None:
+    msg = spec_error(with_(name="my study"))
+    assert "name" in msg
+    assert "'my study'" in msg
+
+
+def test_several_errors_are_reported_together() -> None:
+    msg = spec_error(with_(search={"num_samples": 0}, resources={"gpu": 1.5}))
+    assert "search.num_samples" in msg
+    assert "resources.gpu" in msg
+
+
+# --------------------------------------------------------------------------- paths
+
+
+def test_relative_paths_in_a_file_resolve_against_its_folder(tmp_path: Path, cwd: Path) -> None:
+    folder = (tmp_path / "project" / "specs").resolve()
+    raw = {
+        "name": "paths",
+        "model": "mlp",
+        "dataset": {"name": "table", "path": "data/sales.csv", "target": "y"},
+        "search_space": "spaces/my.yaml",
+        "search": {"storage": "sqlite:///db/optuna.db"},
+        "tracking": {"uri": "sqlite:///mlflow.db"},
+        "storage": "./results",
+    }
+    spec = load_spec(write_spec(folder, raw))
+    assert spec.dataset.path == str(folder / "data" / "sales.csv")
+    assert spec.search_space == str(folder / "spaces" / "my.yaml")
+    assert spec.search.storage == f"sqlite:///{folder / 'db' / 'optuna.db'}"
+    assert spec.tracking.uri == f"sqlite:///{folder / 'mlflow.db'}"
+    assert spec.storage == str(folder / "results")
+
+
+def test_parent_relative_path_in_a_file(tmp_path: Path, cwd: Path) -> None:
+    folder = (tmp_path / "project" / "specs").resolve()
+    raw = with_(dataset={"name": "mnist", "path": "../data/mnist"})
+    spec = load_spec(write_spec(folder, raw))
+    assert spec.dataset.path == str(folder.parent / "data" / "mnist")
+
+
+def test_yaml_search_space_without_slash_resolves_against_the_file(
+    tmp_path: Path, cwd: Path
+) -> None:
+    folder = (tmp_path / "specs").resolve()
+    spec = load_spec(write_spec(folder, with_(search_space="custom.yaml")))
+    assert spec.search_space == str(folder / "custom.yaml")
+
+
+def test_builtin_space_name_is_not_a_path(tmp_path: Path, cwd: Path) -> None:
+    spec = load_spec(write_spec(tmp_path / "specs", with_(search_space="mlp")))
+    assert spec.search_space == "mlp"
+
+
+def test_defaults_resolve_against_the_working_directory(tmp_path: Path, cwd: Path) -> None:
+    spec = load_spec(write_spec(tmp_path / "elsewhere", MINIMAL))
+    assert spec.tracking.uri == f"sqlite:///{cwd / 'mlflow.db'}"
+    assert spec.storage == str(cwd / "tuner-results")
+    assert spec.search.storage == f"sqlite:///{cwd / 'optuna.db'}"
+
+
+def test_set_values_resolve_against_the_working_directory(tmp_path: Path, cwd: Path) -> None:
+    path = write_spec(
+        tmp_path / "elsewhere",
+        with_(dataset={"name": "table", "path": "in-file.csv", "target": "y"}),
+    )
+    spec = load_spec(
+        path,
+        overrides=[
+            "dataset.path=data/x.csv",
+            "tracking.uri=sqlite:///track/m.db",
+            "storage=out",
+            "search_space=spaces/s.yaml",
+        ],
+    )
+    assert spec.dataset.path == str(cwd / "data" / "x.csv")
+    assert spec.tracking.uri == f"sqlite:///{cwd / 'track' / 'm.db'}"
+    assert spec.storage == str(cwd / "out")
+    assert spec.search_space == str(cwd / "spaces" / "s.yaml")
+    assert spec.search.storage == f"sqlite:///{cwd / 'track' / 'optuna.db'}"
+
+
+def test_default_optuna_storage_sits_beside_a_sqlite_tracking_store(
+    tmp_path: Path, cwd: Path
+) -> None:
+    folder = (tmp_path / "specs").resolve()
+    spec = load_spec(write_spec(folder, with_(tracking={"uri": "sqlite:///stores/mlflow.db"})))
+    assert spec.search.storage == f"sqlite:///{folder / 'stores' / 'optuna.db'}"
+
+
+def test_default_optuna_storage_with_a_tracking_server_is_in_cwd(cwd: Path) -> None:
+    spec = spec_from_dict(with_(tracking={"uri": "http://mlflow-host:5000"}))
+    assert spec.tracking.uri == "http://mlflow-host:5000"
+    assert spec.search.storage == f"sqlite:///{cwd / 'optuna.db'}"
+
+
+def test_absolute_and_remote_paths_are_kept(tmp_path: Path, cwd: Path) -> None:
+    absolute = (tmp_path / "abs").resolve()
+    raw = with_(
+        dataset={"name": "mnist", "path": str(absolute / "mnist")},
+        tracking={"uri": f"sqlite:///{absolute / 'm.db'}"},
+        search={"storage": "postgresql://user@db/optuna"},
+        storage="s3://bucket/results",
+    )
+    spec = load_spec(write_spec(tmp_path / "specs", raw))
+    assert spec.dataset.path == str(absolute / "mnist")
+    assert spec.tracking.uri == f"sqlite:///{absolute / 'm.db'}"
+    assert spec.search.storage == "postgresql://user@db/optuna"
+    assert spec.storage == "s3://bucket/results"
+
+
+def test_spec_from_dict_base_dir(tmp_path: Path, cwd: Path) -> None:
+    base = (tmp_path / "base").resolve()
+    spec = spec_from_dict(with_(storage="r"), base_dir=base)
+    assert spec.storage == str(base / "r")
+
+
+# --------------------------------------------------------------------------- load_spec errors
+
+
+def test_missing_spec_file(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.yaml"
+    with pytest.raises(SpecError, match="does not exist") as info:
+        load_spec(missing)
+    assert str(missing) in str(info.value)
+
+
+def test_spec_path_that_is_a_folder(tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match="does not exist"):
+        load_spec(tmp_path)
+
+
+def test_invalid_yaml(tmp_path: Path) -> None:
+    path = write_spec(tmp_path, "name: [unclosed\nmodel: mlp\n")
+    with pytest.raises(SpecError, match="is not valid YAML") as info:
+        load_spec(path)
+    assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("text", ["- a\n- b\n", "just a string\n", "", "42\n"])
+def test_non_mapping_spec(tmp_path: Path, text: str) -> None:
+    path = write_spec(tmp_path, text)
+    with pytest.raises(SpecError, match="must hold a mapping"):
+        load_spec(path)
+
+
+def test_load_spec_validates(tmp_path: Path) -> None:
+    path = write_spec(tmp_path, with_(search={"num_samples": 0}))
+    with pytest.raises(SpecError, match="search.num_samples"):
+        load_spec(path)
+
+
+def test_load_spec_reads_the_example(cwd: Path) -> None:
+    demo = Path(__file__).resolve().parents[1] / "tuner" / "demo.yaml"
+    spec = load_spec(demo)
+    assert spec.name
+    assert spec.model in {"mlp", "cnn", "lstm"}
