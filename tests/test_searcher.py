@@ -241,9 +241,3 @@ def test_restore_from_a_searcher_checkpoint_keeps_curves(
     assert trial.state == TrialState.COMPLETE
     assert trial.value == pytest.approx(0.2)
     assert trial.intermediate_values == {1: 0.5, 2: 0.2, 3: 0.4, 4: 0.45, 5: 0.5}
-
-
-def test_ray_is_not_started() -> None:
-    import ray
-
-    assert not ray.is_initialized()
