@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 import typer
 import yaml
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -24,7 +25,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-out = Console()
+out = Console(width=None if sys.stdout.isatty() else 120)  # logs and pipes: no 80-column wrap
 err = Console(stderr=True)
 
 SetOption = Annotated[
@@ -32,6 +33,10 @@ SetOption = Annotated[
     typer.Option("--set", help="Override a spec key: dotted.key=value (YAML-typed). Repeatable."),
 ]
 OutOption = Annotated[Path | None, typer.Option("--out", help="Where to write.")]
+TrackingOption = Annotated[
+    str | None,
+    typer.Option(help="MLflow tracking URI. Default: $MLFLOW_TRACKING_URI or ./mlflow.db."),
+]
 AddressOption = Annotated[
     str | None,
     typer.Option(help="Ray cluster: 'auto' or ray://HEAD:10001. Default: a local Ray."),
@@ -109,6 +114,7 @@ def demo(set_: SetOption = None, address: AddressOption = None) -> None:
 def print_summary(result) -> None:
     """The best trial (its best epoch), the ranking, and where everything is."""
     from tuner.summary import best_config, summary_lines, top_table
+    from tuner.tracking import default_tracking_uri, redact
 
     out.print()
     for line in summary_lines(result):
@@ -128,7 +134,19 @@ def print_summary(result) -> None:
         f"  trials.csv (every trial, best first), best-config.yaml, tuner.log\n"
         f"Optuna study {result.execution!r}: {result.spec.search.storage}",
         highlight=False,
+        soft_wrap=True,
     )
+    if result.parent_run_id:
+        uri = result.spec.tracking.uri
+        ui = "tuner ui" if uri == default_tracking_uri() else f"tuner ui --tracking-uri {uri}"
+        out.print(
+            f"MLflow: experiment {result.spec.tracking.experiment!r}, parent run "
+            f"{result.parent_run_id} with one nested run per trial, in {redact(uri)}\n"
+            f"  compare the trials: {ui}  (then open http://127.0.0.1:5000)\n"
+            f"  export the best: tuner export {result.spec.name} --top-k 3",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 # --------------------------------------------------------------------------- catalogues
@@ -218,28 +236,75 @@ def resume(study: str) -> None:
 
 @app.command("list")
 @handle_errors
-def list_studies() -> None:
-    """The studies in the tracking store."""
-    _not_yet("tuner list")
+def list_studies(tracking_uri: TrackingOption = None) -> None:
+    """The studies in the tracking store: status, trial counts, best objective."""
+    from tuner.export import plain
+    from tuner.tracking import default_tracking_uri, redact
+    from tuner.tracking import list_studies as read_studies
+
+    uri = tracking_uri or default_tracking_uri()
+    studies = read_studies(uri)
+    if studies.empty:
+        out.print(f"No studies in {uri} (run `tuner demo` or `tuner run SPEC`).")
+        return
+    table = Table(
+        "execution",
+        "run id",
+        "status",
+        "trials",
+        "best",
+        title=f"Studies in {redact(uri)}",
+        box=box.SIMPLE_HEAD,
+    )
+    for _, row in studies.iterrows():
+        trials = f"{row['trials']} ({row['stopped_by_asha']} ASHA, {row['errored']} err)"
+        best = "-" if plain(row["best"]) is None else f"{row['objective']} {row['best']:.4f}"
+        table.add_row(row["execution"], row["run_id"], row["status"], trials, best)
+    out.print(table)
 
 
 @app.command()
 @handle_errors
 def export(
-    study: str,
-    top_k: int = 1,
-    format: str = "yaml",
+    study: Annotated[str, typer.Argument(help="Study name (its newest execution) or run id.")],
+    top_k: Annotated[int, typer.Option("--top-k", help="How many configs, best first.")] = 1,
+    format: Annotated[str, typer.Option("--format", help="yaml or json.")] = "yaml",
     out_path: OutOption = None,
+    tracking_uri: TrackingOption = None,
 ) -> None:
-    """The best config(s) of a study as files `tuner train` accepts."""
-    _not_yet("tuner export")
+    """The best config(s) of a study as files `tuner train` accepts (ranked by best epoch)."""
+    from tuner.export import export_study
+    from tuner.tracking import default_tracking_uri
+
+    paths = export_study(study, tracking_uri or default_tracking_uri(), top_k, format, out_path)
+    for path in paths:
+        out.print(str(path), highlight=False, soft_wrap=True)
 
 
 @app.command()
 @handle_errors
-def train(config: Path, epochs: int | None = None) -> None:
-    """Train one fixed config to completion and log it to MLflow."""
-    _not_yet("tuner train")
+def train(
+    config: Annotated[Path, typer.Argument(help="A config written by `tuner export`.")],
+    epochs: Annotated[int | None, typer.Option(help="Default: the trial's best epoch.")] = None,
+    tracking_uri: TrackingOption = None,
+) -> None:
+    """Train one fixed config to completion and log it, with the model, to MLflow."""
+    from tuner.export import load_exported, train_config
+    from tuner.tracking import default_tracking_uri
+
+    source_uri = load_exported(config).source.get("tracking_uri")
+    uri = tracking_uri or source_uri or default_tracking_uri()
+    result = train_config(config, uri, epochs)
+    final = result.final
+    acc = f", val_acc {final['val_acc']:.4f}" if "val_acc" in final else ""
+    out.print(
+        f"Trained {len(result.history)} epochs: val_loss {final['val_loss']:.4f}{acc}; "
+        f"diagnosis {result.diagnosis}; MLflow run {result.run_id} in {uri}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    if result.registered_model:
+        out.print(f"Registered as model {result.registered_model!r}", highlight=False)
 
 
 @app.command()
@@ -258,9 +323,34 @@ def sync(study: str) -> None:
 
 @app.command()
 @handle_errors
-def ui(port: int = 5000) -> None:
-    """The MLflow UI on the study's tracking store (127.0.0.1)."""
-    _not_yet("tuner ui")
+def ui(
+    port: Annotated[int, typer.Option(help="Port of the UI.")] = 5000,
+    host: Annotated[str, typer.Option(help="Interface; 0.0.0.0 exposes it.")] = "127.0.0.1",
+    tracking_uri: TrackingOption = None,
+) -> None:
+    """The MLflow UI on the study's tracking store, bound to 127.0.0.1 by default."""
+    import subprocess
+
+    from tuner.tracking import default_tracking_uri
+
+    uri = tracking_uri or default_tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        out.print(f"The tracking store is a server already: open {uri}")
+        return
+    out.print(f"MLflow UI on {uri}: http://{host}:{port} (Ctrl-C to stop)", highlight=False)
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        uri,
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]
+    raise typer.Exit(subprocess.call(command))
 
 
 def main() -> None:  # pragma: no cover - the console script calls `app`

@@ -51,6 +51,11 @@ class FloatParam(_Param):
     def suggest(self, trial: optuna.Trial, name: str) -> float:
         return trial.suggest_float(name, self.low, self.high, log=self.log, step=self.step)
 
+    def distribution(self) -> optuna.distributions.BaseDistribution:
+        return optuna.distributions.FloatDistribution(
+            self.low, self.high, log=self.log, step=self.step
+        )
+
 
 class IntParam(_Param):
     type: Literal["int"]
@@ -67,6 +72,11 @@ class IntParam(_Param):
     def suggest(self, trial: optuna.Trial, name: str) -> int:
         return trial.suggest_int(name, self.low, self.high, log=self.log, step=self.step)
 
+    def distribution(self) -> optuna.distributions.BaseDistribution:
+        return optuna.distributions.IntDistribution(
+            self.low, self.high, log=self.log, step=self.step
+        )
+
 
 class CategoricalParam(_Param):
     type: Literal["categorical"]
@@ -80,6 +90,9 @@ class CategoricalParam(_Param):
 
     def suggest(self, trial: optuna.Trial, name: str) -> Scalar:
         return trial.suggest_categorical(name, self.choices)
+
+    def distribution(self) -> optuna.distributions.BaseDistribution:
+        return optuna.distributions.CategoricalDistribution(self.choices)
 
 
 Param = Annotated[FloatParam | IntParam | CategoricalParam, Field(discriminator="type")]

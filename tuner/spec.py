@@ -109,8 +109,19 @@ class ResourcesSpec(Section):
 
 
 class TrackingSpec(Section):
+    enabled: bool = True  # false: no MLflow runs (results stay in the Ray run folder)
     uri: str = "sqlite:///mlflow.db"  # MLflow tracking URI: SQLite file or http(s) server
     experiment: str | None = None  # default: the study name
+
+
+class DiagnosticsSpec(Section):
+    """Thresholds of the per-trial diagnosis (see tuner/diagnostics.py for the rules)."""
+
+    min_epochs: int = Field(3, ge=1)  # fewer epochs than this: too_short
+    overfit_rise: float = Field(0.10, gt=0)  # val loss up this much (relative) after its minimum
+    underfit_train_acc: float = Field(0.90, gt=0, le=1)  # train accuracy below this at best epoch
+    underfit_loss_ratio: float = Field(0.5, gt=0, le=1)  # regression: train loss vs first epoch
+    diverge_factor: float = Field(3.0, gt=1)  # final val loss above this times the first: diverged
 
 
 class FailureSpec(Section):
@@ -129,6 +140,7 @@ class JobSpec(Section):
     tracking: TrackingSpec = TrackingSpec()
     storage: str = "./tuner-results"  # Ray results and checkpoints
     failure: FailureSpec = FailureSpec()
+    diagnostics: DiagnosticsSpec = DiagnosticsSpec()
 
     @field_validator("model")
     @classmethod
@@ -267,9 +279,8 @@ def default_optuna_storage(tracking_uri: str) -> str:
 # --------------------------------------------------------------------------- error messages
 
 
-def _fields_at(loc: tuple) -> list[str]:
-    """The valid keys of the spec section at `loc`, for 'unknown key' messages."""
-    model: type[BaseModel] = JobSpec
+def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
+    """The valid keys of the section at `loc` of `model`, for 'unknown key' messages."""
     for part in loc:
         field = model.model_fields.get(str(part))
         annotation = getattr(field, "annotation", None)
@@ -284,12 +295,12 @@ def _fields_at(loc: tuple) -> list[str]:
 _UNION_MEMBER = re.compile(r"^([a-z-]+\[|(str|int|float|bool|none)$)")
 
 
-def _describe_error(err: dict[str, Any]) -> str:
+def _describe_error(err: dict[str, Any], model: type[BaseModel]) -> str:
     loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and _UNION_MEMBER.match(p)))
     key = ".".join(str(p) for p in loc) or "spec"
     value = err.get("input")
     if err["type"] == "extra_forbidden":
-        valid = _fields_at(loc[:-1])
+        valid = _fields_at(model, loc[:-1])
         hint = f"; valid keys here: {', '.join(valid)}" if valid else ""
         return f"{key} is not a known key (value {value!r}){hint}"
     if err["type"] == "missing":
@@ -301,7 +312,9 @@ def _describe_error(err: dict[str, Any]) -> str:
     return f"{key} {msg[0].lower()}{msg[1:]} but got {value!r}"
 
 
-def format_validation_error(exc: ValidationError) -> str:
-    """One readable paragraph out of pydantic's errors, de-duplicated."""
-    lines = list(dict.fromkeys(_describe_error(e) for e in exc.errors()))
-    return "invalid job spec: " + "; ".join(lines)
+def format_validation_error(
+    exc: ValidationError, model: type[BaseModel] | None = None, what: str = "job spec"
+) -> str:
+    """One readable paragraph out of pydantic's errors (about `model`), de-duplicated."""
+    lines = list(dict.fromkeys(_describe_error(e, model or JobSpec) for e in exc.errors()))
+    return f"invalid {what}: " + "; ".join(lines)

@@ -26,14 +26,21 @@ from trainables import metrics as m
 from trainables.data import DataOptions, Dataset, DatasetError, load_dataset
 from trainables.loop import TrainingRun
 from trainables.trainable import TrialSettings, train_trial
-from tuner import outcomes
+from tuner import diagnostics, outcomes
 from tuner.errors import SpecError, StudyError
 from tuner.progress import LiveProgress, StudyRecorder, trial_dirname
 from tuner.searcher import TruthfulOptunaSearch
 from tuner.spaces import CategoricalParam, SearchSpace, load_space, make_sampler
 from tuner.spec import JobSpec
 from tuner.stoppers import OverfitStopper
-from tuner.summary import save_results
+from tuner.summary import param_importances, save_results
+from tuner.tracking import (
+    RUN_IDS_FILE,
+    MlflowTracking,
+    client_for,
+    finish_parent_run,
+    start_parent_run,
+)
 
 log = logging.getLogger(__name__)
 LOG_FILE = "tuner.log"
@@ -62,6 +69,7 @@ class StudyResult:
     results_path: Path
     trials: pd.DataFrame  # one row per trial, best first
     wall_time_s: float
+    parent_run_id: str | None = None  # the MLflow parent run (None with tracking disabled)
 
     @property
     def best(self) -> pd.Series | None:
@@ -229,61 +237,106 @@ def run_study(
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         with ray_session(address, num_cpus):
             check_cluster_resources(spec)
-            recorder = _fit(prepared, execution, show_progress)
-    trials = trials_table(recorder, spec.objective.metric, spec.objective.mode)
-    result = StudyResult(spec, execution, results_path, trials, time.monotonic() - started)
-    save_results(result)
+            study = StudyRun(prepared, execution, results_path, show_progress)
+            study.fit()
+        trials = trials_table(study.recorder, spec)
+        result = StudyResult(
+            spec, execution, results_path, trials, time.monotonic() - started, study.parent_run_id
+        )
+        save_results(result)
+        study.finish(result)
     return result
 
 
-def _fit(prepared: PreparedStudy, execution: str, show_progress: bool) -> StudyRecorder:
-    spec = prepared.spec
-    overfit = spec.scheduler.stop_on_overfit
-    stopper = OverfitStopper(overfit.patience, overfit.min_delta) if overfit else None
-    progress = LiveProgress(spec.name, spec.search.num_samples) if show_progress else None
-    recorder = StudyRecorder(
-        spec.objective.metric,
-        spec.objective.mode,
-        spec.scheduler.max_epochs,
-        stopped_on_overfit=stopper.has_stopped if stopper else None,
-        on_change=progress.update if progress else None,
-    )
-    settings = TrialSettings(
-        model=spec.model,
-        max_epochs=spec.scheduler.max_epochs,
-        seed=spec.search.seed,
-        cpus=spec.resources.cpu,
-    )
-    trainable = tune.with_resources(
-        tune.with_parameters(train_trial, data=prepared.dataset, settings=settings),
-        {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
-    )
-    tuner = tune.Tuner(
-        trainable,
-        tune_config=tune.TuneConfig(
-            metric=spec.objective.metric,
-            mode=spec.objective.mode,
-            search_alg=make_searcher(spec, prepared.space, execution, stopper),
-            scheduler=make_scheduler(spec),
-            num_samples=spec.search.num_samples,
-            max_concurrent_trials=spec.search.max_concurrent,
-            reuse_actors=True,
-            trial_dirname_creator=trial_dirname,
-        ),
-        run_config=tune.RunConfig(
-            name=execution,
-            storage_path=spec.storage,
-            stop=stopper,
-            failure_config=tune.FailureConfig(max_failures=spec.failure.max_retries),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            callbacks=[recorder],
-            verbose=0,
-            log_to_file=True,
-        ),
-    )
-    with progress or contextlib.nullcontext():
-        tuner.fit()
-    return recorder
+class StudyRun:
+    """One execution of a study: the recorder, the tracking callback, the Tuner around them."""
+
+    def __init__(
+        self, prepared: PreparedStudy, execution: str, results_path: Path, show_progress: bool
+    ):
+        spec = self.spec = prepared.spec
+        self.prepared, self.execution = prepared, execution
+        overfit = spec.scheduler.stop_on_overfit
+        self.stopper = OverfitStopper(overfit.patience, overfit.min_delta) if overfit else None
+        self.progress = LiveProgress(spec.name, spec.search.num_samples) if show_progress else None
+        self.recorder = StudyRecorder(
+            spec.objective.metric,
+            spec.objective.mode,
+            spec.scheduler.max_epochs,
+            stopped_on_overfit=self.stopper.has_stopped if self.stopper else None,
+            on_change=self.progress.update if self.progress else None,
+        )
+        self.tracking: MlflowTracking | None = None
+        self.parent_run_id: str | None = None
+        if spec.tracking.enabled:
+            client = client_for(spec.tracking.uri)
+            experiment_id, self.parent_run_id = start_parent_run(
+                client, spec, execution, results_path
+            )
+            self.tracking = MlflowTracking(
+                spec,
+                self.recorder,
+                self.parent_run_id,
+                experiment_id,
+                results_path / RUN_IDS_FILE,
+            )
+
+    def fit(self) -> None:
+        """Run every trial; on Ctrl-C or a crash, leave no MLflow run RUNNING."""
+        try:
+            with self.progress or contextlib.nullcontext():
+                self._tuner().fit()
+        except BaseException:
+            if self.tracking:
+                self.tracking.close_open_runs("KILLED")
+                self.tracking.client.set_terminated(self.parent_run_id, status="KILLED")
+            raise
+
+    def finish(self, result: StudyResult) -> None:
+        """Close the parent run with the results table, best config and importances."""
+        if not self.tracking:
+            return
+        self.tracking.close_open_runs("KILLED")
+        importances = param_importances(result, self.prepared.space)
+        finish_parent_run(self.tracking.client, self.parent_run_id, result, importances)
+        self.tracking.client.set_terminated(self.parent_run_id, status="FINISHED")
+
+    def _tuner(self) -> tune.Tuner:
+        spec = self.spec
+        settings = TrialSettings(
+            model=spec.model,
+            max_epochs=spec.scheduler.max_epochs,
+            seed=spec.search.seed,
+            cpus=spec.resources.cpu,
+        )
+        trainable = tune.with_resources(
+            tune.with_parameters(train_trial, data=self.prepared.dataset, settings=settings),
+            {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
+        )
+        callbacks = [self.recorder] + ([self.tracking] if self.tracking else [])
+        return tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                metric=spec.objective.metric,
+                mode=spec.objective.mode,
+                search_alg=make_searcher(spec, self.prepared.space, self.execution, self.stopper),
+                scheduler=make_scheduler(spec),
+                num_samples=spec.search.num_samples,
+                max_concurrent_trials=spec.search.max_concurrent,
+                reuse_actors=True,
+                trial_dirname_creator=trial_dirname,
+            ),
+            run_config=tune.RunConfig(
+                name=self.execution,
+                storage_path=spec.storage,
+                stop=self.stopper,
+                failure_config=tune.FailureConfig(max_failures=spec.failure.max_retries),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                callbacks=callbacks,
+                verbose=0,
+                log_to_file=True,
+            ),
+        )
 
 
 # --------------------------------------------------------------------------- results
@@ -291,18 +344,22 @@ def _fit(prepared: PreparedStudy, execution: str, show_progress: bool) -> StudyR
 SUMMARY_METRICS = (m.VAL_LOSS, m.VAL_ACC, m.TRAIN_LOSS, m.TRAIN_ACC, m.GENERALIZATION_GAP)
 
 
-def trials_table(recorder: StudyRecorder, metric: str, mode: str) -> pd.DataFrame:
-    """One row per trial: status, epochs, best epoch and its metrics, config; best first."""
+def trials_table(recorder: StudyRecorder, spec: JobSpec) -> pd.DataFrame:
+    """One row per trial: status, diagnosis, best epoch and its metrics, config; best first."""
+    metric, mode = spec.objective.metric, spec.objective.mode
     rows = []
     for record in recorder.trials.values():
         best = record.best(metric, mode) or {}
+        verdict = diagnostics.diagnose(record.history, spec.diagnostics)
         row = {
             "trial": record.number,
             "trial_id": record.trial_id,
             "status": record.status or outcomes.ERRORED,
+            "diagnosis": verdict.diagnosis,
             "epochs": max(record.epochs, default=0),
             "best_epoch": best.get(m.EPOCH),
             **{f"best_{k}": best.get(k) for k in SUMMARY_METRICS},
+            "overfit_score": verdict.overfit_score,
             "error": record.error,
             **{f"config.{k}": v for k, v in record.config.items()},
         }

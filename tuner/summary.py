@@ -10,9 +10,12 @@ from rich.table import Table
 from trainables import metrics as m
 from tuner import outcomes
 from tuner.export import exported_config, plain
+from tuner.spaces import IntParam, SearchSpace
 
 if TYPE_CHECKING:
     from tuner.study import StudyResult
+
+MIN_TRIALS_FOR_IMPORTANCE = 5
 
 TRIALS_FILE = "trials.csv"
 BEST_CONFIG_FILE = "best-config.yaml"
@@ -74,3 +77,38 @@ def top_table(result: StudyResult, rows: int = 5) -> Table:
             f"{row['best_generalization_gap']:.4f}",
         )
     return table
+
+
+def param_importances(result: StudyResult, space: SearchSpace) -> dict[str, float] | None:
+    """Optuna's fANOVA importances for the best-epoch objective, over every trial that reported.
+
+    ASHA-stopped trials count at their best epoch (Optuna's own importances would see only the
+    few trials that ran to the end). None when fewer than MIN_TRIALS_FOR_IMPORTANCE reported.
+    """
+    import optuna
+
+    objective = f"best_{result.spec.objective.metric}"
+    rows = result.trials.dropna(subset=[objective])
+    if len(rows) < MIN_TRIALS_FOR_IMPORTANCE:
+        return None
+    direction = "minimize" if result.spec.objective.mode == "min" else "maximize"
+    study = optuna.create_study(direction=direction)
+    for _, row in rows.iterrows():
+        params = {}
+        for name, param in space.params.items():
+            value = plain(row.get(f"config.{name}"))
+            if value is not None:
+                params[name] = int(value) if isinstance(param, IntParam) else value
+        study.add_trial(
+            optuna.trial.create_trial(
+                params=params,
+                distributions={n: space.params[n].distribution() for n in params},
+                value=float(row[objective]),
+            )
+        )
+    evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
+    try:
+        importances = optuna.importance.get_param_importances(study, evaluator=evaluator)
+    except (ValueError, RuntimeError):  # e.g. no parameter present in every trial
+        return None
+    return {name: float(value) for name, value in importances.items()}

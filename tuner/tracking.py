@@ -1,0 +1,454 @@
+"""MLflow tracking from the driver: a parent run per study execution, a nested child run per trial.
+
+Workers never talk to the tracking server: the `MlflowTracking` callback runs in the driver,
+reads each trial's curve from the `StudyRecorder`, and writes per-epoch metrics in batches
+(`log_batch`, step = epoch), never a call per key. At a trial's end it logs the summary at the
+best epoch, the diagnosis and a learning-curve figure, and closes the run FINISHED (FAILED for
+errored trials). The trial -> run ids are saved in the Ray run folder, so a resumed study
+continues the same runs.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from ray.tune import Callback
+
+from trainables import metrics as m
+from tuner import diagnostics, outcomes
+from tuner.progress import StudyRecorder, TrialRecord
+from tuner.spec import DiagnosticsSpec, JobSpec, ObjectiveSpec
+
+PARENT_TAG = "mlflow.parentRunId"
+RUN_NAME_TAG = "mlflow.runName"
+ROLE_TAG = "tuner.role"  # study | trial | train
+STUDY_TAG = "tuner.study"
+CONFIG_TAG = "tuner.config"
+RUN_IDS_FILE = "mlflow_runs.json"
+CURVE_METRICS = (
+    m.TRAIN_LOSS,
+    m.TRAIN_ACC,
+    m.VAL_LOSS,
+    m.VAL_ACC,
+    m.GENERALIZATION_GAP,
+    m.EPOCH_TIME_S,
+)
+MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
+MAX_TAG_LENGTH = 8000
+BATCH_LIMIT = 1000  # MLflow's limit on entities per log_batch call
+
+
+def client_for(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def redact(text: str) -> str:
+    """Hide passwords in URLs (scheme://user:secret@host -> scheme://user:***@host)."""
+    return re.sub(r"(://[^/:@\s]+):[^@/\s]+@", r"\1:***@", text)
+
+
+def flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}."""
+    flat: dict[str, Any] = {}
+    for key, value in mapping.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def as_params(mapping: dict[str, Any]) -> list:
+    """MLflow params from a (nested) mapping: dotted keys, redacted, within MLflow's limits."""
+    from mlflow.entities import Param
+
+    return [
+        Param(key[:250], redact(str(value))[:MAX_PARAM_LENGTH])
+        for key, value in flatten(mapping).items()
+        if value is not None
+    ]
+
+
+def log_batch(client, run_id: str, metrics=(), params=(), tags=()) -> None:
+    """log_batch in chunks of MLflow's per-call limit."""
+    metrics, params, tags = list(metrics), list(params), list(tags)
+    while metrics or params or tags:
+        room = BATCH_LIMIT
+        chunk_p, params = params[:100], params[100:]  # at most 100 params per call
+        room -= len(chunk_p)
+        chunk_t, tags = tags[:room], tags[room:]
+        room -= len(chunk_t)
+        chunk_m, metrics = metrics[:room], metrics[room:]
+        client.log_batch(run_id, metrics=chunk_m, params=chunk_p, tags=chunk_t)
+
+
+def epoch_metrics(row: dict[str, float], timestamp: int) -> list:
+    """One epoch's curve points (step = epoch), accuracy gap included; non-finite values skipped."""
+    from mlflow.entities import Metric
+
+    values = {k: row.get(k) for k in CURVE_METRICS}
+    values[diagnostics.GAP_ACC] = diagnostics.accuracy_gaps([row])[0]
+    step = int(row[m.EPOCH])
+    return [
+        Metric(key, float(v), timestamp, step) for key, v in values.items() if outcomes.is_finite(v)
+    ]
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def learning_curve_figure(history: list[dict[str, float]], title: str):
+    """Train vs validation loss (and accuracy), the best epoch marked; a matplotlib figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    has_acc = any(m.VAL_ACC in r for r in history)
+    fig, axes = plt.subplots(1, 2 if has_acc else 1, figsize=(10 if has_acc else 5.5, 3.6))
+    axes = list(axes) if has_acc else [axes]
+    epochs = [r[m.EPOCH] for r in history]
+    best = outcomes.best_epoch(history, m.VAL_LOSS, "min")
+    panels = [("loss", m.TRAIN_LOSS, m.VAL_LOSS)]
+    if has_acc:
+        panels.append(("accuracy", m.TRAIN_ACC, m.VAL_ACC))
+    for ax, (label, train_key, val_key) in zip(axes, panels, strict=True):
+        ax.plot(epochs, [r.get(train_key) for r in history], marker=".", label="train")
+        ax.plot(epochs, [r.get(val_key) for r in history], marker=".", label="validation")
+        if best:
+            ax.axvline(best[m.EPOCH], color="grey", linestyle="--", label="best epoch")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def log_trial_end(
+    client,
+    run_id: str,
+    history: list[dict[str, float]],
+    objective: ObjectiveSpec,
+    thresholds: DiagnosticsSpec,
+    title: str,
+) -> diagnostics.Diagnosis:
+    """Summary at the best epoch, diagnosis tags and metrics, and the learning-curve figure."""
+    from mlflow.entities import Metric, RunTag
+
+    verdict = diagnostics.diagnose(history, thresholds)
+    summary = diagnostics.summary_metrics(history, objective.metric, objective.mode)
+    summary[diagnostics.OVERFIT_SCORE] = verdict.overfit_score
+    ts = now_ms()
+    log_batch(
+        client,
+        run_id,
+        metrics=[Metric(k, v, ts, 0) for k, v in summary.items()],
+        tags=[RunTag("diagnosis", verdict.diagnosis)],
+    )
+    if history:
+        import matplotlib.pyplot as plt
+
+        fig = learning_curve_figure(history, f"{title}: {verdict.diagnosis}")
+        client.log_figure(run_id, fig, "learning_curve.png")
+        plt.close(fig)
+    return verdict
+
+
+class MlflowTracking(Callback):
+    """Ray Tune callback on the driver: one nested MLflow run per trial, written in batches."""
+
+    def __init__(
+        self,
+        spec: JobSpec,
+        recorder: StudyRecorder,
+        parent_run_id: str,
+        experiment_id: str,
+        run_ids_path: Path,
+        flush_interval_s: float = 2.0,
+    ):
+        self.spec, self.recorder = spec, recorder
+        self.parent_run_id, self.experiment_id = parent_run_id, experiment_id
+        self.run_ids_path = run_ids_path
+        self.flush_interval_s = flush_interval_s
+        self.run_ids: dict[str, str] = load_run_ids(run_ids_path)
+        self._pending: dict[str, list] = {}
+        self._last_flush = time.monotonic()
+        self._client = None
+        self.open_runs: set[str] = set()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_client": None, "_pending": {}}
+
+    @property
+    def client(self):
+        if self._client is None:
+            self._client = client_for(self.spec.tracking.uri)
+        return self._client
+
+    # ------------------------------------------------------------------ Ray Tune hooks
+
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        record = self.recorder.trials.get(trial.trial_id)
+        if record is not None:
+            self._child_run(record)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        record = self.recorder.trials.get(trial.trial_id)
+        if record is None or m.EPOCH not in result:
+            return
+        run_id = self._child_run(record)
+        row = record.epochs.get(int(result[m.EPOCH]), {})
+        self._pending.setdefault(run_id, []).extend(epoch_metrics(row, now_ms()))
+        if time.monotonic() - self._last_flush >= self.flush_interval_s:
+            self.flush()
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self._end_trial(trial.trial_id, "FINISHED")
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self._end_trial(trial.trial_id, "FAILED")
+
+    def on_experiment_end(self, trials, **info) -> None:
+        self.flush()
+
+    # ------------------------------------------------------------------ runs
+
+    def _child_run(self, record: TrialRecord) -> str:
+        """The trial's run: created on first sight, or reopened after a restore."""
+        run_id = self.run_ids.get(record.trial_id)
+        if run_id is None:
+            run_id = self._create_child(record)
+            self.run_ids[record.trial_id] = run_id
+            save_run_ids(self.run_ids_path, self.parent_run_id, self.run_ids)
+        elif run_id not in self.open_runs:
+            self.client.update_run(run_id, status="RUNNING")
+        self.open_runs.add(run_id)
+        return run_id
+
+    def _create_child(self, record: TrialRecord) -> str:
+        from mlflow.entities import RunTag
+
+        name = f"trial-{record.number:04d}"
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=name,
+            tags={
+                PARENT_TAG: self.parent_run_id,
+                ROLE_TAG: "trial",
+                STUDY_TAG: self.spec.name,
+                "tuner.trial_id": record.trial_id,
+                "tuner.trial_number": str(record.number),
+                CONFIG_TAG: json.dumps(record.config)[:MAX_TAG_LENGTH],
+            },
+        )
+        run_id = run.info.run_id
+        log_batch(
+            self.client,
+            run_id,
+            params=as_params(record.config),
+            tags=[RunTag("trial_status", "running")],
+        )
+        return run_id
+
+    def flush(self) -> None:
+        """Send every buffered epoch in one batch per run."""
+        pending, self._pending = self._pending, {}
+        for run_id, metrics in pending.items():
+            log_batch(self.client, run_id, metrics=metrics)
+        self._last_flush = time.monotonic()
+
+    def _end_trial(self, trial_id: str, run_status: str) -> None:
+        from mlflow.entities import RunTag
+
+        record = self.recorder.trials.get(trial_id)
+        if record is None:
+            return
+        run_id = self._child_run(record)
+        self.flush()
+        tags = [RunTag("trial_status", record.status or outcomes.ERRORED)]
+        if record.error:
+            tags.append(RunTag("error", record.error[:MAX_TAG_LENGTH]))
+        log_batch(self.client, run_id, tags=tags)
+        log_trial_end(
+            self.client,
+            run_id,
+            record.history,
+            self.spec.objective,
+            self.spec.diagnostics,
+            f"trial {record.number}",
+        )
+        self.client.set_terminated(run_id, status=run_status)
+        self.open_runs.discard(run_id)
+
+    def close_open_runs(self, status: str = "KILLED") -> None:
+        """Leave no run RUNNING (Ctrl-C, a crash): flush, then end whatever is still open."""
+        self.flush()
+        for run_id in list(self.open_runs):
+            self.client.set_terminated(run_id, status=status)
+            self.open_runs.discard(run_id)
+
+
+# --------------------------------------------------------------------------- run ids on disk
+
+
+def load_run_ids(path: Path) -> dict[str, str]:
+    if not path.is_file():
+        return {}
+    return dict(json.loads(path.read_text()).get("trials", {}))
+
+
+def save_run_ids(path: Path, parent_run_id: str, run_ids: dict[str, str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"parent": parent_run_id, "trials": run_ids}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(payload, indent=1))
+    tmp.replace(path)
+
+
+# --------------------------------------------------------------------------- the parent run
+
+
+def ensure_experiment(client, spec: JobSpec) -> str:
+    """The study's experiment; SQLite stores keep artifacts in `mlartifacts/` beside the file."""
+    name = spec.tracking.experiment or spec.name
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        if experiment.lifecycle_stage == "deleted":
+            client.restore_experiment(experiment.experiment_id)
+        return experiment.experiment_id
+    location = None
+    if spec.tracking.uri.startswith("sqlite:///"):
+        db = Path(spec.tracking.uri.removeprefix("sqlite:///"))
+        location = (db.parent / "mlartifacts").as_uri()
+    return client.create_experiment(name, artifact_location=location)
+
+
+def start_parent_run(client, spec: JobSpec, execution: str, results_path: Path) -> tuple[str, str]:
+    """Create the study's parent run with the resolved spec; returns (experiment id, run id)."""
+    from mlflow.entities import RunTag
+
+    experiment_id = ensure_experiment(client, spec)
+    run = client.create_run(
+        experiment_id,
+        run_name=execution,
+        tags={
+            ROLE_TAG: "study",
+            STUDY_TAG: spec.name,
+            "tuner.execution": execution,
+            "tuner.model": spec.model,
+            "tuner.dataset": json.dumps(spec.dataset.model_dump(exclude_none=True)),
+            "tuner.objective": f"{spec.objective.metric}:{spec.objective.mode}",
+            "tuner.seed": str(spec.search.seed),
+            "tuner.results_path": str(results_path),
+            "tuner.optuna": redact(f"{spec.search.storage}#{execution}"),
+        },
+    )
+    run_id = run.info.run_id
+    log_batch(
+        client,
+        run_id,
+        params=as_params(spec.model_dump(mode="json")),
+        tags=[RunTag("mlflow.note.content", f"tuner study {execution}")],
+    )
+    client.log_text(run_id, redact(spec.to_yaml()), "spec.yaml")
+    return experiment_id, run_id
+
+
+def finish_parent_run(client, run_id: str, result, importances: dict[str, float] | None) -> None:
+    """Results table, best config, importances, counts and the best objective on the parent."""
+    from mlflow.entities import Metric
+
+    from tuner.summary import best_config
+
+    spec, trials = result.spec, result.trials
+    ts = now_ms()
+    values: dict[str, float] = {"wall_time_s": result.wall_time_s, "trials_total": len(trials)}
+    for column, prefix in (("status", "trials_"), ("diagnosis", "diagnosis_")):
+        if column in trials:
+            for name, count in trials[column].value_counts().items():
+                values[f"{prefix}{name}"] = int(count)
+    if len(trials):
+        values["epochs_trained"] = int(trials["epochs"].sum())
+    best = result.best
+    if best is not None:
+        for key in ("best_val_loss", "best_val_acc", "best_train_loss", "best_epoch"):
+            value = best.get(key)
+            if outcomes.is_finite(value):
+                values[key] = float(value)
+        values[f"best_{spec.objective.metric}"] = float(best[f"best_{spec.objective.metric}"])
+    for name, importance in (importances or {}).items():
+        values[f"importance.{name}"] = float(importance)
+    log_batch(client, run_id, metrics=[Metric(k, float(v), ts, 0) for k, v in values.items()])
+
+    with tempfile.TemporaryDirectory() as folder:
+        table = Path(folder) / "results.csv"
+        trials.to_csv(table, index=False)
+        trials.astype({c: str for c in trials.columns if trials[c].dtype == object}).to_parquet(
+            Path(folder) / "results.parquet", index=False
+        )
+        client.log_artifact(run_id, str(table))
+        client.log_artifact(run_id, str(Path(folder) / "results.parquet"))
+    config = best_config(result)
+    if config:
+        client.log_text(run_id, yaml.safe_dump(config, sort_keys=False), "best_config.yaml")
+    if importances:
+        client.log_dict(run_id, importances, "param_importances.json")
+
+
+# --------------------------------------------------------------------------- reading back
+
+
+def default_tracking_uri() -> str:
+    """$MLFLOW_TRACKING_URI, else the demo's SQLite store in the working directory."""
+    import os
+
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def list_studies(tracking_uri: str):
+    """One row per study execution (parent run), newest first, as a pandas DataFrame."""
+    import pandas as pd
+
+    client = client_for(tracking_uri)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    runs = (
+        client.search_runs(
+            experiments,
+            filter_string=f"tags.`{ROLE_TAG}` = 'study'",
+            order_by=["attributes.start_time DESC"],
+            max_results=10_000,
+        )
+        if experiments
+        else []
+    )
+    rows = []
+    for run in runs:
+        metric = run.data.tags.get("tuner.objective", "val_loss:min").split(":")[0]
+        values = run.data.metrics
+        rows.append(
+            {
+                "study": run.data.tags.get(STUDY_TAG),
+                "execution": run.info.run_name,
+                "run_id": run.info.run_id,
+                "status": run.info.status,
+                "trials": int(values.get("trials_total", 0)),
+                "stopped_by_asha": int(values.get("trials_stopped_by_asha", 0)),
+                "errored": int(values.get("trials_errored", 0)),
+                "objective": metric,
+                "best": values.get(f"best_{metric}"),
+                "started": pd.Timestamp(run.info.start_time, unit="ms"),
+            }
+        )
+    return pd.DataFrame(rows)
