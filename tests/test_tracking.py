@@ -1,0 +1,197 @@
+"""What a study leaves in MLflow, against SQLite and a real `mlflow server` on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import tiny_spec
+from tuner import diagnostics, outcomes
+from tuner.progress import StudyRecorder
+from tuner.study import run_study
+from tuner.tracking import (
+    PARENT_TAG,
+    ROLE_TAG,
+    RUN_IDS_FILE,
+    MlflowTracking,
+    client_for,
+    load_run_ids,
+    start_parent_run,
+)
+
+NUM_TRIALS = 6
+
+
+def child_runs(client: MlflowClient, parent) -> list:
+    return client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'"
+    )
+
+
+@pytest.fixture(params=["sqlite", "http"])
+def tracking_uri(request, study_dir: Path) -> str:
+    if request.param == "http":
+        return request.getfixturevalue("mlflow_server")
+    return f"sqlite:///{study_dir / 'mlflow.db'}"
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_study_in_mlflow_parent_children_curves_and_summaries(
+    tracking_uri: str, study_dir: Path
+) -> None:
+    name = f"track-{'http' if tracking_uri.startswith('http') else 'sqlite'}"
+    spec = tiny_spec(
+        name=name,
+        search={"algorithm": "tpe", "num_samples": NUM_TRIALS, "max_concurrent": 2},
+        scheduler={"name": "asha", "max_epochs": 4, "grace_period": 1, "reduction_factor": 2},
+        tracking={"uri": tracking_uri},
+    )
+    result = run_study(spec, show_progress=False)
+    client = client_for(tracking_uri)
+    experiment = client.get_experiment_by_name(name)
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if r.data.tags.get(ROLE_TAG) == "study"]
+    assert [p.info.run_id for p in parents] == [result.parent_run_id]
+    parent = parents[0]
+    children = child_runs(client, parent)
+    assert len(children) == NUM_TRIALS
+    assert all(r.info.status == "FINISHED" for r in runs), "a run was left RUNNING"
+
+    table = result.trials.set_index("trial_id")
+    for child in children:
+        tags, metrics = child.data.tags, child.data.metrics
+        row = table.loc[tags["tuner.trial_id"]]
+        assert child.info.run_name == f"trial-{int(row['trial']):04d}"
+        assert tags["trial_status"] == row["status"]
+        assert tags["diagnosis"] == row["diagnosis"] and tags["diagnosis"] in diagnostics.DIAGNOSES
+        config = json.loads(tags["tuner.config"])
+        assert child.data.params == {k: str(v) for k, v in config.items()}
+
+        curves = {
+            key: {p.step: p.value for p in client.get_metric_history(child.info.run_id, key)}
+            for key in ("train_loss", "val_loss", "val_acc", "generalization_gap")
+        }
+        assert sorted(curves["val_loss"]) == list(range(1, int(row["epochs"]) + 1))
+        best_step = min(curves["val_loss"], key=lambda s: (curves["val_loss"][s], s))
+        assert metrics["best_val_loss"] == pytest.approx(min(curves["val_loss"].values()))
+        assert metrics["best_epoch"] == best_step == row["best_epoch"]
+        assert metrics["train_loss_at_best"] == pytest.approx(curves["train_loss"][best_step])
+        assert metrics["best_val_acc"] == pytest.approx(curves["val_acc"][best_step])
+        final = max(curves["val_loss"])
+        assert metrics["final_val_loss"] == pytest.approx(curves["val_loss"][final])
+        gap = curves["val_loss"][best_step] - curves["train_loss"][best_step]
+        assert curves["generalization_gap"][best_step] == pytest.approx(gap)
+        assert metrics["overfit_score"] >= 0
+        assert [a.path for a in client.list_artifacts(child.info.run_id)] == ["learning_curve.png"]
+
+    statuses = {c.data.tags["trial_status"] for c in children}
+    assert outcomes.STOPPED_BY_ASHA in statuses
+    pm = parent.data.metrics
+    assert pm["trials_total"] == NUM_TRIALS
+    assert pm["best_val_loss"] == pytest.approx(
+        min(c.data.metrics["best_val_loss"] for c in children)
+    )
+    assert sum(v for k, v in pm.items() if k.startswith("diagnosis_")) == NUM_TRIALS
+    assert sum(v for k, v in pm.items() if k.startswith("trials_") and k != "trials_total") == (
+        NUM_TRIALS
+    )
+    assert pm["wall_time_s"] > 0
+    assert any(k.startswith("importance.") for k in pm), "no parameter importances"
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"spec.yaml", "results.csv", "results.parquet", "best_config.yaml"} <= artifacts
+    assert "param_importances.json" in artifacts
+    saved = load_run_ids(result.results_path / RUN_IDS_FILE)
+    assert sorted(saved.values()) == sorted(c.info.run_id for c in children)
+
+
+def fake_trial(trial_id: str, number: int, error_file: str | None = None) -> SimpleNamespace:
+    """What the callbacks read of Ray's Trial: enough to drive them without a study."""
+    return SimpleNamespace(
+        trial_id=trial_id,
+        experiment_tag=f"{number}_lr=0.01",
+        config={"lr": 0.01, "optimizer": "adam"},
+        last_result={"epoch": 1},
+        error_file=error_file,
+    )
+
+
+def callbacks(study_dir: Path) -> tuple[StudyRecorder, MlflowTracking, MlflowClient]:
+    spec = tiny_spec(name="callbacks")
+    client = client_for(spec.tracking.uri)
+    experiment_id, parent_id = start_parent_run(client, spec, "callbacks-x", study_dir)
+    recorder = StudyRecorder("val_loss", "min", max_epochs=2)
+    tracking = MlflowTracking(spec, recorder, parent_id, experiment_id, study_dir / RUN_IDS_FILE)
+    return recorder, tracking, client
+
+
+def drive(callbacks_: list, hook: str, trial, **kwargs) -> None:
+    for callback in callbacks_:
+        getattr(callback, hook)(iteration=0, trials=[trial], trial=trial, **kwargs)
+
+
+EPOCH_1 = {"epoch": 1, "train_loss": 0.9, "val_loss": 1.0, "train_acc": 0.6, "val_acc": 0.55}
+
+
+def test_errored_trial_is_failed_with_its_message(study_dir: Path) -> None:
+    recorder, tracking, client = callbacks(study_dir)
+    error_file = study_dir / "error.txt"
+    error_file.write_text("Traceback ...\nRuntimeError: CUDA out of memory\n")
+    trial = fake_trial("abc", 1, str(error_file))
+    drive([recorder, tracking], "on_trial_start", trial)
+    drive([recorder, tracking], "on_trial_result", trial, result=EPOCH_1)
+    drive([recorder, tracking], "on_trial_error", trial)
+
+    run = client.get_run(tracking.run_ids["abc"])
+    assert run.info.status == "FAILED"
+    assert run.data.tags["trial_status"] == outcomes.ERRORED
+    assert run.data.tags["error"] == "RuntimeError: CUDA out of memory"
+    assert [p.value for p in client.get_metric_history(run.info.run_id, "val_loss")] == [1.0]
+
+
+def test_interrupted_study_leaves_no_run_running(study_dir: Path) -> None:
+    recorder, tracking, client = callbacks(study_dir)
+    trials = [fake_trial(f"t{i}", i) for i in (1, 2)]
+    for trial in trials:
+        drive([recorder, tracking], "on_trial_start", trial)
+        drive([recorder, tracking], "on_trial_result", trial, result=EPOCH_1)
+    tracking.close_open_runs("KILLED")  # what StudyRun.fit does on Ctrl-C
+    for trial in trials:
+        run = client.get_run(tracking.run_ids[trial.trial_id])
+        assert run.info.status == "KILLED"
+        history = client.get_metric_history(run.info.run_id, "val_loss")
+        assert [(p.step, p.value) for p in history] == [(1, 1.0)], "buffered epochs were lost"
+
+
+def test_a_restored_trial_continues_its_run(study_dir: Path) -> None:
+    """Resume-safe: the trial -> run ids on disk bring the same run back, without a duplicate."""
+    recorder, tracking, client = callbacks(study_dir)
+    trial = fake_trial("t1", 1)
+    drive([recorder, tracking], "on_trial_start", trial)
+    drive([recorder, tracking], "on_trial_result", trial, result=EPOCH_1)
+    tracking.close_open_runs("KILLED")
+    first_run = tracking.run_ids["t1"]
+
+    restored = MlflowTracking(
+        tracking.spec,
+        recorder,
+        tracking.parent_run_id,
+        tracking.experiment_id,
+        study_dir / RUN_IDS_FILE,
+    )
+    drive([recorder, restored], "on_trial_start", trial)
+    drive(
+        [recorder, restored],
+        "on_trial_result",
+        trial,
+        result={**EPOCH_1, "epoch": 2, "val_loss": 0.8},
+    )
+    drive([recorder, restored], "on_trial_complete", trial)
+    assert restored.run_ids["t1"] == first_run
+    runs = client.search_runs([tracking.experiment_id], filter_string="tags.`tuner.role` = 'trial'")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    steps = [p.step for p in client.get_metric_history(first_run, "val_loss")]
+    assert steps == [1, 2]
