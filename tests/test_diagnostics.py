@@ -389,6 +389,7 @@ def test_summary_metrics_val_loss_min() -> None:
         "best_epoch": 3.0,
         "best_val_loss": 0.5,
         "best_val_acc": 0.75,
+        "best_train_loss": 0.5,
         "best_train_acc": 0.75,
         "train_loss_at_best": 0.5,
         "final_train_loss": 0.125,
@@ -452,6 +453,7 @@ def test_summary_metrics_regression_has_no_accuracy_keys() -> None:
     assert summary == {
         "best_epoch": 2.0,
         "best_val_loss": 0.5,
+        "best_train_loss": 0.5,
         "train_loss_at_best": 0.5,
         "final_train_loss": 0.25,
         "final_val_loss": 0.75,
