@@ -280,6 +280,7 @@ def log_trained_model(
     """An MLflow run with the curves, diagnosis and the model; rank 1 goes to the registry."""
     import mlflow
     import mlflow.pytorch
+    import torch
 
     client = client_for(tracking_uri)
     study = config.source.get("study") or "tuner-train"
@@ -321,6 +322,9 @@ def log_trained_model(
             name="model",
             input_example=input_example,
             registered_model_name=registered,
+            # stated, not inferred: inference loads the model in a subprocess and warns about
+            # local version labels such as torch's "+cpu"
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
         )
     client.set_terminated(run_id, status="FINISHED")
     return TrainResult(run_id, history, verdict.diagnosis, registered)
