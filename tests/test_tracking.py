@@ -195,3 +195,56 @@ def test_a_restored_trial_continues_its_run(study_dir: Path) -> None:
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     steps = [p.step for p in client.get_metric_history(first_run, "val_loss")]
     assert steps == [1, 2]
+
+
+def test_ctrl_c_leaves_no_run_running_and_exits_1(tmp_path: Path) -> None:
+    """A real `tuner run` in its own process, interrupted with SIGINT once trials have finished."""
+    import signal
+    import sqlite3
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        yaml.safe_dump(
+            {
+                "name": "interrupt-me",
+                "model": "mlp",
+                "dataset": {"name": "digits"},
+                "search": {"num_samples": 40, "max_concurrent": 2},
+                "scheduler": {"name": "fifo", "max_epochs": 15},
+            }
+        )
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tuner", "run", str(spec)],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    db = tmp_path / "mlflow.db"
+
+    def finished_trials() -> int:
+        if not db.exists():
+            return 0
+        with sqlite3.connect(db) as conn:
+            query = "select count(*) from tags where key = 'trial_status' and value = 'completed'"
+            return conn.execute(query).fetchone()[0]
+
+    deadline = time.monotonic() + 180
+    while finished_trials() < 2 and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.5)
+    assert process.poll() is None, process.communicate()[0]
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=120)
+
+    assert process.returncode == 1, output
+    assert "was interrupted after" in output and "Traceback" not in output
+    with sqlite3.connect(db) as conn:
+        statuses = dict(conn.execute("select status, count(*) from runs group by status"))
+    assert "RUNNING" not in statuses, statuses
+    assert statuses.get("FINISHED", 0) >= 2 and statuses.get("KILLED", 0) >= 1  # parent killed

@@ -16,7 +16,8 @@ COMPLETED = "completed"
 STOPPED_BY_ASHA = "stopped_by_asha"
 STOPPED_ON_OVERFIT = "stopped_on_overfit"
 ERRORED = "errored"
-STATUSES = (COMPLETED, STOPPED_BY_ASHA, STOPPED_ON_OVERFIT, ERRORED)
+INTERRUPTED = "interrupted"  # still running when the study was stopped (Ctrl-C)
+STATUSES = (COMPLETED, STOPPED_BY_ASHA, STOPPED_ON_OVERFIT, ERRORED, INTERRUPTED)
 
 
 def trial_status(

@@ -70,6 +70,7 @@ class StudyResult:
     trials: pd.DataFrame  # one row per trial, best first
     wall_time_s: float
     parent_run_id: str | None = None  # the MLflow parent run (None with tracking disabled)
+    interrupted: bool = False  # stopped by Ctrl-C before every trial finished
 
     @property
     def best(self) -> pd.Series | None:
@@ -241,7 +242,13 @@ def run_study(
             study.fit()
         trials = trials_table(study.recorder, spec)
         result = StudyResult(
-            spec, execution, results_path, trials, time.monotonic() - started, study.parent_run_id
+            spec,
+            execution,
+            results_path,
+            trials,
+            time.monotonic() - started,
+            study.parent_run_id,
+            interrupted=study.interrupted(),
         )
         save_results(result)
         study.finish(result)
@@ -292,6 +299,12 @@ class StudyRun:
                 self.tracking.client.set_terminated(self.parent_run_id, status="KILLED")
             raise
 
+    def interrupted(self) -> bool:
+        """Ray Tune returns normally after Ctrl-C; unfinished or unstarted trials tell."""
+        trials = self.recorder.trials.values()
+        unfinished = any(t.status is None for t in trials)
+        return unfinished or len(trials) < self.spec.search.num_samples
+
     def finish(self, result: StudyResult) -> None:
         """Close the parent run with the results table, best config and importances."""
         if not self.tracking:
@@ -299,7 +312,8 @@ class StudyRun:
         self.tracking.close_open_runs("KILLED")
         importances = param_importances(result, self.prepared.space)
         finish_parent_run(self.tracking.client, self.parent_run_id, result, importances)
-        self.tracking.client.set_terminated(self.parent_run_id, status="FINISHED")
+        status = "KILLED" if result.interrupted else "FINISHED"
+        self.tracking.client.set_terminated(self.parent_run_id, status=status)
 
     def _tuner(self) -> tune.Tuner:
         spec = self.spec
@@ -354,7 +368,7 @@ def trials_table(recorder: StudyRecorder, spec: JobSpec) -> pd.DataFrame:
         row = {
             "trial": record.number,
             "trial_id": record.trial_id,
-            "status": record.status or outcomes.ERRORED,
+            "status": record.status or outcomes.INTERRUPTED,
             "diagnosis": verdict.diagnosis,
             "epochs": max(record.epochs, default=0),
             "best_epoch": best.get(m.EPOCH),
@@ -373,7 +387,15 @@ def trials_table(recorder: StudyRecorder, spec: JobSpec) -> pd.DataFrame:
 
 
 def require_success(result: StudyResult) -> None:
-    """A study in which no trial produced a finite objective failed as a whole."""
+    """An interrupted study, or one where no trial produced a finite objective, failed."""
+    if result.interrupted:
+        statuses = result.trials["status"] if len(result.trials) else pd.Series(dtype=object)
+        done = int((statuses != outcomes.INTERRUPTED).sum())
+        raise StudyError(
+            f"study {result.spec.name!r} was interrupted after {done} of "
+            f"{result.spec.search.num_samples} trials finished; Ray saved its state in "
+            f"{result.results_path}"
+        )
     if result.best is None:
         errors = result.trials.get("error", pd.Series(dtype=object)).dropna().unique().tolist()
         reason = f"; errors: {errors[:3]}" if errors else ""

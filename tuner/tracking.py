@@ -296,6 +296,7 @@ class MlflowTracking(Callback):
         """Leave no run RUNNING (Ctrl-C, a crash): flush, then end whatever is still open."""
         self.flush()
         for run_id in list(self.open_runs):
+            self.client.set_tag(run_id, "trial_status", outcomes.INTERRUPTED)
             self.client.set_terminated(run_id, status=status)
             self.open_runs.discard(run_id)
 
