@@ -333,7 +333,9 @@ def ensure_experiment(client, spec: JobSpec) -> str:
     if spec.tracking.uri.startswith("sqlite:///"):
         db = Path(spec.tracking.uri.removeprefix("sqlite:///"))
         location = (db.parent / "mlartifacts").as_uri()
-    return client.create_experiment(name, artifact_location=location)
+    # MLflow 3's UI opens an experiment of this kind on its runs table (model training view)
+    tags = {"mlflow.experimentKind": "custom_model_development"}
+    return client.create_experiment(name, artifact_location=location, tags=tags)
 
 
 def start_parent_run(client, spec: JobSpec, execution: str, results_path: Path) -> tuple[str, str]:
