@@ -309,9 +309,18 @@ def train(
 
 @app.command()
 @handle_errors
-def report(study: str, out_path: OutOption = None) -> None:
-    """The study's HTML dashboard."""
-    _not_yet("tuner report")
+def report(
+    study: Annotated[str, typer.Argument(help="Study name (its newest execution) or run id.")],
+    out_path: OutOption = None,
+    tracking_uri: TrackingOption = None,
+) -> None:
+    """The study's HTML dashboard (one self-contained file), for a finished or running study."""
+    from tuner.report import report_study
+    from tuner.tracking import default_tracking_uri
+
+    path = report_study(study, tracking_uri or default_tracking_uri(), out_path)
+    size = path.stat().st_size / 1e6
+    out.print(f"{path} ({size:.1f} MB): open it in a browser", highlight=False, soft_wrap=True)
 
 
 @app.command()

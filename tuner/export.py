@@ -24,6 +24,7 @@ from tuner.errors import SpecError
 from tuner.spec import DatasetSpec, DiagnosticsSpec, JobSpec, ObjectiveSpec, format_validation_error
 from tuner.tracking import (
     CONFIG_TAG,
+    EXECUTION_TAG,
     PARENT_TAG,
     ROLE_TAG,
     STUDY_TAG,
@@ -97,7 +98,7 @@ RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
 def find_study_run(client, study: str):
-    """The parent run of `study`: a run id, or the newest execution of a study name."""
+    """The parent run of `study`: a run id, an execution's name, or a study name's newest."""
     from mlflow.exceptions import MlflowException
 
     if RUN_ID.match(study):
@@ -111,12 +112,15 @@ def find_study_run(client, study: str):
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", study):
         raise SpecError(f"STUDY: {study!r} is neither a study name nor an MLflow run id")
     experiments = [e.experiment_id for e in client.search_experiments()]
-    runs = client.search_runs(
-        experiments,
-        filter_string=f"tags.`{STUDY_TAG}` = '{study}' and tags.`{ROLE_TAG}` = 'study'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
+    for tag in (STUDY_TAG, EXECUTION_TAG):  # a study name, or one execution's name
+        runs = client.search_runs(
+            experiments,
+            filter_string=f"tags.`{tag}` = '{study}' and tags.`{ROLE_TAG}` = 'study'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        if runs:
+            break
     if not runs:
         raise SpecError(
             f"STUDY: no study named {study!r} in the tracking store; `tuner list` shows them"

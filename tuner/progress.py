@@ -43,6 +43,7 @@ class TrialRecord:
     epochs: dict[int, dict[str, float]] = field(default_factory=dict)
     status: str | None = None  # None while running
     error: str | None = None
+    finished: int | None = None  # 1 for the first trial to end, 2 for the next, ...
 
     @property
     def history(self) -> list[dict[str, float]]:
@@ -103,8 +104,12 @@ class StudyRecorder(Callback):
             self._record(trial).epochs[int(row[m.EPOCH])] = row
         self._changed()
 
+    def _finish(self, record: TrialRecord) -> None:
+        record.finished = sum(t.finished is not None for t in self.trials.values()) + 1
+
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         record = self._record(trial)
+        self._finish(record)
         record.status = outcomes.trial_status(
             trial.last_result,
             self.max_epochs,
@@ -114,6 +119,7 @@ class StudyRecorder(Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         record = self._record(trial)
+        self._finish(record)
         record.status = outcomes.ERRORED
         record.error = trial_error(trial)
         self._changed()

@@ -22,6 +22,7 @@ import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
+from dashboards.report import write_report
 from trainables import metrics as m
 from trainables.data import DataOptions, Dataset, DatasetError, load_dataset
 from trainables.loop import TrainingRun
@@ -29,6 +30,7 @@ from trainables.trainable import TrialSettings, train_trial
 from tuner import diagnostics, outcomes
 from tuner.errors import SpecError, StudyError
 from tuner.progress import LiveProgress, StudyRecorder, trial_dirname
+from tuner.report import REPORT_FILE, from_study
 from tuner.searcher import TruthfulOptunaSearch
 from tuner.spaces import CategoricalParam, SearchSpace, load_space, make_sampler
 from tuner.spec import JobSpec
@@ -251,7 +253,12 @@ def run_study(
             interrupted=study.interrupted(),
         )
         save_results(result)
-        study.finish(result)
+        importances = param_importances(result, prepared.space)
+        report = write_report(
+            from_study(spec, execution, trials, study.recorder, importances),
+            results_path / REPORT_FILE,
+        )
+        study.finish(result, importances, report)
     return result
 
 
@@ -305,13 +312,15 @@ class StudyRun:
         unfinished = any(t.status is None for t in trials)
         return unfinished or len(trials) < self.spec.search.num_samples
 
-    def finish(self, result: StudyResult) -> None:
-        """Close the parent run with the results table, best config and importances."""
+    def finish(
+        self, result: StudyResult, importances: dict[str, float] | None, report: Path
+    ) -> None:
+        """Close the parent run with the results table, best config, importances, dashboard."""
         if not self.tracking:
             return
         self.tracking.close_open_runs("KILLED")
-        importances = param_importances(result, self.prepared.space)
         finish_parent_run(self.tracking.client, self.parent_run_id, result, importances)
+        self.tracking.client.log_artifact(self.parent_run_id, str(report))
         status = "KILLED" if result.interrupted else "FINISHED"
         self.tracking.client.set_terminated(self.parent_run_id, status=status)
 

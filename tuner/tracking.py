@@ -29,6 +29,7 @@ PARENT_TAG = "mlflow.parentRunId"
 RUN_NAME_TAG = "mlflow.runName"
 ROLE_TAG = "tuner.role"  # study | trial | train
 STUDY_TAG = "tuner.study"
+EXECUTION_TAG = "tuner.execution"
 CONFIG_TAG = "tuner.config"
 RUN_IDS_FILE = "mlflow_runs.json"
 CURVE_METRICS = (
@@ -349,7 +350,7 @@ def start_parent_run(client, spec: JobSpec, execution: str, results_path: Path) 
         tags={
             ROLE_TAG: "study",
             STUDY_TAG: spec.name,
-            "tuner.execution": execution,
+            EXECUTION_TAG: execution,
             "tuner.model": spec.model,
             "tuner.dataset": json.dumps(spec.dataset.model_dump(exclude_none=True)),
             "tuner.objective": f"{spec.objective.metric}:{spec.objective.mode}",

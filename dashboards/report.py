@@ -1,0 +1,452 @@
+"""A study's results -> one self-contained HTML page of plotly figures (plotly.js inlined).
+
+The page opens offline and inside the MLflow UI's artifact viewer. It knows nothing about Ray,
+Optuna or MLflow: `tuner.report` hands it a `ReportData` of plain tables.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.offline import get_plotlyjs
+
+DIAGNOSIS_COLORS = {
+    "good_fit": "#2ca02c",
+    "overfitting": "#d62728",
+    "underfitting": "#ff7f0e",
+    "diverged": "#7f7f7f",
+    "too_short": "#9ecae1",
+}
+STATUS_SYMBOLS = {
+    "completed": "circle",
+    "stopped_by_asha": "x",
+    "stopped_on_overfit": "diamond",
+    "errored": "square",
+    "interrupted": "triangle-up",
+}
+CONFIG_PREFIX = "config."
+
+
+@dataclass
+class ReportData:
+    """What the page shows. `trials`: one row per trial (trial, status, diagnosis, epochs,
+    best_epoch, best_<metric>..., config.<name>...), in completion order. `curves`: one row per
+    trial and epoch (trial, epoch, train_loss, val_loss, ...)."""
+
+    title: str
+    objective: str
+    mode: str
+    max_epochs: int
+    trials: pd.DataFrame
+    curves: pd.DataFrame
+    rungs: list[int] = field(default_factory=list)  # ASHA milestones; empty for FIFO
+    importances: dict[str, float] | None = None
+    subtitle: str = ""
+    top_k: int = 10
+
+    @property
+    def ranked(self) -> pd.DataFrame:
+        column = f"best_{self.objective}"
+        return self.trials.sort_values(
+            [column, "trial"], ascending=[self.mode == "min", True], na_position="last"
+        )
+
+    @property
+    def best_trial(self) -> int | None:
+        ranked = self.ranked.dropna(subset=[f"best_{self.objective}"])
+        return None if ranked.empty else int(ranked.iloc[0]["trial"])
+
+
+@dataclass
+class Section:
+    figure: go.Figure | None
+    title: str
+    caption: str
+    html_body: str = ""
+
+
+def asha_rungs(max_epochs: int, grace_period: int, reduction_factor: float) -> list[int]:
+    """ASHA's milestones: grace_period * reduction_factor**k up to max_epochs."""
+    rungs, rung = [], float(grace_period)
+    while rung < max_epochs:
+        rungs.append(int(rung))
+        rung *= reduction_factor
+    return [*rungs, max_epochs]
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def _layout(fig: go.Figure, title: str, x: str, y: str) -> go.Figure:
+    fig.update_layout(
+        title=title,
+        xaxis_title=x,
+        yaxis_title=y,
+        template="plotly_white",
+        height=430,
+        margin={"l": 70, "r": 30, "t": 60, "b": 60},
+        legend={"groupclick": "toggleitem"},
+    )
+    return fig
+
+
+def optimization_history(data: ReportData) -> Section:
+    column = f"best_{data.objective}"
+    done = data.trials.dropna(subset=[column]).reset_index(drop=True)
+    order = list(range(1, len(done) + 1))
+    best_so_far = done[column].cummin() if data.mode == "min" else done[column].cummax()
+    fig = go.Figure()
+    for status, group in done.groupby("status"):
+        fig.add_trace(
+            go.Scatter(
+                x=[order[i] for i in group.index],
+                y=group[column],
+                mode="markers",
+                name=status,
+                marker={"symbol": STATUS_SYMBOLS.get(status, "circle"), "size": 9},
+                text=[f"trial {t}" for t in group["trial"]],
+                hovertemplate="%{text}: %{y:.4f}",
+            )
+        )
+    fig.add_trace(
+        go.Scatter(
+            x=order,
+            y=best_so_far,
+            mode="lines",
+            name="best so far",
+            line={"color": "black", "shape": "hv"},
+        )
+    )
+    title = f"Optimization history: {data.objective} at each trial's best epoch"
+    _layout(fig, title, "trial, in completion order", f"{data.objective} (best epoch)")
+    caption = (
+        f"Each point is a finished trial's best-epoch {data.objective}; the black line is "
+        f"the best so far ({'lower' if data.mode == 'min' else 'higher'} is better)."
+    )
+    return Section(fig, "Optimization history", caption)
+
+
+def learning_curves(data: ReportData) -> Section:
+    fig = go.Figure()
+    best = data.best_trial
+    diagnosis = data.trials.set_index("trial")["diagnosis"].to_dict()
+    shown: set[str] = set()
+    for trial, curve in data.curves.groupby("trial"):
+        if trial == best:
+            continue
+        label = diagnosis.get(trial, "unknown")
+        fig.add_trace(
+            go.Scatter(
+                x=curve["epoch"],
+                y=curve["val_loss"],
+                mode="lines",
+                name=label,
+                legendgroup=label,
+                showlegend=label not in shown,
+                opacity=0.55,
+                line={"color": DIAGNOSIS_COLORS.get(label, "#17becf"), "width": 1.2},
+                hovertemplate=(
+                    f"trial {trial}, epoch %{{x}}: val loss %{{y:.4f}}<extra>{label}</extra>"
+                ),
+            )
+        )
+        shown.add(label)
+    if best is not None:
+        curve = data.curves[data.curves["trial"] == best]
+        row = data.trials.set_index("trial").loc[best]
+        for key, dash in (("val_loss", "solid"), ("train_loss", "dot")):
+            fig.add_trace(
+                go.Scatter(
+                    x=curve["epoch"],
+                    y=curve[key],
+                    mode="lines",
+                    name=f"best trial {best}: {key}",
+                    line={"color": "black", "width": 3, "dash": dash},
+                )
+            )
+        best_epoch = int(row["best_epoch"])
+        at_best = curve[curve["epoch"] == best_epoch]["val_loss"]
+        fig.add_trace(
+            go.Scatter(
+                x=[best_epoch],
+                y=at_best,
+                mode="markers",
+                name=f"best epoch ({best_epoch})",
+                marker={"symbol": "star", "size": 16, "color": "gold", "line": {"width": 1}},
+            )
+        )
+    fig.update_yaxes(type="log")
+    _layout(
+        fig, "Learning curves: validation loss per epoch, by diagnosis", "epoch", "loss (log scale)"
+    )
+    caption = (
+        "Thin lines: every trial's validation loss, coloured by its diagnosis. Black: the "
+        "best trial's validation (solid) and training (dotted) loss; the star is its best "
+        "epoch. A val line that turns up while train keeps falling is overfitting."
+    )
+    return Section(fig, "Learning curves", caption)
+
+
+def gap_scatter(data: ReportData) -> Section:
+    trials = data.trials.dropna(subset=["best_generalization_gap"])
+    has_acc = "best_val_acc" in trials and trials["best_val_acc"].notna().any()
+    x_key = "best_val_acc" if has_acc else "best_val_loss"
+    x_label = (
+        "validation accuracy at best epoch (fraction)"
+        if has_acc
+        else ("validation loss at best epoch")
+    )
+    fig = go.Figure()
+    for label, group in trials.groupby("diagnosis"):
+        fig.add_trace(
+            go.Scatter(
+                x=group[x_key],
+                y=group["best_generalization_gap"],
+                mode="markers",
+                name=label,
+                marker={"color": DIAGNOSIS_COLORS.get(label, "#17becf"), "size": 10},
+                text=[f"trial {t}" for t in group["trial"]],
+                hovertemplate="%{text}: x %{x:.4f}, gap %{y:.4f}",
+            )
+        )
+    fig.add_hline(y=0, line={"color": "grey", "dash": "dash"})
+    _layout(
+        fig,
+        "Generalization gap against validation performance, at the best epoch",
+        x_label,
+        "generalization gap (val loss − train loss)",
+    )
+    caption = (
+        "One point per trial. Far right and low is what you want: accurate and no worse on "
+        "unseen data than on training data; high points memorised their training set."
+    )
+    return Section(fig, "Generalization gap", caption)
+
+
+def asha_at_work(data: ReportData) -> Section:
+    epochs = data.trials["epochs"].fillna(0)
+    rungs = data.rungs or [data.max_epochs]
+    reached = [int((epochs >= r).sum()) for r in rungs]
+    trained = int(epochs.sum())
+    budget = len(data.trials) * data.max_epochs
+    fig = go.Figure(
+        go.Bar(
+            x=[f"epoch {r}" for r in rungs],
+            y=reached,
+            text=reached,
+            textposition="outside",
+            marker_color="#1f77b4",
+            name="trials reaching the rung",
+        )
+    )
+    saved = budget - trained
+    share = saved / budget if budget else 0.0
+    _layout(
+        fig,
+        f"ASHA at work: {trained} epochs trained of {budget} ({share:.0%} saved)",
+        "rung (epochs trained)",
+        "trials reaching it",
+    )
+    caption = (
+        f"How many trials reached each rung. Early stopping trained {trained} epochs where "
+        f"running all {len(data.trials)} trials to {data.max_epochs} epochs would take "
+        f"{budget}: {saved} epochs ({share:.0%}) saved."
+    )
+    return Section(fig, "ASHA at work", caption)
+
+
+def parallel_coordinates(data: ReportData) -> Section:
+    column = f"best_{data.objective}"
+    trials = data.trials.dropna(subset=[column])
+    dims = []
+    for name in [c for c in trials.columns if c.startswith(CONFIG_PREFIX)]:
+        values = trials[name]
+        label = name.removeprefix(CONFIG_PREFIX)
+        if values.isna().any() or values.nunique() < 2:
+            continue  # conditional or constant: no axis
+        if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+            log = values.min() > 0 and values.max() / values.min() > 100
+            shown = values.apply(math.log10) if log else values
+            dims.append({"label": f"log10 {label}" if log else label, "values": shown})
+        else:
+            codes, uniques = pd.factorize(values.astype(str), sort=True)
+            dims.append(
+                {
+                    "label": label,
+                    "values": codes,
+                    "tickvals": list(range(len(uniques))),
+                    "ticktext": list(uniques),
+                }
+            )
+    dims.append({"label": f"{data.objective} (best epoch)", "values": trials[column]})
+    fig = go.Figure(
+        go.Parcoords(
+            line={
+                "color": trials[column],
+                "colorscale": "Viridis",
+                "reversescale": data.mode == "min",
+                "showscale": True,
+            },
+            dimensions=dims,
+        )
+    )
+    fig.update_layout(
+        title="Hyperparameters of every trial, coloured by objective",
+        template="plotly_white",
+        height=470,
+        margin={"l": 80, "r": 80, "t": 90},
+    )
+    caption = (
+        "One line per trial through its hyperparameter values (wide ranges on log10 "
+        f"axes); yellow lines reached the best {data.objective}. Drag along an axis to "
+        "filter."
+    )
+    return Section(fig, "Hyperparameters", caption)
+
+
+def importances_chart(data: ReportData) -> Section:
+    title = "Parameter importances"
+    if not data.importances:
+        return Section(None, title, "Not enough trials reported to estimate importances.")
+    items = sorted(data.importances.items(), key=lambda kv: kv[1])
+    fig = go.Figure(
+        go.Bar(
+            x=[v for _, v in items],
+            y=[k for k, _ in items],
+            orientation="h",
+            marker_color="#9467bd",
+        )
+    )
+    _layout(
+        fig,
+        f"Parameter importances for {data.objective} (Optuna, fANOVA)",
+        "importance (share of variance explained)",
+        "hyperparameter",
+    )
+    caption = (
+        "How much of the variation in the best-epoch objective each hyperparameter "
+        "explains across trials; tune the top ones first."
+    )
+    return Section(fig, title, caption)
+
+
+def top_table(data: ReportData) -> Section:
+    ranked = data.ranked.head(data.top_k)
+    metric_columns = [
+        c
+        for c in ("best_val_loss", "best_val_acc", "best_train_loss", "best_generalization_gap")
+        if c in ranked
+    ]
+    config_columns = [c for c in ranked.columns if c.startswith(CONFIG_PREFIX)]
+    head = [
+        "rank",
+        "trial",
+        "status",
+        "diagnosis",
+        "epochs",
+        "best epoch",
+        *[c.removeprefix("best_") for c in metric_columns],
+        "config",
+    ]
+    rows = []
+    for rank, (_, row) in enumerate(ranked.iterrows(), start=1):
+        config = ", ".join(
+            f"{c.removeprefix(CONFIG_PREFIX)}={_fmt(row[c])}"
+            for c in config_columns
+            if not _missing(row[c])
+        )
+        cells = [
+            rank,
+            row["trial"],
+            row["status"],
+            row["diagnosis"],
+            _fmt(row["epochs"]),
+            _fmt(row["best_epoch"]),
+            *[_fmt(row[c]) for c in metric_columns],
+            config,
+        ]
+        rows.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
+    body = (
+        "<table class='top'><thead><tr>"
+        + "".join(f"<th>{h}</th>" for h in head)
+        + "</tr></thead><tbody>"
+        + "".join(rows)
+        + "</tbody></table>"
+    )
+    caption = (
+        f"The {len(ranked)} best trials by {data.objective} at their best epoch, with the "
+        "config to retrain (`tuner export`)."
+    )
+    return Section(None, f"Top {len(ranked)} trials", caption, body)
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _fmt(value) -> str:
+    if _missing(value):
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}" if not value.is_integer() else str(int(value))
+    return str(value)
+
+
+# --------------------------------------------------------------------------- page
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 24px auto; max-width: 1200px; color: #222; }
+h1 { margin-bottom: 4px; } .subtitle { color: #555; margin-top: 0; }
+section { margin: 28px 0; } .caption { color: #444; margin: 4px 8px; font-size: 0.95em; }
+table.top { border-collapse: collapse; font-size: 0.9em; width: 100%; }
+table.top th, table.top td { border-bottom: 1px solid #ddd; padding: 4px 8px; text-align: left; }
+table.top td:last-child { font-family: monospace; font-size: 0.85em; }
+"""
+
+
+def build_sections(data: ReportData) -> list[Section]:
+    return [
+        optimization_history(data),
+        learning_curves(data),
+        gap_scatter(data),
+        asha_at_work(data),
+        parallel_coordinates(data),
+        importances_chart(data),
+        top_table(data),
+    ]
+
+
+def render(data: ReportData) -> str:
+    """The whole page as one HTML string, plotly.js inlined once."""
+    parts = []
+    for section in build_sections(data):
+        figure = ""
+        if section.figure is not None:
+            figure = section.figure.to_html(
+                full_html=False,
+                include_plotlyjs=False,
+                config={"displaylogo": False, "responsive": True},
+            )
+        parts.append(
+            f"<section><h2>{html.escape(section.title)}</h2>{figure}{section.html_body}"
+            f"<p class='caption'>{html.escape(section.caption)}</p></section>"
+        )
+    return (
+        "<!DOCTYPE html><html><head><meta charset='utf-8'>"
+        f"<title>{html.escape(data.title)}</title><style>{STYLE}</style>"
+        f"<script type='text/javascript'>{get_plotlyjs()}</script></head><body>"
+        f"<h1>{html.escape(data.title)}</h1><p class='subtitle'>{html.escape(data.subtitle)}</p>"
+        + "".join(parts)
+        + "</body></html>"
+    )
+
+
+def write_report(data: ReportData, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render(data), encoding="utf-8")
+    return path

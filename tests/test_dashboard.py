@@ -1,0 +1,161 @@
+"""The study dashboard: written with every study, attached to MLflow, drawn in a real Chromium."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from tests.conftest import free_port, tiny_spec, wait_for_http
+from tuner.cli import app
+from tuner.report import REPORT_FILE
+from tuner.study import StudyResult, run_study
+from tuner.tracking import client_for
+
+runner = CliRunner()
+FIGURES = 6  # history, curves, gap, ASHA, parallel coordinates, importances (+ the top-k table)
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="module")
+def study(ray_local, tmp_path_factory: pytest.TempPathFactory) -> StudyResult:
+    folder = tmp_path_factory.mktemp("dashboard-study")
+    spec = tiny_spec(
+        name="dashboard",
+        search={"algorithm": "tpe", "num_samples": 8, "max_concurrent": 2},
+        scheduler={"name": "asha", "max_epochs": 6, "grace_period": 1, "reduction_factor": 2},
+        tracking={"uri": f"sqlite:///{folder / 'mlflow.db'}"},
+        storage=str(folder / "results"),
+    )
+    return run_study(spec, show_progress=False)
+
+
+def find_or_install_chromium() -> str | None:
+    """Debian's chromium, installed here when missing and this is a root Debian machine."""
+    for name in ("chromium", "chromium-browser"):
+        if path := shutil.which(name):
+            return path
+    if shutil.which("apt-get") and hasattr(sys, "getuid") and __import__("os").getuid() == 0:
+        subprocess.run(["apt-get", "update", "-qq"], capture_output=True, timeout=600)
+        subprocess.run(
+            ["apt-get", "install", "-y", "-qq", "chromium"], capture_output=True, timeout=900
+        )
+    return shutil.which("chromium")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator:
+    path = find_or_install_chromium()
+    if path is None:
+        message = "CHROMIUM IS NOT INSTALLED AND COULD NOT BE: THE BROWSER TESTS DID NOT RUN"
+        warnings.warn(message, stacklevel=1)
+        pytest.skip(message)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=path, args=CHROMIUM_FLAGS)
+        yield chromium
+        chromium.close()
+
+
+def open_page(browser, url: str) -> tuple:
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    problems: list[str] = []
+    page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+    page.on("console", lambda msg: problems.append(msg.text) if msg.type == "error" else None)
+    page.goto(url)
+    page.wait_for_load_state("load")
+    return page, problems
+
+
+def test_every_study_writes_the_report_and_attaches_it(study: StudyResult) -> None:
+    path = study.results_path / REPORT_FILE
+    text = path.read_text()
+    assert path.stat().st_size < 6_000_000
+    assert "<script src" not in text, "the report must not load anything from the network"
+    for heading in (
+        "Optimization history",
+        "Learning curves",
+        "Generalization gap",
+        "ASHA at work",
+        "Hyperparameters",
+        "Parameter importances",
+        "Top 8 trials",
+    ):
+        assert f"<h2>{heading}</h2>" in text
+    client = client_for(study.spec.tracking.uri)
+    artifacts = [a.path for a in client.list_artifacts(study.parent_run_id)]
+    assert REPORT_FILE in artifacts
+
+
+def test_report_renders_every_figure_without_errors(study: StudyResult, browser) -> None:
+    page, problems = open_page(browser, (study.results_path / REPORT_FILE).as_uri())
+    plots = page.evaluate(
+        """() => Array.from(document.querySelectorAll('.js-plotly-plot')).map(div => ({
+             traces: div.data ? div.data.length : 0,
+             drawn: !!div.querySelector('.main-svg'),
+             title: div.layout && div.layout.title ? (div.layout.title.text || '') : '',
+             xaxis: div.layout && div.layout.xaxis && div.layout.xaxis.title
+                    ? (div.layout.xaxis.title.text || '') : ''}))"""
+    )
+    assert len(plots) == FIGURES
+    assert all(p["traces"] > 0 and p["drawn"] and p["title"] for p in plots), plots
+    assert all(p["xaxis"] for p in plots if "Hyperparameters" not in p["title"]), plots
+    assert page.locator(".parcoords").count() == 1
+    assert page.locator("table.top tbody tr").count() == len(study.trials)
+    assert page.locator("p.caption").count() == FIGURES + 1
+    page.screenshot(path=str(study.results_path / "report.png"), full_page=True)
+    assert problems == []
+
+
+def test_tuner_report_command_writes_the_same_parts(study: StudyResult, tmp_path: Path) -> None:
+    out = tmp_path / "report.html"
+    result = runner.invoke(
+        app,
+        ["report", study.execution, "--out", str(out), "--tracking-uri", study.spec.tracking.uri],
+    )
+    assert result.exit_code == 0, result.output
+    text = out.read_text()
+    assert text.count('class="plotly-graph-div"') == FIGURES
+    assert f"Top {len(study.trials)} trials" in text
+
+
+def test_mlflow_ui_lists_the_child_runs_under_the_parent(study: StudyResult, browser) -> None:
+    port = free_port()
+    uri = study.spec.tracking.uri
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tuner", "ui", "--port", str(port), "--tracking-uri", uri],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/health", process)
+        experiment = client_for(uri).get_experiment_by_name("dashboard").experiment_id
+        page, _ = open_page(browser, f"http://127.0.0.1:{port}/#/experiments/{experiment}/runs")
+        parent = page.get_by_text(study.execution, exact=True)
+        parent.wait_for(timeout=60_000)
+        assert page.get_by_text("trial-0001", exact=True).count() == 0  # collapsed under it
+        cell = page.locator(".ag-cell-wrapper", has=parent)  # the parent's run-name cell
+        cell.locator("button").first.click()  # its expander
+        page.get_by_text("trial-0001", exact=True).wait_for(timeout=30_000)
+        names = [f"trial-{int(n):04d}" for n in study.trials["trial"]]
+        visible = [n for n in names if page.get_by_text(n, exact=True).count() == 1]
+        assert visible == names
+        page.screenshot(path=str(study.results_path / "mlflow-ui.png"))
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
