@@ -21,6 +21,7 @@ from trainables.data import Dataset
 from trainables.loop import TrainingRun
 
 CHECKPOINT_FILE = "state.pt"
+NODE_ID = "node_id"  # which Ray node ran the epoch (not a metric)
 
 
 @dataclass(frozen=True)
@@ -53,8 +54,9 @@ def train_trial(config: dict[str, Any], data: Dataset, settings: TrialSettings) 
             state = torch.load(Path(folder) / CHECKPOINT_FILE, map_location=device)
         run.load_state_dict(state)
 
+    node = ray.get_runtime_context().get_node_id()
     while run.epoch < settings.max_epochs:
-        result = run.run_epoch()
+        result = {**run.run_epoch(), NODE_ID: node}
         if result.get(m.DIVERGED):
             tune.report(result)  # no checkpoint of a diverged model; the trial ends here
             return

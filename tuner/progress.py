@@ -19,6 +19,7 @@ from rich.live import Live
 from rich.text import Text
 
 from trainables import metrics as m
+from trainables.trainable import NODE_ID
 from tuner import outcomes
 
 REPORTED = (
@@ -44,6 +45,7 @@ class TrialRecord:
     status: str | None = None  # None while running
     error: str | None = None
     finished: int | None = None  # 1 for the first trial to end, 2 for the next, ...
+    node: str | None = None  # the Ray node that ran its last epoch
 
     @property
     def history(self) -> list[dict[str, float]]:
@@ -101,7 +103,9 @@ class StudyRecorder(Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         row = {k: result[k] for k in REPORTED if k in result}
         if m.EPOCH in row:
-            self._record(trial).epochs[int(row[m.EPOCH])] = row
+            record = self._record(trial)
+            record.epochs[int(row[m.EPOCH])] = row
+            record.node = result.get(NODE_ID, record.node)
         self._changed()
 
     def _finish(self, record: TrialRecord) -> None:

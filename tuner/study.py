@@ -384,6 +384,7 @@ def trials_table(recorder: StudyRecorder, spec: JobSpec) -> pd.DataFrame:
             **{f"best_{k}": best.get(k) for k in SUMMARY_METRICS},
             "overfit_score": verdict.overfit_score,
             "error": record.error,
+            "node": record.node,
             **{f"config.{k}": v for k, v in record.config.items()},
         }
         rows.append(row)
