@@ -91,7 +91,7 @@ def test_console_script_exit_code_and_message(tmp_path: Path) -> None:
 
 
 def test_unshipped_commands_say_so_and_exit_1() -> None:
-    result = runner.invoke(app, ["report", "some-study"])
+    result = runner.invoke(app, ["sync", "some-study"])
     assert result.exit_code == 1
     assert "not yet available" in result.output
 

@@ -31,11 +31,7 @@ def storage_url(tmp_path: Path) -> str:
 
 @pytest.fixture
 def make_searcher(storage_url: str) -> Callable[..., TruthfulOptunaSearch]:
-    def make(
-        metric: str = "val_loss",
-        mode: str = "min",
-        stopped_on_overfit: Callable[[str], bool] | None = None,
-    ) -> TruthfulOptunaSearch:
+    def make(metric: str = "val_loss", mode: str = "min") -> TruthfulOptunaSearch:
         return TruthfulOptunaSearch(
             load_space("mlp", "mlp"),
             metric=metric,
@@ -44,7 +40,6 @@ def make_searcher(storage_url: str) -> Callable[..., TruthfulOptunaSearch]:
             storage=optuna.storages.RDBStorage(storage_url),
             study_name=STUDY,
             max_epochs=MAX_EPOCHS,
-            stopped_on_overfit=stopped_on_overfit,
         )
 
     return make
@@ -168,8 +163,14 @@ def test_trial_diverged_on_first_epoch(searcher: TruthfulOptunaSearch, storage_u
 
 
 def test_stopped_on_overfit_is_complete_at_its_best(make_searcher, storage_url: str) -> None:
-    searcher = make_searcher(stopped_on_overfit=lambda trial_id: trial_id == "overfit")
-    run_trial(searcher, "overfit", [0.5, 0.3, 0.4, 0.45], stop_result_hidden=True)
+    searcher = make_searcher()
+    run_trial(
+        searcher,
+        "overfit",
+        [0.5, 0.3, 0.4, 0.45],
+        stop_result_hidden=True,
+        extra_last={"stopped_on_overfit": 1},  # what OverfitStopper writes on the stopping result
+    )
     run_trial(searcher, "asha", [0.6, 0.55], stop_result_hidden=True)
     overfit, asha = stored_trials(storage_url)
     assert overfit.state == TrialState.COMPLETE

@@ -10,6 +10,7 @@ VAL_ACC = "val_acc"
 GENERALIZATION_GAP = "generalization_gap"
 EPOCH_TIME_S = "epoch_time_s"
 DIVERGED = "diverged"
+STOPPED_ON_OVERFIT = "stopped_on_overfit"  # set on the result on which the overfit stopper acts
 
 #: Metrics a study may optimise, with the direction that makes sense for each.
 OBJECTIVES = {

@@ -21,27 +21,18 @@ STATUSES = (COMPLETED, STOPPED_BY_ASHA, STOPPED_ON_OVERFIT, ERRORED, INTERRUPTED
 
 
 def trial_status(
-    last_result: dict[str, Any] | None,
-    max_epochs: int,
-    *,
-    errored: bool = False,
-    stopped_on_overfit: bool = False,
+    last_result: dict[str, Any] | None, max_epochs: int, *, errored: bool = False
 ) -> str:
     """completed (ran its budget, or ended itself by diverging), stopped_by_asha, ... or errored."""
     if errored:
         return ERRORED
-    if stopped_on_overfit:
+    if last_result and last_result.get(m.STOPPED_ON_OVERFIT):
         return STOPPED_ON_OVERFIT
     if not last_result:
         return STOPPED_BY_ASHA  # stopped before it reported anything
     if last_result.get(m.DIVERGED) or last_result.get(m.EPOCH, 0) >= max_epochs:
         return COMPLETED
     return STOPPED_BY_ASHA
-
-
-def never_stopped(trial_id: str) -> bool:
-    """The overfit check of a study without `scheduler.stop_on_overfit` (a lambda won't pickle)."""
-    return False
 
 
 def is_finite(value: Any) -> bool:

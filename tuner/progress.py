@@ -7,10 +7,12 @@ summary, and tracking later on, read from it instead of parsing Ray's result fil
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback
@@ -67,18 +69,23 @@ def trial_dirname(trial) -> str:
 
 
 class StudyRecorder(Callback):
-    """Collects results as they arrive and calls `on_change` after each event."""
+    """Collects results as they arrive and calls `on_change` after each event.
+
+    Every event is also appended to a JSON-lines journal in the Ray run folder. When Ray restores
+    the experiment (`tuner resume`), it unpickles this callback as it was when the study started;
+    `__setstate__` replays the journal, so trials that finished before the crash keep their curves.
+    """
 
     def __init__(
         self,
         metric: str,
         mode: str,
         max_epochs: int,
-        stopped_on_overfit: Callable[[str], bool] | None = None,
+        journal: Path | None = None,
         on_change: Callable[[StudyRecorder], None] | None = None,
     ):
         self.metric, self.mode, self.max_epochs = metric, mode, max_epochs
-        self.stopped_on_overfit = stopped_on_overfit or outcomes.never_stopped
+        self.journal = journal
         self.on_change = on_change
         self.trials: dict[str, TrialRecord] = {}
 
@@ -86,47 +93,58 @@ class StudyRecorder(Callback):
         """Ray pickles callbacks with the experiment; the live display stays behind."""
         return {**self.__dict__, "on_change": None}
 
-    def _record(self, trial) -> TrialRecord:
-        if trial.trial_id not in self.trials:
-            config = {k: v for k, v in trial.config.items() if not k.startswith("_")}
-            self.trials[trial.trial_id] = TrialRecord(trial.trial_id, trial_number(trial), config)
-        return self.trials[trial.trial_id]
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.trials = {}
+        for event in read_journal(self.journal):
+            self._apply(event)
 
-    def _changed(self) -> None:
+    # ------------------------------------------------------------------ events
+
+    def _apply(self, event: dict[str, Any]) -> TrialRecord:
+        """One journal event into the in-memory records (the only place records change)."""
+        trial_id = event["trial_id"]
+        if trial_id not in self.trials:
+            self.trials[trial_id] = TrialRecord(trial_id, event["number"], event["config"])
+        record = self.trials[trial_id]
+        if event["event"] == "result":
+            record.epochs[int(event["row"][m.EPOCH])] = event["row"]
+            record.node = event.get("node") or record.node
+        elif event["event"] == "end":
+            record.status, record.error = event["status"], event.get("error")
+            record.finished = sum(t.finished is not None for t in self.trials.values()) + 1
+        return record
+
+    def _event(self, trial, kind: str, **fields: Any) -> TrialRecord:
+        event = {
+            "event": kind,
+            "trial_id": trial.trial_id,
+            "number": trial_number(trial),
+            "config": {k: v for k, v in trial.config.items() if not k.startswith("_")},
+            **fields,
+        }
+        record = self._apply(event)
+        if self.journal is not None:
+            with open(self.journal, "a") as f:
+                f.write(json.dumps(event, default=str) + "\n")
         if self.on_change:
             self.on_change(self)
+        return record
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
-        self._record(trial)
-        self._changed()
+        self._event(trial, "start")
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         row = {k: result[k] for k in REPORTED if k in result}
         if m.EPOCH in row:
-            record = self._record(trial)
-            record.epochs[int(row[m.EPOCH])] = row
-            record.node = result.get(NODE_ID, record.node)
-        self._changed()
-
-    def _finish(self, record: TrialRecord) -> None:
-        record.finished = sum(t.finished is not None for t in self.trials.values()) + 1
+            self._event(trial, "result", row=row, node=result.get(NODE_ID))
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        record = self._record(trial)
-        self._finish(record)
-        record.status = outcomes.trial_status(
-            trial.last_result,
-            self.max_epochs,
-            stopped_on_overfit=self.stopped_on_overfit(trial.trial_id),
-        )
-        self._changed()
+        status = outcomes.trial_status(trial.last_result, self.max_epochs)
+        self._event(trial, "end", status=status)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        record = self._record(trial)
-        self._finish(record)
-        record.status = outcomes.ERRORED
-        record.error = trial_error(trial)
-        self._changed()
+        self._event(trial, "end", status=outcomes.ERRORED, error=trial_error(trial))
 
     # ------------------------------------------------------------------ views
 
@@ -144,6 +162,19 @@ class StudyRecorder(Callback):
             ):
                 best = (record, row)
         return best
+
+
+def read_journal(path: Path | None) -> list[dict[str, Any]]:
+    """The recorder's events, oldest first; a torn last line (a crash mid-write) is skipped."""
+    if path is None or not Path(path).is_file():
+        return []
+    events = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            events.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return events
 
 
 def trial_error(trial) -> str:

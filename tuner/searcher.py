@@ -13,9 +13,10 @@ TPE then learns from values that mean different things. Here:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
 from typing import Any
 
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
@@ -26,17 +27,18 @@ from tuner import outcomes
 class TruthfulOptunaSearch(OptunaSearch):
     """OptunaSearch that reports full curves and tells Optuna PRUNED for early-stopped trials."""
 
-    def __init__(
-        self,
-        *args: Any,
-        max_epochs: int,
-        stopped_on_overfit: Callable[[str], bool] | None = None,
-        **kwargs: Any,
-    ):
+    def __init__(self, *args: Any, max_epochs: int, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self._max_epochs = max_epochs
-        self._stopped_on_overfit = stopped_on_overfit or outcomes.never_stopped
         self._curves: dict[str, dict[int, float]] = {}
+
+    def restore(self, checkpoint_path: str) -> None:
+        """Ray's restore, then close Optuna trials the crashed driver asked for but never ran."""
+        super().restore(checkpoint_path)
+        known = {t.number for t in self._ot_trials.values()}
+        for frozen in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if frozen.number not in known:
+                self._ot_study.tell(frozen.number, state=TrialState.FAIL)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         self._report(trial_id, result)
@@ -49,7 +51,9 @@ class TruthfulOptunaSearch(OptunaSearch):
         if result:
             self._report(trial_id, result)  # the stopping result never went through on_trial_result
         state, value = self._verdict(trial_id, result, error)
-        self._ot_study.tell(self._ot_trials[trial_id], value, state=state)
+        # skip_if_finished: a driver that crashed after telling Optuna but before Ray saved this
+        # searcher tells again on resume; the stored verdict stands
+        self._ot_study.tell(self._ot_trials[trial_id], value, state=state, skip_if_finished=True)
         self._completed_trials.add(trial_id)
         self._curves.pop(trial_id, None)
 
@@ -59,7 +63,8 @@ class TruthfulOptunaSearch(OptunaSearch):
         if step is None or step in curve or not outcomes.is_finite(value):
             return
         curve[step] = float(value)
-        self._ot_trials[trial_id].report(float(value), int(step))
+        with contextlib.suppress(UpdateFinishedTrialError):  # told before a crash (see below)
+            self._ot_trials[trial_id].report(float(value), int(step))
 
     def _verdict(
         self, trial_id: str, result: dict | None, error: bool
@@ -71,9 +76,7 @@ class TruthfulOptunaSearch(OptunaSearch):
             return TrialState.PRUNED, None
         if not curve:
             return TrialState.FAIL, None
-        status = outcomes.trial_status(
-            result, self._max_epochs, stopped_on_overfit=self._stopped_on_overfit(trial_id)
-        )
+        status = outcomes.trial_status(result, self._max_epochs)
         if status == outcomes.STOPPED_BY_ASHA:
             return TrialState.PRUNED, None
         best = min(curve.values()) if self.mode == "min" else max(curve.values())

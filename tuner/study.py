@@ -19,8 +19,8 @@ from typing import Any
 import optuna
 import pandas as pd
 import ray
+import yaml
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
 from dashboards.report import write_report
 from trainables import metrics as m
@@ -31,9 +31,10 @@ from tuner import diagnostics, outcomes
 from tuner.errors import SpecError, StudyError
 from tuner.progress import LiveProgress, StudyRecorder, trial_dirname
 from tuner.report import REPORT_FILE, from_study
+from tuner.schedulers import make_scheduler
 from tuner.searcher import TruthfulOptunaSearch
 from tuner.spaces import CategoricalParam, SearchSpace, load_space, make_sampler
-from tuner.spec import JobSpec
+from tuner.spec import JobSpec, spec_from_dict
 from tuner.stoppers import OverfitStopper
 from tuner.summary import param_importances, save_results
 from tuner.tracking import (
@@ -46,6 +47,8 @@ from tuner.tracking import (
 
 log = logging.getLogger(__name__)
 LOG_FILE = "tuner.log"
+SPEC_FILE = "spec.yaml"  # the resolved spec, beside Ray's state: what `tuner resume` reads
+JOURNAL_FILE = "trials.jsonl"  # the recorder's events: what a restored study replays
 #: Tune's own console output off (the live line replaces it); its warnings go to LOG_FILE.
 QUIET_RAY = {
     "RAY_AIR_NEW_OUTPUT": "0",
@@ -168,21 +171,7 @@ def check_cluster_resources(spec: JobSpec) -> None:
         )
 
 
-def make_scheduler(spec: JobSpec) -> TrialScheduler:
-    s = spec.scheduler
-    if s.name == "fifo":
-        return FIFOScheduler()
-    return ASHAScheduler(
-        time_attr=m.EPOCH,
-        max_t=s.max_epochs,
-        grace_period=s.grace_period,
-        reduction_factor=s.reduction_factor,
-    )
-
-
-def make_searcher(
-    spec: JobSpec, space: SearchSpace, execution: str, stopper: OverfitStopper | None
-) -> TruthfulOptunaSearch:
+def make_searcher(spec: JobSpec, space: SearchSpace, execution: str) -> TruthfulOptunaSearch:
     storage_url = spec.search.storage
     if storage_url.startswith("sqlite:///"):
         Path(storage_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
@@ -194,7 +183,6 @@ def make_searcher(
         storage=optuna.storages.RDBStorage(storage_url),
         study_name=execution,
         max_epochs=spec.scheduler.max_epochs,
-        stopped_on_overfit=stopper.has_stopped if stopper else None,
     )
 
 
@@ -234,72 +222,189 @@ def run_study(
     prepared = prepare(spec)
     execution = execution_name(spec)
     results_path = Path(spec.storage) / execution
-    started = time.monotonic()
+    results_path.mkdir(parents=True, exist_ok=True)
+    (results_path / SPEC_FILE).write_text(spec.to_yaml())
+    with study_environment(results_path), ray_session(address, num_cpus):
+        check_cluster_resources(spec)
+        study = StudyRun.start(prepared, execution, results_path, show_progress)
+        return study.run()
+
+
+def resume_study(
+    study: str,
+    *,
+    tracking_uri: str | None = None,
+    address: str | None = None,
+    num_cpus: int | None = None,
+    show_progress: bool = True,
+) -> StudyResult:
+    """Continue an interrupted study (its results folder, or its name or run id in MLflow)."""
+    results_path = find_results(study, tracking_uri)
+    spec = spec_from_dict(yaml.safe_load((results_path / SPEC_FILE).read_text()))
+    prepared = prepare(spec)
+    with study_environment(results_path), ray_session(address, num_cpus):
+        check_cluster_resources(spec)
+        run = StudyRun.restore(prepared, results_path, show_progress)
+        return run.run()
+
+
+def find_results(study: str, tracking_uri: str | None) -> Path:
+    """A study's Ray run folder: given directly, or found through its MLflow parent run."""
+    folder = Path(study).resolve()
+    if not (folder / SPEC_FILE).is_file():
+        from tuner.export import find_study_run
+        from tuner.tracking import default_tracking_uri
+
+        parent = find_study_run(client_for(tracking_uri or default_tracking_uri()), study)
+        folder = Path(parent.data.tags.get("tuner.results_path", "")).resolve()
+    if not (folder / SPEC_FILE).is_file() or not tune.Tuner.can_restore(str(folder)):
+        raise SpecError(
+            f"STUDY: {study!r} has no restorable Ray run folder ({folder}); resume takes a "
+            "results folder, or a study name or run id from the tracking store"
+        )
+    return folder
+
+
+@contextlib.contextmanager
+def study_environment(results_path: Path) -> Iterator[None]:
+    """Quiet Ray output, logs to the study's log file, Optuna's experimental warnings off."""
     os.environ.update(QUIET_RAY)
     with logs_to_file(results_path / LOG_FILE), warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        with ray_session(address, num_cpus):
-            check_cluster_resources(spec)
-            study = StudyRun(prepared, execution, results_path, show_progress)
-            study.fit()
-        trials = trials_table(study.recorder, spec)
-        result = StudyResult(
-            spec,
-            execution,
-            results_path,
-            trials,
-            time.monotonic() - started,
-            study.parent_run_id,
-            interrupted=study.interrupted(),
-        )
-        save_results(result)
-        importances = param_importances(result, prepared.space)
-        report = write_report(
-            from_study(spec, execution, trials, study.recorder, importances),
-            results_path / REPORT_FILE,
-        )
-        study.finish(result, importances, report)
-    return result
+        yield
+
+
+def make_trainable(spec: JobSpec, dataset: Dataset):
+    """The function trainable with its data (object store, once) and its resources."""
+    settings = TrialSettings(
+        model=spec.model,
+        max_epochs=spec.scheduler.max_epochs,
+        seed=spec.search.seed,
+        cpus=spec.resources.cpu,
+    )
+    return tune.with_resources(
+        tune.with_parameters(train_trial, data=dataset, settings=settings),
+        {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
+    )
 
 
 class StudyRun:
-    """One execution of a study: the recorder, the tracking callback, the Tuner around them."""
+    """One execution of a study: the Tuner, its recorder and its tracking callback."""
 
     def __init__(
-        self, prepared: PreparedStudy, execution: str, results_path: Path, show_progress: bool
+        self,
+        prepared: PreparedStudy,
+        results_path: Path,
+        tuner: tune.Tuner,
+        recorder: StudyRecorder,
+        tracking: MlflowTracking | None,
+        show_progress: bool,
     ):
-        spec = self.spec = prepared.spec
-        self.prepared, self.execution = prepared, execution
-        overfit = spec.scheduler.stop_on_overfit
-        self.stopper = OverfitStopper(overfit.patience, overfit.min_delta) if overfit else None
-        self.progress = LiveProgress(spec.name, spec.search.num_samples) if show_progress else None
-        self.recorder = StudyRecorder(
-            spec.objective.metric,
-            spec.objective.mode,
-            spec.scheduler.max_epochs,
-            stopped_on_overfit=self.stopper.has_stopped if self.stopper else None,
-            on_change=self.progress.update if self.progress else None,
+        self.prepared, self.spec = prepared, prepared.spec
+        self.results_path, self.execution = results_path, results_path.name
+        self.tuner, self.recorder, self.tracking = tuner, recorder, tracking
+        self.progress = (
+            LiveProgress(self.spec.name, self.spec.search.num_samples) if show_progress else None
         )
-        self.tracking: MlflowTracking | None = None
-        self.parent_run_id: str | None = None
+        recorder.on_change = self.progress.update if self.progress else None
+        self.started = time.monotonic()
+
+    @property
+    def parent_run_id(self) -> str | None:
+        return self.tracking.parent_run_id if self.tracking else None
+
+    @classmethod
+    def start(
+        cls, prepared: PreparedStudy, execution: str, results_path: Path, show_progress: bool
+    ) -> StudyRun:
+        spec = prepared.spec
+        journal = results_path / JOURNAL_FILE
+        overfit = spec.scheduler.stop_on_overfit
+        stopper = (
+            OverfitStopper(overfit.patience, overfit.min_delta, journal=journal)
+            if overfit
+            else None
+        )
+        recorder = StudyRecorder(
+            spec.objective.metric, spec.objective.mode, spec.scheduler.max_epochs, journal
+        )
+        tracking = None
         if spec.tracking.enabled:
             client = client_for(spec.tracking.uri)
-            experiment_id, self.parent_run_id = start_parent_run(
-                client, spec, execution, results_path
+            experiment_id, parent_id = start_parent_run(client, spec, execution, results_path)
+            tracking = MlflowTracking(
+                spec, recorder, parent_id, experiment_id, results_path / RUN_IDS_FILE
             )
-            self.tracking = MlflowTracking(
-                spec,
-                self.recorder,
-                self.parent_run_id,
-                experiment_id,
-                results_path / RUN_IDS_FILE,
-            )
+        tuner = tune.Tuner(
+            make_trainable(spec, prepared.dataset),
+            tune_config=tune.TuneConfig(
+                metric=spec.objective.metric,
+                mode=spec.objective.mode,
+                search_alg=make_searcher(spec, prepared.space, execution),
+                scheduler=make_scheduler(spec, journal),
+                num_samples=spec.search.num_samples,
+                max_concurrent_trials=spec.search.max_concurrent,
+                reuse_actors=True,
+                trial_dirname_creator=trial_dirname,
+            ),
+            run_config=tune.RunConfig(
+                name=execution,
+                storage_path=spec.storage,
+                stop=stopper,
+                failure_config=tune.FailureConfig(max_failures=spec.failure.max_retries),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                callbacks=[recorder] + ([tracking] if tracking else []),
+                verbose=0,
+                log_to_file=True,
+            ),
+        )
+        return cls(prepared, results_path, tuner, recorder, tracking, show_progress)
+
+    @classmethod
+    def restore(cls, prepared: PreparedStudy, results_path: Path, show_progress: bool) -> StudyRun:
+        """Ray restores the Tuner with the callbacks it pickled when the study started; they
+        replay the journal and reload the MLflow run ids themselves (see their __setstate__)."""
+        tuner = tune.Tuner.restore(
+            str(results_path),
+            trainable=make_trainable(prepared.spec, prepared.dataset),
+            resume_unfinished=True,
+            resume_errored=True,
+        )
+        callbacks = tuner._local_tuner.get_run_config().callbacks or []  # no public getter
+        recorder = next(c for c in callbacks if isinstance(c, StudyRecorder))
+        tracking = next((c for c in callbacks if isinstance(c, MlflowTracking)), None)
+        if tracking:
+            tracking.client.update_run(tracking.parent_run_id, status="RUNNING")
+            tracking.reconcile()
+        return cls(prepared, results_path, tuner, recorder, tracking, show_progress)
+
+    def run(self) -> StudyResult:
+        """Fit, then rank, save, report and close the MLflow runs."""
+        self.fit()
+        trials = trials_table(self.recorder, self.spec)
+        result = StudyResult(
+            self.spec,
+            self.execution,
+            self.results_path,
+            trials,
+            time.monotonic() - self.started,
+            self.parent_run_id,
+            interrupted=self.interrupted(),
+        )
+        save_results(result)
+        importances = param_importances(result, self.prepared.space)
+        report = write_report(
+            from_study(self.spec, self.execution, trials, self.recorder, importances),
+            self.results_path / REPORT_FILE,
+        )
+        self.finish(result, importances, report)
+        return result
 
     def fit(self) -> None:
         """Run every trial; on Ctrl-C or a crash, leave no MLflow run RUNNING."""
         try:
             with self.progress or contextlib.nullcontext():
-                self._tuner().fit()
+                self.tuner.fit()
         except BaseException:
             if self.tracking:
                 self.tracking.close_open_runs("KILLED")
@@ -323,43 +428,6 @@ class StudyRun:
         self.tracking.client.log_artifact(self.parent_run_id, str(report))
         status = "KILLED" if result.interrupted else "FINISHED"
         self.tracking.client.set_terminated(self.parent_run_id, status=status)
-
-    def _tuner(self) -> tune.Tuner:
-        spec = self.spec
-        settings = TrialSettings(
-            model=spec.model,
-            max_epochs=spec.scheduler.max_epochs,
-            seed=spec.search.seed,
-            cpus=spec.resources.cpu,
-        )
-        trainable = tune.with_resources(
-            tune.with_parameters(train_trial, data=self.prepared.dataset, settings=settings),
-            {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
-        )
-        callbacks = [self.recorder] + ([self.tracking] if self.tracking else [])
-        return tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(
-                metric=spec.objective.metric,
-                mode=spec.objective.mode,
-                search_alg=make_searcher(spec, self.prepared.space, self.execution, self.stopper),
-                scheduler=make_scheduler(spec),
-                num_samples=spec.search.num_samples,
-                max_concurrent_trials=spec.search.max_concurrent,
-                reuse_actors=True,
-                trial_dirname_creator=trial_dirname,
-            ),
-            run_config=tune.RunConfig(
-                name=self.execution,
-                storage_path=spec.storage,
-                stop=self.stopper,
-                failure_config=tune.FailureConfig(max_failures=spec.failure.max_retries),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                callbacks=callbacks,
-                verbose=0,
-                log_to_file=True,
-            ),
-        )
 
 
 # --------------------------------------------------------------------------- results

@@ -185,12 +185,19 @@ class MlflowTracking(Callback):
         self.flush_interval_s = flush_interval_s
         self.run_ids: dict[str, str] = load_run_ids(run_ids_path)
         self._pending: dict[str, list] = {}
+        self._logged: dict[str, set[int]] = {}  # run -> epochs already sent
         self._last_flush = time.monotonic()
         self._client = None
         self.open_runs: set[str] = set()
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_client": None, "_pending": {}}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Restored by Ray from the study's start: take the run ids written since."""
+        self.__dict__.update(state)
+        self.run_ids = load_run_ids(self.run_ids_path)
+        self._logged, self.open_runs = {}, set()
 
     @property
     def client(self):
@@ -210,8 +217,12 @@ class MlflowTracking(Callback):
         if record is None or m.EPOCH not in result:
             return
         run_id = self._child_run(record)
-        row = record.epochs.get(int(result[m.EPOCH]), {})
-        self._pending.setdefault(run_id, []).extend(epoch_metrics(row, now_ms()))
+        epoch = int(result[m.EPOCH])
+        logged = self._logged.setdefault(run_id, set())
+        if epoch in logged:  # re-reported after a restore from an earlier checkpoint
+            return
+        logged.add(epoch)
+        self._pending.setdefault(run_id, []).extend(epoch_metrics(record.epochs[epoch], now_ms()))
         if time.monotonic() - self._last_flush >= self.flush_interval_s:
             self.flush()
 
@@ -235,8 +246,32 @@ class MlflowTracking(Callback):
             save_run_ids(self.run_ids_path, self.parent_run_id, self.run_ids)
         elif run_id not in self.open_runs:
             self.client.update_run(run_id, status="RUNNING")
+            self._resync(run_id, record)
         self.open_runs.add(run_id)
         return run_id
+
+    def _resync(self, run_id: str, record: TrialRecord) -> None:
+        """After a restore: send the epochs the journal has and MLflow lacks; skip the rest."""
+        history = self.client.get_metric_history(run_id, m.TRAIN_LOSS)
+        logged = self._logged.setdefault(run_id, {int(p.step) for p in history})
+        missing = [e for e in sorted(record.epochs) if e not in logged]
+        if missing:
+            ts = now_ms()
+            points = [p for e in missing for p in epoch_metrics(record.epochs[e], ts)]
+            log_batch(self.client, run_id, metrics=points)
+            logged.update(missing)
+
+    def reconcile(self) -> None:
+        """After a restore: finish the runs of trials that ended before the crash but whose
+        MLflow run was not closed (the driver died in between)."""
+        for trial_id, record in self.recorder.trials.items():
+            run_id = self.run_ids.get(trial_id)
+            if record.status is None or run_id is None:
+                continue
+            if self.client.get_run(run_id).info.status == "RUNNING":
+                self._end_trial(
+                    trial_id, "FAILED" if record.status == outcomes.ERRORED else "FINISHED"
+                )
 
     def _create_child(self, record: TrialRecord) -> str:
         from mlflow.entities import RunTag

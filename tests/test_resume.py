@@ -1,0 +1,183 @@
+"""Faults: a trial's worker killed mid-trial, and the driver killed mid-study then resumed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import psutil
+import pytest
+import yaml
+
+from tests.conftest import tiny_spec
+from tuner import outcomes
+from tuner.progress import read_journal
+from tuner.study import JOURNAL_FILE, run_study
+
+NUM_TRIALS = 10
+
+
+def journal_events(results: Path) -> list[dict]:
+    files = list(results.glob(f"*/{JOURNAL_FILE}"))
+    return read_journal(files[0]) if files else []
+
+
+def trial_workers() -> list[psutil.Process]:
+    """Ray's processes that run a function trainable's actor."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if cmdline.startswith("ray::ImplicitFunc"):
+            found.append(proc)
+    return found
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_killed_trial_worker_resumes_from_its_checkpoint(study_dir: Path) -> None:
+    spec = tiny_spec(
+        name="kill-worker",
+        search={"num_samples": 1, "max_concurrent": 1},
+        search_space={"hidden_units": 512, "num_layers": 3, "batch_size": 16},  # slow epochs
+        scheduler={"name": "fifo", "max_epochs": 10},
+        failure={"max_retries": 2},
+    )
+    killed: list[int] = []
+
+    def kill_after_epoch_3() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not killed:
+            epochs = [
+                e["row"]["epoch"]
+                for e in journal_events(study_dir / "tuner-results")
+                if e["event"] == "result"
+            ]
+            if epochs and max(epochs) >= 3:
+                for proc in trial_workers():
+                    proc.send_signal(signal.SIGKILL)
+                    killed.append(proc.pid)
+                return
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_after_epoch_3)
+    killer.start()
+    result = run_study(spec, show_progress=False)
+    killer.join()
+
+    assert killed, "no trial worker was found to kill"
+    row = result.trials.iloc[0]
+    assert row["status"] == outcomes.COMPLETED and row["epochs"] == 10
+    epochs = [
+        e["row"]["epoch"]
+        for e in journal_events(study_dir / "tuner-results")
+        if e["event"] == "result"
+    ]
+    assert epochs.count(1) == 1, "the retried trial started over instead of from its checkpoint"
+    assert sorted(set(epochs)) == list(range(1, 11))
+    with sqlite3.connect(study_dir / "mlflow.db") as db:
+        steps = [
+            s
+            for (s,) in db.execute(
+                "select m.step from metrics m join tags t on t.run_uuid = m.run_uuid "
+                "where t.key = 'mlflow.runName' and t.value = 'trial-0001' and m.key = 'val_loss' "
+                "order by m.step"
+            )
+        ]
+    assert steps == list(range(1, 11)), "the MLflow curve has a gap or a duplicate"
+
+
+def run_counts(db: Path) -> Counter:
+    with sqlite3.connect(db) as conn:
+        return Counter(dict(conn.execute("select status, count(*) from runs group by status")))
+
+
+def test_driver_killed_mid_study_then_resume_completes_it_once(tmp_path: Path) -> None:
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        yaml.safe_dump(
+            {
+                "name": "crash-me",
+                "model": "mlp",
+                "dataset": {"name": "digits"},
+                "search": {"num_samples": NUM_TRIALS, "max_concurrent": 2},
+                "scheduler": {"name": "asha", "max_epochs": 12, "grace_period": 2},
+            }
+        )
+    )
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "tuner", "run", str(spec)],
+        cwd=tmp_path,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    results = tmp_path / "tuner-results"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and driver.poll() is None:
+        if sum(e["event"] == "end" for e in journal_events(results)) >= 3:
+            break
+        time.sleep(0.2)
+    assert driver.poll() is None, "the study ended before it could be killed"
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started: a reboot
+    driver.wait()
+    before = run_counts(tmp_path / "mlflow.db")
+    assert before["RUNNING"] >= 1, before  # what a crash leaves behind
+
+    (folder,) = results.iterdir()
+    resumed = subprocess.run(
+        [sys.executable, "-m", "tuner", "resume", str(folder)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "Best: trial" in resumed.stdout
+
+    after = run_counts(tmp_path / "mlflow.db")
+    assert after == Counter({"FINISHED": NUM_TRIALS + 1}), after  # the parent + one per trial
+    trials = pd.read_csv(folder / "trials.csv")
+    assert sorted(trials["trial"]) == list(range(1, NUM_TRIALS + 1))
+    assert set(trials["status"]) <= {outcomes.COMPLETED, outcomes.STOPPED_BY_ASHA}
+    with sqlite3.connect(tmp_path / "mlflow.db") as db:
+        names = [
+            n
+            for (n,) in db.execute(
+                "select value from tags where key = 'mlflow.runName' and value like 'trial-%'"
+            )
+        ]
+        assert sorted(names) == [f"trial-{n:04d}" for n in range(1, NUM_TRIALS + 1)]
+        for _, row in trials.iterrows():
+            steps = [
+                s
+                for (s,) in db.execute(
+                    "select m.step from metrics m join tags t on t.run_uuid = m.run_uuid "
+                    "where t.key = 'tuner.trial_id' and t.value = ? and m.key = 'val_loss' "
+                    "order by m.step",
+                    (row["trial_id"],),
+                )
+            ]
+            assert steps == list(range(1, int(row["epochs"]) + 1)), (row["trial"], steps)
+
+    study = optuna.load_study(study_name=folder.name, storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    states = Counter(t.state for t in study.trials)
+    ran = states[optuna.trial.TrialState.COMPLETE] + states[optuna.trial.TrialState.PRUNED]
+    assert ran == NUM_TRIALS
+    assert states[optuna.trial.TrialState.RUNNING] == 0
+    assert states[optuna.trial.TrialState.FAIL] <= 2  # asked by the dead driver, never run
+    figures = {
+        "mlflow_before": dict(before),
+        "mlflow_after": dict(after),
+        "optuna": {s.name: n for s, n in states.items()},
+    }
+    (tmp_path / "figures.json").write_text(json.dumps(figures))
+    print(figures)
