@@ -200,38 +200,95 @@ def _not_yet(feature: str) -> None:
 @app.command()
 @handle_errors
 def submit(
-    spec: Path, address: str = typer.Option(..., help="http://HEAD:8265"), set_: SetOption = None
+    spec: Annotated[Path, typer.Argument(help="Job spec YAML file.")],
+    address: Annotated[
+        str | None, typer.Option(help="Ray Jobs server, http://HEAD:8265. Default: $RAY_ADDRESS.")
+    ] = None,
+    set_: SetOption = None,
 ) -> None:
     """Submit the study to a Ray cluster as a Ray Job; prints the job id."""
-    _not_yet("tuner submit")
+    from tuner.jobs import resolve_address, submit_study
+
+    address = resolve_address(address)
+    job_id = submit_study(spec, address, set_)
+    out.print(
+        f"Submitted job {job_id} to {address}\n"
+        f"  status:  tuner status {job_id} --address {address}\n"
+        f"  follow:  tuner logs {job_id} --follow --address {address}\n"
+        f"  stop:    tuner stop {job_id} --address {address}",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 @app.command()
 @handle_errors
-def status(job: str, address: AddressOption = None) -> None:
-    """Status of a submitted study (Ray Job)."""
-    _not_yet("tuner status")
+def status(
+    job: Annotated[str, typer.Argument(help="The job id `tuner submit` printed.")],
+    address: Annotated[
+        str | None, typer.Option(help="Ray Jobs server, http://HEAD:8265. Default: $RAY_ADDRESS.")
+    ] = None,
+) -> None:
+    """Status of a submitted study (Ray Job): PENDING, RUNNING, SUCCEEDED, FAILED or STOPPED."""
+    from tuner.jobs import job_info, resolve_address
+
+    info = job_info(job, resolve_address(address))
+    message = f" ({info['message']})" if info["message"] else ""
+    out.print(f"{job}: {info['status']}{message}", highlight=False, soft_wrap=True)
 
 
 @app.command()
 @handle_errors
-def logs(job: str, follow: bool = False, address: AddressOption = None) -> None:
-    """Logs of a submitted study (Ray Job)."""
-    _not_yet("tuner logs")
+def logs(
+    job: Annotated[str, typer.Argument(help="The job id `tuner submit` printed.")],
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Stream until it ends.")] = False,
+    address: Annotated[
+        str | None, typer.Option(help="Ray Jobs server, http://HEAD:8265. Default: $RAY_ADDRESS.")
+    ] = None,
+) -> None:
+    """Logs of a submitted study (Ray Job): the driver's output, with the study's summary."""
+    from tuner.jobs import follow_logs, job_logs, resolve_address
+
+    address = resolve_address(address)
+    if not follow:
+        sys.stdout.write(job_logs(job, address))
+        return
+    for chunk in follow_logs(job, address):
+        sys.stdout.write(chunk)
+        sys.stdout.flush()
 
 
 @app.command()
 @handle_errors
-def stop(job: str, address: AddressOption = None) -> None:
+def stop(
+    job: Annotated[str, typer.Argument(help="The job id `tuner submit` printed.")],
+    address: Annotated[
+        str | None, typer.Option(help="Ray Jobs server, http://HEAD:8265. Default: $RAY_ADDRESS.")
+    ] = None,
+) -> None:
     """Stop a submitted study (Ray Job)."""
-    _not_yet("tuner stop")
+    from tuner.jobs import job_status, resolve_address, stop_job
+
+    address = resolve_address(address)
+    if stop_job(job, address):
+        out.print(f"Stopping {job}: `tuner status {job}` says STOPPED once it has ended")
+    else:
+        out.print(f"{job} had already ended: {job_status(job, address)}")
 
 
 @app.command()
 @handle_errors
-def resume(study: str) -> None:
-    """Continue an interrupted study."""
-    _not_yet("tuner resume")
+def resume(
+    study: Annotated[str, typer.Argument(help="Results folder, study name or run id.")],
+    address: AddressOption = None,
+    tracking_uri: TrackingOption = None,
+) -> None:
+    """Continue an interrupted study: same trials, checkpoints, Optuna study and MLflow runs."""
+    from tuner.study import require_success, resume_study
+
+    result = resume_study(study, tracking_uri=tracking_uri, address=address)
+    print_summary(result)
+    require_success(result)
 
 
 @app.command("list")

@@ -15,5 +15,9 @@ class StudyError(TunerError):
     """A study that ran but failed as a whole (CLI exit code 1)."""
 
 
+class ClusterError(TunerError):
+    """A Ray cluster that cannot be reached, refuses the request or has no such job (exit 1)."""
+
+
 class NotAvailableError(TunerError):
     """A command whose feature has not shipped yet."""
