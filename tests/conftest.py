@@ -67,6 +67,29 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def spawn(command: list[str], **kwargs) -> subprocess.Popen:
+    """A server in its own process group: MLflow's server forks uvicorn workers and a job
+    runner that outlive a plain terminate() of their parent."""
+    return subprocess.Popen(command, start_new_session=True, **kwargs)
+
+
+def stop(process: subprocess.Popen) -> None:
+    """Stop a `spawn`ed server and everything it started."""
+    import signal
+
+    for sig, wait_s in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(timeout=wait_s)
+            os.killpg(process.pid, signal.SIGKILL)  # stragglers of the group
+            return
+        except (subprocess.TimeoutExpired, ProcessLookupError):
+            continue
+
+
 def wait_for_http(url: str, process: subprocess.Popen, timeout_s: float = 90) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -103,15 +126,11 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "1",
     ]
     log = open(folder / "server.log", "w")  # noqa: SIM115 - closed below
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=folder)
+    process = spawn(command, stdout=log, stderr=subprocess.STDOUT, cwd=folder)
     uri = f"http://127.0.0.1:{port}"
     try:
         wait_for_http(f"{uri}/health", process)
         yield uri
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop(process)
         log.close()

@@ -90,12 +90,6 @@ def test_console_script_exit_code_and_message(tmp_path: Path) -> None:
     assert "Traceback" not in proc.stderr + proc.stdout
 
 
-def test_unshipped_commands_say_so_and_exit_1() -> None:
-    result = runner.invoke(app, ["sync", "some-study"])
-    assert result.exit_code == 1
-    assert "not yet available" in result.output
-
-
 def test_help_lists_every_command() -> None:
     result = runner.invoke(app, ["--help"])
     for command in (

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from tests.conftest import free_port, tiny_spec, wait_for_http
+from tests.conftest import free_port, spawn, stop, tiny_spec, wait_for_http
 from tuner.cli import app
 from tuner.report import REPORT_FILE
 from tuner.study import StudyResult, run_study
@@ -137,7 +137,7 @@ def test_tuner_report_command_writes_the_same_parts(study: StudyResult, tmp_path
 def test_mlflow_ui_lists_the_child_runs_under_the_parent(study: StudyResult, browser) -> None:
     port = free_port()
     uri = study.spec.tracking.uri
-    process = subprocess.Popen(
+    process = spawn(
         [sys.executable, "-m", "tuner", "ui", "--port", str(port), "--tracking-uri", uri],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -157,5 +157,4 @@ def test_mlflow_ui_lists_the_child_runs_under_the_parent(study: StudyResult, bro
         assert visible == names
         page.screenshot(path=str(study.results_path / "mlflow-ui.png"))
     finally:
-        process.terminate()
-        process.wait(timeout=20)
+        stop(process)

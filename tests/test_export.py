@@ -13,7 +13,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from tests.conftest import free_port, tiny_spec, wait_for_http
+from tests.conftest import free_port, spawn, stop, tiny_spec, wait_for_http
 from tuner.cli import app
 from tuner.errors import SpecError
 from tuner.export import export_study, load_exported, train_config
@@ -136,7 +136,7 @@ def test_bad_exported_config_is_a_spec_error(tmp_path: Path) -> None:
 def test_ui_serves_the_store_on_loopback_only(study: StudyResult) -> None:
     port = free_port()
     uri = study.spec.tracking.uri
-    process = subprocess.Popen(
+    process = spawn(
         [sys.executable, "-m", "tuner", "ui", "--port", str(port), "--tracking-uri", uri],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -169,5 +169,4 @@ def test_ui_serves_the_store_on_loopback_only(study: StudyResult) -> None:
             runs = json.load(response)["runs"]
         assert len(runs) == len(study.trials)
     finally:
-        process.terminate()
-        process.wait(timeout=20)
+        stop(process)

@@ -17,7 +17,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from tuner.errors import NotAvailableError, SpecError, TunerError
+from tuner.errors import SpecError, TunerError
 
 app = typer.Typer(
     help="Hyperparameter tuning for PyTorch: Ray Tune + Optuna + ASHA, tracked in MLflow.",
@@ -136,6 +136,13 @@ def print_summary(result) -> None:
         highlight=False,
         soft_wrap=True,
     )
+    if result.tracking_buffered:
+        err.print(
+            f"[yellow]MLflow was unreachable:[/] {result.tracking_buffered} writes are buffered in "
+            f"{result.results_path}; send them with: tuner sync {result.results_path}",
+            highlight=False,
+            soft_wrap=True,
+        )
     if result.parent_run_id:
         uri = result.spec.tracking.uri
         ui = "tuner ui" if uri == default_tracking_uri() else f"tuner ui --tracking-uri {uri}"
@@ -191,10 +198,6 @@ def spaces() -> None:
 
 
 # --------------------------------------------------------------------------- later issues
-
-
-def _not_yet(feature: str) -> None:
-    raise NotAvailableError(f"{feature} is not yet available in this version of tuner")
 
 
 @app.command()
@@ -382,9 +385,17 @@ def report(
 
 @app.command()
 @handle_errors
-def sync(study: str) -> None:
-    """Send buffered tracking data to MLflow."""
-    _not_yet("tuner sync")
+def sync(
+    study: Annotated[str, typer.Argument(help="Results folder, study name or run id.")],
+    tracking_uri: TrackingOption = None,
+) -> None:
+    """Send to MLflow what tracking buffered while the server was unreachable."""
+    from tuner.study import sync_study
+
+    sent, left = sync_study(study, tracking_uri)
+    out.print(f"Sent {sent} buffered MLflow writes; {left} still buffered.", highlight=False)
+    if left:
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -415,6 +426,8 @@ def ui(
         host,
         "--port",
         str(port),
+        "--workers",
+        "1",  # a UI for one person: MLflow's default 4 uvicorn workers take ~1 GB
     ]
     raise typer.Exit(subprocess.call(command))
 

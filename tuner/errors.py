@@ -17,7 +17,3 @@ class StudyError(TunerError):
 
 class ClusterError(TunerError):
     """A Ray cluster that cannot be reached, refuses the request or has no such job (exit 1)."""
-
-
-class NotAvailableError(TunerError):
-    """A command whose feature has not shipped yet."""

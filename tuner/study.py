@@ -7,6 +7,7 @@ loaded once on the driver and reaches every trial through the object store.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import time
@@ -28,6 +29,7 @@ from trainables.data import DataOptions, Dataset, DatasetError, load_dataset
 from trainables.loop import TrainingRun
 from trainables.trainable import TrialSettings, train_trial
 from tuner import diagnostics, outcomes
+from tuner.buffer import HTTP_SETTINGS, BufferedWriter, is_transient
 from tuner.errors import SpecError, StudyError
 from tuner.progress import LiveProgress, StudyRecorder, trial_dirname
 from tuner.report import REPORT_FILE, from_study
@@ -42,6 +44,8 @@ from tuner.tracking import (
     MlflowTracking,
     client_for,
     finish_parent_run,
+    redact,
+    save_run_ids,
     start_parent_run,
 )
 
@@ -49,6 +53,7 @@ log = logging.getLogger(__name__)
 LOG_FILE = "tuner.log"
 SPEC_FILE = "spec.yaml"  # the resolved spec, beside Ray's state: what `tuner resume` reads
 JOURNAL_FILE = "trials.jsonl"  # the recorder's events: what a restored study replays
+DRAIN_AT_END_S = 30.0  # how long a finished study waits for an unreachable MLflow server
 #: Tune's own console output off (the live line replaces it); its warnings go to LOG_FILE.
 QUIET_RAY = {
     "RAY_AIR_NEW_OUTPUT": "0",
@@ -76,6 +81,7 @@ class StudyResult:
     wall_time_s: float
     parent_run_id: str | None = None  # the MLflow parent run (None with tracking disabled)
     interrupted: bool = False  # stopped by Ctrl-C before every trial finished
+    tracking_buffered: int = 0  # MLflow writes left in the study folder for `tuner sync`
 
     @property
     def best(self) -> pd.Series | None:
@@ -248,6 +254,30 @@ def resume_study(
         return run.run()
 
 
+def sync_study(study: str, tracking_uri: str | None = None) -> tuple[int, int]:
+    """`tuner sync`: send the MLflow writes a study buffered; returns (sent, still buffered)."""
+    results_path = find_results(study, tracking_uri)
+    spec = spec_from_dict(yaml.safe_load((results_path / SPEC_FILE).read_text()))
+    os.environ.update(HTTP_SETTINGS)
+    writer = BufferedWriter(client_for(spec.tracking.uri), results_path)
+    run_ids_path = results_path / RUN_IDS_FILE
+
+    def remember(placeholders: dict[str, str]) -> None:
+        saved = json.loads(run_ids_path.read_text()) if run_ids_path.is_file() else {}
+        trials = {t: placeholders.get(r, r) for t, r in saved.get("trials", {}).items()}
+        save_run_ids(run_ids_path, saved.get("parent", ""), trials)
+
+    writer.on_resolve = remember
+    queued = len(writer.queue)
+    writer.drain()
+    return queued - len(writer.queue), len(writer.queue)
+
+
+def first_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__
+
+
 def find_results(study: str, tracking_uri: str | None) -> Path:
     """A study's Ray run folder: given directly, or found through its MLflow parent run."""
     folder = Path(study).resolve()
@@ -269,9 +299,25 @@ def find_results(study: str, tracking_uri: str | None) -> Path:
 def study_environment(results_path: Path) -> Iterator[None]:
     """Quiet Ray output, logs to the study's log file, Optuna's experimental warnings off."""
     os.environ.update(QUIET_RAY)
+    os.environ.update(HTTP_SETTINGS)
     with logs_to_file(results_path / LOG_FILE), warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         yield
+
+
+def open_tracking(spec: JobSpec, execution: str, results_path: Path) -> tuple[str, str]:
+    """The study's MLflow experiment and parent run; an unreachable server fails the study here,
+    before any training (mid-study outages are buffered instead)."""
+    try:
+        return start_parent_run(client_for(spec.tracking.uri), spec, execution, results_path)
+    except Exception as exc:
+        if not is_transient(exc):
+            raise
+        raise StudyError(
+            f"tracking.uri: the MLflow server at {redact(spec.tracking.uri)} cannot be reached "
+            f"({first_line(exc)}); start it, point tracking.uri elsewhere, or set "
+            "tracking.enabled: false"
+        ) from None
 
 
 def make_trainable(spec: JobSpec, dataset: Dataset):
@@ -330,8 +376,7 @@ class StudyRun:
         )
         tracking = None
         if spec.tracking.enabled:
-            client = client_for(spec.tracking.uri)
-            experiment_id, parent_id = start_parent_run(client, spec, execution, results_path)
+            experiment_id, parent_id = open_tracking(spec, execution, results_path)
             tracking = MlflowTracking(
                 spec, recorder, parent_id, experiment_id, results_path / RUN_IDS_FILE
             )
@@ -374,7 +419,7 @@ class StudyRun:
         recorder = next(c for c in callbacks if isinstance(c, StudyRecorder))
         tracking = next((c for c in callbacks if isinstance(c, MlflowTracking)), None)
         if tracking:
-            tracking.client.update_run(tracking.parent_run_id, status="RUNNING")
+            tracking.writer.update_run(tracking.parent_run_id, status="RUNNING")
             tracking.reconcile()
         return cls(prepared, results_path, tuner, recorder, tracking, show_progress)
 
@@ -408,7 +453,8 @@ class StudyRun:
         except BaseException:
             if self.tracking:
                 self.tracking.close_open_runs("KILLED")
-                self.tracking.client.set_terminated(self.parent_run_id, status="KILLED")
+                self.tracking.writer.set_terminated(self.parent_run_id, status="KILLED")
+                self.tracking.writer.drain_until(DRAIN_AT_END_S)
             raise
 
     def interrupted(self) -> bool:
@@ -423,11 +469,15 @@ class StudyRun:
         """Close the parent run with the results table, best config, importances, dashboard."""
         if not self.tracking:
             return
+        writer = self.tracking.writer
         self.tracking.close_open_runs("KILLED")
-        finish_parent_run(self.tracking.client, self.parent_run_id, result, importances)
-        self.tracking.client.log_artifact(self.parent_run_id, str(report))
-        status = "KILLED" if result.interrupted else "FINISHED"
-        self.tracking.client.set_terminated(self.parent_run_id, status=status)
+        finish_parent_run(writer, self.parent_run_id, result, importances)
+        writer.log_artifact(self.parent_run_id, report)
+        writer.set_terminated(
+            self.parent_run_id, status="KILLED" if result.interrupted else "FINISHED"
+        )
+        if not writer.drain_until(DRAIN_AT_END_S):
+            result.tracking_buffered = len(writer.queue)
 
 
 # --------------------------------------------------------------------------- results

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import re
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from ray.tune import Callback
 
 from trainables import metrics as m
 from tuner import diagnostics, outcomes
+from tuner.buffer import PENDING, BufferedWriter
 from tuner.progress import StudyRecorder, TrialRecord
 from tuner.spec import DiagnosticsSpec, JobSpec, ObjectiveSpec
 
@@ -188,10 +188,11 @@ class MlflowTracking(Callback):
         self._logged: dict[str, set[int]] = {}  # run -> epochs already sent
         self._last_flush = time.monotonic()
         self._client = None
+        self._writer: BufferedWriter | None = None
         self.open_runs: set[str] = set()
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_client": None, "_pending": {}}
+        return {**self.__dict__, "_client": None, "_writer": None, "_pending": {}}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         """Restored by Ray from the study's start: take the run ids written since."""
@@ -201,9 +202,25 @@ class MlflowTracking(Callback):
 
     @property
     def client(self):
+        """For reads; writes go through `writer`."""
         if self._client is None:
             self._client = client_for(self.spec.tracking.uri)
         return self._client
+
+    @property
+    def writer(self) -> BufferedWriter:
+        """Every write, queued in the study folder while the server is unreachable."""
+        if self._writer is None:
+            self._writer = BufferedWriter(self.client, self.run_ids_path.parent)
+            self._writer.on_resolve = self._resolved
+        return self._writer
+
+    def _resolved(self, placeholders: dict[str, str]) -> None:
+        """Runs created during an outage got their real ids: remember those."""
+        self.run_ids = {t: placeholders.get(r, r) for t, r in self.run_ids.items()}
+        self.open_runs = {placeholders.get(r, r) for r in self.open_runs}
+        self._logged = {placeholders.get(r, r): e for r, e in self._logged.items()}
+        save_run_ids(self.run_ids_path, self.parent_run_id, self.run_ids)
 
     # ------------------------------------------------------------------ Ray Tune hooks
 
@@ -245,20 +262,22 @@ class MlflowTracking(Callback):
             self.run_ids[record.trial_id] = run_id
             save_run_ids(self.run_ids_path, self.parent_run_id, self.run_ids)
         elif run_id not in self.open_runs:
-            self.client.update_run(run_id, status="RUNNING")
+            self.writer.update_run(run_id, status="RUNNING")
             self._resync(run_id, record)
         self.open_runs.add(run_id)
         return run_id
 
     def _resync(self, run_id: str, record: TrialRecord) -> None:
         """After a restore: send the epochs the journal has and MLflow lacks; skip the rest."""
+        if run_id.startswith(PENDING):
+            return  # created during an outage: its writes are all still queued
         history = self.client.get_metric_history(run_id, m.TRAIN_LOSS)
         logged = self._logged.setdefault(run_id, {int(p.step) for p in history})
         missing = [e for e in sorted(record.epochs) if e not in logged]
         if missing:
             ts = now_ms()
             points = [p for e in missing for p in epoch_metrics(record.epochs[e], ts)]
-            log_batch(self.client, run_id, metrics=points)
+            log_batch(self.writer, run_id, metrics=points)
             logged.update(missing)
 
     def reconcile(self) -> None:
@@ -266,7 +285,7 @@ class MlflowTracking(Callback):
         MLflow run was not closed (the driver died in between)."""
         for trial_id, record in self.recorder.trials.items():
             run_id = self.run_ids.get(trial_id)
-            if record.status is None or run_id is None:
+            if record.status is None or run_id is None or run_id.startswith(PENDING):
                 continue
             if self.client.get_run(run_id).info.status == "RUNNING":
                 self._end_trial(
@@ -277,10 +296,10 @@ class MlflowTracking(Callback):
         from mlflow.entities import RunTag
 
         name = f"trial-{record.number:04d}"
-        run = self.client.create_run(
+        run_id = self.writer.create_run(
             self.experiment_id,
-            run_name=name,
-            tags={
+            name,
+            {
                 PARENT_TAG: self.parent_run_id,
                 ROLE_TAG: "trial",
                 STUDY_TAG: self.spec.name,
@@ -289,9 +308,8 @@ class MlflowTracking(Callback):
                 CONFIG_TAG: json.dumps(record.config)[:MAX_TAG_LENGTH],
             },
         )
-        run_id = run.info.run_id
         log_batch(
-            self.client,
+            self.writer,
             run_id,
             params=as_params(record.config),
             tags=[RunTag("trial_status", "running")],
@@ -302,7 +320,7 @@ class MlflowTracking(Callback):
         """Send every buffered epoch in one batch per run."""
         pending, self._pending = self._pending, {}
         for run_id, metrics in pending.items():
-            log_batch(self.client, run_id, metrics=metrics)
+            log_batch(self.writer, run_id, metrics=metrics)
         self._last_flush = time.monotonic()
 
     def _end_trial(self, trial_id: str, run_status: str) -> None:
@@ -316,24 +334,24 @@ class MlflowTracking(Callback):
         tags = [RunTag("trial_status", record.status or outcomes.ERRORED)]
         if record.error:
             tags.append(RunTag("error", record.error[:MAX_TAG_LENGTH]))
-        log_batch(self.client, run_id, tags=tags)
+        log_batch(self.writer, run_id, tags=tags)
         log_trial_end(
-            self.client,
+            self.writer,
             run_id,
             record.history,
             self.spec.objective,
             self.spec.diagnostics,
             f"trial {record.number}",
         )
-        self.client.set_terminated(run_id, status=run_status)
+        self.writer.set_terminated(run_id, status=run_status)
         self.open_runs.discard(run_id)
 
     def close_open_runs(self, status: str = "KILLED") -> None:
         """Leave no run RUNNING (Ctrl-C, a crash): flush, then end whatever is still open."""
         self.flush()
         for run_id in list(self.open_runs):
-            self.client.set_tag(run_id, "trial_status", outcomes.INTERRUPTED)
-            self.client.set_terminated(run_id, status=status)
+            self.writer.set_tag(run_id, "trial_status", outcomes.INTERRUPTED)
+            self.writer.set_terminated(run_id, status=status)
             self.open_runs.discard(run_id)
 
 
@@ -405,7 +423,9 @@ def start_parent_run(client, spec: JobSpec, execution: str, results_path: Path) 
     return experiment_id, run_id
 
 
-def finish_parent_run(client, run_id: str, result, importances: dict[str, float] | None) -> None:
+def finish_parent_run(
+    client: BufferedWriter, run_id: str, result, importances: dict[str, float] | None
+) -> None:
     """Results table, best config, importances, counts and the best objective on the parent."""
     from mlflow.entities import Metric
 
@@ -431,14 +451,9 @@ def finish_parent_run(client, run_id: str, result, importances: dict[str, float]
         values[f"importance.{name}"] = float(importance)
     log_batch(client, run_id, metrics=[Metric(k, float(v), ts, 0) for k, v in values.items()])
 
-    with tempfile.TemporaryDirectory() as folder:
-        table = Path(folder) / "results.csv"
-        trials.to_csv(table, index=False)
-        trials.astype({c: str for c in trials.columns if trials[c].dtype == object}).to_parquet(
-            Path(folder) / "results.parquet", index=False
-        )
-        client.log_artifact(run_id, str(table))
-        client.log_artifact(run_id, str(Path(folder) / "results.parquet"))
+    as_text = trials.astype({c: str for c in trials.columns if trials[c].dtype == object})
+    client.log_file(run_id, "results.csv", lambda path: trials.to_csv(path, index=False))
+    client.log_file(run_id, "results.parquet", lambda path: as_text.to_parquet(path, index=False))
     config = best_config(result)
     if config:
         client.log_text(run_id, yaml.safe_dump(config, sort_keys=False), "best_config.yaml")

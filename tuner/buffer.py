@@ -1,0 +1,225 @@
+"""Tracking writes that survive an MLflow server going away.
+
+`BufferedWriter` sends each write at once, retrying briefly with back-off. When the server stays
+unreachable (connection refused, timeouts, 5xx), the write is queued in order, in memory and in a
+JSON-lines file in the study folder, and training goes on. Later writes queue behind it; the
+queue is retried every few seconds and drained, in order, once the server answers. Runs created
+while the server is down get a placeholder id, replaced by the real one when the creation goes
+through. `tuner sync` drains a queue that a study left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+PENDING = "pending-"  # prefix of a placeholder run id
+BUFFER_FILE = "tracking-buffer.jsonl"
+ARTIFACTS_DIR = "tracking-artifacts"  # files waiting to be uploaded
+#: our retries replace MLflow's own (7 by default, with back-off factor 2: minutes per call)
+HTTP_SETTINGS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+
+
+def is_transient(exc: Exception) -> bool:
+    """Worth retrying later: the server is unreachable or failing, not refusing the request."""
+    from mlflow.exceptions import MlflowException
+
+    if isinstance(exc, MlflowException):
+        message = str(exc)
+        unreachable = "Max retries exceeded" in message or "Connection" in message
+        return unreachable or exc.get_http_status_code() >= 500
+    return isinstance(exc, OSError | TimeoutError)
+
+
+class BufferedWriter:
+    """The MLflow writes tracking needs, queued on disk while the server is unreachable."""
+
+    def __init__(
+        self,
+        client,
+        folder: Path,
+        attempts: int = 2,
+        backoff_s: float = 0.5,
+        retry_every_s: float = 5.0,
+    ):
+        self.client = client
+        self.folder = folder
+        self.path = folder / BUFFER_FILE
+        self.attempts, self.backoff_s, self.retry_every_s = attempts, backoff_s, retry_every_s
+        self.queue: list[dict[str, Any]] = load_queue(self.path)
+        self.resolved: dict[str, str] = {}  # placeholder -> real run id
+        self.buffered_total = 0  # writes that had to wait, over this writer's life
+        self._next_retry = 0.0
+        self.on_resolve: Callable[[dict[str, str]], None] | None = None
+
+    # ------------------------------------------------------------------ the writes
+
+    def create_run(self, experiment_id: str, run_name: str, tags: dict[str, str]) -> str:
+        op = {
+            "op": "create_run",
+            "experiment_id": experiment_id,
+            "run_name": run_name,
+            "tags": tags,
+            "placeholder": f"{PENDING}{time.time_ns()}",
+        }
+        return self._write(op) or op["placeholder"]
+
+    def log_batch(self, run_id: str, metrics=(), params=(), tags=()) -> None:
+        op = {
+            "op": "log_batch",
+            "run_id": run_id,
+            "metrics": [[x.key, x.value, x.timestamp, x.step] for x in metrics],
+            "params": [[p.key, p.value] for p in params],
+            "tags": [[t.key, t.value] for t in tags],
+        }
+        if op["metrics"] or op["params"] or op["tags"]:
+            self._write(op)
+
+    def set_terminated(self, run_id: str, status: str) -> None:
+        self._write({"op": "set_terminated", "run_id": run_id, "status": status})
+
+    def update_run(self, run_id: str, status: str) -> None:
+        self._write({"op": "update_run", "run_id": run_id, "status": status})
+
+    def log_artifact(self, run_id: str, local_path: Path, artifact_path: str | None = None) -> None:
+        self._write(
+            {
+                "op": "log_artifact",
+                "run_id": run_id,
+                "path": str(local_path),
+                "artifact_path": artifact_path,
+            }
+        )
+
+    def set_tag(self, run_id: str, key: str, value: str) -> None:
+        from mlflow.entities import RunTag
+
+        self.log_batch(run_id, tags=[RunTag(key, value)])
+
+    def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
+        self.log_file(run_id, artifact_file, lambda path: path.write_text(text))
+
+    def log_dict(self, run_id: str, dictionary: dict, artifact_file: str) -> None:
+        self.log_text(run_id, json.dumps(dictionary, indent=2), artifact_file)
+
+    def log_figure(self, run_id: str, figure, artifact_file: str) -> None:
+        self.log_file(run_id, artifact_file, lambda path: figure.savefig(path))
+
+    def log_file(self, run_id: str, name: str, write: Callable[[Path], None]) -> None:
+        """Write the file into the study folder first, so that it outlives an outage."""
+        path = self.folder / ARTIFACTS_DIR / str(time.time_ns()) / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write(path)
+        self.log_artifact(run_id, path)
+
+    # ------------------------------------------------------------------ sending and queueing
+
+    def _write(self, op: dict[str, Any]) -> str | None:
+        if self.queue:  # keep the order: nothing overtakes what is waiting
+            self._enqueue(op)
+            self.drain(force=False)
+            return None
+        for attempt in range(self.attempts):
+            try:
+                return self._send(op)
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                log.warning("MLflow write failed (%s), attempt %d: %s", op["op"], attempt + 1, exc)
+                time.sleep(self.backoff_s * 2**attempt)
+        self._enqueue(op)
+        self._next_retry = time.monotonic() + self.retry_every_s
+        return None
+
+    def _enqueue(self, op: dict[str, Any]) -> None:
+        self.queue.append(op)
+        self.buffered_total += 1
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(op) + "\n")
+
+    def drain(self, force: bool = True) -> bool:
+        """Send what is queued, in order, until done or the server fails again; True if empty."""
+        if not self.queue or (not force and time.monotonic() < self._next_retry):
+            return not self.queue
+        sent = 0
+        try:
+            for op in self.queue:
+                self._send(op)
+                sent += 1
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            self._next_retry = time.monotonic() + self.retry_every_s
+            log.warning("MLflow still unreachable; %d writes buffered", len(self.queue) - sent)
+        finally:
+            if sent:
+                self.queue = self.queue[sent:]
+                save_queue(self.path, self.queue)
+        if not self.queue and self.on_resolve and self.resolved:
+            self.on_resolve(self.resolved)
+        return not self.queue
+
+    def drain_until(self, timeout_s: float) -> bool:
+        """At the end of a study: keep retrying for a while before leaving a buffer behind."""
+        deadline = time.monotonic() + timeout_s
+        while not self.drain() and time.monotonic() < deadline:
+            time.sleep(min(self.retry_every_s, max(0.0, deadline - time.monotonic())))
+        return not self.queue
+
+    def real_id(self, run_id: str) -> str:
+        return self.resolved.get(run_id, run_id)
+
+    def _send(self, op: dict[str, Any]) -> str | None:
+        from mlflow.entities import Metric, Param, RunTag
+
+        kind = op["op"]
+        if kind == "create_run":
+            tags = {k: self.real_id(v) for k, v in op["tags"].items()}  # a pending parent id
+            run = self.client.create_run(op["experiment_id"], run_name=op["run_name"], tags=tags)
+            self.resolved[op["placeholder"]] = run.info.run_id
+            return run.info.run_id
+        run_id = self.real_id(op["run_id"])
+        if run_id.startswith(PENDING):
+            raise RuntimeError(f"run {run_id} was never created")  # a corrupted buffer
+        if kind == "log_batch":
+            self.client.log_batch(
+                run_id,
+                metrics=[Metric(k, v, ts, step) for k, v, ts, step in op["metrics"]],
+                params=[Param(k, v) for k, v in op["params"]],
+                tags=[RunTag(k, v) for k, v in op["tags"]],
+            )
+        elif kind == "set_terminated":
+            self.client.set_terminated(run_id, status=op["status"])
+        elif kind == "update_run":
+            self.client.update_run(run_id, status=op["status"])
+        elif kind == "log_artifact":
+            self.client.log_artifact(run_id, op["path"], op.get("artifact_path"))
+        return None
+
+
+def load_queue(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    ops = []
+    for line in path.read_text().splitlines():
+        try:
+            ops.append(json.loads(line))
+        except json.JSONDecodeError:  # a torn last line from a crash mid-write
+            continue
+    return ops
+
+
+def save_queue(path: Path, queue: list[dict[str, Any]]) -> None:
+    if not queue:
+        path.unlink(missing_ok=True)
+        return
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(op) + "\n" for op in queue))
+    tmp.replace(path)
