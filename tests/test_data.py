@@ -530,4 +530,5 @@ def test_window_leaving_no_training_windows(tmp_path: Path) -> None:
 def test_stratified_split_impossible(tmp_path: Path) -> None:
     frame = pd.DataFrame({"x": np.arange(6.0), "target": [0, 0, 0, 0, 0, 1]})
     msg = table_error(write_table(tmp_path, frame))
-    assert msg.startswith("dataset.val_fraction:")
+    assert msg.startswith("dataset: cannot split 6 samples with val_fraction 0.2")
+    assert "least populated class" in msg  # sklearn's reason, passed on

@@ -103,10 +103,10 @@ def split_indices(
             random_state=seed,
             stratify=y if stratify else None,
         )
-    except ValueError as exc:
+    except ValueError as exc:  # sklearn's own words say which rule the split broke
         raise DatasetError(
-            f"dataset.val_fraction: {val_fraction} cannot split {len(y)} samples "
-            f"(stratified: {stratify}): {exc}"
+            f"dataset: cannot split {len(y)} samples with val_fraction {val_fraction} and "
+            f"seed {seed} (stratified by class: {stratify}): {exc}"
         ) from None
 
 

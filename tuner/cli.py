@@ -16,6 +16,7 @@ import yaml
 from rich import box
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from tuner.errors import SpecError, TunerError
 
@@ -51,10 +52,10 @@ def handle_errors(command: Callable) -> Callable:
         try:
             return command(*args, **kwargs)
         except SpecError as exc:
-            err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            report_error(exc)
             raise typer.Exit(2) from None
         except TunerError as exc:
-            err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            report_error(exc)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             err.print("[yellow]interrupted[/]")
@@ -62,14 +63,15 @@ def handle_errors(command: Callable) -> Callable:
         except Exception as exc:  # an unexpected failure: one line, the traceback on request
             if os.environ.get("TUNER_DEBUG"):
                 traceback.print_exc()
-            err.print(
-                f"[bold red]error:[/] {type(exc).__name__}: {exc} (TUNER_DEBUG=1: traceback)",
-                highlight=False,
-                soft_wrap=True,
-            )
+            report_error(f"{type(exc).__name__}: {exc} (TUNER_DEBUG=1: traceback)")
             raise typer.Exit(1) from None
 
     return wrapper
+
+
+def report_error(message: object) -> None:
+    """'error: ...' on stderr; the message is plain text, never read as rich markup."""
+    err.print(Text.assemble(("error:", "bold red"), " ", str(message)), soft_wrap=True)
 
 
 # --------------------------------------------------------------------------- studies

@@ -21,7 +21,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from trainables import metrics as m
 from trainables.models import MODELS
 from tuner.errors import SpecError
-from tuner.spec import DatasetSpec, DiagnosticsSpec, JobSpec, ObjectiveSpec, format_validation_error
+from tuner.spec import (
+    DatasetSpec,
+    DiagnosticsSpec,
+    JobSpec,
+    ObjectiveSpec,
+    format_validation_error,
+    read_yaml_file,
+    show,
+)
 from tuner.tracking import (
     CONFIG_TAG,
     EXECUTION_TAG,
@@ -223,14 +231,9 @@ def write_configs(
 
 def load_exported(path: Path) -> ExportedConfig:
     """Read and validate an exported config (YAML or JSON); problems are SpecErrors."""
-    if not path.is_file():
-        raise SpecError(f"config file {str(path)!r} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text())  # JSON is YAML
-    except yaml.YAMLError as exc:
-        raise SpecError(f"config file {str(path)!r} is not valid YAML or JSON: {exc}") from None
+    raw = read_yaml_file(path, "config file")  # JSON is YAML
     if not isinstance(raw, dict):
-        raise SpecError(f"config file {str(path)!r} must hold a mapping, got {raw!r}")
+        raise SpecError(f"config file {show(str(path))} must hold a mapping, got {show(raw)}")
     try:
         return ExportedConfig.model_validate(raw)
     except ValidationError as exc:

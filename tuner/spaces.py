@@ -14,26 +14,34 @@ or a list; several keys must all hold). Conditional entries are sampled after wh
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import optuna
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 import search_spaces
 from trainables.loop import OPTIMIZER_DEFAULTS
 from trainables.models import MODELS
 from tuner.errors import SpecError
+from tuner.spec import read_yaml_file
 
 Scalar = bool | int | float | str | None
 Condition = dict[str, Scalar | list[Scalar]]
 
 
 class _Param(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
     when: Condition | None = None
+
+    def check_samplable(self) -> None:
+        """Optuna must be able to build the distribution (after our own, clearer checks)."""
+        try:
+            self.distribution()
+        except (ValueError, ArithmeticError) as exc:
+            raise ValueError(f"Optuna cannot sample this entry: {exc}") from None
 
 
 class FloatParam(_Param):
@@ -46,6 +54,7 @@ class FloatParam(_Param):
     @model_validator(mode="after")
     def _bounds(self) -> FloatParam:
         check_bounds(self.low, self.high, self.log, self.step)
+        self.check_samplable()
         return self
 
     def suggest(self, trial: optuna.Trial, name: str) -> float:
@@ -67,6 +76,7 @@ class IntParam(_Param):
     @model_validator(mode="after")
     def _bounds(self) -> IntParam:
         check_bounds(self.low, self.high, self.log, self.step if self.step != 1 else None)
+        self.check_samplable()
         return self
 
     def suggest(self, trial: optuna.Trial, name: str) -> int:
@@ -84,8 +94,10 @@ class CategoricalParam(_Param):
 
     @model_validator(mode="after")
     def _distinct(self) -> CategoricalParam:
-        if len({repr(c) for c in self.choices}) != len(self.choices):
-            raise ValueError(f"choices must be distinct but got {self.choices}")
+        # 0 == False and 1 == 1.0: Optuna and `when` could not tell such choices apart
+        for i, a in enumerate(self.choices):
+            if any(a == b for b in self.choices[i + 1 :]):
+                raise ValueError(f"choices must be distinct but got {self.choices}")
         return self
 
     def suggest(self, trial: optuna.Trial, name: str) -> Scalar:
@@ -100,6 +112,10 @@ _PARAM = TypeAdapter(Param)
 
 
 def check_bounds(low: float, high: float, log: bool, step: float | None) -> None:
+    if not math.isfinite(high - low):
+        raise ValueError(f"high - low must be a finite number but got low={low}, high={high}")
+    if step is not None and (high - low) / step > 1e9:
+        raise ValueError(f"step {step} makes more than 1e9 values between {low} and {high}")
     if low >= high:
         raise ValueError(f"low must be less than high but got low={low}, high={high}")
     if log and low <= 0:
@@ -155,10 +171,7 @@ def read_space(source: str | dict[str, Any]) -> tuple[dict[str, Any], str]:
             f"search_space: {source!r} is neither a built-in space "
             f"({', '.join(search_spaces.names())}) nor an existing YAML file"
         )
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise SpecError(f"search_space: {str(path)!r} is not valid YAML: {exc}") from None
+    raw = read_yaml_file(path, "search_space file")
     if not isinstance(raw, dict) or not raw:
         raise SpecError(f"search_space: {str(path)!r} must be a non-empty mapping of entries")
     return raw, f"search_space ({path.name})"

@@ -8,6 +8,7 @@ against the working directory. The resolved spec (all paths absolute) is what th
 
 from __future__ import annotations
 
+import copy
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -26,7 +27,7 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
 class Section(BaseModel):
     """A spec section: unknown keys are errors, values are not silently coerced."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class DatasetSpec(Section):
@@ -35,7 +36,7 @@ class DatasetSpec(Section):
     target: str | None = None  # table: the target column
     window: int | None = Field(None, ge=2)  # table: rows per sliding window (sequence models)
     val_fraction: float = Field(0.2, gt=0, lt=1)  # share held out for validation
-    seed: int = 0  # seeds the train/validation split
+    seed: int = Field(0, ge=0, lt=2**32)  # seeds the train/validation split
 
     @field_validator("name")
     @classmethod
@@ -70,7 +71,7 @@ class SearchSpec(Section):
     algorithm: Literal["tpe", "random", "cmaes", "qmc"] = "tpe"  # the Optuna sampler
     num_samples: int = Field(32, ge=1)  # trials in the study
     max_concurrent: int = Field(4, ge=1)  # trials running at once
-    seed: int = 0  # seeds the sampler and every trial's initialisation
+    seed: int = Field(0, ge=0, lt=2**32)  # seeds the sampler and every trial's initialisation
     storage: str | None = None  # Optuna RDB URL; default: optuna.db beside the tracking store
 
 
@@ -164,25 +165,54 @@ class JobSpec(Section):
 # --------------------------------------------------------------------------- loading
 
 
+#: what yaml.safe_load raises besides YAMLError: huge ints (ValueError), deep nesting
+YAML_ERRORS = (yaml.YAMLError, ValueError, RecursionError)
+
+
+def parse_yaml(text: str, what: str) -> Any:
+    """yaml.safe_load, with every way it can fail turned into a SpecError about `what`."""
+    try:
+        return yaml.safe_load(text)
+    except YAML_ERRORS as exc:
+        detail = " ".join(str(exc).split())[:300]
+        raise SpecError(f"{what} is not valid YAML: {detail}") from None
+
+
+def read_yaml_file(path: str | Path, what: str) -> Any:
+    """A YAML (or JSON) file's content; missing, unreadable or malformed files are SpecErrors."""
+    file = Path(path)
+    label = f"{what} {show(str(path))}"
+    if not file.is_file():
+        raise SpecError(f"{label} does not exist")
+    try:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise SpecError(f"{label} is not UTF-8 text") from None
+    return parse_yaml(text, label)
+
+
+def show(value: Any, limit: int = 200) -> str:
+    """repr() for messages: bounded, and safe for ints too long to print."""
+    try:
+        text = repr(value)
+    except ValueError:  # int beyond sys.get_int_max_str_digits()
+        text = f"<int of {value.bit_length()} bits>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def load_spec(path: str | Path, overrides: list[str] | None = None) -> JobSpec:
     """Read a YAML spec file, apply `--set` overrides, validate, make paths absolute."""
-    file = Path(path)
-    if not file.is_file():
-        raise SpecError(f"spec file {str(path)!r} does not exist")
-    try:
-        raw = yaml.safe_load(file.read_text())
-    except yaml.YAMLError as exc:
-        raise SpecError(f"spec file {str(path)!r} is not valid YAML: {exc}") from None
+    raw = read_yaml_file(path, "spec file")
     if not isinstance(raw, dict):
-        raise SpecError(f"spec file {str(path)!r} must hold a mapping of keys, got {raw!r}")
-    return spec_from_dict(raw, base_dir=file.resolve().parent, overrides=overrides)
+        raise SpecError(f"spec file {show(str(path))} must hold a mapping of keys, got {show(raw)}")
+    return spec_from_dict(raw, base_dir=Path(path).resolve().parent, overrides=overrides)
 
 
 def spec_from_dict(
     raw: dict[str, Any], base_dir: Path | None = None, overrides: list[str] | None = None
 ) -> JobSpec:
     """Validate a spec given as a mapping; `base_dir` anchors the relative paths written in it."""
-    raw = resolve_paths(dict(raw), base_dir or Path.cwd())
+    raw = resolve_paths(copy.deepcopy(raw), base_dir or Path.cwd())
     for override in overrides or []:
         apply_override(raw, override)
     try:
@@ -200,10 +230,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
         raise SpecError(f"--set {text!r} must have the form dotted.key=value")
-    try:
-        parsed = yaml.safe_load(value) if value.strip() else None
-    except yaml.YAMLError as exc:
-        raise SpecError(f"--set {key}: value {value!r} is not valid YAML: {exc}") from None
+    parsed = (
+        parse_yaml(value, f"--set {key.strip()}: value {show(value)}") if value.strip() else None
+    )
     return key.strip().split("."), parsed
 
 
@@ -236,7 +265,9 @@ def absolute_sqlite_url(url: str, base: Path) -> str:
     return url if path.is_absolute() or str(path) == ":memory:" else _SQLITE + str(base / path)
 
 
-def _absolute_path(value: str, base: Path) -> str:
+def _absolute_path(value: str, base: Path, key: str) -> str:
+    if "\x00" in value:
+        raise SpecError(f"invalid job spec: {key} {show(value)} contains a NUL character")
     if "://" in value or Path(value).is_absolute():
         return value
     return str((base / value).resolve())
@@ -253,17 +284,17 @@ def resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
     if isinstance(sections["dataset"], dict) and isinstance(sections["dataset"].get("path"), str):
         raw["dataset"] = {
             **sections["dataset"],
-            "path": _absolute_path(sections["dataset"]["path"], base),
+            "path": _absolute_path(sections["dataset"]["path"], base, "dataset.path"),
         }
     for section, key in (("tracking", "uri"), ("search", "storage")):
         value = sections[section]
         if isinstance(value, dict) and isinstance(value.get(key), str):
             raw[section] = {**value, key: absolute_sqlite_url(value[key], base)}
     if isinstance(raw.get("storage"), str):
-        raw["storage"] = _absolute_path(raw["storage"], base)
+        raw["storage"] = _absolute_path(raw["storage"], base, "storage")
     space = raw.get("search_space")
     if isinstance(space, str) and _looks_like_path(space):
-        raw["search_space"] = _absolute_path(space, base)
+        raw["search_space"] = _absolute_path(space, base, "search_space")
     return raw
 
 
@@ -296,20 +327,22 @@ _UNION_MEMBER = re.compile(r"^([a-z-]+\[|(str|int|float|bool|none)$)")
 
 
 def _describe_error(err: dict[str, Any], model: type[BaseModel]) -> str:
-    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and _UNION_MEMBER.match(p)))
+    loc = tuple(err["loc"])
+    if err["type"] != "extra_forbidden":  # an unknown key is a real name, whatever it looks like
+        loc = tuple(p for p in loc if not (isinstance(p, str) and _UNION_MEMBER.match(p)))
     key = ".".join(str(p) for p in loc) or "spec"
     value = err.get("input")
     if err["type"] == "extra_forbidden":
         valid = _fields_at(model, loc[:-1])
         hint = f"; valid keys here: {', '.join(valid)}" if valid else ""
-        return f"{key} is not a known key (value {value!r}){hint}"
+        return f"{key} is not a known key (value {show(value)}){hint}"
     if err["type"] == "missing":
         return f"{key} is required and has no default"
     msg = str(err["msg"]).removeprefix("Value error, ")
     if msg.startswith(key):  # validator messages that already name their key
         return msg
     msg = msg.replace("Input should be", "must be").replace("String should", "must")
-    return f"{key} {msg[0].lower()}{msg[1:]} but got {value!r}"
+    return f"{key} {msg[0].lower()}{msg[1:]} but got {show(value)}"
 
 
 def format_validation_error(

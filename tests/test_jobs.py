@@ -1,0 +1,329 @@
+"""`tuner submit/status/logs/stop` against a real two-node Ray cluster with token authentication.
+
+The cluster runs on this machine (two `ray start` nodes, 1 CPU each, dashboard on 127.0.0.1) with
+its own temp dir and a token of its own, and is torn down by killing exactly its processes: `ray
+stop` would also stop the session's local Ray (`ray_local`) and anybody else's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import psutil
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+from typer.testing import CliRunner
+
+from tests.conftest import free_port
+from tuner.cli import app
+from tuner.jobs import auth_token, resolve_address
+from tuner.summary import TRIALS_FILE
+
+runner = CliRunner()
+RAY = Path(sys.executable).with_name("ray")  # the venv's `ray` CLI, next to its python
+JOB_ID = re.compile(r"Submitted job (\S+)")
+
+
+@dataclass
+class Cluster:
+    address: str  # the Jobs server, http://127.0.0.1:PORT
+    token: str
+    temp_dir: Path
+
+
+def ray_start(args: list[str], env: dict[str, str], cwd: Path) -> None:
+    proc = subprocess.run(
+        [str(RAY), "start", *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=180
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"ray start {args} failed:\n{proc.stdout}\n{proc.stderr}")
+
+
+def kill_cluster(temp_dir: Path) -> None:
+    """Kill every process whose command line names this cluster's temp dir, and their children."""
+    me = psutil.Process()
+    spared = {me.pid, *(p.pid for p in me.parents())}
+    roots = [
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if p.pid not in spared and any(str(temp_dir) in a for a in p.info["cmdline"] or [])
+    ]
+    procs = {p.pid: p for p in roots}
+    for root in roots:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            procs.update({c.pid: c for c in root.children(recursive=True)})
+    for proc in procs.values():
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.terminate()
+    deadline = time.monotonic() + 3
+    while (alive := [p for p in procs.values() if running(p)]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for proc in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
+
+
+def running(proc: psutil.Process) -> bool:
+    """Alive and not a zombie (daemons reparented to an init that does not reap them)."""
+    try:
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    """Head + worker node, 1 CPU each, token auth on, Jobs API on 127.0.0.1; ready for jobs."""
+    # Short: Ray's unix sockets live under it (a ~100 character limit), pytest's tmp paths are long.
+    temp_dir = Path(tempfile.mkdtemp(prefix="rj-", dir="/tmp"))
+    token = secrets.token_hex(32)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(
+        PATH=f"{RAY.parent}{os.pathsep}{env.get('PATH', '')}",  # `python` in job entrypoints
+        RAY_AUTH_MODE="token",
+        RAY_AUTH_TOKEN=token,
+    )
+    gcs_port, dashboard_port = free_port(), free_port()
+    common = ["--num-cpus", "1", "--num-gpus", "0", "--node-ip-address", "127.0.0.1"]
+    common += ["--object-store-memory", str(100 * 1024**2), "--disable-usage-stats"]
+    try:
+        ray_start(
+            ["--head", "--port", str(gcs_port), "--temp-dir", str(temp_dir), *common]
+            + ["--include-dashboard", "true", "--dashboard-host", "127.0.0.1"]
+            + ["--dashboard-port", str(dashboard_port), "--ray-client-server-port"]
+            + [str(free_port()), "--dashboard-agent-listen-port", str(free_port())],
+            env,
+            temp_dir,
+        )
+        # Its own temp dir: nodes sharing one would share (and delete) job working dirs.
+        ray_start(
+            ["--address", f"127.0.0.1:{gcs_port}", "--temp-dir", str(temp_dir / "w"), *common]
+            + ["--dashboard-agent-listen-port", str(free_port())],
+            env,
+            temp_dir,
+        )
+        address = f"http://127.0.0.1:{dashboard_port}"
+        wait_for_two_nodes(address, token)
+        yield Cluster(address, token, temp_dir)
+    finally:
+        kill_cluster(temp_dir)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def wait_for_two_nodes(address: str, token: str, timeout_s: float = 90) -> None:
+    """A probe job: the Jobs API takes jobs (its agents are up) and the cluster has both nodes."""
+    from ray.job_submission import JobSubmissionClient
+
+    probe = "python -c \"import ray; ray.init(); print('nodes', len(ray.nodes()))\""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with pytest.MonkeyPatch.context() as env:  # Ray prefers these to its argument
+                env.delenv("RAY_ADDRESS", raising=False)
+                env.delenv("RAY_API_SERVER_ADDRESS", raising=False)
+                client = JobSubmissionClient(address, headers={"Authorization": f"Bearer {token}"})
+            job = client.submit_job(entrypoint=probe)
+        except (ConnectionError, RuntimeError):  # "No available agent to submit job" at first
+            time.sleep(1)
+            continue
+        while not client.get_job_status(job).is_terminal():
+            time.sleep(0.5)
+        if "nodes 2" in client.get_job_logs(job):
+            return
+        time.sleep(1)
+    raise TimeoutError(f"the test cluster at {address} did not show 2 nodes in {timeout_s} s")
+
+
+@pytest.fixture
+def jobs_env(cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> Cluster:
+    """The cluster's token for this process (as a user would set it); no stray RAY_ADDRESS."""
+    monkeypatch.setenv("RAY_AUTH_TOKEN", cluster.token)
+    for name in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_TOKEN_PATH"):
+        monkeypatch.delenv(name, raising=False)
+    return cluster
+
+
+def write_spec(folder: Path, **sections) -> Path:
+    raw = {
+        "name": "jobs-tiny",
+        "model": "mlp",
+        "dataset": {"name": "digits"},
+        "search": {"num_samples": 4, "max_concurrent": 2},
+        "scheduler": {"name": "fifo", "max_epochs": 2},
+        "tracking": {"uri": f"sqlite:///{folder / 'mlflow.db'}"},
+        "storage": str(folder / "results"),
+        **sections,
+    }
+    path = folder / "spec.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+def submit(spec: Path, address: str, *extra: str) -> str:
+    result = runner.invoke(app, ["submit", str(spec), "--address", address, *extra])
+    assert result.exit_code == 0, result.output
+    assert f"tuner logs {JOB_ID.search(result.output).group(1)} --follow" in result.output
+    return JOB_ID.search(result.output).group(1)
+
+
+def wait_for_status(job: str, address: str, wanted: set[str], timeout_s: float) -> str:
+    deadline = time.monotonic() + timeout_s
+    status = ""
+    while time.monotonic() < deadline:
+        result = runner.invoke(app, ["status", job, "--address", address])
+        assert result.exit_code == 0, result.output
+        status = result.output.split(":", 1)[1].split()[0]
+        if status in wanted or status in ("SUCCEEDED", "FAILED", "STOPPED"):
+            return status
+        time.sleep(2)
+    raise TimeoutError(f"job {job} still {status} after {timeout_s} s")
+
+
+# --------------------------------------------------------------------------- without a cluster
+
+
+def test_bad_spec_or_address_exit_2_before_contacting_a_cluster(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    nobody = f"http://127.0.0.1:{free_port()}"  # nothing listens: contacting it would exit 1
+    bad = write_spec(tmp_path, search={"num_samples": 0})
+    result = runner.invoke(app, ["submit", str(bad), "--address", nobody])
+    assert result.exit_code == 2, result.output
+    assert "search.num_samples must be greater than or equal to 1" in flat(result.output)
+
+    good = write_spec(tmp_path)
+    for args in (["--address", "127.0.0.1:6379"], ["--address", "auto"], []):
+        result = runner.invoke(app, ["submit", str(good), *args])
+        assert result.exit_code == 2, result.output
+        assert "--address" in result.output and "http://HEAD:8265" in flat(result.output)
+    monkeypatch.setenv("RAY_ADDRESS", "ray://head:10001")
+    result = runner.invoke(app, ["status", "some-job"])
+    assert result.exit_code == 2 and "RAY_ADDRESS" in result.output
+
+    result = runner.invoke(app, ["submit", str(good), "--address", nobody])
+    assert result.exit_code == 1, result.output
+    assert "cannot reach the Ray Jobs server" in flat(result.output)
+    assert "Traceback" not in result.output
+
+
+def test_token_is_found_where_ray_looks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert auth_token() is None
+    (tmp_path / ".ray").mkdir()
+    (tmp_path / ".ray" / "auth_token").write_text("from-home\n")
+    assert auth_token() == "from-home"
+    (tmp_path / "token").write_text("from-path")
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "token"))
+    assert auth_token() == "from-path"
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "from-env")
+    assert auth_token() == "from-env"
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    assert auth_token() is None
+    assert resolve_address("https://head:8265/") == "https://head:8265"
+
+
+# --------------------------------------------------------------------------- on the cluster
+
+
+def test_missing_or_wrong_token_exits_1_and_never_prints_it(
+    cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE"):
+        monkeypatch.delenv(name, raising=False)
+    wrong = secrets.token_hex(32)
+    monkeypatch.setenv("RAY_AUTH_TOKEN", wrong)
+    spec = write_spec(tmp_path)
+    for args in (["status", "some-job"], ["submit", str(spec)], ["logs", "x", "--follow"]):
+        result = runner.invoke(app, [*args, "--address", cluster.address])
+        assert result.exit_code == 1, result.output
+        text = flat(result.output)
+        assert "refused the token" in text and "RAY_AUTH_TOKEN" in text, text
+        assert "~/.ray/auth_token" in text
+        assert wrong not in result.output and cluster.token not in result.output
+        assert "Traceback" not in result.output
+
+    # No token at all, in a fresh process: in this one, a Ray started earlier by another test
+    # (ray_local) makes Ray's client add that Ray's own token by itself.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env["HOME"] = str(tmp_path)  # no ~/.ray/auth_token either
+    proc = subprocess.run(
+        [sys.executable, "-m", "tuner", "stop", "some-job", "--address", cluster.address],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert "got no token" in flat(proc.stderr) and "Traceback" not in proc.stderr
+
+
+def test_unknown_job_exits_1(jobs_env: Cluster) -> None:
+    for command in (["status"], ["logs"], ["logs", "--follow"], ["stop"]):
+        result = runner.invoke(app, [*command, "no-such-job", "--address", jobs_env.address])
+        assert result.exit_code == 1, result.output
+        assert "there is no job 'no-such-job'" in flat(result.output)
+
+
+def test_submitted_study_runs_on_both_nodes_and_tracks_to_mlflow(
+    jobs_env: Cluster, tmp_path: Path
+) -> None:
+    spec = write_spec(tmp_path)
+    job = submit(spec, jobs_env.address)
+    assert job.startswith("tuner-jobs-tiny-")
+
+    status = wait_for_status(job, jobs_env.address, {"SUCCEEDED"}, timeout_s=300)
+    logs = runner.invoke(app, ["logs", job, "--address", jobs_env.address]).output
+    assert status == "SUCCEEDED", logs
+    assert "Best: trial" in logs
+    followed = runner.invoke(app, ["logs", job, "--follow", "--address", jobs_env.address])
+    assert followed.exit_code == 0 and "Best: trial" in followed.output
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("jobs-tiny")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert [r.info.status for r in children] == ["FINISHED"] * 4
+
+    (trials_file,) = (tmp_path / "results").glob(f"*/{TRIALS_FILE}")
+    trials = pd.read_csv(trials_file)
+    assert len(trials) == 4
+    assert trials["node"].nunique() == 2, trials["node"].tolist()  # both nodes ran trials
+
+
+def test_stop_ends_a_running_study(jobs_env: Cluster, tmp_path: Path) -> None:
+    spec = write_spec(tmp_path, name="jobs-long")
+    job = submit(
+        spec, jobs_env.address, "--set", "search.num_samples=40", "--set", "scheduler.max_epochs=30"
+    )
+    status = wait_for_status(job, jobs_env.address, {"RUNNING"}, timeout_s=120)
+    logs = runner.invoke(app, ["logs", job, "--address", jobs_env.address]).output
+    assert status == "RUNNING", logs
+    time.sleep(3)  # let the driver get into the study
+    result = runner.invoke(app, ["stop", job, "--address", jobs_env.address])
+    assert result.exit_code == 0, result.output
+    assert "Stopping" in result.output
+    assert wait_for_status(job, jobs_env.address, {"STOPPED"}, timeout_s=60) == "STOPPED"
+    again = runner.invoke(app, ["stop", job, "--address", jobs_env.address])
+    assert again.exit_code == 0 and "already ended: STOPPED" in again.output
