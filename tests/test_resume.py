@@ -181,3 +181,52 @@ def test_driver_killed_mid_study_then_resume_completes_it_once(tmp_path: Path) -
     }
     (tmp_path / "figures.json").write_text(json.dumps(figures))
     print(figures)
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_a_trial_failing_past_its_retries_is_errored_and_the_study_goes_on(
+    study_dir: Path,
+) -> None:
+    """Trial 1's worker dies twice with max_retries 1: errored with its message; trial 2 is
+    unaffected and the study succeeds, saying what failed."""
+    from tuner.study import require_success
+    from tuner.summary import summary_lines
+
+    spec = tiny_spec(
+        name="fail-past-retries",
+        search={"num_samples": 2, "max_concurrent": 1},
+        search_space={"hidden_units": 512, "num_layers": 3, "batch_size": 16},
+        scheduler={"name": "fifo", "max_epochs": 6},
+        failure={"max_retries": 1},
+    )
+    kills: list[int] = []
+
+    def kill_trial_1_twice() -> None:
+        """Kill trial 1's worker whenever it has reported a new epoch, twice."""
+        seen, deadline = 1, time.monotonic() + 120
+        while time.monotonic() < deadline and len(kills) < 2:
+            events = journal_events(study_dir / "tuner-results")
+            if any(e["event"] == "end" for e in events):
+                return
+            reported = sum(e["event"] == "result" and e["number"] == 1 for e in events)
+            if reported > seen:
+                for proc in trial_workers():
+                    if proc.pid not in kills:
+                        proc.send_signal(signal.SIGKILL)
+                        kills.append(proc.pid)
+                seen = reported
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_trial_1_twice)
+    killer.start()
+    result = run_study(spec, show_progress=False)
+    killer.join()
+
+    assert len(kills) == 2, kills
+    by_number = result.trials.set_index("trial")
+    assert by_number.loc[1, "status"] == outcomes.ERRORED
+    assert by_number.loc[1, "error"], "the errored trial has no message"
+    assert by_number.loc[2, "status"] == outcomes.COMPLETED
+    require_success(result)  # one trial finished: the study succeeded
+    lines = " ".join(summary_lines(result))
+    assert "1 errored" in lines and "Trial 1 failed after its retries:" in lines

@@ -214,7 +214,8 @@ def write_configs(
         paths = [out]
     else:
         folder = out if out is not None else Path.cwd()
-        paths = [folder / f"{name}-rank{c['source']['rank']}{suffix}" for c in configs]
+        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name).lstrip(".") or "study"  # never a path
+        paths = [folder / f"{safe}-rank{int(c['source']['rank'])}{suffix}" for c in configs]
     for path, config in zip(paths, configs, strict=True):
         path.parent.mkdir(parents=True, exist_ok=True)
         text = (

@@ -45,6 +45,10 @@ def summary_lines(result: StudyResult) -> list[str]:
         f"Study {result.execution}: {len(result.trials)} trials in {result.wall_time_s:.0f}s "
         f"({statuses}); {epochs} epochs trained of {budget} without early stopping",
     ]
+    if len(result.trials):
+        failed = result.trials[result.trials["status"] == outcomes.ERRORED]
+        for _, row in failed.iterrows():
+            lines.append(f"Trial {int(row['trial'])} failed after its retries: {row['error']}")
     best = result.best
     if best is None:
         lines.append(f"No trial produced a finite {metric}.")
