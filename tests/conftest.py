@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -134,3 +135,19 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     finally:
         stop(process)
         log.close()
+
+
+@contextlib.contextmanager
+def tuner_ui(tracking_uri: str) -> Iterator[tuple[int, subprocess.Popen]]:
+    """`tuner ui` on a free port, as a user starts it; yields (port, process) once it answers."""
+    port = free_port()
+    process = spawn(
+        [sys.executable, "-m", "tuner", "ui", "--port", str(port), "--tracking-uri", tracking_uri],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/health", process)
+        yield port, process
+    finally:
+        stop(process)

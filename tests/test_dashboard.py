@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from tests.conftest import free_port, spawn, stop, tiny_spec, wait_for_http
+from tests.conftest import tiny_spec, tuner_ui
 from tuner.cli import app
 from tuner.report import REPORT_FILE
 from tuner.study import StudyResult, run_study
@@ -135,15 +135,8 @@ def test_tuner_report_command_writes_the_same_parts(study: StudyResult, tmp_path
 
 
 def test_mlflow_ui_lists_the_child_runs_under_the_parent(study: StudyResult, browser) -> None:
-    port = free_port()
     uri = study.spec.tracking.uri
-    process = spawn(
-        [sys.executable, "-m", "tuner", "ui", "--port", str(port), "--tracking-uri", uri],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_for_http(f"http://127.0.0.1:{port}/health", process)
+    with tuner_ui(uri) as (port, _):
         experiment = client_for(uri).get_experiment_by_name("dashboard").experiment_id
         page, _ = open_page(browser, f"http://127.0.0.1:{port}/#/experiments/{experiment}/runs")
         parent = page.get_by_text(study.execution, exact=True)
@@ -156,5 +149,3 @@ def test_mlflow_ui_lists_the_child_runs_under_the_parent(study: StudyResult, bro
         visible = [n for n in names if page.get_by_text(n, exact=True).count() == 1]
         assert visible == names
         page.screenshot(path=str(study.results_path / "mlflow-ui.png"))
-    finally:
-        stop(process)

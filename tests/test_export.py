@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import urllib.request
 from pathlib import Path
 
@@ -13,7 +11,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from tests.conftest import free_port, spawn, stop, tiny_spec, wait_for_http
+from tests.conftest import tiny_spec, tuner_ui
 from tuner.cli import app
 from tuner.errors import SpecError
 from tuner.export import export_study, load_exported, train_config
@@ -134,15 +132,8 @@ def test_bad_exported_config_is_a_spec_error(tmp_path: Path) -> None:
 
 
 def test_ui_serves_the_store_on_loopback_only(study: StudyResult) -> None:
-    port = free_port()
     uri = study.spec.tracking.uri
-    process = spawn(
-        [sys.executable, "-m", "tuner", "ui", "--port", str(port), "--tracking-uri", uri],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_for_http(f"http://127.0.0.1:{port}/health", process)
+    with tuner_ui(uri) as (port, process):
         root = psutil.Process(process.pid)
         tree = [root, *root.children(recursive=True)]
         listening = {
@@ -168,5 +159,3 @@ def test_ui_serves_the_store_on_loopback_only(study: StudyResult) -> None:
         with urllib.request.urlopen(request, timeout=10) as response:
             runs = json.load(response)["runs"]
         assert len(runs) == len(study.trials)
-    finally:
-        stop(process)

@@ -231,9 +231,12 @@ def test_ctrl_c_leaves_no_run_running_and_exits_1(tmp_path: Path) -> None:
     def finished_trials() -> int:
         if not db.exists():
             return 0
-        with sqlite3.connect(db) as conn:
-            query = "select count(*) from tags where key = 'trial_status' and value = 'completed'"
-            return conn.execute(query).fetchone()[0]
+        query = "select count(*) from tags where key = 'trial_status' and value = 'completed'"
+        try:
+            with sqlite3.connect(db) as conn:
+                return conn.execute(query).fetchone()[0]
+        except sqlite3.OperationalError:  # MLflow is still creating its tables
+            return 0
 
     deadline = time.monotonic() + 180
     while finished_trials() < 2 and time.monotonic() < deadline and process.poll() is None:

@@ -12,6 +12,9 @@ EPOCH_TIME_S = "epoch_time_s"
 DIVERGED = "diverged"
 STOPPED_ON_OVERFIT = "stopped_on_overfit"  # set on the result on which the overfit stopper acts
 
+#: The per-epoch curves every trial reports (accuracies only for classification).
+CURVES = (TRAIN_LOSS, TRAIN_ACC, VAL_LOSS, VAL_ACC, GENERALIZATION_GAP, EPOCH_TIME_S)
+
 #: Metrics a study may optimise, with the direction that makes sense for each.
 OBJECTIVES = {
     VAL_LOSS: "min",

@@ -16,15 +16,15 @@ from typing import Any
 
 import pandas as pd
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from trainables import metrics as m
-from trainables.models import MODELS
 from tuner.errors import SpecError
 from tuner.spec import (
     DatasetSpec,
     DiagnosticsSpec,
     JobSpec,
+    ModelName,
     ObjectiveSpec,
     format_validation_error,
     read_yaml_file,
@@ -60,20 +60,13 @@ class ExportedConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str
+    model: ModelName
     dataset: DatasetSpec
     hyperparameters: dict[str, Any]
     epochs: int = Field(ge=1)  # the trial's best epoch
     seed: int = 0  # the study's seed: same initialisation and shuffling as the trial
     metrics: dict[str, Any] = {}
     source: dict[str, Any] = {}
-
-    @field_validator("model")
-    @classmethod
-    def _registered(cls, model: str) -> str:
-        if model not in MODELS:
-            raise ValueError(f"must be one of {MODELS.names()}")
-        return model
 
     def as_dict(self) -> dict[str, Any]:
         data = self.model_dump(mode="json")

@@ -24,16 +24,7 @@ from trainables import metrics as m
 from trainables.trainable import NODE_ID
 from tuner import outcomes
 
-REPORTED = (
-    m.EPOCH,
-    m.TRAIN_LOSS,
-    m.TRAIN_ACC,
-    m.VAL_LOSS,
-    m.VAL_ACC,
-    m.GENERALIZATION_GAP,
-    m.EPOCH_TIME_S,
-    m.DIVERGED,
-)
+REPORTED = (m.EPOCH, *m.CURVES, m.DIVERGED)
 
 
 @dataclass

@@ -11,14 +11,23 @@ from __future__ import annotations
 import copy
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from trainables import metrics as m
 from trainables.data import DATASETS
 from trainables.models import MODELS
+from trainables.registry import Registry
 from tuner.errors import SpecError
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
@@ -30,20 +39,28 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
+def registered(registry: Registry) -> AfterValidator:
+    """A str field that must name an entry of `registry` (the message lists them)."""
+
+    def check(name: str) -> str:
+        if name not in registry:
+            raise ValueError(f"must be one of {registry.names()}")
+        return name
+
+    return AfterValidator(check)
+
+
+ModelName = Annotated[str, registered(MODELS)]
+DatasetName = Annotated[str, registered(DATASETS)]
+
+
 class DatasetSpec(Section):
-    name: str  # digits | mnist_sample | mnist | mnist1d | table
+    name: DatasetName  # digits | mnist_sample | mnist | mnist1d | table
     path: str | None = None  # mnist: IDX folder; table: CSV or Parquet file
     target: str | None = None  # table: the target column
     window: int | None = Field(None, ge=2)  # table: rows per sliding window (sequence models)
     val_fraction: float = Field(0.2, gt=0, lt=1)  # share held out for validation
     seed: int = Field(0, ge=0, lt=2**32)  # seeds the train/validation split
-
-    @field_validator("name")
-    @classmethod
-    def _registered(cls, name: str) -> str:
-        if name not in DATASETS:
-            raise ValueError(f"must be one of {DATASETS.names()}")
-        return name
 
 
 class ObjectiveSpec(Section):
@@ -131,7 +148,7 @@ class FailureSpec(Section):
 
 class JobSpec(Section):
     name: str = Field(pattern=NAME_PATTERN)  # study: MLflow experiment, Ray run, Optuna study
-    model: str  # mlp | cnn | lstm
+    model: ModelName  # mlp | cnn | lstm
     dataset: DatasetSpec
     search_space: str | dict[str, Any] | None = None  # name, YAML path or mapping; default: model
     objective: ObjectiveSpec = ObjectiveSpec()
@@ -142,13 +159,6 @@ class JobSpec(Section):
     storage: str = "./tuner-results"  # Ray results and checkpoints
     failure: FailureSpec = FailureSpec()
     diagnostics: DiagnosticsSpec = DiagnosticsSpec()
-
-    @field_validator("model")
-    @classmethod
-    def _registered(cls, model: str) -> str:
-        if model not in MODELS:
-            raise ValueError(f"must be one of {MODELS.names()}")
-        return model
 
     @model_validator(mode="after")
     def _defaults_from_name(self) -> JobSpec:

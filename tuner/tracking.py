@@ -32,14 +32,7 @@ STUDY_TAG = "tuner.study"
 EXECUTION_TAG = "tuner.execution"
 CONFIG_TAG = "tuner.config"
 RUN_IDS_FILE = "mlflow_runs.json"
-CURVE_METRICS = (
-    m.TRAIN_LOSS,
-    m.TRAIN_ACC,
-    m.VAL_LOSS,
-    m.VAL_ACC,
-    m.GENERALIZATION_GAP,
-    m.EPOCH_TIME_S,
-)
+CURVE_METRICS = m.CURVES
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
 MAX_TAG_LENGTH = 8000
 BATCH_LIMIT = 1000  # MLflow's limit on entities per log_batch call
