@@ -49,7 +49,6 @@ from tuner.tracking import (
     start_parent_run,
 )
 
-log = logging.getLogger(__name__)
 LOG_FILE = "tuner.log"
 SPEC_FILE = "spec.yaml"  # the resolved spec, beside Ray's state: what `tuner resume` reads
 JOURNAL_FILE = "trials.jsonl"  # the recorder's events: what a restored study replays
