@@ -159,3 +159,15 @@ def test_ui_serves_the_store_on_loopback_only(study: StudyResult) -> None:
         with urllib.request.urlopen(request, timeout=10) as response:
             runs = json.load(response)["runs"]
         assert len(runs) == len(study.trials)
+
+
+def test_exported_file_names_cannot_leave_the_chosen_folder(tmp_path: Path) -> None:
+    """A study name read back from the tracking store is reduced to a plain file name."""
+    from tuner.export import write_configs
+
+    config = {"model": "mlp", "source": {"rank": 1}}
+    out = tmp_path / "exports"
+    (path,) = write_configs([config, config][:1], "yaml", out, "../../etc/evil")
+    assert path.parent == out and path.name == "_.._etc_evil-rank1.yaml"
+    paths = write_configs([config, {"model": "mlp", "source": {"rank": 2}}], "json", out, "/abs")
+    assert all(p.parent == out for p in paths)

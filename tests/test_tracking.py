@@ -251,3 +251,18 @@ def test_ctrl_c_leaves_no_run_running_and_exits_1(tmp_path: Path) -> None:
         statuses = dict(conn.execute("select status, count(*) from runs group by status"))
     assert "RUNNING" not in statuses, statuses
     assert statuses.get("FINISHED", 0) >= 2 and statuses.get("KILLED", 0) >= 1  # parent killed
+
+
+def test_passwords_in_urls_never_reach_mlflow(study_dir: Path) -> None:
+    spec = tiny_spec(
+        name="secrets",
+        search={"storage": "postgresql://optuna:s3cr3t-pw@db-host:5432/optuna"},
+    )
+    client = client_for(spec.tracking.uri)
+    _, run_id = start_parent_run(client, spec, "secrets-x", study_dir)
+    run = client.get_run(run_id)
+    logged = [*run.data.params.values(), *run.data.tags.values()]
+    spec_artifact = client.download_artifacts(run_id, "spec.yaml", str(study_dir))
+    logged.append(Path(spec_artifact).read_text())
+    assert not [text for text in logged if "s3cr3t-pw" in text]
+    assert run.data.params["search.storage"] == "postgresql://optuna:***@db-host:5432/optuna"
