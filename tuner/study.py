@@ -396,7 +396,9 @@ class StudyRun:
                 storage_path=spec.storage,
                 stop=stopper,
                 failure_config=tune.FailureConfig(max_failures=spec.failure.max_retries),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                # 2, not 1: Ray's saved experiment state can lag one checkpoint behind a trial;
+                # keeping one deleted the file a restore then asked for
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                 callbacks=[recorder] + ([tracking] if tracking else []),
                 verbose=0,
                 log_to_file=True,
