@@ -96,8 +96,10 @@ def test_killed_trial_worker_resumes_from_its_checkpoint(study_dir: Path) -> Non
 
 
 def run_counts(db: Path) -> Counter:
+    """Statuses of the runs a user sees (MLflow's deleted runs left out)."""
+    query = "select status, count(*) from runs where lifecycle_stage = 'active' group by status"
     with sqlite3.connect(db) as conn:
-        return Counter(dict(conn.execute("select status, count(*) from runs group by status")))
+        return Counter(dict(conn.execute(query)))
 
 
 def test_driver_killed_mid_study_then_resume_completes_it_once(tmp_path: Path) -> None:
@@ -152,7 +154,9 @@ def test_driver_killed_mid_study_then_resume_completes_it_once(tmp_path: Path) -
         names = [
             n
             for (n,) in db.execute(
-                "select value from tags where key = 'mlflow.runName' and value like 'trial-%'"
+                "select t.value from tags t join runs r on r.run_uuid = t.run_uuid "
+                "where r.lifecycle_stage = 'active' and t.key = 'mlflow.runName' "
+                "and t.value like 'trial-%'"
             )
         ]
         assert sorted(names) == [f"trial-{n:04d}" for n in range(1, NUM_TRIALS + 1)]
@@ -171,13 +175,18 @@ def test_driver_killed_mid_study_then_resume_completes_it_once(tmp_path: Path) -
     study = optuna.load_study(study_name=folder.name, storage=f"sqlite:///{tmp_path / 'optuna.db'}")
     states = Counter(t.state for t in study.trials)
     ran = states[optuna.trial.TrialState.COMPLETE] + states[optuna.trial.TrialState.PRUNED]
-    assert ran == NUM_TRIALS
+    # a trial that started after Ray's last snapshot runs again under a new id; its first run
+    # is deleted from MLflow, and Optuna keeps what it learned from it
+    superseded = sum(e["event"] == "superseded" for e in read_journal(folder / JOURNAL_FILE))
+    assert superseded <= 2
+    assert ran == NUM_TRIALS + superseded
     assert states[optuna.trial.TrialState.RUNNING] == 0
     assert states[optuna.trial.TrialState.FAIL] <= 2  # asked by the dead driver, never run
     figures = {
         "mlflow_before": dict(before),
         "mlflow_after": dict(after),
         "optuna": {s.name: n for s, n in states.items()},
+        "superseded": superseded,
     }
     (tmp_path / "figures.json").write_text(json.dumps(figures))
     print(figures)

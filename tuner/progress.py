@@ -92,9 +92,11 @@ class StudyRecorder(Callback):
 
     # ------------------------------------------------------------------ events
 
-    def _apply(self, event: dict[str, Any]) -> TrialRecord:
+    def _apply(self, event: dict[str, Any]) -> TrialRecord | None:
         """One journal event into the in-memory records (the only place records change)."""
         trial_id = event["trial_id"]
+        if event["event"] == "superseded":
+            return self.trials.pop(trial_id, None)
         if trial_id not in self.trials:
             self.trials[trial_id] = TrialRecord(trial_id, event["number"], event["config"])
         record = self.trials[trial_id]
@@ -106,21 +108,30 @@ class StudyRecorder(Callback):
             record.finished = sum(t.finished is not None for t in self.trials.values()) + 1
         return record
 
-    def _event(self, trial, kind: str, **fields: Any) -> TrialRecord:
-        event = {
-            "event": kind,
-            "trial_id": trial.trial_id,
-            "number": trial_number(trial),
-            "config": {k: v for k, v in trial.config.items() if not k.startswith("_")},
-            **fields,
-        }
-        record = self._apply(event)
+    def _event(self, trial, kind: str, **fields: Any) -> None:
+        self._log(
+            {
+                "event": kind,
+                "trial_id": trial.trial_id,
+                "number": trial_number(trial),
+                "config": {k: v for k, v in trial.config.items() if not k.startswith("_")},
+                **fields,
+            }
+        )
+
+    def _log(self, event: dict[str, Any]) -> None:
+        self._apply(event)
         if self.journal is not None:
             with open(self.journal, "a") as f:
                 f.write(json.dumps(event, default=str) + "\n")
         if self.on_change:
             self.on_change(self)
-        return record
+
+    def forget(self, trial_ids: set[str]) -> None:
+        """Drop trials that Ray's restored state does not know (they started after its last
+        snapshot, so Ray runs their slot again as new trials); journaled, so replays agree."""
+        for trial_id in trial_ids & set(self.trials):
+            self._log({"event": "superseded", "trial_id": trial_id})
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         self._event(trial, "start")

@@ -273,6 +273,17 @@ class MlflowTracking(Callback):
             log_batch(self.writer, run_id, metrics=points)
             logged.update(missing)
 
+    def supersede(self, trial_ids: set[str]) -> None:
+        """Delete the runs of trials a restore will run again under new ids (see
+        StudyRecorder.forget), so each trial has exactly one run."""
+        for trial_id in trial_ids & set(self.run_ids):
+            run_id = self.run_ids.pop(trial_id)
+            if not run_id.startswith(PENDING):
+                self.writer.set_tag(run_id, "trial_status", "superseded_by_restore")
+                self.writer.set_terminated(run_id, status="KILLED")
+                self.client.delete_run(run_id)
+        save_run_ids(self.run_ids_path, self.parent_run_id, self.run_ids)
+
     def reconcile(self) -> None:
         """After a restore: finish the runs of trials that ended before the crash but whose
         MLflow run was not closed (the driver died in between)."""
