@@ -7,7 +7,6 @@ loaded once on the driver and reaches every trial through the object store.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import time
@@ -20,7 +19,6 @@ from typing import Any
 import optuna
 import pandas as pd
 import ray
-import yaml
 from ray import tune
 
 from dashboards.report import write_report
@@ -36,7 +34,7 @@ from tuner.report import REPORT_FILE, from_study
 from tuner.schedulers import make_scheduler
 from tuner.searcher import TruthfulOptunaSearch
 from tuner.spaces import CategoricalParam, SearchSpace, load_space, make_sampler
-from tuner.spec import JobSpec, spec_from_dict
+from tuner.spec import JobSpec, read_yaml_file, spec_from_dict
 from tuner.stoppers import OverfitStopper
 from tuner.summary import param_importances, save_results
 from tuner.tracking import (
@@ -45,7 +43,7 @@ from tuner.tracking import (
     client_for,
     finish_parent_run,
     redact,
-    save_run_ids,
+    resolve_saved_run_ids,
     start_parent_run,
 )
 
@@ -248,10 +246,9 @@ def resume_study(
 ) -> StudyResult:
     """Continue an interrupted study (its results folder, or its name or run id in MLflow)."""
     results_path = find_results(study, tracking_uri)
-    spec = spec_from_dict(yaml.safe_load((results_path / SPEC_FILE).read_text()))
-    prepared = prepare(spec)
+    prepared = prepare(study_spec(results_path))
     with study_environment(results_path), ray_session(address, num_cpus):
-        check_cluster_resources(spec)
+        check_cluster_resources(prepared.spec)
         run = StudyRun.restore(prepared, results_path, show_progress)
         return run.run()
 
@@ -259,20 +256,19 @@ def resume_study(
 def sync_study(study: str, tracking_uri: str | None = None) -> tuple[int, int]:
     """`tuner sync`: send the MLflow writes a study buffered; returns (sent, still buffered)."""
     results_path = find_results(study, tracking_uri)
-    spec = spec_from_dict(yaml.safe_load((results_path / SPEC_FILE).read_text()))
     os.environ.update(HTTP_SETTINGS)
-    writer = BufferedWriter(client_for(spec.tracking.uri), results_path)
-    run_ids_path = results_path / RUN_IDS_FILE
-
-    def remember(placeholders: dict[str, str]) -> None:
-        saved = json.loads(run_ids_path.read_text()) if run_ids_path.is_file() else {}
-        trials = {t: placeholders.get(r, r) for t, r in saved.get("trials", {}).items()}
-        save_run_ids(run_ids_path, saved.get("parent", ""), trials)
-
-    writer.on_resolve = remember
+    writer = BufferedWriter(client_for(study_spec(results_path).tracking.uri), results_path)
+    writer.on_resolve = lambda placeholders: resolve_saved_run_ids(
+        results_path / RUN_IDS_FILE, placeholders
+    )
     queued = len(writer.queue)
     writer.drain()
     return queued - len(writer.queue), len(writer.queue)
+
+
+def study_spec(results_path: Path) -> JobSpec:
+    """The resolved spec a study saved beside Ray's state."""
+    return spec_from_dict(read_yaml_file(results_path / SPEC_FILE, "study spec"))
 
 
 def first_line(exc: Exception) -> str:

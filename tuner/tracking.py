@@ -368,6 +368,13 @@ def load_run_ids(path: Path) -> dict[str, str]:
     return dict(json.loads(path.read_text()).get("trials", {}))
 
 
+def resolve_saved_run_ids(path: Path, placeholders: dict[str, str]) -> None:
+    """Replace placeholder run ids (runs created during an outage) with the real ones on disk."""
+    saved = json.loads(path.read_text()) if path.is_file() else {}
+    trials = {t: placeholders.get(r, r) for t, r in saved.get("trials", {}).items()}
+    save_run_ids(path, saved.get("parent", ""), trials)
+
+
 def save_run_ids(path: Path, parent_run_id: str, run_ids: dict[str, str]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"parent": parent_run_id, "trials": run_ids}
