@@ -1,4 +1,4 @@
-"""The Ray Tune function trainable: config -> model -> epochs -> `tune.report` + checkpoint.
+"""The Ray Tune function trainable: config -> model -> epochs -> `tune.report` (+ checkpoint).
 
 The only module of `trainables` that imports Ray. The dataset arrives once through the object
 store (`tune.with_parameters`); what to train and for how long arrives as `TrialSettings`, so the
@@ -7,7 +7,9 @@ trial's config holds nothing but its hyperparameters.
 
 from __future__ import annotations
 
+import math
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,10 @@ class TrialSettings:
     max_epochs: int
     seed: int = 0
     cpus: float = 1.0
+    #: at most one checkpoint per this many seconds of training (always after a trial's first
+    #: epoch): an epoch of seconds is checkpointed every time, a sub-second one is not made to
+    #: pay the few milliseconds a checkpoint costs; a crash repeats at most this much training
+    checkpoint_every_s: float = 1.0
 
 
 def trial_device() -> torch.device:
@@ -55,11 +61,16 @@ def train_trial(config: dict[str, Any], data: Dataset, settings: TrialSettings) 
         run.load_state_dict(state)
 
     node = ray.get_runtime_context().get_node_id()
+    last_checkpoint = -math.inf
     while run.epoch < settings.max_epochs:
         result = {**run.run_epoch(), NODE_ID: node}
         if result.get(m.DIVERGED):
             tune.report(result)  # no checkpoint of a diverged model; the trial ends here
             return
+        if time.monotonic() - last_checkpoint < settings.checkpoint_every_s:
+            tune.report(result)
+            continue
         with tempfile.TemporaryDirectory() as folder:
             torch.save(run.state_dict(), Path(folder) / CHECKPOINT_FILE)
             tune.report(result, checkpoint=tune.Checkpoint.from_directory(folder))
+        last_checkpoint = time.monotonic()
