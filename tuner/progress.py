@@ -81,8 +81,10 @@ class StudyRecorder(Callback):
         self.trials: dict[str, TrialRecord] = {}
 
     def __getstate__(self) -> dict[str, Any]:
-        """Ray pickles callbacks with the experiment; the live display stays behind."""
-        return {**self.__dict__, "on_change": None}
+        """Ray pickles callbacks into every experiment snapshot. The records stay behind (a
+        restore replays the journal), so a snapshot costs the same at trial 10 and trial 1,000;
+        so does the live display."""
+        return {**self.__dict__, "on_change": None, "trials": {}}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -115,6 +117,7 @@ class StudyRecorder(Callback):
                 "trial_id": trial.trial_id,
                 "number": trial_number(trial),
                 "config": {k: v for k, v in trial.config.items() if not k.startswith("_")},
+                "time": time.time(),
                 **fields,
             }
         )

@@ -11,7 +11,10 @@ continues the same runs.
 from __future__ import annotations
 
 import json
+import logging
+import queue
 import re
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +25,7 @@ from ray.tune import Callback
 from trainables import metrics as m
 from tuner import diagnostics, outcomes
 from tuner.buffer import PENDING, BufferedWriter
+from tuner.figures import FigureProcess, learning_curve_figure
 from tuner.progress import StudyRecorder, TrialRecord
 from tuner.spec import DiagnosticsSpec, JobSpec, ObjectiveSpec
 
@@ -32,7 +36,9 @@ STUDY_TAG = "tuner.study"
 EXECUTION_TAG = "tuner.execution"
 CONFIG_TAG = "tuner.config"
 RUN_IDS_FILE = "mlflow_runs.json"
+LEARNING_CURVE = "learning_curve.png"
 CURVE_METRICS = m.CURVES
+log = logging.getLogger(__name__)
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
 MAX_TAG_LENGTH = 8000
 BATCH_LIMIT = 1000  # MLflow's limit on entities per log_batch call
@@ -101,35 +107,6 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def learning_curve_figure(history: list[dict[str, float]], title: str):
-    """Train vs validation loss (and accuracy), the best epoch marked; a matplotlib figure."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    has_acc = any(m.VAL_ACC in r for r in history)
-    fig, axes = plt.subplots(1, 2 if has_acc else 1, figsize=(10 if has_acc else 5.5, 3.6))
-    axes = list(axes) if has_acc else [axes]
-    epochs = [r[m.EPOCH] for r in history]
-    best = outcomes.best_epoch(history, m.VAL_LOSS, "min")
-    panels = [("loss", m.TRAIN_LOSS, m.VAL_LOSS)]
-    if has_acc:
-        panels.append(("accuracy", m.TRAIN_ACC, m.VAL_ACC))
-    for ax, (label, train_key, val_key) in zip(axes, panels, strict=True):
-        ax.plot(epochs, [r.get(train_key) for r in history], marker=".", label="train")
-        ax.plot(epochs, [r.get(val_key) for r in history], marker=".", label="validation")
-        if best:
-            ax.axvline(best[m.EPOCH], color="grey", linestyle="--", label="best epoch")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.suptitle(title)
-    fig.tight_layout()
-    return fig
-
-
 def log_trial_end(
     client,
     run_id: str,
@@ -137,8 +114,12 @@ def log_trial_end(
     objective: ObjectiveSpec,
     thresholds: DiagnosticsSpec,
     title: str,
+    metrics: list | None = None,
+    tags: list | None = None,
+    figures: FigureProcess | None = None,
 ) -> diagnostics.Diagnosis:
-    """Summary at the best epoch, diagnosis tags and metrics, and the learning-curve figure."""
+    """One batch (the summary at the best epoch, the diagnosis, and the caller's `metrics` and
+    `tags`), then the learning-curve figure, drawn by `figures` when given."""
     from mlflow.entities import Metric, RunTag
 
     verdict = diagnostics.diagnose(history, thresholds)
@@ -148,20 +129,32 @@ def log_trial_end(
     log_batch(
         client,
         run_id,
-        metrics=[Metric(k, v, ts, 0) for k, v in summary.items()],
-        tags=[RunTag("diagnosis", verdict.diagnosis)],
+        metrics=[*(metrics or []), *(Metric(k, v, ts, 0) for k, v in summary.items())],
+        tags=[*(tags or []), RunTag("diagnosis", verdict.diagnosis)],
     )
-    if history:
-        import matplotlib.pyplot as plt
-
-        fig = learning_curve_figure(history, f"{title}: {verdict.diagnosis}")
-        client.log_figure(run_id, fig, "learning_curve.png")
-        plt.close(fig)
+    if not history:
+        return verdict
+    title = f"{title}: {verdict.diagnosis}"
+    if figures is None:
+        client.log_figure(run_id, learning_curve_figure(history, title), LEARNING_CURVE)
+        return verdict
+    try:
+        client.log_file(
+            run_id, LEARNING_CURVE, lambda path: figures.save_learning_curve(history, title, path)
+        )
+    except RuntimeError as exc:  # a missing figure is not worth failing a study for
+        log.warning("%s", exc)
     return verdict
 
 
 class MlflowTracking(Callback):
-    """Ray Tune callback on the driver: one nested MLflow run per trial, written in batches."""
+    """Ray Tune callback on the driver: one nested MLflow run per trial, written in batches.
+
+    With `background` (as a study runs it), the Tune hooks only queue work and one thread does
+    every MLflow write, in order, so the driver's event loop (and with it the next epoch of every
+    trial) never waits on the tracking server, SQLite or a figure. `wait` blocks until the queue
+    is done; the methods called from outside the hooks wait first.
+    """
 
     def __init__(
         self,
@@ -171,27 +164,44 @@ class MlflowTracking(Callback):
         experiment_id: str,
         run_ids_path: Path,
         flush_interval_s: float = 2.0,
+        background: bool = False,
     ):
         self.spec, self.recorder = spec, recorder
         self.parent_run_id, self.experiment_id = parent_run_id, experiment_id
         self.run_ids_path = run_ids_path
         self.flush_interval_s = flush_interval_s
+        self.background = background  # write from a thread (a study does), or inline
         self.run_ids: dict[str, str] = load_run_ids(run_ids_path)
-        self._pending: dict[str, list] = {}
+        self._init_runtime()
+
+    def _init_runtime(self) -> None:
+        """What lives only in this process: queues, the writer thread, runs open right now."""
+        self._pending: dict[str, list] = {}  # run -> curve points not sent yet
         self._logged: dict[str, set[int]] = {}  # run -> epochs already sent
         self._last_flush = time.monotonic()
         self._client = None
         self._writer: BufferedWriter | None = None
+        self._jobs: queue.Queue = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self._figures = FigureProcess()
         self.open_runs: set[str] = set()
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_client": None, "_writer": None, "_pending": {}}
+        """Ray snapshots callbacks every few seconds: keep only what a restore needs (the run ids
+        are re-read from their file)."""
+        runtime = (
+            *("_pending", "_logged", "_last_flush", "_client", "_writer", "_jobs", "_thread"),
+            "_figures",
+        )
+        skip = {*runtime, "_error", "open_runs", "run_ids"}
+        return {k: v for k, v in self.__dict__.items() if k not in skip}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        """Restored by Ray from the study's start: take the run ids written since."""
+        """Restored by Ray from a snapshot: take the run ids written since."""
         self.__dict__.update(state)
         self.run_ids = load_run_ids(self.run_ids_path)
-        self._logged, self.open_runs = {}, set()
+        self._init_runtime()
 
     @property
     def client(self):
@@ -215,37 +225,77 @@ class MlflowTracking(Callback):
         self._logged = {placeholders.get(r, r): e for r, e in self._logged.items()}
         save_run_ids(self.run_ids_path, self.parent_run_id, self.run_ids)
 
+    # ------------------------------------------------------------------ the writer thread
+
+    def _submit(self, job, *args) -> None:
+        """Queue a write; a write that failed for good fails the study here, as it would have
+        inline (an unreachable server is not a failure: the writer buffers)."""
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+        if not self.background:
+            job(*args)
+            return
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._work, name="mlflow-tracking", daemon=True)
+            self._thread.start()
+        self._jobs.put((job, args))
+
+    def _work(self) -> None:
+        while True:
+            job, args = self._jobs.get()
+            try:
+                if self._error is None:
+                    job(*args)
+            except BaseException as exc:
+                log.warning("MLflow tracking failed: %s", exc)
+                self._error = exc
+            finally:
+                self._jobs.task_done()
+
+    def wait(self) -> None:
+        """Block until every queued write is done (or buffered); re-raise a write that failed."""
+        if self._thread is not None:
+            self._jobs.join()
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
     # ------------------------------------------------------------------ Ray Tune hooks
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         record = self.recorder.trials.get(trial.trial_id)
         if record is not None:
-            self._child_run(record)
+            self._submit(self._child_run, record)
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         record = self.recorder.trials.get(trial.trial_id)
         if record is None or m.EPOCH not in result:
             return
+        row = record.epochs[int(result[m.EPOCH])]
+        self._submit(self._log_epoch, record, row, now_ms())
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self._submit(self._end_trial, trial.trial_id, "FINISHED")
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self._submit(self._end_trial, trial.trial_id, "FAILED")
+
+    def on_experiment_end(self, trials, **info) -> None:
+        self._submit(self.flush)
+
+    # ------------------------------------------------------------------ runs
+
+    def _log_epoch(self, record: TrialRecord, row: dict[str, float], timestamp: int) -> None:
         run_id = self._child_run(record)
-        epoch = int(result[m.EPOCH])
         logged = self._logged.setdefault(run_id, set())
+        epoch = int(row[m.EPOCH])
         if epoch in logged:  # re-reported after a restore from an earlier checkpoint
             return
         logged.add(epoch)
-        self._pending.setdefault(run_id, []).extend(epoch_metrics(record.epochs[epoch], now_ms()))
+        self._pending.setdefault(run_id, []).extend(epoch_metrics(row, timestamp))
         if time.monotonic() - self._last_flush >= self.flush_interval_s:
             self.flush()
-
-    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        self._end_trial(trial.trial_id, "FINISHED")
-
-    def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        self._end_trial(trial.trial_id, "FAILED")
-
-    def on_experiment_end(self, trials, **info) -> None:
-        self.flush()
-
-    # ------------------------------------------------------------------ runs
 
     def _child_run(self, record: TrialRecord) -> str:
         """The trial's run: created on first sight, or reopened after a restore."""
@@ -254,6 +304,8 @@ class MlflowTracking(Callback):
             run_id = self._create_child(record)
             self.run_ids[record.trial_id] = run_id
             save_run_ids(self.run_ids_path, self.parent_run_id, self.run_ids)
+            if record.epochs:  # restored, its run lost with the queue of a killed driver
+                self._resync(run_id, record)
         elif run_id not in self.open_runs:
             self.writer.update_run(run_id, status="RUNNING")
             self._resync(run_id, record)
@@ -276,6 +328,7 @@ class MlflowTracking(Callback):
     def supersede(self, trial_ids: set[str]) -> None:
         """Delete the runs of trials a restore will run again under new ids (see
         StudyRecorder.forget), so each trial has exactly one run."""
+        self.wait()
         for trial_id in trial_ids & set(self.run_ids):
             run_id = self.run_ids.pop(trial_id)
             if not run_id.startswith(PENDING):
@@ -286,15 +339,16 @@ class MlflowTracking(Callback):
 
     def reconcile(self) -> None:
         """After a restore: finish the runs of trials that ended before the crash but whose
-        MLflow run was not closed (the driver died in between)."""
+        MLflow run was not closed, or not even created (the driver died in between, its queued
+        writes with it)."""
+        self.wait()
         for trial_id, record in self.recorder.trials.items():
             run_id = self.run_ids.get(trial_id)
-            if record.status is None or run_id is None or run_id.startswith(PENDING):
+            if record.status is None or (run_id or "").startswith(PENDING):
                 continue
-            if self.client.get_run(run_id).info.status == "RUNNING":
-                self._end_trial(
-                    trial_id, "FAILED" if record.status == outcomes.ERRORED else "FINISHED"
-                )
+            if run_id is not None and self.client.get_run(run_id).info.status != "RUNNING":
+                continue
+            self._end_trial(trial_id, "FAILED" if record.status == outcomes.ERRORED else "FINISHED")
 
     def _create_child(self, record: TrialRecord) -> str:
         from mlflow.entities import RunTag
@@ -328,17 +382,17 @@ class MlflowTracking(Callback):
         self._last_flush = time.monotonic()
 
     def _end_trial(self, trial_id: str, run_status: str) -> None:
+        """The trial's last curve points, summary, status and diagnosis in one batch; the
+        figure; the run closed."""
         from mlflow.entities import RunTag
 
         record = self.recorder.trials.get(trial_id)
         if record is None:
             return
         run_id = self._child_run(record)
-        self.flush()
         tags = [RunTag("trial_status", record.status or outcomes.ERRORED)]
         if record.error:
             tags.append(RunTag("error", record.error[:MAX_TAG_LENGTH]))
-        log_batch(self.writer, run_id, tags=tags)
         log_trial_end(
             self.writer,
             run_id,
@@ -346,17 +400,24 @@ class MlflowTracking(Callback):
             self.spec.objective,
             self.spec.diagnostics,
             f"trial {record.number}",
+            metrics=self._pending.pop(run_id, []),
+            tags=tags,
+            figures=self._figures,
         )
         self.writer.set_terminated(run_id, status=run_status)
         self.open_runs.discard(run_id)
 
     def close_open_runs(self, status: str = "KILLED") -> None:
         """Leave no run RUNNING (Ctrl-C, a crash): flush, then end whatever is still open."""
-        self.flush()
-        for run_id in list(self.open_runs):
-            self.writer.set_tag(run_id, "trial_status", outcomes.INTERRUPTED)
-            self.writer.set_terminated(run_id, status=status)
-            self.open_runs.discard(run_id)
+        try:
+            self.wait()
+        finally:
+            self._figures.close()
+            self.flush()
+            for run_id in list(self.open_runs):
+                self.writer.set_tag(run_id, "trial_status", outcomes.INTERRUPTED)
+                self.writer.set_terminated(run_id, status=status)
+                self.open_runs.discard(run_id)
 
 
 # --------------------------------------------------------------------------- run ids on disk

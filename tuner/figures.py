@@ -1,0 +1,121 @@
+"""Learning-curve figures, and the helper process that draws them during a study.
+
+Drawing one figure costs matplotlib 50-100 ms of CPU. In the driver that time holds the GIL that
+Ray Tune's event loop needs for every result, and on a small machine it takes a core from a
+trial. During a study the figures are drawn by `FigureProcess`, a helper process at low CPU
+priority, so that they use what the trials leave idle. This module imports nothing heavy: the
+helper starts in a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+from trainables import metrics as m
+from tuner import outcomes
+
+log = logging.getLogger(__name__)
+
+HELPER_NICENESS = 10  # lower priority than the trials (0), so drawing never slows training
+
+
+def learning_curve_figure(history: list[dict[str, float]], title: str):
+    """Train vs validation loss (and accuracy), the best epoch marked; a matplotlib figure."""
+    from matplotlib.figure import Figure  # not pyplot: no global state, safe off the main thread
+
+    has_acc = any(m.VAL_ACC in r for r in history)
+    fig = Figure(figsize=(10 if has_acc else 5.5, 3.6))
+    axes = list(fig.subplots(1, 2)) if has_acc else [fig.subplots()]
+    epochs = [r[m.EPOCH] for r in history]
+    best = outcomes.best_epoch(history, m.VAL_LOSS, "min")
+    panels = [("loss", m.TRAIN_LOSS, m.VAL_LOSS)]
+    if has_acc:
+        panels.append(("accuracy", m.TRAIN_ACC, m.VAL_ACC))
+    for ax, (label, train_key, val_key) in zip(axes, panels, strict=True):
+        ax.plot(epochs, [r.get(train_key) for r in history], marker=".", label="train")
+        ax.plot(epochs, [r.get(val_key) for r in history], marker=".", label="validation")
+        if best:
+            ax.axvline(best[m.EPOCH], color="grey", linestyle="--", label="best epoch")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def save_learning_curve(history: list[dict[str, float]], title: str, path: Path) -> None:
+    learning_curve_figure(history, title).savefig(path)
+
+
+class FigureProcess:
+    """Draws learning curves in a helper process (`python -m tuner.figures`), one at a time.
+
+    Requests and replies are JSON lines on the helper's stdin and stdout. The helper starts on
+    the first request and is restarted if it dies; `close` ends it.
+    """
+
+    def __init__(self) -> None:
+        self._helper: subprocess.Popen | None = None
+        self._lock = threading.Lock()
+
+    def save_learning_curve(self, history: list[dict[str, float]], title: str, path: Path) -> None:
+        request = json.dumps({"history": history, "title": title, "path": str(path)})
+        with self._lock:
+            for attempt in (1, 2):
+                helper = self._started()
+                try:
+                    helper.stdin.write(request + "\n")
+                    helper.stdin.flush()
+                    reply = helper.stdout.readline()
+                except OSError:
+                    reply = ""
+                if reply:
+                    break
+                log.warning("the figure helper exited (attempt %d); starting another", attempt)
+                self._helper = None
+        error = json.loads(reply).get("error") if reply else "the figure helper keeps exiting"
+        if error:
+            raise RuntimeError(f"learning curve {path.name}: {error}")
+
+    def _started(self) -> subprocess.Popen:
+        if self._helper is None or self._helper.poll() is not None:
+            self._helper = subprocess.Popen(
+                [sys.executable, "-m", "tuner.figures"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+        return self._helper
+
+    def close(self) -> None:
+        with self._lock:
+            if self._helper is not None:
+                self._helper.stdin.close()
+                self._helper.wait(timeout=10)
+                self._helper = None
+
+
+def serve() -> None:
+    """The helper's loop: one request per stdin line, one reply per stdout line."""
+    os.nice(HELPER_NICENESS)
+    for line in sys.stdin:
+        request = json.loads(line)
+        try:
+            save_learning_curve(request["history"], request["title"], Path(request["path"]))
+            reply = {}
+        except Exception as exc:  # reported to the driver, which logs it and goes on
+            reply = {"error": f"{type(exc).__name__}: {exc}"}
+        sys.stdout.write(json.dumps(reply) + "\n")
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    serve()
