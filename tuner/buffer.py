@@ -22,8 +22,14 @@ log = logging.getLogger(__name__)
 PENDING = "pending-"  # prefix of a placeholder run id
 BUFFER_FILE = "tracking-buffer.jsonl"
 ARTIFACTS_DIR = "tracking-artifacts"  # files waiting to be uploaded
-#: our retries replace MLflow's own (7 by default, with back-off factor 2: minutes per call)
-HTTP_SETTINGS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+HTTP_SETTINGS = {
+    # our retries replace MLflow's own (7 by default, with back-off factor 2: minutes per call)
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+    # ending a run on a server otherwise fetches the whole run again, to print its URL over the
+    # live progress line
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+}
 
 
 def is_transient(exc: Exception) -> bool:

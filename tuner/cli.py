@@ -410,7 +410,7 @@ def ui(
     """The MLflow UI on the study's tracking store, bound to 127.0.0.1 by default."""
     import subprocess
 
-    from tuner.tracking import default_tracking_uri
+    from tuner.tracking import UI_SERVER_ENV, default_tracking_uri
 
     uri = tracking_uri or default_tracking_uri()
     if uri.startswith(("http://", "https://")):
@@ -431,7 +431,7 @@ def ui(
         "--workers",
         "1",  # a UI for one person: MLflow's default 4 uvicorn workers take ~1 GB
     ]
-    raise typer.Exit(subprocess.call(command))
+    raise typer.Exit(subprocess.call(command, env={**os.environ, **UI_SERVER_ENV}))
 
 
 def main() -> None:  # pragma: no cover - the console script calls `app`

@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
 MAX_TAG_LENGTH = 8000
 BATCH_LIMIT = 1000  # MLflow's limit on entities per log_batch call
+#: the environment of the server `tuner ui` starts: MLflow 3's job runner (about ten huey worker
+#: processes for GenAI jobs: ~20 s of CPU as they start, ~1 GB) does nothing for tuning studies
+UI_SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 
 def client_for(uri: str):
