@@ -211,7 +211,6 @@ class BufferedWriter:
             self._log_artifact(run_id, op["path"], op.get("artifact_path"))
         return None
 
-
     def _log_artifact(self, run_id: str, path: str, artifact_path: str | None) -> None:
         """Upload a file. For a run this writer created, straight to the artifact location the
         server returned then: MlflowClient.log_artifact would first fetch the whole run again

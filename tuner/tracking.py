@@ -166,7 +166,7 @@ class MlflowTracking(Callback):
         parent_run_id: str,
         experiment_id: str,
         run_ids_path: Path,
-        flush_interval_s: float = 2.0,
+        flush_interval_s: float = 5.0,
         background: bool = False,
     ):
         self.spec, self.recorder = spec, recorder
