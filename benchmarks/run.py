@@ -15,7 +15,6 @@ import os
 import platform
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -297,25 +296,12 @@ def mlflow_server(folder: Path) -> Iterator[str]:
     MLflow's job runner off), warmed up."""
     import signal
 
-    from tuner.tracking import UI_SERVER_ENV
+    from tuner.tracking import UI_SERVER_ENV, ui_server_command
 
     port = free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "server",
-        "--backend-store-uri",
-        f"sqlite:///{folder / 'server.db'}",
-        "--artifacts-destination",
-        str(folder / "artifacts"),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-    ]
+    command = ui_server_command(
+        f"sqlite:///{folder / 'server.db'}", "127.0.0.1", port, folder / "artifacts"
+    )
     with open(folder / "server.log", "w") as log:
         server = subprocess.Popen(
             command,
@@ -581,6 +567,9 @@ def gpu_packing(quick: bool) -> dict[str, Any]:
         trials=8 if quick else 16,
         epochs=3,
     )
+    from tuner.spec import spec_from_dict
+    from tuner.study import ray_session, run_study
+
     rates = {}
     gpus = torch.cuda.device_count()
     with utilization_sampler() as sampler:
@@ -589,13 +578,9 @@ def gpu_packing(quick: bool) -> dict[str, Any]:
             with tempfile.TemporaryDirectory() as folder:
                 spec = study_spec(work, Path(folder), resources={"gpu": fraction, "cpu": 1})
                 spec["search"]["max_concurrent"] = concurrent
-                from tuner.spec import spec_from_dict
-                from tuner.study import run_study
-
                 began = time.time()
                 start = time.perf_counter()
-                cpus = max(2, concurrent)
-                with ray_init_gpu(cpus):
+                with ray_session(num_cpus=max(2, concurrent)):
                     run_study(spec_from_dict(spec), show_progress=False)
                 wall = time.perf_counter() - start
             rates[fraction] = (work.trials / wall * 3600, sampler.mean_since(began))
@@ -607,14 +592,6 @@ def gpu_packing(quick: bool) -> dict[str, Any]:
         "detail": "trials/hour (mean GPU utilisation): "
         + ", ".join(f"gpu {f}: {r:.0f} ({u:.0f}%)" for f, (r, u) in rates.items()),
     }
-
-
-@contextmanager
-def ray_init_gpu(cpus: int) -> Iterator[None]:
-    from tuner.study import ray_session
-
-    with ray_session(num_cpus=cpus):
-        yield
 
 
 class _Utilization:

@@ -410,27 +410,14 @@ def ui(
     """The MLflow UI on the study's tracking store, bound to 127.0.0.1 by default."""
     import subprocess
 
-    from tuner.tracking import UI_SERVER_ENV, default_tracking_uri
+    from tuner.tracking import UI_SERVER_ENV, default_tracking_uri, ui_server_command
 
     uri = tracking_uri or default_tracking_uri()
     if uri.startswith(("http://", "https://")):
         out.print(f"The tracking store is a server already: open {uri}")
         return
     out.print(f"MLflow UI on {uri}: http://{host}:{port} (Ctrl-C to stop)", highlight=False)
-    command = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "server",
-        "--backend-store-uri",
-        uri,
-        "--host",
-        host,
-        "--port",
-        str(port),
-        "--workers",
-        "1",  # a UI for one person: MLflow's default 4 uvicorn workers take ~1 GB
-    ]
+    command = ui_server_command(uri, host, port)
     raise typer.Exit(subprocess.call(command, env={**os.environ, **UI_SERVER_ENV}))
 
 

@@ -47,6 +47,19 @@ BATCH_LIMIT = 1000  # MLflow's limit on entities per log_batch call
 UI_SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 
+def ui_server_command(
+    backend_uri: str, host: str, port: int, artifacts_destination: Path | None = None
+) -> list[str]:
+    """`mlflow server` as `tuner ui` runs it (start it with `UI_SERVER_ENV`)."""
+    import sys
+
+    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_uri]
+    if artifacts_destination is not None:
+        command += ["--artifacts-destination", str(artifacts_destination)]
+    # one worker: a UI for one person; MLflow's default 4 uvicorn workers take ~1 GB
+    return [*command, "--host", host, "--port", str(port), "--workers", "1"]
+
+
 def client_for(uri: str):
     from mlflow.tracking import MlflowClient
 
@@ -177,6 +190,12 @@ class MlflowTracking(Callback):
         self.run_ids: dict[str, str] = load_run_ids(run_ids_path)
         self._init_runtime()
 
+    #: rebuilt by `_init_runtime` (and the run ids re-read) when Ray restores the callback
+    _NOT_PICKLED = frozenset(
+        {"_pending", "_logged", "_last_flush", "_client", "_writer", "_jobs", "_thread"}
+        | {"_error", "_figures", "open_runs", "run_ids"}
+    )
+
     def _init_runtime(self) -> None:
         """What lives only in this process: queues, the writer thread, runs open right now."""
         self._pending: dict[str, list] = {}  # run -> curve points not sent yet
@@ -193,12 +212,7 @@ class MlflowTracking(Callback):
     def __getstate__(self) -> dict[str, Any]:
         """Ray snapshots callbacks every few seconds: keep only what a restore needs (the run ids
         are re-read from their file)."""
-        runtime = (
-            *("_pending", "_logged", "_last_flush", "_client", "_writer", "_jobs", "_thread"),
-            "_figures",
-        )
-        skip = {*runtime, "_error", "open_runs", "run_ids"}
-        return {k: v for k, v in self.__dict__.items() if k not in skip}
+        return {k: v for k, v in self.__dict__.items() if k not in self._NOT_PICKLED}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         """Restored by Ray from a snapshot: take the run ids written since."""
