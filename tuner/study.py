@@ -170,7 +170,7 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
         ray.init(address=address, **quiet)
     else:
         ray.init(address="local", num_cpus=num_cpus, **quiet)
-        stop_autoscaler_monitor()
+        stop_unused_daemons()
     session = RaySession(owned=True)
     try:
         yield session
@@ -178,13 +178,17 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
         session.close()
 
 
-def stop_autoscaler_monitor() -> None:
-    """A local Ray on one machine has nothing to autoscale, yet its autoscaler monitor takes CPU
-    from the trials and makes `ray.shutdown` wait a second for it to exit. Ray has no public
-    switch for it, so it is stopped through the node handle, when this Ray version has one."""
+def stop_unused_daemons() -> None:
+    """Two of the daemons a local Ray starts have no work in a study, yet take CPU from the
+    trials: the autoscaler monitor (one machine has nothing to autoscale; it also makes
+    `ray.shutdown` wait a second for it) and the log monitor, which reads every worker's log
+    ten times a second to forward it to the driver (this driver asks for none: log_to_driver is
+    off). Ray has no public switch for either, so they are stopped through the node handle,
+    when this Ray version has one."""
     node = getattr(ray._private.worker, "_global_node", None)
-    with contextlib.suppress(Exception):
-        node.kill_monitor(check_alive=False)
+    for stop in ("kill_monitor", "kill_log_monitor"):
+        with contextlib.suppress(Exception):
+            getattr(node, stop)(check_alive=False)
 
 
 def check_cluster_resources(spec: JobSpec) -> None:
