@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -51,6 +52,7 @@ def test_study_in_mlflow_parent_children_curves_and_summaries(
         tracking={"uri": tracking_uri},
     )
     result = run_study(spec, show_progress=False)
+    assert "mlflow-tracking" not in {t.name for t in threading.enumerate()}  # the writer ended
     client = client_for(tracking_uri)
     experiment = client.get_experiment_by_name(name)
     runs = client.search_runs([experiment.experiment_id])

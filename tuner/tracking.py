@@ -260,7 +260,11 @@ class MlflowTracking(Callback):
 
     def _work(self) -> None:
         while True:
-            job, args = self._jobs.get()
+            item = self._jobs.get()
+            if item is None:  # `_stop_writing`
+                self._jobs.task_done()
+                return
+            job, args = item
             try:
                 if self._error is None:
                     job(*args)
@@ -269,6 +273,13 @@ class MlflowTracking(Callback):
                 self._error = exc
             finally:
                 self._jobs.task_done()
+
+    def _stop_writing(self) -> None:
+        """End the writer thread once its queue is done (a later write starts another)."""
+        if self._thread is not None:
+            self._jobs.put(None)
+            self._thread.join()
+            self._thread = None
 
     def wait(self) -> None:
         """Block until every queued write is done (or buffered); re-raise a write that failed."""
@@ -429,6 +440,7 @@ class MlflowTracking(Callback):
         try:
             self.wait()
         finally:
+            self._stop_writing()
             self._figures.close()
             self.flush()
             for run_id in list(self.open_runs):
