@@ -107,9 +107,12 @@ class FigureProcess:
         return self._helper
 
     def close(self) -> None:
+        """End the helper. It keeps nothing between requests and every request was answered,
+        so it is terminated rather than left to tear down matplotlib (~0.2 s at a study's end)."""
         with self._lock:
             if self._helper is not None:
                 self._helper.stdin.close()
+                self._helper.terminate()
                 self._helper.wait(timeout=10)
                 self._helper = None
 
