@@ -349,14 +349,13 @@ def warm_up(uri: str, folder: Path) -> None:
 @benchmark
 def tracking_overhead(quick: bool) -> dict[str, Any]:
     """The SMALL study with MLflow tracking to a server on 127.0.0.1 against tracking off."""
-    work = SMALL
     runs = []
     with tempfile.TemporaryDirectory() as server_folder, mlflow_server(Path(server_folder)) as uri:
         for _ in range(1 if quick else 3):
             with tempfile.TemporaryDirectory() as folder:
-                tracked, _, _ = run_tuner(study_spec(work, Path(folder), tracking_uri=uri))
+                tracked, _, _ = run_tuner(study_spec(SMALL, Path(folder), tracking_uri=uri))
             with tempfile.TemporaryDirectory() as folder:
-                spec = study_spec(work, Path(folder), tracking_uri=uri)
+                spec = study_spec(SMALL, Path(folder), tracking_uri=uri)
                 spec["tracking"]["enabled"] = False
                 untracked, _, _ = run_tuner(spec)
             runs.append((tracked / untracked, tracked, untracked))
@@ -365,7 +364,7 @@ def tracking_overhead(quick: bool) -> dict[str, Any]:
         "name": "tracking_overhead",
         "ratio": ratio,
         "target": "<= 1.05",
-        "detail": f"{work.trials} {work.model} trials on {work.dataset}: {tracked:.1f} s "
+        "detail": f"{SMALL.trials} {SMALL.model} trials on {SMALL.dataset}: {tracked:.1f} s "
         f"tracked to an mlflow server on 127.0.0.1 vs {untracked:.1f} s with tracking off"
         + ("" if quick else ", median of 3"),
     }

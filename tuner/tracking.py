@@ -14,6 +14,7 @@ import json
 import logging
 import queue
 import re
+import sys
 import threading
 import time
 from pathlib import Path
@@ -51,8 +52,6 @@ def ui_server_command(
     backend_uri: str, host: str, port: int, artifacts_destination: Path | None = None
 ) -> list[str]:
     """`mlflow server` as `tuner ui` runs it (start it with `UI_SERVER_ENV`)."""
-    import sys
-
     command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_uri]
     if artifacts_destination is not None:
         command += ["--artifacts-destination", str(artifacts_destination)]
