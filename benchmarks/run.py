@@ -163,7 +163,7 @@ def create_stores(spec) -> None:
     SQLite store runs its migrations: ~2 s, once per store)."""
     import optuna
 
-    from tuner.tracking import client_for
+    from tuner.runs import client_for
 
     if spec.tracking.enabled:
         client_for(spec.tracking.uri).search_experiments()
@@ -171,8 +171,7 @@ def create_stores(spec) -> None:
 
 
 def journal(results: Path) -> list[dict]:
-    from tuner.progress import read_journal
-    from tuner.study import JOURNAL_FILE
+    from tuner.journal import JOURNAL_FILE, read_journal
 
     return read_journal(next(results.glob(f"*/{JOURNAL_FILE}")))
 
@@ -333,7 +332,7 @@ def warm_up(uri: str, folder: Path) -> None:
     requests (lazy imports, its store's set-up), which a long-running server has behind it."""
     from mlflow.entities import Metric, Param
 
-    from tuner.tracking import client_for
+    from tuner.runs import client_for
 
     client = client_for(uri)
     experiment = client.create_experiment("warm-up")

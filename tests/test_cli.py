@@ -55,7 +55,11 @@ def test_catalogue_commands(command: list[str], expected: list[str]) -> None:
             "search.num_samples must be greater than or equal to 1",
         ),
         ({"modle": "mlp"}, [], "modle is not a known key"),
-        ({}, ["scheduler.grace_period=9"], "scheduler.grace_period must be at most"),
+        (
+            {},
+            ["scheduler.name=asha", "scheduler.grace_period=9"],
+            "scheduler.grace_period must be at most",
+        ),
         ({}, ["scheduler.max_epochs"], "must have the form dotted.key=value"),
         ({"search_space": {"lr": {"type": "float", "low": 1, "high": 0}}}, [], "low must be less"),
         ({"search_space": {"hiden_units": 64}}, [], "'hiden_units' is not a hyperparameter"),

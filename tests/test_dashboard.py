@@ -14,9 +14,10 @@ from typer.testing import CliRunner
 
 from tests.conftest import tiny_spec, tuner_ui
 from tuner.cli import app
-from tuner.report import REPORT_FILE
-from tuner.study import StudyResult, run_study
-from tuner.tracking import client_for
+from tuner.dashboard_data import REPORT_FILE
+from tuner.results import StudyResult
+from tuner.runs import client_for
+from tuner.study import run_study
 
 runner = CliRunner()
 FIGURES = 6  # history, curves, gap, ASHA, parallel coordinates, importances (+ the top-k table)

@@ -14,9 +14,11 @@ from typer.testing import CliRunner
 from tests.conftest import tiny_spec, tuner_ui
 from tuner.cli import app
 from tuner.errors import SpecError
-from tuner.export import export_study, load_exported, train_config
-from tuner.study import StudyResult, run_study
-from tuner.tracking import client_for
+from tuner.export import export_study, load_exported
+from tuner.results import StudyResult
+from tuner.retrain import train_config
+from tuner.runs import client_for
+from tuner.study import run_study
 
 runner = CliRunner()
 

@@ -16,9 +16,10 @@ from typer.testing import CliRunner
 import tuner.study
 from tests.conftest import free_port, spawn, stop, tiny_spec, wait_for_http
 from tuner.cli import app
-from tuner.progress import read_journal
-from tuner.study import JOURNAL_FILE, LOG_FILE, StudyResult, run_study
-from tuner.tracking import PARENT_TAG
+from tuner.journal import JOURNAL_FILE, read_journal
+from tuner.results import StudyResult
+from tuner.schema import PARENT_TAG
+from tuner.study import LOG_FILE, run_study
 
 OUTAGE_S = 15
 SLOW_EPOCHS = {"hidden_units": 512, "num_layers": 3, "batch_size": 16}  # ~0.3 s an epoch

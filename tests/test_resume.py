@@ -21,8 +21,8 @@ import yaml
 
 from tests.conftest import tiny_spec
 from tuner import outcomes
-from tuner.progress import read_journal
-from tuner.study import JOURNAL_FILE, run_study
+from tuner.journal import JOURNAL_FILE, read_journal
+from tuner.study import run_study
 
 NUM_TRIALS = 10
 
@@ -149,7 +149,7 @@ def test_driver_killed_mid_study_then_resume_completes_it_once(tmp_path: Path) -
     assert after == Counter({"FINISHED": NUM_TRIALS + 1}), after  # the parent + one per trial
     trials = pd.read_csv(folder / "trials.csv")
     assert sorted(trials["trial"]) == list(range(1, NUM_TRIALS + 1))
-    assert set(trials["status"]) <= {outcomes.COMPLETED, outcomes.STOPPED_BY_ASHA}
+    assert set(trials["status"]) <= {outcomes.COMPLETED, outcomes.STOPPED_BY_SCHEDULER}
     with sqlite3.connect(tmp_path / "mlflow.db") as db:
         names = [
             n

@@ -14,8 +14,9 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from tuner.samplers import make_sampler
 from tuner.searcher import TruthfulOptunaSearch
-from tuner.spaces import load_space, make_sampler
+from tuner.spaces import load_space
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")

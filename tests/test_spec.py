@@ -245,6 +245,14 @@ def test_grace_period_cannot_exceed_max_epochs() -> None:
     assert "scheduler.grace_period must be at most scheduler.max_epochs (5) but got 6" in msg
 
 
+def test_asha_keys_are_checked_by_asha_only() -> None:
+    """grace_period belongs to ASHA: FIFO never reads it, so it does not judge it."""
+    fifo = spec_from_dict(with_(scheduler={"name": "fifo", "max_epochs": 5, "grace_period": 6}))
+    assert fifo.scheduler.name == "fifo"
+    msg = spec_error(with_(scheduler={"name": "asha", "max_epochs": 5, "grace_period": 6}))
+    assert "scheduler.grace_period must be at most" in msg
+
+
 def test_grace_period_check_sees_set_overrides() -> None:
     msg = spec_error(MINIMAL, overrides=["scheduler.max_epochs=3", "scheduler.grace_period=4"])
     assert "scheduler.grace_period" in msg

@@ -44,8 +44,8 @@ def test_tpe_asha_study_tells_optuna_the_truth(model: str, study_dir: Path) -> N
     trials = result.trials
 
     assert len(trials) == 8
-    assert set(trials["status"]) <= {outcomes.COMPLETED, outcomes.STOPPED_BY_ASHA}
-    stopped = trials[trials["status"] == outcomes.STOPPED_BY_ASHA]
+    assert set(trials["status"]) <= {outcomes.COMPLETED, outcomes.STOPPED_BY_SCHEDULER}
+    stopped = trials[trials["status"] == outcomes.STOPPED_BY_SCHEDULER]
     assert len(stopped) >= 1, "ASHA stopped no trial"
     assert (stopped["epochs"] < spec.scheduler.max_epochs).all()
     assert (trials[trials["status"] == outcomes.COMPLETED]["epochs"] == 4).all()
@@ -68,7 +68,7 @@ def test_tpe_asha_study_tells_optuna_the_truth(model: str, study_dir: Path) -> N
             assert row["status"] == outcomes.COMPLETED
         else:
             assert ot_trial.state == TrialState.PRUNED
-            assert row["status"] == outcomes.STOPPED_BY_ASHA
+            assert row["status"] == outcomes.STOPPED_BY_SCHEDULER
         assert by_id.loc[row["trial_id"], "best_val_loss"] == pytest.approx(min(curve.values()))
 
     best = result.best

@@ -13,13 +13,12 @@ from mlflow.tracking import MlflowClient
 from tests.conftest import tiny_spec
 from tuner import diagnostics, outcomes
 from tuner.progress import StudyRecorder
+from tuner.runs import client_for
+from tuner.schema import PARENT_TAG, ROLE_TAG
 from tuner.study import run_study
 from tuner.tracking import (
-    PARENT_TAG,
-    ROLE_TAG,
     RUN_IDS_FILE,
     MlflowTracking,
-    client_for,
     load_run_ids,
     start_parent_run,
 )
@@ -91,7 +90,7 @@ def test_study_in_mlflow_parent_children_curves_and_summaries(
         assert [a.path for a in client.list_artifacts(child.info.run_id)] == ["learning_curve.png"]
 
     statuses = {c.data.tags["trial_status"] for c in children}
-    assert outcomes.STOPPED_BY_ASHA in statuses
+    assert outcomes.STOPPED_BY_SCHEDULER in statuses
     pm = parent.data.metrics
     assert pm["trials_total"] == NUM_TRIALS
     assert pm["best_val_loss"] == pytest.approx(

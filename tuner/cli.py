@@ -115,8 +115,9 @@ def demo(set_: SetOption = None, address: AddressOption = None) -> None:
 
 def print_summary(result) -> None:
     """The best trial (its best epoch), the ranking, and where everything is."""
+    from tuner.runs import default_tracking_uri
     from tuner.summary import best_config, summary_lines, top_table
-    from tuner.tracking import default_tracking_uri, redact
+    from tuner.tracking import redact
 
     out.print()
     for line in summary_lines(result):
@@ -300,9 +301,10 @@ def resume(
 @handle_errors
 def list_studies(tracking_uri: TrackingOption = None) -> None:
     """The studies in the tracking store: status, trial counts, best objective."""
-    from tuner.export import plain
-    from tuner.tracking import default_tracking_uri, redact
-    from tuner.tracking import list_studies as read_studies
+    from tuner.results import plain
+    from tuner.runs import default_tracking_uri
+    from tuner.runs import list_studies as read_studies
+    from tuner.tracking import redact
 
     uri = tracking_uri or default_tracking_uri()
     studies = read_studies(uri)
@@ -319,7 +321,7 @@ def list_studies(tracking_uri: TrackingOption = None) -> None:
         box=box.SIMPLE_HEAD,
     )
     for _, row in studies.iterrows():
-        trials = f"{row['trials']} ({row['stopped_by_asha']} ASHA, {row['errored']} err)"
+        trials = f"{row['trials']} ({row['stopped_early']} stopped early, {row['errored']} err)"
         best = "-" if plain(row["best"]) is None else f"{row['objective']} {row['best']:.4f}"
         table.add_row(row["execution"], row["run_id"], row["status"], trials, best)
     out.print(table)
@@ -336,7 +338,7 @@ def export(
 ) -> None:
     """The best config(s) of a study as files `tuner train` accepts (ranked by best epoch)."""
     from tuner.export import export_study
-    from tuner.tracking import default_tracking_uri
+    from tuner.runs import default_tracking_uri
 
     paths = export_study(study, tracking_uri or default_tracking_uri(), top_k, format, out_path)
     for path in paths:
@@ -351,8 +353,9 @@ def train(
     tracking_uri: TrackingOption = None,
 ) -> None:
     """Train one fixed config to completion and log it, with the model, to MLflow."""
-    from tuner.export import load_exported, train_config
-    from tuner.tracking import default_tracking_uri
+    from tuner.export import load_exported
+    from tuner.retrain import train_config
+    from tuner.runs import default_tracking_uri
 
     source_uri = load_exported(config).source.get("tracking_uri")
     uri = tracking_uri or source_uri or default_tracking_uri()
@@ -377,8 +380,8 @@ def report(
     tracking_uri: TrackingOption = None,
 ) -> None:
     """The study's HTML dashboard (one self-contained file), for a finished or running study."""
-    from tuner.report import report_study
-    from tuner.tracking import default_tracking_uri
+    from tuner.dashboard_data import report_study
+    from tuner.runs import default_tracking_uri
 
     path = report_study(study, tracking_uri or default_tracking_uri(), out_path)
     size = path.stat().st_size / 1e6
@@ -410,7 +413,8 @@ def ui(
     """The MLflow UI on the study's tracking store, bound to 127.0.0.1 by default."""
     import subprocess
 
-    from tuner.tracking import UI_SERVER_ENV, default_tracking_uri, ui_server_command
+    from tuner.runs import default_tracking_uri
+    from tuner.tracking import UI_SERVER_ENV, ui_server_command
 
     uri = tracking_uri or default_tracking_uri()
     if uri.startswith(("http://", "https://")):

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from trainables import metrics as m
-from tuner import outcomes
+from tuner import outcomes, schema
 from tuner.spec import DiagnosticsSpec
 
 GOOD_FIT = "good_fit"
@@ -135,10 +135,10 @@ def summary_metrics(history: list[dict[str, float]], metric: str, mode: str) -> 
     best = outcomes.best_epoch(history, metric, mode)
     summary: dict[str, float] = {}
     if best:
-        summary["best_epoch"] = float(best[m.EPOCH])
+        summary[schema.BEST_EPOCH] = float(best[m.EPOCH])
         for key in (m.VAL_LOSS, m.VAL_ACC, m.TRAIN_LOSS, m.TRAIN_ACC, m.GENERALIZATION_GAP):
             if outcomes.is_finite(best.get(key)):
-                summary[f"best_{key}"] = float(best[key])
+                summary[schema.best(key)] = float(best[key])
         if outcomes.is_finite(best.get(m.TRAIN_LOSS)):
             summary["train_loss_at_best"] = float(best[m.TRAIN_LOSS])
     if history:

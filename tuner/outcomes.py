@@ -1,7 +1,7 @@
 """How a trial ended and which of its epochs was best: one definition for the whole driver.
 
-The searcher, the progress display, the summary and (later) tracking and export all call these,
-so "best" and "stopped by ASHA" mean the same thing everywhere.
+The searcher, the progress display, the summary, tracking and export all call these, so "best"
+and "stopped by the scheduler" mean the same thing everywhere.
 """
 
 from __future__ import annotations
@@ -13,26 +13,34 @@ from typing import Any
 from trainables import metrics as m
 
 COMPLETED = "completed"
-STOPPED_BY_ASHA = "stopped_by_asha"
+STOPPED_BY_SCHEDULER = "stopped_by_scheduler"  # ASHA, or any early-stopping scheduler
 STOPPED_ON_OVERFIT = "stopped_on_overfit"
 ERRORED = "errored"
 INTERRUPTED = "interrupted"  # still running when the study was stopped (Ctrl-C)
-STATUSES = (COMPLETED, STOPPED_BY_ASHA, STOPPED_ON_OVERFIT, ERRORED, INTERRUPTED)
+STATUSES = (COMPLETED, STOPPED_BY_SCHEDULER, STOPPED_ON_OVERFIT, ERRORED, INTERRUPTED)
+#: statuses earlier versions wrote, read as today's
+OLD_STATUSES = {"stopped_by_asha": STOPPED_BY_SCHEDULER}
+
+
+def current_status(status: str) -> str:
+    """A status as any version of tuner wrote it, in today's vocabulary."""
+    return OLD_STATUSES.get(status, status)
 
 
 def trial_status(
     last_result: dict[str, Any] | None, max_epochs: int, *, errored: bool = False
 ) -> str:
-    """completed (ran its budget, or ended itself by diverging), stopped_by_asha, ... or errored."""
+    """completed (ran its budget, or ended itself by diverging), stopped_by_scheduler, ... or
+    errored."""
     if errored:
         return ERRORED
     if last_result and last_result.get(m.STOPPED_ON_OVERFIT):
         return STOPPED_ON_OVERFIT
     if not last_result:
-        return STOPPED_BY_ASHA  # stopped before it reported anything
+        return STOPPED_BY_SCHEDULER  # stopped before it reported anything
     if last_result.get(m.DIVERGED) or last_result.get(m.EPOCH, 0) >= max_epochs:
         return COMPLETED
-    return STOPPED_BY_ASHA
+    return STOPPED_BY_SCHEDULER
 
 
 def is_finite(value: Any) -> bool:

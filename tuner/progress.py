@@ -7,7 +7,6 @@ summary, and tracking later on, read from it instead of parsing Ray's result fil
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -23,6 +22,7 @@ from rich.text import Text
 from trainables import metrics as m
 from trainables.trainable import NODE_ID
 from tuner import outcomes
+from tuner.journal import append_event, read_journal
 
 REPORTED = (m.EPOCH, *m.CURVES, m.DIVERGED)
 
@@ -125,8 +125,7 @@ class StudyRecorder(Callback):
     def _log(self, event: dict[str, Any]) -> None:
         self._apply(event)
         if self.journal is not None:
-            with open(self.journal, "a") as f:
-                f.write(json.dumps(event, default=str) + "\n")
+            append_event(self.journal, event)
         if self.on_change:
             self.on_change(self)
 
@@ -169,19 +168,6 @@ class StudyRecorder(Callback):
         return best
 
 
-def read_journal(path: Path | None) -> list[dict[str, Any]]:
-    """The recorder's events, oldest first; a torn last line (a crash mid-write) is skipped."""
-    if path is None or not Path(path).is_file():
-        return []
-    events = []
-    for line in Path(path).read_text().splitlines():
-        try:
-            events.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return events
-
-
 def trial_error(trial) -> str:
     """The last line of the traceback Ray saved for an errored trial (the exception's message)."""
     try:
@@ -196,8 +182,10 @@ def trial_error(trial) -> str:
 class LiveProgress:
     """One rich line: trials running / done / stopped / errored and the best so far."""
 
-    def __init__(self, name: str, num_samples: int, console: Console | None = None):
-        self.name, self.num_samples = name, num_samples
+    def __init__(
+        self, name: str, num_samples: int, scheduler: str = "asha", console: Console | None = None
+    ):
+        self.name, self.num_samples, self.scheduler = name, num_samples, scheduler
         self.console = console or Console()
         self.started = time.monotonic()
         self._live = Live(Text(""), console=self.console, refresh_per_second=4, transient=False)
@@ -219,8 +207,9 @@ class LiveProgress:
         text = Text.assemble(
             (f"{self.name} ", "bold"),
             f"{done}/{self.num_samples} trials done · {c['running']} running · ",
-            f"{c[outcomes.STOPPED_BY_ASHA]} stopped by ASHA · ",
         )
+        if c[outcomes.STOPPED_BY_SCHEDULER]:
+            text.append(f"{c[outcomes.STOPPED_BY_SCHEDULER]} stopped early by {self.scheduler} · ")
         if c[outcomes.STOPPED_ON_OVERFIT]:
             text.append(f"{c[outcomes.STOPPED_ON_OVERFIT]} stopped on overfit · ")
         if c[outcomes.ERRORED]:

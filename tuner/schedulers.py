@@ -1,66 +1,88 @@
-"""The trial scheduler: ASHA (able to pick up its rung history on resume) or FIFO."""
+"""Trial schedulers by name: each owns its keys of the spec's `scheduler` section (their check,
+the Ray scheduler built from them, the milestones a dashboard shows) and its resume step."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+from typing import TYPE_CHECKING
 
 from trainables import metrics as m
-from tuner import outcomes
-from tuner.progress import read_journal
-from tuner.spec import JobSpec
+from trainables.registry import Registry
+
+if TYPE_CHECKING:
+    from ray.tune.schedulers import TrialScheduler
+
+    from tuner.spec import SchedulerSpec
 
 
-class ResumableASHA(ASHAScheduler):
-    """ASHA that rebuilds its rungs from the study journal when Ray restores the experiment.
-
-    Ray pickles the scheduler with the Tuner when the study starts and restores that empty copy,
-    so a resumed study would otherwise compare new arrivals at a rung with nobody: every trial
-    would pass. `__setstate__` replays each journaled trial's value at each rung it reached.
-    """
-
-    def __init__(self, *args: Any, journal: Path | None = None, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self.journal = journal
-        self._restored = False
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._restored = True  # prime on the first result: the metric is set by then
-
-    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
-        if self._restored:
-            self._restored = False
-            self.prime(read_journal(self.journal))
-        return super().on_trial_result(tune_controller, trial, result)
-
-    def prime(self, events: list[dict[str, Any]]) -> int:
-        """Record past results at the rungs they reached; returns how many entries it made."""
-        if self._metric is None or not self._brackets:
-            return 0
-        bracket, entries = self._brackets[0], 0  # the default single bracket
-        for event in events:
-            row = event.get("row") or {}
-            value, epoch = row.get(self._metric), row.get(m.EPOCH)
-            if event.get("event") != "result" or not outcomes.is_finite(value):
-                continue
-            for milestone, recorded in bracket._rungs:
-                if epoch == milestone and event["trial_id"] not in recorded:
-                    recorded[event["trial_id"]] = self._metric_op * value
-                    entries += 1
-        return entries
+@dataclass(frozen=True)
+class SchedulerKind:
+    description: str
+    build: Callable[[SchedulerSpec, Path | None], TrialScheduler]  # (section, journal)
+    milestones: Callable[[SchedulerSpec], list[int]]  # epochs at which it may stop a trial
+    check: Callable[[SchedulerSpec], None] = lambda section: None  # raise ValueError
 
 
-def make_scheduler(spec: JobSpec, journal: Path | None = None) -> TrialScheduler:
-    s = spec.scheduler
-    if s.name == "fifo":
-        return FIFOScheduler()
+SCHEDULERS: Registry[SchedulerKind] = Registry("scheduler")
+
+
+# --------------------------------------------------------------------------- ASHA
+
+
+def asha_milestones(section: SchedulerSpec) -> list[int]:
+    """grace_period * reduction_factor**k below max_epochs, then max_epochs."""
+    rungs, rung = [], float(section.grace_period)
+    while rung < section.max_epochs:
+        rungs.append(int(rung))
+        rung *= section.reduction_factor
+    return [*rungs, section.max_epochs]
+
+
+def check_asha(section: SchedulerSpec) -> None:
+    if section.grace_period > section.max_epochs:
+        raise ValueError(
+            f"scheduler.grace_period must be at most scheduler.max_epochs "
+            f"({section.max_epochs}) but got {section.grace_period}"
+        )
+
+
+def build_asha(section: SchedulerSpec, journal: Path | None) -> TrialScheduler:
+    from tuner.asha import ResumableASHA  # resumes from the journal (see its docstring)
+
     return ResumableASHA(
         time_attr=m.EPOCH,
-        max_t=s.max_epochs,
-        grace_period=s.grace_period,
-        reduction_factor=s.reduction_factor,
+        max_t=section.max_epochs,
+        grace_period=section.grace_period,
+        reduction_factor=section.reduction_factor,
         journal=journal,
     )
+
+
+SCHEDULERS.register("asha")(
+    SchedulerKind(
+        "asynchronous successive halving: keeps the best 1/reduction_factor at each rung",
+        build_asha,
+        asha_milestones,
+        check_asha,
+    )
+)
+
+
+# --------------------------------------------------------------------------- FIFO
+
+
+def build_fifo(section: SchedulerSpec, journal: Path | None) -> TrialScheduler:
+    from ray.tune.schedulers import FIFOScheduler  # nothing to resume: it never stops a trial
+
+    return FIFOScheduler()
+
+
+SCHEDULERS.register("fifo")(
+    SchedulerKind("every trial runs max_epochs", build_fifo, lambda section: [])
+)
+
+
+def make_scheduler(section: SchedulerSpec, journal: Path | None = None) -> TrialScheduler:
+    return SCHEDULERS.get(section.name).build(section, journal)

@@ -22,6 +22,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from trainables import metrics as m
 from tuner import outcomes
+from tuner.ray_internals import completed_trials, optuna_study, optuna_trials
 
 
 class TruthfulOptunaSearch(OptunaSearch):
@@ -35,10 +36,11 @@ class TruthfulOptunaSearch(OptunaSearch):
     def restore(self, checkpoint_path: str) -> None:
         """Ray's restore, then close Optuna trials the crashed driver asked for but never ran."""
         super().restore(checkpoint_path)
-        known = {t.number for t in self._ot_trials.values()}
-        for frozen in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        study = optuna_study(self)
+        known = {t.number for t in optuna_trials(self).values()}
+        for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             if frozen.number not in known:
-                self._ot_study.tell(frozen.number, state=TrialState.FAIL)
+                study.tell(frozen.number, state=TrialState.FAIL)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         self._report(trial_id, result)
@@ -46,15 +48,16 @@ class TruthfulOptunaSearch(OptunaSearch):
     def on_trial_complete(
         self, trial_id: str, result: dict | None = None, error: bool = False
     ) -> None:
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+        asked, told = optuna_trials(self), completed_trials(self)
+        if trial_id in told or trial_id not in asked:
             return
         if result:
             self._report(trial_id, result)  # the stopping result never went through on_trial_result
         state, value = self._verdict(trial_id, result, error)
         # skip_if_finished: a driver that crashed after telling Optuna but before Ray saved this
         # searcher tells again on resume; the stored verdict stands
-        self._ot_study.tell(self._ot_trials[trial_id], value, state=state, skip_if_finished=True)
-        self._completed_trials.add(trial_id)
+        optuna_study(self).tell(asked[trial_id], value, state=state, skip_if_finished=True)
+        told.add(trial_id)
         self._curves.pop(trial_id, None)
 
     def _report(self, trial_id: str, result: dict) -> None:
@@ -64,7 +67,7 @@ class TruthfulOptunaSearch(OptunaSearch):
             return
         curve[step] = float(value)
         with contextlib.suppress(UpdateFinishedTrialError):  # told before a crash (see below)
-            self._ot_trials[trial_id].report(float(value), int(step))
+            optuna_trials(self)[trial_id].report(float(value), int(step))
 
     def _verdict(
         self, trial_id: str, result: dict | None, error: bool
@@ -77,7 +80,7 @@ class TruthfulOptunaSearch(OptunaSearch):
         if not curve:
             return TrialState.FAIL, None
         status = outcomes.trial_status(result, self._max_epochs)
-        if status == outcomes.STOPPED_BY_ASHA:
+        if status == outcomes.STOPPED_BY_SCHEDULER:
             return TrialState.PRUNED, None
         best = min(curve.values()) if self.mode == "min" else max(curve.values())
         return TrialState.COMPLETE, best

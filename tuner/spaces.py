@@ -264,27 +264,3 @@ def load_space(source: str | dict[str, Any], model: str) -> SearchSpace:
     space = parse_space(raw, where)
     check_hyperparameters(space, model, where)
     return space
-
-
-# --------------------------------------------------------------------------- samplers
-
-SAMPLERS = ("tpe", "random", "cmaes", "qmc")
-
-
-def make_sampler(algorithm: str, seed: int) -> optuna.samplers.BaseSampler:
-    """An Optuna sampler by name, seeded; TPE multivariate, with a constant liar for parallelism."""
-    if algorithm == "tpe":
-        return optuna.samplers.TPESampler(
-            seed=seed, multivariate=True, group=True, constant_liar=True
-        )
-    if algorithm == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    if algorithm == "cmaes":  # categorical entries fall back to an independent random sampler
-        return optuna.samplers.CmaEsSampler(
-            seed=seed,
-            independent_sampler=optuna.samplers.RandomSampler(seed=seed),
-            warn_independent_sampling=False,
-        )
-    if algorithm == "qmc":
-        return optuna.samplers.QMCSampler(seed=seed, warn_independent_sampling=False)
-    raise SpecError(f"search.algorithm must be one of {list(SAMPLERS)} but got {algorithm!r}")

@@ -29,6 +29,8 @@ from trainables.data import DATASETS
 from trainables.models import MODELS
 from trainables.registry import Registry
 from tuner.errors import SpecError
+from tuner.samplers import SAMPLERS
+from tuner.schedulers import SCHEDULERS
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
 
@@ -85,7 +87,7 @@ class ObjectiveSpec(Section):
 
 
 class SearchSpec(Section):
-    algorithm: Literal["tpe", "random", "cmaes", "qmc"] = "tpe"  # the Optuna sampler
+    algorithm: Annotated[str, registered(SAMPLERS)] = "tpe"  # the Optuna sampler
     num_samples: int = Field(32, ge=1)  # trials in the study
     max_concurrent: int = Field(4, ge=1)  # trials running at once
     seed: int = Field(0, ge=0, lt=2**32)  # seeds the sampler and every trial's initialisation
@@ -98,19 +100,18 @@ class OverfitStopSpec(Section):
 
 
 class SchedulerSpec(Section):
-    name: Literal["asha", "fifo"] = "asha"
+    """The keys of every scheduler; each checks and reads its own (tuner/schedulers.py)."""
+
+    name: Annotated[str, registered(SCHEDULERS)] = "asha"  # asha | fifo
     max_epochs: int = Field(20, ge=1)  # epochs of a trial that is never stopped early
     grace_period: int = Field(1, ge=1)  # ASHA: epochs before a trial can be stopped
     reduction_factor: float = Field(3.0, gt=1)  # ASHA: keep 1/reduction_factor at each rung
     stop_on_overfit: OverfitStopSpec | None = None
 
     @model_validator(mode="after")
-    def _grace_within_budget(self) -> SchedulerSpec:
-        if self.grace_period > self.max_epochs:
-            raise ValueError(
-                f"scheduler.grace_period must be at most scheduler.max_epochs "
-                f"({self.max_epochs}) but got {self.grace_period}"
-            )
+    def _scheduler_checks(self) -> SchedulerSpec:
+        if self.name in SCHEDULERS:
+            SCHEDULERS.get(self.name).check(self)
         return self
 
 

@@ -9,7 +9,7 @@ from ray.tune.stopper import Stopper
 
 from trainables import metrics as m
 from tuner import outcomes
-from tuner.progress import read_journal
+from tuner.journal import read_journal, results
 
 
 class OverfitStopper(Stopper):
@@ -31,8 +31,8 @@ class OverfitStopper(Stopper):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        for event in read_journal(self.journal):
-            if event.get("event") == "result" and outcomes.is_finite(event["row"].get(self.metric)):
+        for event in results(read_journal(self.journal)):
+            if outcomes.is_finite(event["row"].get(self.metric)):
                 self._improved(event["trial_id"], event["row"])
 
     def _improved(self, trial_id: str, result: dict) -> bool:

@@ -23,26 +23,30 @@ import ray
 import sqlalchemy
 from ray import tune
 
-from dashboards.report import write_report
+from dashboards.render import write_report
 from trainables import metrics as m
 from trainables.data import DataOptions, Dataset, DatasetError, load_dataset
 from trainables.loop import check_trainable
 from trainables.trainable import TrialSettings, train_trial
-from tuner import diagnostics, outcomes
+from tuner import outcomes, schema
 from tuner.buffer import HTTP_SETTINGS, BufferedWriter, is_transient
+from tuner.dashboard_data import REPORT_FILE, from_study
 from tuner.errors import SpecError, StudyError
+from tuner.journal import JOURNAL_FILE
 from tuner.progress import LiveProgress, StudyRecorder, trial_dirname
-from tuner.report import REPORT_FILE, from_study
+from tuner.ray_internals import restored_callbacks, stop_local_daemons
+from tuner.results import StudyResult, trials_table
+from tuner.runs import client_for, default_tracking_uri, find_study_run
+from tuner.samplers import make_sampler
 from tuner.schedulers import make_scheduler
 from tuner.searcher import TruthfulOptunaSearch
-from tuner.spaces import CategoricalParam, SearchSpace, load_space, make_sampler
+from tuner.spaces import CategoricalParam, SearchSpace, load_space
 from tuner.spec import JobSpec, read_yaml_file, spec_from_dict
 from tuner.stoppers import OverfitStopper
-from tuner.summary import param_importances, save_results
+from tuner.summary import best_config, param_importances, save_results
 from tuner.tracking import (
     RUN_IDS_FILE,
     MlflowTracking,
-    client_for,
     finish_parent_run,
     redact,
     resolve_saved_run_ids,
@@ -51,7 +55,6 @@ from tuner.tracking import (
 
 LOG_FILE = "tuner.log"
 SPEC_FILE = "spec.yaml"  # the resolved spec, beside Ray's state: what `tuner resume` reads
-JOURNAL_FILE = "trials.jsonl"  # the recorder's events: what a restored study replays
 DRAIN_AT_END_S = 30.0  # how long a finished study waits for an unreachable MLflow server
 #: Tune's own console output off (the live line replaces it); its warnings go to LOG_FILE.
 QUIET_RAY = {
@@ -70,28 +73,6 @@ class PreparedStudy:
     spec: JobSpec
     dataset: Dataset
     space: SearchSpace
-
-
-@dataclass
-class StudyResult:
-    """What a finished study hands back: its trials ranked by best-epoch objective."""
-
-    spec: JobSpec
-    execution: str  # this execution's name: Ray run folder and Optuna study name
-    results_path: Path
-    trials: pd.DataFrame  # one row per trial, best first
-    wall_time_s: float
-    parent_run_id: str | None = None  # the MLflow parent run (None with tracking disabled)
-    interrupted: bool = False  # stopped by Ctrl-C before every trial finished
-    tracking_buffered: int = 0  # MLflow writes left in the study folder for `tuner sync`
-
-    @property
-    def best(self) -> pd.Series | None:
-        ranked = self.trials.dropna(subset=["best_" + self.spec.objective.metric])
-        return None if ranked.empty else ranked.iloc[0]
-
-    def status_counts(self) -> dict[str, int]:
-        return self.trials["status"].value_counts().to_dict() if len(self.trials) else {}
 
 
 # --------------------------------------------------------------------------- before Ray
@@ -183,12 +164,8 @@ def stop_unused_daemons() -> None:
     trials: the autoscaler monitor (one machine has nothing to autoscale; it also makes
     `ray.shutdown` wait a second for it) and the log monitor, which reads every worker's log
     ten times a second to forward it to the driver (this driver asks for none: log_to_driver is
-    off). Ray has no public switch for either, so they are stopped through the node handle,
-    when this Ray version has one."""
-    node = getattr(ray._private.worker, "_global_node", None)
-    for stop in ("kill_monitor", "kill_log_monitor"):
-        with contextlib.suppress(Exception):
-            getattr(node, stop)(check_alive=False)
+    off). Ray has no public switch for either (see ray_internals)."""
+    stop_local_daemons()
 
 
 def check_cluster_resources(spec: JobSpec) -> None:
@@ -333,11 +310,8 @@ def find_results(study: str, tracking_uri: str | None) -> Path:
     """A study's Ray run folder: given directly, or found through its MLflow parent run."""
     folder = Path(study).resolve()
     if not (folder / SPEC_FILE).is_file():
-        from tuner.export import find_study_run
-        from tuner.tracking import default_tracking_uri
-
         parent = find_study_run(client_for(tracking_uri or default_tracking_uri()), study)
-        folder = Path(parent.data.tags.get("tuner.results_path", "")).resolve()
+        folder = Path(parent.data.tags.get(schema.RESULTS_PATH_TAG, "")).resolve()
     if not (folder / SPEC_FILE).is_file() or not tune.Tuner.can_restore(str(folder)):
         raise SpecError(
             f"STUDY: {study!r} has no restorable Ray run folder ({folder}); resume takes a "
@@ -411,7 +385,9 @@ class StudyRun:
         self.results_path, self.execution = results_path, results_path.name
         self.tuner, self.recorder, self.tracking = tuner, recorder, tracking
         self.progress = (
-            LiveProgress(self.spec.name, self.spec.search.num_samples) if show_progress else None
+            LiveProgress(self.spec.name, self.spec.search.num_samples, self.spec.scheduler.name)
+            if show_progress
+            else None
         )
         recorder.on_change = self.progress.update if self.progress else None
         self.started = time.monotonic()
@@ -457,7 +433,7 @@ class StudyRun:
                 metric=spec.objective.metric,
                 mode=spec.objective.mode,
                 search_alg=make_searcher(spec, prepared.space, execution),
-                scheduler=make_scheduler(spec, journal),
+                scheduler=make_scheduler(spec.scheduler, journal),
                 num_samples=spec.search.num_samples,
                 max_concurrent_trials=spec.search.max_concurrent,
                 reuse_actors=True,
@@ -489,7 +465,7 @@ class StudyRun:
             resume_unfinished=True,
             resume_errored=True,
         )
-        callbacks = tuner._local_tuner.get_run_config().callbacks or []  # no public getter
+        callbacks = restored_callbacks(tuner)
         recorder = next(c for c in callbacks if isinstance(c, StudyRecorder))
         tracking = next((c for c in callbacks if isinstance(c, MlflowTracking)), None)
         unknown = set(recorder.trials) - known
@@ -506,7 +482,7 @@ class StudyRun:
         self.fit()
         if after_fit:
             after_fit()
-        trials = trials_table(self.recorder, self.spec)
+        trials = trials_table(self.recorder.trials.values(), self.spec)
         result = StudyResult(
             self.spec,
             self.execution,
@@ -551,7 +527,7 @@ class StudyRun:
             return
         writer = self.tracking.writer
         self.tracking.close_open_runs("KILLED")
-        finish_parent_run(writer, self.parent_run_id, result, importances)
+        finish_parent_run(writer, self.parent_run_id, result, best_config(result), importances)
         writer.log_artifact(self.parent_run_id, report)
         writer.set_terminated(
             self.parent_run_id, status="KILLED" if result.interrupted else "FINISHED"
@@ -561,37 +537,6 @@ class StudyRun:
 
 
 # --------------------------------------------------------------------------- results
-
-SUMMARY_METRICS = (m.VAL_LOSS, m.VAL_ACC, m.TRAIN_LOSS, m.TRAIN_ACC, m.GENERALIZATION_GAP)
-
-
-def trials_table(recorder: StudyRecorder, spec: JobSpec) -> pd.DataFrame:
-    """One row per trial: status, diagnosis, best epoch and its metrics, config; best first."""
-    metric, mode = spec.objective.metric, spec.objective.mode
-    rows = []
-    for record in recorder.trials.values():
-        best = record.best(metric, mode) or {}
-        verdict = diagnostics.diagnose(record.history, spec.diagnostics)
-        row = {
-            "trial": record.number,
-            "trial_id": record.trial_id,
-            "status": record.status or outcomes.INTERRUPTED,
-            "diagnosis": verdict.diagnosis,
-            "epochs": max(record.epochs, default=0),
-            "best_epoch": best.get(m.EPOCH),
-            **{f"best_{k}": best.get(k) for k in SUMMARY_METRICS},
-            "overfit_score": verdict.overfit_score,
-            "error": record.error,
-            "node": record.node,
-            **{f"config.{k}": v for k, v in record.config.items()},
-        }
-        rows.append(row)
-    table = pd.DataFrame(rows)
-    if table.empty:
-        return table
-    return table.sort_values(
-        ["best_" + metric, "trial"], ascending=[mode == "min", True], na_position="last"
-    ).reset_index(drop=True)
 
 
 def require_success(result: StudyResult) -> None:

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 from rich.table import Table
 
 from trainables import metrics as m
-from tuner import outcomes
-from tuner.export import exported_config, plain
+from tuner import outcomes, schema
+from tuner.export import exported_config
+from tuner.results import StudyResult, plain
 from tuner.spaces import IntParam, SearchSpace
-
-if TYPE_CHECKING:
-    from tuner.study import StudyResult
 
 MIN_TRIALS_FOR_IMPORTANCE = 5
 
@@ -53,11 +51,11 @@ def summary_lines(result: StudyResult) -> list[str]:
     if best is None:
         lines.append(f"No trial produced a finite {metric}.")
         return lines
-    val_acc = plain(best.get("best_val_acc"))
+    val_acc = plain(best.get(schema.best(m.VAL_ACC)))
     acc = f", val_acc {val_acc:.4f}" if val_acc is not None else ""
     lines.append(
-        f"Best: trial {int(best['trial'])} at epoch {int(best['best_epoch'])}: "
-        f"val_loss {best['best_val_loss']:.4f}{acc} ({metric} is the objective, "
+        f"Best: trial {int(best['trial'])} at epoch {int(best[schema.BEST_EPOCH])}: "
+        f"val_loss {best[schema.best(m.VAL_LOSS)]:.4f}{acc} ({metric} is the objective, "
         f"{spec.objective.mode}imised at each trial's best epoch)"
     )
     return lines
@@ -67,18 +65,18 @@ def top_table(result: StudyResult, rows: int = 5) -> Table:
     columns = ("rank", "trial", "status", "epochs", "best epoch", m.VAL_LOSS, m.VAL_ACC, "gap")
     table = Table(*columns, title="Top trials (metrics at each trial's best epoch)")
     for rank, (_, row) in enumerate(result.trials.head(rows).iterrows(), start=1):
-        if plain(row["best_epoch"]) is None:  # no finite result
+        if plain(row[schema.BEST_EPOCH]) is None:  # no finite result
             continue
-        acc = plain(row.get("best_val_acc"))
+        acc = plain(row.get(schema.best(m.VAL_ACC)))
         table.add_row(
             str(rank),
             str(int(row["trial"])),
             row["status"],
             str(int(row["epochs"])),
-            str(int(row["best_epoch"])),
-            f"{row['best_val_loss']:.4f}",
+            str(int(row[schema.BEST_EPOCH])),
+            f"{row[schema.best(m.VAL_LOSS)]:.4f}",
             "-" if acc is None else f"{acc:.4f}",
-            f"{row['best_generalization_gap']:.4f}",
+            f"{row[schema.best(m.GENERALIZATION_GAP)]:.4f}",
         )
     return table
 
@@ -91,7 +89,7 @@ def param_importances(result: StudyResult, space: SearchSpace) -> dict[str, floa
     """
     import optuna
 
-    objective = f"best_{result.spec.objective.metric}"
+    objective = schema.best(result.spec.objective.metric)
     rows = result.trials.dropna(subset=[objective])
     if len(rows) < MIN_TRIALS_FOR_IMPORTANCE:
         return None
@@ -100,7 +98,7 @@ def param_importances(result: StudyResult, space: SearchSpace) -> dict[str, floa
     for _, row in rows.iterrows():
         params = {}
         for name, param in space.params.items():
-            value = plain(row.get(f"config.{name}"))
+            value = plain(row.get(f"{schema.CONFIG_PREFIX}{name}"))
             if value is not None:
                 params[name] = int(value) if isinstance(param, IntParam) else value
         study.add_trial(

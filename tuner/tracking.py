@@ -18,24 +18,22 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from ray.tune import Callback
 
 from trainables import metrics as m
-from tuner import diagnostics, outcomes
+from tuner import diagnostics, outcomes, schema
 from tuner.buffer import PENDING, BufferedWriter
 from tuner.figures import FigureProcess, learning_curve_figure
 from tuner.progress import StudyRecorder, TrialRecord
+from tuner.runs import client_for
 from tuner.spec import DiagnosticsSpec, JobSpec, ObjectiveSpec
 
-PARENT_TAG = "mlflow.parentRunId"
-RUN_NAME_TAG = "mlflow.runName"
-ROLE_TAG = "tuner.role"  # study | trial | train
-STUDY_TAG = "tuner.study"
-EXECUTION_TAG = "tuner.execution"
-CONFIG_TAG = "tuner.config"
+if TYPE_CHECKING:
+    from tuner.results import StudyResult
+
 RUN_IDS_FILE = "mlflow_runs.json"
 LEARNING_CURVE = "learning_curve.png"
 CURVE_METRICS = m.CURVES
@@ -57,12 +55,6 @@ def ui_server_command(
         command += ["--artifacts-destination", str(artifacts_destination)]
     # one worker: a UI for one person; MLflow's default 4 uvicorn workers take ~1 GB
     return [*command, "--host", host, "--port", str(port), "--workers", "1"]
-
-
-def client_for(uri: str):
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(tracking_uri=uri)
 
 
 def redact(text: str) -> str:
@@ -145,7 +137,7 @@ def log_trial_end(
         client,
         run_id,
         metrics=[*(metrics or []), *(Metric(k, v, ts, 0) for k, v in summary.items())],
-        tags=[*(tags or []), RunTag("diagnosis", verdict.diagnosis)],
+        tags=[*(tags or []), RunTag(schema.DIAGNOSIS_TAG, verdict.diagnosis)],
     )
     if not history:
         return verdict
@@ -359,7 +351,7 @@ class MlflowTracking(Callback):
         for trial_id in trial_ids & set(self.run_ids):
             run_id = self.run_ids.pop(trial_id)
             if not run_id.startswith(PENDING):
-                self.writer.set_tag(run_id, "trial_status", "superseded_by_restore")
+                self.writer.set_tag(run_id, schema.TRIAL_STATUS_TAG, "superseded_by_restore")
                 self.writer.set_terminated(run_id, status="KILLED")
                 self.client.delete_run(run_id)
         save_run_ids(self.run_ids_path, self.parent_run_id, self.run_ids)
@@ -385,19 +377,19 @@ class MlflowTracking(Callback):
             self.experiment_id,
             name,
             {
-                PARENT_TAG: self.parent_run_id,
-                ROLE_TAG: "trial",
-                STUDY_TAG: self.spec.name,
-                "tuner.trial_id": record.trial_id,
-                "tuner.trial_number": str(record.number),
-                CONFIG_TAG: json.dumps(record.config)[:MAX_TAG_LENGTH],
+                schema.PARENT_TAG: self.parent_run_id,
+                schema.ROLE_TAG: schema.TRIAL_ROLE,
+                schema.STUDY_TAG: self.spec.name,
+                schema.TRIAL_ID_TAG: record.trial_id,
+                schema.TRIAL_NUMBER_TAG: str(record.number),
+                schema.CONFIG_TAG: json.dumps(record.config)[:MAX_TAG_LENGTH],
             },
         )
         log_batch(
             self.writer,
             run_id,
             params=as_params(record.config),
-            tags=[RunTag("trial_status", "running")],
+            tags=[RunTag(schema.TRIAL_STATUS_TAG, "running")],
         )
         return run_id
 
@@ -417,9 +409,9 @@ class MlflowTracking(Callback):
         if record is None:
             return
         run_id = self._child_run(record)
-        tags = [RunTag("trial_status", record.status or outcomes.ERRORED)]
+        tags = [RunTag(schema.TRIAL_STATUS_TAG, record.status or outcomes.ERRORED)]
         if record.error:
-            tags.append(RunTag("error", record.error[:MAX_TAG_LENGTH]))
+            tags.append(RunTag(schema.ERROR_TAG, record.error[:MAX_TAG_LENGTH]))
         log_trial_end(
             self.writer,
             run_id,
@@ -443,7 +435,7 @@ class MlflowTracking(Callback):
             self._figures.close()
             self.flush()
             for run_id in list(self.open_runs):
-                self.writer.set_tag(run_id, "trial_status", outcomes.INTERRUPTED)
+                self.writer.set_tag(run_id, schema.TRIAL_STATUS_TAG, outcomes.INTERRUPTED)
                 self.writer.set_terminated(run_id, status=status)
                 self.open_runs.discard(run_id)
 
@@ -488,7 +480,7 @@ def ensure_experiment(client, spec: JobSpec) -> str:
         db = Path(spec.tracking.uri.removeprefix("sqlite:///"))
         location = (db.parent / "mlartifacts").as_uri()
     # MLflow 3's UI opens an experiment of this kind on its runs table (model training view)
-    tags = {"mlflow.experimentKind": "custom_model_development"}
+    tags = {schema.EXPERIMENT_KIND_TAG: "custom_model_development"}
     return client.create_experiment(name, artifact_location=location, tags=tags)
 
 
@@ -501,15 +493,17 @@ def start_parent_run(client, spec: JobSpec, execution: str, results_path: Path) 
         experiment_id,
         run_name=execution,
         tags={
-            ROLE_TAG: "study",
-            STUDY_TAG: spec.name,
-            EXECUTION_TAG: execution,
-            "tuner.model": spec.model,
-            "tuner.dataset": json.dumps(spec.dataset.model_dump(exclude_none=True)),
-            "tuner.objective": f"{spec.objective.metric}:{spec.objective.mode}",
-            "tuner.seed": str(spec.search.seed),
-            "tuner.results_path": str(results_path),
-            "tuner.optuna": redact(f"{spec.search.storage}#{execution}"),
+            schema.ROLE_TAG: schema.STUDY_ROLE,
+            schema.STUDY_TAG: spec.name,
+            schema.EXECUTION_TAG: execution,
+            schema.MODEL_TAG: spec.model,
+            schema.DATASET_TAG: json.dumps(spec.dataset.model_dump(exclude_none=True)),
+            schema.OBJECTIVE_TAG: schema.encode_objective(
+                spec.objective.metric, spec.objective.mode
+            ),
+            schema.SEED_TAG: str(spec.search.seed),
+            schema.RESULTS_PATH_TAG: str(results_path),
+            schema.OPTUNA_TAG: redact(f"{spec.search.storage}#{execution}"),
         },
     )
     run_id = run.info.run_id
@@ -517,24 +511,27 @@ def start_parent_run(client, spec: JobSpec, execution: str, results_path: Path) 
         client,
         run_id,
         params=as_params(spec.model_dump(mode="json")),
-        tags=[RunTag("mlflow.note.content", f"tuner study {execution}")],
+        tags=[RunTag(schema.NOTE_TAG, f"tuner study {execution}")],
     )
     client.log_text(run_id, redact(spec.to_yaml()), "spec.yaml")
     return experiment_id, run_id
 
 
 def finish_parent_run(
-    client: BufferedWriter, run_id: str, result, importances: dict[str, float] | None
+    client: BufferedWriter,
+    run_id: str,
+    result: StudyResult,
+    best_config: dict[str, Any] | None,
+    importances: dict[str, float] | None,
 ) -> None:
     """Results table, best config, importances, counts and the best objective on the parent."""
     from mlflow.entities import Metric
 
-    from tuner.summary import best_config
-
     spec, trials = result.spec, result.trials
     ts = now_ms()
-    values: dict[str, float] = {"wall_time_s": result.wall_time_s, "trials_total": len(trials)}
-    for column, prefix in (("status", "trials_"), ("diagnosis", "diagnosis_")):
+    values: dict[str, float] = {"wall_time_s": result.wall_time_s, schema.TRIALS_TOTAL: len(trials)}
+    counts = (("status", schema.STATUS_COUNT_PREFIX), ("diagnosis", schema.DIAGNOSIS_COUNT_PREFIX))
+    for column, prefix in counts:
         if column in trials:
             for name, count in trials[column].value_counts().items():
                 values[f"{prefix}{name}"] = int(count)
@@ -542,67 +539,20 @@ def finish_parent_run(
         values["epochs_trained"] = int(trials["epochs"].sum())
     best = result.best
     if best is not None:
-        for key in ("best_val_loss", "best_val_acc", "best_train_loss", "best_epoch"):
+        objective = schema.best(spec.objective.metric)
+        keys = [schema.best(k) for k in (m.VAL_LOSS, m.VAL_ACC, m.TRAIN_LOSS)]
+        for key in (*keys, schema.BEST_EPOCH, objective):
             value = best.get(key)
             if outcomes.is_finite(value):
                 values[key] = float(value)
-        values[f"best_{spec.objective.metric}"] = float(best[f"best_{spec.objective.metric}"])
     for name, importance in (importances or {}).items():
-        values[f"importance.{name}"] = float(importance)
+        values[f"{schema.IMPORTANCE_PREFIX}{name}"] = float(importance)
     log_batch(client, run_id, metrics=[Metric(k, float(v), ts, 0) for k, v in values.items()])
 
     as_text = trials.astype({c: str for c in trials.columns if trials[c].dtype == object})
     client.log_file(run_id, "results.csv", lambda path: trials.to_csv(path, index=False))
     client.log_file(run_id, "results.parquet", lambda path: as_text.to_parquet(path, index=False))
-    config = best_config(result)
-    if config:
-        client.log_text(run_id, yaml.safe_dump(config, sort_keys=False), "best_config.yaml")
+    if best_config:
+        client.log_text(run_id, yaml.safe_dump(best_config, sort_keys=False), "best_config.yaml")
     if importances:
         client.log_dict(run_id, importances, "param_importances.json")
-
-
-# --------------------------------------------------------------------------- reading back
-
-
-def default_tracking_uri() -> str:
-    """$MLFLOW_TRACKING_URI, else the demo's SQLite store in the working directory."""
-    import os
-
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
-
-
-def list_studies(tracking_uri: str):
-    """One row per study execution (parent run), newest first, as a pandas DataFrame."""
-    import pandas as pd
-
-    client = client_for(tracking_uri)
-    experiments = [e.experiment_id for e in client.search_experiments()]
-    runs = (
-        client.search_runs(
-            experiments,
-            filter_string=f"tags.`{ROLE_TAG}` = 'study'",
-            order_by=["attributes.start_time DESC"],
-            max_results=10_000,
-        )
-        if experiments
-        else []
-    )
-    rows = []
-    for run in runs:
-        metric = run.data.tags.get("tuner.objective", "val_loss:min").split(":")[0]
-        values = run.data.metrics
-        rows.append(
-            {
-                "study": run.data.tags.get(STUDY_TAG),
-                "execution": run.info.run_name,
-                "run_id": run.info.run_id,
-                "status": run.info.status,
-                "trials": int(values.get("trials_total", 0)),
-                "stopped_by_asha": int(values.get("trials_stopped_by_asha", 0)),
-                "errored": int(values.get("trials_errored", 0)),
-                "objective": metric,
-                "best": values.get(f"best_{metric}"),
-                "started": pd.Timestamp(run.info.start_time, unit="ms"),
-            }
-        )
-    return pd.DataFrame(rows)

@@ -1,7 +1,8 @@
 """A study's results -> one self-contained HTML page of plotly figures (plotly.js inlined).
 
 The page opens offline and inside the MLflow UI's artifact viewer. It knows nothing about Ray,
-Optuna or MLflow: `tuner.report` hands it a `ReportData` of plain tables.
+Optuna or MLflow: `tuner.dashboard_data` hands it a `ReportData` of plain tables, in the trials
+table's vocabulary (`tuner.schema`, `tuner.results`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
+from tuner import outcomes, schema
+from tuner.results import rank_trials
+
 DIAGNOSIS_COLORS = {
     "good_fit": "#2ca02c",
     "overfitting": "#d62728",
@@ -23,13 +27,13 @@ DIAGNOSIS_COLORS = {
     "too_short": "#9ecae1",
 }
 STATUS_SYMBOLS = {
-    "completed": "circle",
-    "stopped_by_asha": "x",
-    "stopped_on_overfit": "diamond",
-    "errored": "square",
-    "interrupted": "triangle-up",
+    outcomes.COMPLETED: "circle",
+    outcomes.STOPPED_BY_SCHEDULER: "x",
+    outcomes.STOPPED_ON_OVERFIT: "diamond",
+    outcomes.ERRORED: "square",
+    outcomes.INTERRUPTED: "triangle-up",
 }
-CONFIG_PREFIX = "config."
+CONFIG_PREFIX = schema.CONFIG_PREFIX
 
 
 @dataclass
@@ -44,21 +48,18 @@ class ReportData:
     max_epochs: int
     trials: pd.DataFrame
     curves: pd.DataFrame
-    rungs: list[int] = field(default_factory=list)  # ASHA milestones; empty for FIFO
+    rungs: list[int] = field(default_factory=list)  # the scheduler's milestones; FIFO: none
     importances: dict[str, float] | None = None
     subtitle: str = ""
     top_k: int = 10
 
     @property
     def ranked(self) -> pd.DataFrame:
-        column = f"best_{self.objective}"
-        return self.trials.sort_values(
-            [column, "trial"], ascending=[self.mode == "min", True], na_position="last"
-        )
+        return rank_trials(self.trials.to_dict("records"), self.objective, self.mode)
 
     @property
     def best_trial(self) -> int | None:
-        ranked = self.ranked.dropna(subset=[f"best_{self.objective}"])
+        ranked = self.ranked.dropna(subset=[schema.best(self.objective)])
         return None if ranked.empty else int(ranked.iloc[0]["trial"])
 
 
@@ -68,15 +69,6 @@ class Section:
     title: str
     caption: str
     html_body: str = ""
-
-
-def asha_rungs(max_epochs: int, grace_period: int, reduction_factor: float) -> list[int]:
-    """ASHA's milestones: grace_period * reduction_factor**k up to max_epochs."""
-    rungs, rung = [], float(grace_period)
-    while rung < max_epochs:
-        rungs.append(int(rung))
-        rung *= reduction_factor
-    return [*rungs, max_epochs]
 
 
 # --------------------------------------------------------------------------- figures
@@ -96,7 +88,7 @@ def _layout(fig: go.Figure, title: str, x: str, y: str) -> go.Figure:
 
 
 def optimization_history(data: ReportData) -> Section:
-    column = f"best_{data.objective}"
+    column = schema.best(data.objective)
     done = data.trials.dropna(subset=[column]).reset_index(drop=True)
     order = list(range(1, len(done) + 1))
     best_so_far = done[column].cummin() if data.mode == "min" else done[column].cummax()
@@ -169,7 +161,7 @@ def learning_curves(data: ReportData) -> Section:
                     line={"color": "black", "width": 3, "dash": dash},
                 )
             )
-        best_epoch = int(row["best_epoch"])
+        best_epoch = int(row[schema.BEST_EPOCH])
         at_best = curve[curve["epoch"] == best_epoch]["val_loss"]
         fig.add_trace(
             go.Scatter(
@@ -261,7 +253,7 @@ def asha_at_work(data: ReportData) -> Section:
 
 
 def parallel_coordinates(data: ReportData) -> Section:
-    column = f"best_{data.objective}"
+    column = schema.best(data.objective)
     trials = data.trials.dropna(subset=[column])
     dims = []
     for name in [c for c in trials.columns if c.startswith(CONFIG_PREFIX)]:
@@ -366,7 +358,7 @@ def top_table(data: ReportData) -> Section:
             row["status"],
             row["diagnosis"],
             _fmt(row["epochs"]),
-            _fmt(row["best_epoch"]),
+            _fmt(row[schema.BEST_EPOCH]),
             *[_fmt(row[c]) for c in metric_columns],
             config,
         ]

@@ -1,0 +1,150 @@
+"""Each use of Ray's private API (tuner/ray_internals.py) against the installed Ray: when Ray
+changes, the test of the function that broke names it."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from types import SimpleNamespace
+
+import optuna
+import psutil
+import pytest
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from tuner.journal import JOURNAL_FILE, append_event
+from tuner.ray_internals import (
+    asha_objective,
+    asha_rungs,
+    completed_trials,
+    optuna_study,
+    optuna_trials,
+    restored_callbacks,
+    stop_local_daemons,
+)
+from tuner.schedulers import make_scheduler
+from tuner.spec import SchedulerSpec
+
+pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+
+
+def trial(trial_id: str) -> SimpleNamespace:
+    return SimpleNamespace(trial_id=trial_id)
+
+
+def asha(mode: str = "min", **kwargs) -> ASHAScheduler:
+    scheduler = ASHAScheduler(time_attr="epoch", max_t=9, grace_period=1, reduction_factor=3)
+    scheduler.set_search_properties("val_loss", mode)
+    return scheduler
+
+
+def test_asha_objective() -> None:
+    assert asha_objective(asha("max")) == ("val_loss", 1.0)
+    assert asha_objective(asha("min")) == ("val_loss", -1.0)  # Ray keeps rewards: higher wins
+    fresh = ASHAScheduler(time_attr="epoch", max_t=9)
+    assert asha_objective(fresh) == (None, None)
+
+
+def test_asha_rungs_are_the_dicts_ray_records_into() -> None:
+    scheduler = asha("max")
+    scheduler.on_trial_add(None, trial("a"))
+    scheduler.on_trial_result(None, trial("a"), {"epoch": 1, "val_loss": 0.5})
+    rungs = asha_rungs(scheduler, "a")
+    assert [milestone for milestone, _ in rungs] == [9, 3, 1]  # highest first
+    assert rungs[-1][1] == {"a": 0.5}
+    assert asha_rungs(scheduler, "unknown") is rungs  # one bracket: the first
+
+
+def test_optuna_search_internals(tmp_path: Path) -> None:
+    searcher = OptunaSearch(
+        {"lr": tune.loguniform(1e-4, 1e-1)},
+        metric="val_loss",
+        mode="min",
+        storage=optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'o.db'}"),
+        study_name="internals",
+    )
+    assert isinstance(optuna_study(searcher), optuna.Study)
+    config = searcher.suggest("t1")
+    assert set(optuna_trials(searcher)) == {"t1"}
+    assert optuna_trials(searcher)["t1"].params == config
+    searcher.on_trial_complete("t1", {"val_loss": 0.3})
+    assert completed_trials(searcher) == {"t1"}
+
+
+def test_restored_callbacks() -> None:
+    callback = tune.Callback()
+    tuner = tune.Tuner(lambda config: None, run_config=tune.RunConfig(callbacks=[callback]))
+    assert restored_callbacks(tuner) == [callback]
+
+
+def own_daemons() -> set[str]:
+    """Ray's monitor scripts among this process's own children (the fixture's local Ray)."""
+    found = set()
+    for child in psutil.Process().children(recursive=True):
+        cmdline = " ".join(child.cmdline())
+        found |= {name for name in ("log_monitor.py", "monitor.py") if f"/{name}" in cmdline}
+    return found
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_stop_local_daemons() -> None:
+    before = own_daemons()
+    stopped = stop_local_daemons()
+    assert set(stopped) == {"monitor", "log_monitor"}
+    assert before - own_daemons() == before  # whichever were running are gone
+
+
+# --------------------------------------------------------------------------- ASHA's resume step
+
+
+def resumed_asha(journal: Path) -> TrialScheduler:
+    """ASHA as Ray restores it: the copy pickled when the study started, its metric set again."""
+    section = SchedulerSpec(name="asha", max_epochs=9, grace_period=1, reduction_factor=3)
+    restored = pickle.loads(pickle.dumps(make_scheduler(section, journal)))
+    restored.set_search_properties("val_loss", "min")
+    return restored
+
+
+def journal_of(tmp_path: Path, curves: dict[str, list[float]]) -> Path:
+    journal = tmp_path / JOURNAL_FILE
+    for trial_id, curve in curves.items():
+        for epoch, value in enumerate(curve, start=1):
+            row = {"epoch": epoch, "val_loss": value}
+            append_event(journal, {"event": "result", "trial_id": trial_id, "row": row})
+    return journal
+
+
+BEFORE_THE_CRASH = {"a": [0.30, 0.20, 0.10], "b": [0.35, 0.25, 0.15], "c": [0.40, 0.30, 0.20]}
+
+
+@pytest.mark.parametrize(("value", "action"), [(0.9, "STOP"), (0.05, "CONTINUE")])
+def test_a_resumed_trial_is_judged_against_the_rungs_recorded_before_the_crash(
+    tmp_path: Path, value: float, action: str
+) -> None:
+    scheduler = resumed_asha(journal_of(tmp_path, BEFORE_THE_CRASH))
+    scheduler.on_trial_add(None, trial("new"))
+    decision = scheduler.on_trial_result(None, trial("new"), {"epoch": 1, "val_loss": value})
+    assert decision == getattr(TrialScheduler, action)
+    recorded = {m: {t: -v for t, v in r.items()} for m, r in asha_rungs(scheduler, "new")}
+    assert recorded[1] == {"a": 0.30, "b": 0.35, "c": 0.40, "new": value}
+    assert recorded[3] == {"a": 0.10, "b": 0.15, "c": 0.20}
+
+
+def test_without_the_journal_the_same_trial_would_pass(tmp_path: Path) -> None:
+    """The control: an empty rung lets anything through, which is what a restore without the
+    rebuild did."""
+    scheduler = resumed_asha(tmp_path / "no-journal.jsonl")
+    scheduler.on_trial_add(None, trial("new"))
+    decision = scheduler.on_trial_result(None, trial("new"), {"epoch": 1, "val_loss": 0.9})
+    assert decision == TrialScheduler.CONTINUE
+
+
+def test_a_restored_trial_is_not_recorded_twice(tmp_path: Path) -> None:
+    """A trial that was running at the crash resumes from its checkpoint: its rungs stand."""
+    scheduler = resumed_asha(journal_of(tmp_path, BEFORE_THE_CRASH))
+    scheduler.on_trial_add(None, trial("a"))
+    assert scheduler.on_trial_result(None, trial("a"), {"epoch": 4, "val_loss": 0.09}) == "CONTINUE"
+    recorded = {m: r.get("a") for m, r in asha_rungs(scheduler, "a")}
+    assert recorded == {9: None, 3: -0.1, 1: -0.3}

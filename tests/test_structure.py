@@ -1,0 +1,111 @@
+"""The package's shape: no import cycle between modules (lazy imports included), and imports
+between folders point one way."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("tuner", "trainables", "dashboards", "search_spaces")
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def project_modules() -> dict[str, Path]:
+    return {module_name(p): p for pkg in PACKAGES for p in sorted((ROOT / pkg).glob("*.py"))}
+
+
+def runtime_nodes(tree: ast.AST):
+    """Every node, except those under `if TYPE_CHECKING:` (annotations only, never imported)."""
+    for node in ast.iter_child_nodes(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            yield from (n for child in node.orelse for n in [child, *runtime_nodes(child)])
+            continue
+        yield node
+        yield from runtime_nodes(node)
+
+
+def imports_of(path: Path, modules: set[str]) -> set[str]:
+    """The project modules a file imports anywhere in it, at the top or inside a function."""
+    found: set[str] = set()
+    for node in runtime_nodes(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+        else:
+            continue
+        found |= {name for name in names if name in modules}
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    modules = project_modules()
+    names = set(modules)
+    return {name: imports_of(path, names) - {name} for name, path in modules.items()}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle as a list of modules (first == last), or None."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt) :] + [nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        path.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+def test_the_graph_sees_lazy_imports() -> None:
+    graph = import_graph()
+    assert "tuner.retrain" in graph["tuner.cli"]  # imported inside the `train` command
+    assert "tuner.study" in graph["tuner.cli"]
+
+
+def test_find_cycle_finds_one() -> None:
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_no_import_cycle() -> None:
+    assert find_cycle(import_graph()) is None
+
+
+@pytest.mark.parametrize("module", sorted(n for n in project_modules() if n.startswith("train")))
+def test_trainables_never_import_the_service(module: str) -> None:
+    imported = import_graph()[module]
+    assert not {i for i in imported if i.startswith(("tuner", "dashboards"))}
+
+
+def test_dashboards_read_only_the_results_vocabulary() -> None:
+    """The renderer takes plain tables; from tuner it reads only their column names."""
+    imported = {i for i in import_graph()["dashboards.render"] if i.startswith("tuner")}
+    assert imported <= {"tuner", "tuner.outcomes", "tuner.schema", "tuner.results"}
+
+
+def test_results_corner_is_layered() -> None:
+    """Readers of MLflow never import the writers, and nothing below study imports it."""
+    graph = import_graph()
+    for reader in ("tuner.runs", "tuner.results", "tuner.schema", "tuner.export"):
+        assert "tuner.study" not in graph[reader]
+        assert "tuner.summary" not in graph[reader]
+    assert "tuner.tracking" not in graph["tuner.runs"]
+    assert "tuner.export" not in graph["tuner.tracking"]

@@ -1,0 +1,68 @@
+"""Every use of Ray's private API, one function each (tests/test_ray_internals.py checks each).
+
+Ray has no public way to do these; pyproject pins Ray to the versions they were tested on. When
+Ray changes, the test of the function that broke says which one, and only it needs a new body.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+
+def stop_local_daemons() -> list[str]:
+    """Stop the autoscaler monitor and the log monitor of the local Ray this process started
+    (see study.stop_unused_daemons); returns the daemons it stopped."""
+    import ray
+
+    node = getattr(ray._private.worker, "_global_node", None)
+    stopped = []
+    for stop in ("kill_monitor", "kill_log_monitor"):
+        with contextlib.suppress(Exception):
+            getattr(node, stop)(check_alive=False)
+            stopped.append(stop.removeprefix("kill_"))
+    return stopped
+
+
+def restored_callbacks(tuner) -> list:
+    """The callbacks a restored `tune.Tuner` unpickled (Tuner has no public getter)."""
+    return tuner._local_tuner.get_run_config().callbacks or []
+
+
+# --------------------------------------------------------------------------- ASHA
+
+
+def asha_objective(scheduler) -> tuple[str | None, float | None]:
+    """(metric, sign) of an ASHAScheduler: Ray records sign * value at its rungs, a reward
+    (sign -1 for mode min); (None, None) before Tune has set the metric."""
+    return scheduler._metric, scheduler._metric_op
+
+
+def asha_rungs(scheduler, trial_id: str | None = None) -> list[tuple[int, dict[str, float]]]:
+    """The rungs (milestone, {trial id: recorded value}) of the bracket `trial_id` is in, or of
+    the first bracket for a trial the scheduler does not know (one that ended before a
+    restore); the dicts are Ray's own, so entries added to them count at the next cutoff."""
+    bracket = scheduler._trial_info.get(trial_id) if trial_id else None
+    if bracket is None:
+        if not scheduler._brackets:
+            return []
+        bracket = scheduler._brackets[0]
+    return bracket._rungs
+
+
+# --------------------------------------------------------------------------- OptunaSearch
+
+
+def optuna_study(searcher):
+    """The optuna.Study an OptunaSearch asks and tells."""
+    return searcher._ot_study
+
+
+def optuna_trials(searcher) -> dict[str, Any]:
+    """Ray trial id -> the optuna.Trial an OptunaSearch asked for it."""
+    return searcher._ot_trials
+
+
+def completed_trials(searcher) -> set[str]:
+    """The Ray trial ids an OptunaSearch has already told Optuna about."""
+    return searcher._completed_trials

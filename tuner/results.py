@@ -1,0 +1,117 @@
+"""A finished study's data: its trials table and `StudyResult`.
+
+The trials table has one row per trial, best first: its status, diagnosis, best epoch and the
+metrics there (`best_<metric>`), and its hyperparameters (`config.<name>`). It is built here
+from rows that the driver's records (`trials_table`) or MLflow's runs (`tuner.runs`) give, and
+ranked here by the best-epoch objective, so every view of a study orders its trials the same way.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from trainables import metrics as m
+from tuner import diagnostics, outcomes, schema
+from tuner.spec import JobSpec
+
+if TYPE_CHECKING:
+    from tuner.progress import TrialRecord
+
+#: the metrics each row carries at the trial's best epoch
+SUMMARY_METRICS = (m.VAL_LOSS, m.VAL_ACC, m.TRAIN_LOSS, m.TRAIN_ACC, m.GENERALIZATION_GAP)
+
+
+def plain(value: Any) -> Any:
+    """numpy scalars -> Python scalars and NaN -> None, so YAML and JSON stay readable."""
+    value = value.item() if hasattr(value, "item") else value
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
+def trial_row(
+    number: int,
+    trial_id: str | None,
+    status: str,
+    diagnosis: str,
+    epochs: int,
+    at_best: dict[str, Any],
+    config: dict[str, Any],
+    **extra: Any,
+) -> dict[str, Any]:
+    """One row of the trials table; `at_best` maps metric names to their best-epoch values."""
+    return {
+        "trial": number,
+        "trial_id": trial_id,
+        "status": outcomes.current_status(status),
+        "diagnosis": diagnosis,
+        "epochs": epochs,
+        schema.BEST_EPOCH: at_best.get(m.EPOCH),
+        **{schema.best(k): v for k, v in at_best.items() if k != m.EPOCH},
+        **extra,
+        **schema.config_columns(config),
+    }
+
+
+def rank_trials(rows: Iterable[dict[str, Any]], metric: str, mode: str) -> pd.DataFrame:
+    """The trials table, best best-epoch objective first; trials without one last."""
+    table = pd.DataFrame(list(rows))
+    if table.empty:
+        return table
+    column = schema.best(metric)
+    if column not in table:
+        table[column] = float("nan")
+    return table.sort_values(
+        [column, "trial"], ascending=[mode == "min", True], na_position="last"
+    ).reset_index(drop=True)
+
+
+def trials_table(records: Iterable[TrialRecord], spec: JobSpec) -> pd.DataFrame:
+    """The trials table of a study the driver ran (its records hold every curve)."""
+    metric, mode = spec.objective.metric, spec.objective.mode
+    rows = []
+    for record in records:
+        best = record.best(metric, mode) or {}
+        verdict = diagnostics.diagnose(record.history, spec.diagnostics)
+        at_best = {k: best.get(k) for k in (m.EPOCH, *SUMMARY_METRICS)}
+        rows.append(
+            trial_row(
+                record.number,
+                record.trial_id,
+                record.status or outcomes.INTERRUPTED,
+                verdict.diagnosis,
+                max(record.epochs, default=0),
+                at_best,
+                record.config,
+                overfit_score=verdict.overfit_score,
+                error=record.error,
+                node=record.node,
+            )
+        )
+    return rank_trials(rows, metric, mode)
+
+
+@dataclass
+class StudyResult:
+    """What a finished study hands back: its trials ranked by best-epoch objective."""
+
+    spec: JobSpec
+    execution: str  # this execution's name: Ray run folder and Optuna study name
+    results_path: Path
+    trials: pd.DataFrame  # one row per trial, best first
+    wall_time_s: float
+    parent_run_id: str | None = None  # the MLflow parent run (None with tracking disabled)
+    interrupted: bool = False  # stopped by Ctrl-C before every trial finished
+    tracking_buffered: int = 0  # MLflow writes left in the study folder for `tuner sync`
+
+    @property
+    def best(self) -> pd.Series | None:
+        ranked = self.trials.dropna(subset=[schema.best(self.spec.objective.metric)])
+        return None if ranked.empty else ranked.iloc[0]
+
+    def status_counts(self) -> dict[str, int]:
+        return self.trials["status"].value_counts().to_dict() if len(self.trials) else {}

@@ -1,0 +1,115 @@
+"""`tuner train`: train one exported config to completion and log it, with the model, to MLflow.
+
+The config is rebuilt on the same data and split, with the study's seed; the run carries the
+same curves, summary and diagnosis as a trial's, and rank 1 is registered as `<study>-best`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from trainables import metrics as m
+from tuner import schema
+from tuner.errors import SpecError
+from tuner.export import ExportedConfig, load_exported
+from tuner.runs import client_for
+from tuner.spec import DiagnosticsSpec, ObjectiveSpec
+from tuner.tracking import as_params, epoch_metrics, log_batch, log_trial_end, now_ms
+
+
+@dataclass
+class TrainResult:
+    run_id: str
+    history: list[dict[str, float]]
+    diagnosis: str
+    registered_model: str | None
+
+    @property
+    def final(self) -> dict[str, float]:
+        return self.history[-1]
+
+
+def train_config(
+    path: Path, tracking_uri: str, epochs: int | None = None, register: bool = True
+) -> TrainResult:
+    """Train one exported config on the same data and split; log it, with the model, to MLflow."""
+    from trainables.data import DataOptions, DatasetError, load_dataset
+    from trainables.loop import TrainingRun
+
+    config = load_exported(path)
+    if epochs is not None and epochs < 1:
+        raise SpecError(f"--epochs must be at least 1 but got {epochs}")
+    try:
+        data = load_dataset(DataOptions(**config.dataset.model_dump()))
+    except DatasetError as exc:
+        raise SpecError(str(exc)) from None
+    run = TrainingRun(config.model, config.hyperparameters, data, seed=config.seed)
+    history = []
+    for _ in range(epochs or config.epochs):
+        history.append(run.run_epoch())
+        if history[-1].get(m.DIVERGED):
+            break
+    example = data.x_val[:4]
+    return log_trained_model(config, run.model, example, history, tracking_uri, register)
+
+
+def log_trained_model(
+    config: ExportedConfig,
+    model,
+    input_example,
+    history: list[dict[str, float]],
+    tracking_uri: str,
+    register: bool,
+) -> TrainResult:
+    """An MLflow run with the curves, diagnosis and the model; rank 1 goes to the registry."""
+    import mlflow
+    import mlflow.pytorch
+    import torch
+
+    client = client_for(tracking_uri)
+    study = config.source.get("study") or "tuner-train"
+    experiment = client.get_experiment_by_name(study)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(study)
+    rank = config.source.get("rank")
+    run = client.create_run(
+        experiment_id,
+        run_name=f"train-{study}" + (f"-rank{rank}" if rank else ""),
+        tags={
+            schema.ROLE_TAG: schema.TRAIN_ROLE,
+            schema.STUDY_TAG: study,
+            schema.SOURCE_RUN_TAG: str(config.source.get("mlflow_run_id", "")),
+        },
+    )
+    run_id = run.info.run_id
+    ts = now_ms()
+    log_batch(
+        client,
+        run_id,
+        metrics=[p for row in history for p in epoch_metrics(row, ts)],
+        params=as_params(
+            {
+                "model": config.model,
+                "epochs": len(history),
+                "dataset": config.dataset.model_dump(exclude_none=True),
+                **config.hyperparameters,
+            }
+        ),
+    )
+    verdict = log_trial_end(
+        client, run_id, history, ObjectiveSpec(), DiagnosticsSpec(), f"train {study}"
+    )
+    registered = f"{study}-best" if register and rank == 1 and config.source.get("study") else None
+    mlflow.set_tracking_uri(tracking_uri)
+    with mlflow.start_run(run_id=run_id):
+        mlflow.pytorch.log_model(
+            model.cpu().eval(),
+            name="model",
+            input_example=input_example,
+            registered_model_name=registered,
+            # stated, not inferred: inference loads the model in a subprocess and warns about
+            # local version labels such as torch's "+cpu"
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+        )
+    client.set_terminated(run_id, status="FINISHED")
+    return TrainResult(run_id, history, verdict.diagnosis, registered)

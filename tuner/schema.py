@@ -1,0 +1,92 @@
+"""What tuner writes into MLflow and reads back: tag keys, column names, the objective's encoding.
+
+Every writer (tracking, retrain) and every reader (runs, export, the dashboard data) goes through
+these names, so a run written by one part of tuner is read the same way by every other.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from trainables import metrics as m
+from tuner import outcomes
+
+# MLflow's own tags
+PARENT_TAG = "mlflow.parentRunId"
+RUN_NAME_TAG = "mlflow.runName"
+NOTE_TAG = "mlflow.note.content"
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+
+# tuner's tags on every run it creates
+ROLE_TAG = "tuner.role"
+STUDY_ROLE, TRIAL_ROLE, TRAIN_ROLE = "study", "trial", "train"
+STUDY_TAG = "tuner.study"
+
+# the parent run of a study execution
+EXECUTION_TAG = "tuner.execution"
+MODEL_TAG = "tuner.model"
+DATASET_TAG = "tuner.dataset"  # JSON: the dataset section
+OBJECTIVE_TAG = "tuner.objective"  # "metric:mode", see encode_objective
+SEED_TAG = "tuner.seed"
+RESULTS_PATH_TAG = "tuner.results_path"
+OPTUNA_TAG = "tuner.optuna"  # storage#study_name, password redacted
+
+# a trial's child run
+CONFIG_TAG = "tuner.config"  # JSON: the trial's hyperparameters
+TRIAL_ID_TAG = "tuner.trial_id"
+TRIAL_NUMBER_TAG = "tuner.trial_number"
+TRIAL_STATUS_TAG = "trial_status"
+DIAGNOSIS_TAG = "diagnosis"
+ERROR_TAG = "error"
+
+# a `tuner train` run
+SOURCE_RUN_TAG = "tuner.source_run_id"
+
+#: the trials table's hyperparameter columns: "config.lr", "config.batch_size", ...
+CONFIG_PREFIX = "config."
+BEST_EPOCH = "best_epoch"
+IMPORTANCE_PREFIX = "importance."
+STATUS_COUNT_PREFIX = "trials_"  # a parent run's count of trials per status: trials_completed
+DIAGNOSIS_COUNT_PREFIX = "diagnosis_"
+TRIALS_TOTAL = "trials_total"
+DEFAULT_OBJECTIVE = (m.VAL_LOSS, "min")
+
+
+def best(metric: str) -> str:
+    """The summary metric (and trials-table column) of `metric` at a trial's best epoch."""
+    return f"best_{metric}"
+
+
+def encode_objective(metric: str, mode: str) -> str:
+    return f"{metric}:{mode}"
+
+
+def decode_objective(tags: Mapping[str, str]) -> tuple[str, str]:
+    """(metric, mode) of a study's parent run; runs written before the tag existed: val_loss."""
+    text = tags.get(OBJECTIVE_TAG)
+    if not text or ":" not in text:
+        return DEFAULT_OBJECTIVE
+    metric, mode = text.split(":", 1)
+    return metric, mode
+
+
+def config_columns(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A trial's hyperparameters as trials-table columns."""
+    return {f"{CONFIG_PREFIX}{k}": v for k, v in config.items()}
+
+
+def config_from_columns(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The hyperparameters back out of a trials-table row (every config.* column)."""
+    return {k.removeprefix(CONFIG_PREFIX): v for k, v in row.items() if k.startswith(CONFIG_PREFIX)}
+
+
+def trial_config(tags: Mapping[str, str]) -> dict[str, Any]:
+    """A child run's hyperparameters, from its config tag."""
+    return json.loads(tags.get(CONFIG_TAG, "{}"))
+
+
+def trial_status(tags: Mapping[str, str], default: str = "running") -> str:
+    """A child run's status tag, in today's vocabulary (old runs said stopped_by_asha)."""
+    return outcomes.current_status(tags.get(TRIAL_STATUS_TAG, default))
