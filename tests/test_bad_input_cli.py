@@ -224,7 +224,7 @@ CASES = [
     # -- impossible values
     Case(
         "grace-period-above-max-epochs",
-        run_spec(scheduler={"max_epochs": 2, "grace_period": 5}),
+        run_spec(scheduler={"name": "asha", "max_epochs": 2, "grace_period": 5}),
         ("scheduler.grace_period", "5", "at most scheduler.max_epochs (2)"),
     ),
     Case(
