@@ -4,13 +4,29 @@ PYTHON ?= python3
 VENV := .venv
 INSTALLED := $(VENV)/.installed
 
-.PHONY: demo test lint
+.PHONY: demo test lint chromium
 
 demo: $(INSTALLED)
 	$(VENV)/bin/tuner demo
 
-test: $(INSTALLED)
+test: $(INSTALLED) chromium
 	$(VENV)/bin/python -m pytest
+
+# The dashboard tests draw the report in a real Chromium, a system package: installed here when
+# missing (Debian, as root), never by a test. Quick when it is already on PATH.
+chromium:
+	@if command -v chromium >/dev/null || command -v chromium-browser >/dev/null; then \
+		exit 0; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "Installing Chromium with apt-get (the dashboard tests draw in it)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y -qq chromium >/dev/null \
+		|| echo "warning: apt-get could not install chromium, so the dashboard tests will" \
+			"fail; install it yourself or put a chromium on PATH" >&2; \
+	else \
+		echo "warning: Chromium is not installed, so the dashboard tests will fail; install it" \
+			"(Debian/Ubuntu: sudo apt-get install chromium) or put a chromium on PATH" >&2; \
+	fi
 
 lint: $(INSTALLED)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

@@ -7,7 +7,8 @@ exit code 1 with the exception's class name, or as a traceback. A search space t
 must also be one that Optuna can sample inside the declared bounds and `when` conditions.
 
 Hypothesis runs derandomized and without its example database, so a failure reproduces on every
-run; the `test_counterexample_*` tables pin the inputs that the properties found.
+run; the `test_pinned_*` tables pin the inputs that the properties found, each with the
+outcome it must have: accepted, or refused with a message naming the key and the rule.
 """
 
 from __future__ import annotations
@@ -881,69 +882,223 @@ def test_a_file_of_anything_is_accepted_or_raises_spec_error(
     event("accepted")
 
 
-# --------------------------------------------------------------------------- counterexamples
+# --------------------------------------------------------------------------- pinned inputs
 # What the properties above found, one test per input, so that each bug fails by its own name.
+# Each input states its outcome: ACCEPTED, or the part of the SpecError message that names the
+# key (or file) and the rule. The accepted neighbours show the rule refuses no more than it says.
+
+ACCEPTED = "accepted"
+
+
+def pinned_spec_outcome(raw: dict[str, Any], overrides: list[str] | None) -> str:
+    """ACCEPTED, or the SpecError's message (checked as the properties check it)."""
+    try:
+        spec_from_dict(copy.deepcopy(raw), overrides=overrides)
+    except SpecError as exc:
+        outcome_of_spec(raw, overrides, record=False)  # the one-paragraph message rules
+        return str(exc)
+    return ACCEPTED
 
 
 @pytest.mark.parametrize(
-    ("raw", "overrides"),
+    ("raw", "overrides", "expected"),
     [
-        pytest.param({**VALID_SPEC, "resources": {"gpu": math.inf}}, None, id="gpu-inf"),
         pytest.param(
-            {**VALID_SPEC, "dataset": {"name": "digits", "path": "a\x00b"}}, None, id="path-nul"
+            {**VALID_SPEC, "resources": {"gpu": math.inf}},
+            None,
+            "resources.gpu must be a finite number but got inf",
+            id="gpu-inf",
         ),
-        pytest.param({**VALID_SPEC, "storage": "a\x00b"}, None, id="storage-nul"),
-        pytest.param({**VALID_SPEC, "search_space": "a/\x00b"}, None, id="space-path-nul"),
+        pytest.param({**VALID_SPEC, "resources": {"gpu": 0.25}}, None, ACCEPTED, id="gpu-0.25"),
         pytest.param(
-            {**VALID_SPEC, "search": {"num_samples": -(10**5000)}}, None, id="int-5000-digits"
+            {**VALID_SPEC, "dataset": {"name": "digits", "path": "a\x00b"}},
+            None,
+            r"dataset.path 'a\x00b' contains a NUL character",
+            id="path-nul",
         ),
-        pytest.param(VALID_SPEC, ["search.seed=" + "9" * 5000], id="set-int-5000-digits"),
-        pytest.param(VALID_SPEC, ["name=" + "[" * 1000], id="set-deep-yaml"),
-        pytest.param(VALID_SPEC, ['storage="a\\0b"'], id="set-storage-nul"),
+        pytest.param(
+            {**VALID_SPEC, "dataset": {"name": "digits", "path": "data/ü-名前.csv"}},
+            None,
+            ACCEPTED,
+            id="path-unicode",
+        ),
+        pytest.param(
+            {**VALID_SPEC, "storage": "a\x00b"},
+            None,
+            r"storage 'a\x00b' contains a NUL character",
+            id="storage-nul",
+        ),
+        pytest.param({**VALID_SPEC, "storage": "s3://b/results"}, None, ACCEPTED, id="storage-s3"),
+        pytest.param(
+            {**VALID_SPEC, "search_space": "a/\x00b"},
+            None,
+            r"search_space 'a/\x00b' contains a NUL character",
+            id="space-path-nul",
+        ),
+        pytest.param(
+            {**VALID_SPEC, "search": {"num_samples": -(10**5000)}},
+            None,
+            "search.num_samples must be greater than or equal to 1 but got <int of 16610 bits>",
+            id="int-5000-digits",
+        ),
+        pytest.param(
+            {**VALID_SPEC, "search": {"num_samples": 10**5}}, None, ACCEPTED, id="int-100000"
+        ),
+        pytest.param(
+            VALID_SPEC,
+            ["search.seed=" + "9" * 5000],
+            "--set search.seed: value '9999",
+            id="set-int-5000-digits",
+        ),
+        pytest.param(VALID_SPEC, ["search.seed=4294967295"], ACCEPTED, id="set-seed-2**32-1"),
+        pytest.param(
+            VALID_SPEC,
+            ["search.seed=4294967296"],
+            "search.seed must be less than 4294967296 but got 4294967296",
+            id="set-seed-2**32",
+        ),
+        pytest.param(
+            VALID_SPEC, ["name=" + "[" * 1000], "--set name: value '[[[[", id="set-deep-yaml"
+        ),
+        pytest.param(
+            VALID_SPEC,
+            ['storage="a\\0b"'],
+            r"storage 'a\x00b' contains a NUL character",
+            id="set-storage-nul",
+        ),
+        pytest.param(VALID_SPEC, ["storage=./results"], ACCEPTED, id="set-storage"),
     ],
 )
-def test_counterexample_spec_raises_only_spec_error(
-    raw: dict[str, Any], overrides: list[str] | None
+def test_pinned_spec_outcome(
+    raw: dict[str, Any], overrides: list[str] | None, expected: str
 ) -> None:
-    outcome_of_spec(raw, overrides, record=False)
+    outcome = pinned_spec_outcome(raw, overrides)
+    if expected == ACCEPTED:
+        assert outcome == ACCEPTED
+    else:
+        assert expected in outcome, outcome
+        if expected.startswith("--set"):
+            assert "is not valid YAML" in outcome, outcome
+
+
+VALID_FILES = {
+    "load_spec": "name: x\nmodel: mlp\ndataset: {name: digits}\n",
+    "load_space": "lr: {type: float, low: 0.001, high: 0.1, log: true}\n",
+    "load_exported": (
+        "model: mlp\ndataset: {name: digits, val_fraction: 0.2, seed: 0}\n"
+        "hyperparameters: {lr: 0.01}\nepochs: 3\nseed: 0\n"
+    ),
+}
+FILE_WHAT = {
+    "load_spec": "spec file",
+    "load_space": "search_space file",
+    "load_exported": "config file",
+}
+NUL_STORAGE = b'name: x\nmodel: mlp\ndataset: {name: digits}\nstorage: "a\\0b"\n'
 
 
 @pytest.mark.parametrize(
-    "content",
+    ("content", "expected"),
     [
-        pytest.param(b"\xff\xfe\x00 name: x\n", id="not-utf8"),
-        pytest.param(("name: " + "9" * 5000 + "\n").encode(), id="int-5000-digits"),
-        pytest.param(("[" * 1000).encode(), id="deep-nesting"),
+        pytest.param(b"\xff\xfe\x00 name: x\n", "{what} '{path}' is not UTF-8 text", id="not-utf8"),
         pytest.param(
-            b'name: x\nmodel: mlp\ndataset: {name: digits}\nstorage: "a\\0b"\n', id="storage-nul"
+            ("name: " + "9" * 5000 + "\n").encode(),
+            "{what} '{path}' is not valid YAML: Exceeds the limit (4300 digits)",
+            id="int-5000-digits",
+        ),
+        pytest.param(
+            ("[" * 1000).encode(),
+            "{what} '{path}' is not valid YAML: maximum recursion depth exceeded",
+            id="deep-nesting",
         ),
     ],
 )
 @pytest.mark.parametrize("loader", sorted(FILE_LOADERS))
-def test_counterexample_file_raises_only_spec_error(
-    tmp_path: Path, content: bytes, loader: str
+def test_pinned_unreadable_file_is_refused_naming_it(
+    tmp_path: Path, content: bytes, expected: str, loader: str
 ) -> None:
     path = tmp_path / "file.yaml"
     path.write_bytes(content)
-    with pytest.raises(SpecError):
+    with pytest.raises(SpecError) as caught:
         FILE_LOADERS[loader](path)
+    assert expected.format(what=FILE_WHAT[loader], path=path) in str(caught.value)
+
+
+@pytest.mark.parametrize("kind", sorted(VALID_FILES))
+@pytest.mark.parametrize("loader", sorted(FILE_LOADERS))
+def test_pinned_valid_file_is_accepted_by_its_own_loader_only(
+    tmp_path: Path, kind: str, loader: str
+) -> None:
+    path = tmp_path / "file.yaml"
+    path.write_text(VALID_FILES[kind])
+    if kind == loader:
+        assert isinstance(FILE_LOADERS[loader](path), (JobSpec, ExportedConfig, SearchSpace))
+    else:
+        with pytest.raises(SpecError):
+            FILE_LOADERS[loader](path)
 
 
 @pytest.mark.parametrize(
-    "entry",
+    ("loader", "expected"),
     [
-        pytest.param({"type": "float", "low": 0.0, "high": math.inf}, id="high-inf"),
-        pytest.param({"type": "float", "low": math.nan, "high": 1.0}, id="low-nan"),
-        pytest.param({"type": "float", "low": -1e308, "high": 1e308}, id="range-overflows"),
-        pytest.param({"type": "float", "low": 0.0, "high": 1e10, "step": 1e-30}, id="step-1e-30"),
-        pytest.param({"type": "float", "low": 0.0, "high": 1.0, "step": math.inf}, id="step-inf"),
+        ("load_spec", r"invalid job spec: storage 'a\x00b' contains a NUL character"),
+        ("load_exported", "invalid exported config: hyperparameters is required"),
+        ("load_space", "search_space (file.yaml).dataset: type"),
     ],
 )
-def test_counterexample_space_is_refused_or_sampleable(entry: dict[str, Any]) -> None:
+def test_pinned_nul_storage_file_outcome(tmp_path: Path, loader: str, expected: str) -> None:
+    path = tmp_path / "file.yaml"
+    path.write_bytes(NUL_STORAGE)
+    with pytest.raises(SpecError) as caught:
+        FILE_LOADERS[loader](path)
+    assert expected in str(caught.value), str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("entry", "expected"),
+    [
+        pytest.param(
+            {"type": "float", "low": 0.0, "high": math.inf},
+            "search_space.lr: high must be a finite number",
+            id="high-inf",
+        ),
+        pytest.param(
+            {"type": "float", "low": math.nan, "high": 1.0},
+            "search_space.lr: low must be a finite number",
+            id="low-nan",
+        ),
+        pytest.param(
+            {"type": "float", "low": -1e308, "high": 1e308},
+            "search_space.lr: high - low must be a finite number but got low=-1e+308, high=1e+308",
+            id="range-overflows",
+        ),
+        pytest.param({"type": "float", "low": -1e300, "high": 1e300}, ACCEPTED, id="range-1e300"),
+        pytest.param(
+            {"type": "float", "low": 0.0, "high": 1e10, "step": 1e-30},
+            "search_space.lr: step 1e-30 makes more than 1e9 values between 0.0 and 10000000000.0",
+            id="step-1e-30",
+        ),
+        pytest.param(
+            {"type": "float", "low": 0.0, "high": 1e5, "step": 1e-3}, ACCEPTED, id="step-1e-3"
+        ),
+        pytest.param(
+            {"type": "float", "low": 0.0, "high": 1.0, "step": math.inf},
+            "search_space.lr: step must be a finite number",
+            id="step-inf",
+        ),
+        pytest.param(
+            {"type": "float", "low": 5e-324, "high": 1.0, "log": True}, ACCEPTED, id="log-tiny-low"
+        ),
+    ],
+)
+def test_pinned_space_outcome(entry: dict[str, Any], expected: str) -> None:
+    """Refused naming the entry and the rule, or accepted and sampled inside its bounds."""
     raw = {"lr": entry}
-    try:
-        space = load_space(copy.deepcopy(raw), "mlp")
-    except SpecError:
+    if expected != ACCEPTED:
+        with pytest.raises(SpecError) as caught:
+            load_space(copy.deepcopy(raw), "mlp")
+        assert expected in str(caught.value), str(caught.value)
         return
+    space = load_space(copy.deepcopy(raw), "mlp")
     for config in sample_configs(space, seed=0):
         check_config(raw, config)

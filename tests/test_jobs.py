@@ -2,7 +2,9 @@
 
 The cluster runs on this machine (two `ray start` nodes, 1 CPU each, dashboard on 127.0.0.1) with
 its own temp dir and a token of its own, and is torn down by killing exactly its processes: `ray
-stop` would also stop the session's local Ray (`ray_local`) and anybody else's.
+stop` would also stop the session's local Ray (`ray_local`) and anybody else's. Its processes are
+the ones whose environment carries the marker this test gave `ray start` (every process Ray
+starts inherits it), and their descendants.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import os
 import re
 import secrets
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -28,6 +31,7 @@ from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 from tests.conftest import free_port
+from tuner import outcomes
 from tuner.cli import app
 from tuner.jobs import auth_token, resolve_address
 from tuner.summary import TRIALS_FILE
@@ -52,15 +56,27 @@ def ray_start(args: list[str], env: dict[str, str], cwd: Path) -> None:
         raise RuntimeError(f"ray start {args} failed:\n{proc.stdout}\n{proc.stderr}")
 
 
-def kill_cluster(temp_dir: Path) -> None:
-    """Kill every process whose command line names this cluster's temp dir, and their children."""
+#: set in the environment of this test's `ray start`s; the value is the cluster's temp dir
+CLUSTER_MARKER = "TUNER_TEST_RAY_CLUSTER"
+
+
+def cluster_processes(temp_dir: Path) -> list[psutil.Process]:
+    """The processes this test's cluster started: they inherited the marker from `ray start`."""
     me = psutil.Process()
     spared = {me.pid, *(p.pid for p in me.parents())}
-    roots = [
-        p
-        for p in psutil.process_iter(["cmdline"])
-        if p.pid not in spared and any(str(temp_dir) in a for a in p.info["cmdline"] or [])
-    ]
+    found = []
+    for proc in psutil.process_iter():
+        if proc.pid in spared:
+            continue
+        with contextlib.suppress(psutil.Error):  # gone, a zombie, or another user's
+            if proc.environ().get(CLUSTER_MARKER) == str(temp_dir):
+                found.append(proc)
+    return found
+
+
+def kill_cluster(temp_dir: Path) -> None:
+    """Kill the cluster's processes (see `cluster_processes`) and their children."""
+    roots = cluster_processes(temp_dir)
     procs = {p.pid: p for p in roots}
     for root in roots:
         with contextlib.suppress(psutil.NoSuchProcess):
@@ -95,6 +111,7 @@ def cluster() -> Iterator[Cluster]:
         PATH=f"{RAY.parent}{os.pathsep}{env.get('PATH', '')}",  # `python` in job entrypoints
         RAY_AUTH_MODE="token",
         RAY_AUTH_TOKEN=token,
+        **{CLUSTER_MARKER: str(temp_dir)},
     )
     gcs_port, dashboard_port = free_port(), free_port()
     common = ["--num-cpus", "1", "--num-gpus", "0", "--node-ip-address", "127.0.0.1"]
@@ -312,18 +329,66 @@ def test_submitted_study_runs_on_both_nodes_and_tracks_to_mlflow(
     assert trials["node"].nunique() == 2, trials["node"].tolist()  # both nodes ran trials
 
 
-def test_stop_ends_a_running_study(jobs_env: Cluster, tmp_path: Path) -> None:
-    spec = write_spec(tmp_path, name="jobs-long")
+SLOW_EPOCHS = {"hidden_units": 512, "num_layers": 3, "batch_size": 16}  # ~0.3 s an epoch
+
+
+def child_runs(db: Path) -> dict[str, tuple[str, str | None]]:
+    """The study's child runs in the job's MLflow store: run id -> (status, trial_status tag);
+    empty while the job has not created its tables yet."""
+    query = (
+        "select r.run_uuid, r.status, (select t.value from tags t where t.run_uuid = r.run_uuid "
+        "and t.key = 'trial_status') from runs r join tags p on p.run_uuid = r.run_uuid "
+        "and p.key = 'mlflow.parentRunId'"
+    )
+    if not db.exists():
+        return {}
+    try:
+        with sqlite3.connect(db) as conn:
+            return {run: (status, tag) for run, status, tag in conn.execute(query)}
+    except sqlite3.OperationalError:  # MLflow is still creating its tables
+        return {}
+
+
+def parent_statuses(db: Path) -> list[str]:
+    query = (
+        "select status from runs where run_uuid not in "
+        "(select run_uuid from tags where key = 'mlflow.parentRunId')"
+    )
+    with sqlite3.connect(db) as conn:
+        return [status for (status,) in conn.execute(query)]
+
+
+def test_stop_ends_a_running_study_and_its_mlflow_runs_killed(
+    jobs_env: Cluster, tmp_path: Path
+) -> None:
+    spec = write_spec(tmp_path, name="jobs-long", search_space=SLOW_EPOCHS)
     job = submit(
         spec, jobs_env.address, "--set", "search.num_samples=40", "--set", "scheduler.max_epochs=30"
     )
-    status = wait_for_status(job, jobs_env.address, {"RUNNING"}, timeout_s=120)
+    db = tmp_path / "mlflow.db"
+    deadline = time.monotonic() + 180
+    running: set[str] = set()
+    while not running and time.monotonic() < deadline:  # trials are training
+        running = {run for run, (status, _) in child_runs(db).items() if status == "RUNNING"}
+        time.sleep(0.5)
     logs = runner.invoke(app, ["logs", job, "--address", jobs_env.address]).output
-    assert status == "RUNNING", logs
-    time.sleep(3)  # let the driver get into the study
+    assert running, f"no trial started within 180 s:\n{logs}"
+
     result = runner.invoke(app, ["stop", job, "--address", jobs_env.address])
     assert result.exit_code == 0, result.output
     assert "Stopping" in result.output
     assert wait_for_status(job, jobs_env.address, {"STOPPED"}, timeout_s=60) == "STOPPED"
     again = runner.invoke(app, ["stop", job, "--address", jobs_env.address])
     assert again.exit_code == 0 and "already ended: STOPPED" in again.output
+
+    # the driver's SIGTERM closes the study's runs as Ctrl-C does: none is left RUNNING
+    logs = runner.invoke(app, ["logs", job, "--address", jobs_env.address]).output
+    assert parent_statuses(db) == ["KILLED"], logs
+    children = child_runs(db)
+    assert "RUNNING" not in {status for status, _ in children.values()}, (children, logs)
+    ended = set(outcomes.STATUSES) - {outcomes.INTERRUPTED, outcomes.ERRORED}
+    for run in running:  # the trials training when the stop came, unless one ended just then
+        status, trial_status = children[run]
+        killed = (status, trial_status) == ("KILLED", outcomes.INTERRUPTED)
+        assert killed or (status == "FINISHED" and trial_status in ended), (run, children[run])
+    assert "KILLED" in {status for status, _ in children.values()}, children

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -33,12 +34,15 @@ def journal_events(results: Path) -> list[dict]:
 
 
 def trial_workers() -> list[psutil.Process]:
-    """Ray's processes that run a function trainable's actor."""
+    """The processes of this test session's own Ray (`ray_local`, started in this process: its
+    raylet and the workers it forks are our descendants) that run a function trainable's actor.
+    Never another Ray's: Ray's state API, which would list actor PIDs, needs the dashboard that
+    `ray_local` leaves off (without it, it asks whatever listens on 127.0.0.1:8265)."""
     found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        cmdline = " ".join(proc.info["cmdline"] or [])
-        if cmdline.startswith("ray::ImplicitFunc"):
-            found.append(proc)
+    for proc in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            if " ".join(proc.cmdline()).startswith("ray::ImplicitFunc"):
+                found.append(proc)
     return found
 
 

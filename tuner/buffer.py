@@ -5,7 +5,10 @@ unreachable (connection refused, timeouts, 5xx), the write is queued in order, i
 JSON-lines file in the study folder, and training goes on. Later writes queue behind it; the
 queue is retried every few seconds and drained, in order, once the server answers. Runs created
 while the server is down get a placeholder id, replaced by the real one when the creation goes
-through. `tuner sync` drains a queue that a study left behind.
+through; the queue on disk is rewritten with the real ids as soon as they are known, so a
+later process (`tuner sync` drains a queue that a study left behind) can send the rest. Lines of
+the queue file that cannot be read (a torn write, a garbled line) are skipped with a warning and
+kept aside in `tracking-buffer.skipped`.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ log = logging.getLogger(__name__)
 
 PENDING = "pending-"  # prefix of a placeholder run id
 BUFFER_FILE = "tracking-buffer.jsonl"
+SKIPPED_FILE = "tracking-buffer.skipped"  # unreadable lines of the queue file, kept for a person
 ARTIFACTS_DIR = "tracking-artifacts"  # files waiting to be uploaded
 HTTP_SETTINGS = {
     # our retries replace MLflow's own (7 by default, with back-off factor 2: minutes per call)
@@ -58,7 +62,7 @@ class BufferedWriter:
         self.folder = folder
         self.path = folder / BUFFER_FILE
         self.attempts, self.backoff_s, self.retry_every_s = attempts, backoff_s, retry_every_s
-        self.queue: list[dict[str, Any]] = load_queue(self.path)
+        self.queue: list[dict[str, Any]] = load_queue(self.path, folder / SKIPPED_FILE)
         self.resolved: dict[str, str] = {}  # placeholder -> real run id
         self.artifact_uris: dict[str, str] = {}  # run id -> where its artifacts go
         self.buffered_total = 0  # writes that had to wait, over this writer's life
@@ -145,6 +149,7 @@ class BufferedWriter:
         return None
 
     def _enqueue(self, op: dict[str, Any]) -> None:
+        op = self._with_real_ids(op)  # the caller may not have heard of a resolved placeholder
         self.queue.append(op)
         self.buffered_total += 1
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -167,9 +172,11 @@ class BufferedWriter:
             log.warning("MLflow still unreachable; %d writes buffered", len(self.queue) - sent)
         finally:
             if sent:
-                self.queue = self.queue[sent:]
+                # the ids of runs created just now replace their placeholders in what is left,
+                # on disk too: a later process could not resolve them
+                self.queue = [self._with_real_ids(op) for op in self.queue[sent:]]
                 save_queue(self.path, self.queue)
-        if not self.queue and self.on_resolve and self.resolved:
+        if sent and self.on_resolve and self.resolved:
             self.on_resolve(self.resolved)
         return not self.queue
 
@@ -182,6 +189,17 @@ class BufferedWriter:
 
     def real_id(self, run_id: str) -> str:
         return self.resolved.get(run_id, run_id)
+
+    def _with_real_ids(self, op: dict[str, Any]) -> dict[str, Any]:
+        """The op with every placeholder this writer has resolved replaced by the run's id."""
+        if not self.resolved:
+            return op
+        op = dict(op)
+        if "run_id" in op:
+            op["run_id"] = self.real_id(op["run_id"])
+        if op["op"] == "create_run":  # a child's parent tag
+            op["tags"] = {k: self.real_id(v) for k, v in op["tags"].items()}
+        return op
 
     def _send(self, op: dict[str, Any]) -> str | None:
         from mlflow.entities import Metric, Param, RunTag
@@ -225,15 +243,58 @@ class BufferedWriter:
         repository.log_artifact(path, artifact_path)
 
 
-def load_queue(path: Path) -> list[dict[str, Any]]:
+#: the fields each kind of write needs (`artifact_path` of log_artifact may be missing)
+OP_FIELDS = {
+    "create_run": ("experiment_id", "run_name", "tags", "placeholder"),
+    "log_batch": ("run_id", "metrics", "params", "tags"),
+    "set_terminated": ("run_id", "status"),
+    "update_run": ("run_id", "status"),
+    "log_artifact": ("run_id", "path"),
+}
+
+
+def parse_op(line: bytes) -> dict[str, Any] | None:
+    """One line of the queue file as a write, or None if it is not one (torn, garbled)."""
+    try:
+        op = json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not isinstance(op, dict) or op.get("op") not in OP_FIELDS:
+        return None
+    return op if all(field in op for field in OP_FIELDS[op["op"]]) else None
+
+
+def load_queue(path: Path, skipped_path: Path | None = None) -> list[dict[str, Any]]:
+    """The writes queued in `path`. Lines that are not writes (a torn last line from a crash
+    mid-write, a garbled one) are skipped with a warning that names them, appended to
+    `skipped_path`, and the file is rewritten without them, so that the next write appended
+    does not join a torn line."""
     if not path.is_file():
         return []
-    ops = []
-    for line in path.read_text().splitlines():
-        try:
-            ops.append(json.loads(line))
-        except json.JSONDecodeError:  # a torn last line from a crash mid-write
+    ops, skipped = [], []
+    for number, line in enumerate(path.read_bytes().splitlines(), start=1):
+        if not line.strip():
             continue
+        op = parse_op(line)
+        if op is None:
+            skipped.append((number, line))
+        else:
+            ops.append(op)
+    if skipped:
+        where = ", ".join(f"{n}: {line[:60]!r}" for n, line in skipped)
+        kept = f"; kept aside in {skipped_path}" if skipped_path else ""
+        log.warning(
+            "%s: skipped %d unreadable line(s), kept the %d other write(s); lines %s%s",
+            path,
+            len(skipped),
+            len(ops),
+            where,
+            kept,
+        )
+        if skipped_path:
+            with open(skipped_path, "ab") as f:
+                f.write(b"".join(line + b"\n" for _, line in skipped))
+        save_queue(path, ops)
     return ops
 
 
