@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 import tuner.study
-from tests.conftest import free_port, spawn, stop, tiny_spec, wait_for_http
+from tests.conftest import free_port, server_env, spawn, stop, tiny_spec, wait_for_http
 from tuner.cli import app
 from tuner.progress import read_journal
 from tuner.study import JOURNAL_FILE, LOG_FILE, StudyResult, run_study
@@ -53,6 +53,7 @@ class MlflowServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             cwd=self.folder,
+            env=server_env(),
         )
         wait_for_http(f"{self.uri}/health", self.process)
 
