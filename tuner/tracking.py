@@ -331,8 +331,10 @@ class MlflowTracking(Callback):
             run_id = self._create_child(record)
             self.run_ids[record.trial_id] = run_id
             save_run_ids(self.run_ids_path, self.parent_run_id, self.run_ids)
-            if record.epochs:  # restored, its run lost with the queue of a killed driver
-                self._resync(run_id, record)
+            # a new run holds no epoch: no need to ask MLflow which ones it lacks. The trial may
+            # have reported some before this thread got here, or be a restored trial whose run
+            # was lost with a killed driver's queue
+            self._send_missing(run_id, record, self._logged.setdefault(run_id, set()))
         elif run_id not in self.open_runs:
             self.writer.update_run(run_id, status="RUNNING")
             self._resync(run_id, record)
@@ -345,6 +347,10 @@ class MlflowTracking(Callback):
             return  # created during an outage: its writes are all still queued
         history = self.client.get_metric_history(run_id, m.TRAIN_LOSS)
         logged = self._logged.setdefault(run_id, {int(p.step) for p in history})
+        self._send_missing(run_id, record, logged)
+
+    def _send_missing(self, run_id: str, record: TrialRecord, logged: set[int]) -> None:
+        """Send the record's epochs that are not in `logged` (the epochs MLflow has)."""
         missing = [e for e in sorted(record.epochs) if e not in logged]
         if missing:
             ts = now_ms()
