@@ -13,19 +13,30 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 import tuner.study
 import tuner.tracking
 from tests.conftest import free_port, server_env, spawn, stop, tiny_spec, wait_for_http
-from tuner.buffer import BUFFER_FILE, BufferedWriter
+from tests.test_tracking import EPOCH_1, drive, fake_trial
+from tuner.buffer import BUFFER_FILE, HTTP_SETTINGS, BufferedWriter
 from tuner.cli import app
-from tuner.progress import read_journal
+from tuner.errors import StudyError
+from tuner.progress import StudyRecorder, read_journal
 from tuner.study import JOURNAL_FILE, LOG_FILE, StudyResult, require_success, run_study
-from tuner.tracking import PARENT_TAG, RUN_IDS_FILE, MlflowTracking, load_run_ids
+from tuner.tracking import (
+    PARENT_TAG,
+    RUN_IDS_FILE,
+    MlflowTracking,
+    client_for,
+    load_run_ids,
+    start_parent_run,
+)
 
 OUTAGE_S = 15
 SLOW_EPOCHS = {"hidden_units": 512, "num_layers": 3, "batch_size": 16}  # ~0.3 s an epoch
@@ -367,3 +378,96 @@ def test_an_outage_at_any_phase_of_a_study_loses_nothing(
         filter_string=f"tags.`{PARENT_TAG}` = '{parent}'",
     )
     assert sorted(saved.values()) == sorted(c.info.run_id for c in children)
+
+
+def test_a_restored_study_waits_out_an_outage_for_what_it_reads(
+    proxy: OutageProxy, mlflow_server: str, study_dir: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """After a restore, `reconcile` asks whether a trial's run is still RUNNING, and a reopened
+    run which epochs it has: with the server down, both wait for it instead of failing."""
+    for name, value in HTTP_SETTINGS.items():  # as in a study: no MLflow retries of its own
+        monkeypatch.setenv(name, value)
+    spec = tiny_spec(name="restore-outage", tracking={"uri": proxy.uri})
+    experiment_id, parent_id = start_parent_run(
+        client_for(proxy.uri), spec, "restore-outage-x", study_dir
+    )
+    recorder = StudyRecorder("val_loss", "min", max_epochs=2)
+    tracking = MlflowTracking(spec, recorder, parent_id, experiment_id, study_dir / RUN_IDS_FILE)
+    ended, running = fake_trial("t1", 1), fake_trial("t2", 2)
+    for trial in (ended, running):
+        drive([recorder, tracking], "on_trial_start", trial)
+        drive([recorder, tracking], "on_trial_result", trial, result=EPOCH_1)
+    tracking.flush()
+    drive([recorder], "on_trial_complete", ended)  # the driver died before closing its run
+
+    restored = MlflowTracking(spec, recorder, parent_id, experiment_id, study_dir / RUN_IDS_FILE)
+    proxy.outage(OUTAGE_MIN_S)
+    restored.reconcile()  # reads t1's run status (and t1's history as it reopens t1's run)
+    assert proxy.turned_away > 0, "the outage was never seen"
+    turned_away = proxy.turned_away
+    on_call(monkeypatch, MlflowTracking, "_resync", lambda *_: proxy.outage(OUTAGE_MIN_S))
+    drive([recorder, restored], "on_trial_result", running, result={**EPOCH_1, "epoch": 2})
+    drive([recorder, restored], "on_trial_complete", running)
+
+    assert proxy.turned_away > turned_away, "the second outage was never seen"
+    client = MlflowClient(mlflow_server)
+    for trial, steps in ((ended, [1]), (running, [1, 2])):
+        run = client.get_run(restored.run_ids[trial.trial_id])
+        assert run.info.status == "FINISHED"
+        assert [p.step for p in client.get_metric_history(run.info.run_id, "val_loss")] == steps
+
+
+# ------------------------------------------------------------------- reads, without a server
+
+
+class FlakyClient:
+    """What BufferedWriter calls of an MlflowClient; the server is away for the first calls."""
+
+    tracking_uri = "http://127.0.0.1:1"
+
+    def __init__(self, away_for_calls: int):
+        self.away_for_calls = away_for_calls
+        self.calls: list[tuple[str, str]] = []
+
+    def _answer(self, name: str, arg: str) -> None:
+        if self.away_for_calls > 0:
+            self.away_for_calls -= 1
+            raise MlflowException(f"API request to {self.tracking_uri} failed: Connection refused")
+        self.calls.append((name, arg))
+
+    def create_run(self, experiment_id: str, run_name: str, tags: dict):
+        self._answer("create_run", run_name)
+        return SimpleNamespace(info=SimpleNamespace(run_id=f"id-{run_name}", artifact_uri=""))
+
+    def log_batch(self, run_id: str, metrics=(), params=(), tags=()) -> None:
+        self._answer("log_batch", run_id)
+
+    def delete_run(self, run_id: str) -> None:
+        self._answer("delete_run", run_id)
+
+    def get_run(self, run_id: str) -> str:
+        self._answer("get_run", run_id)
+        return f"run {run_id}"
+
+
+def quick_writer(client: FlakyClient, folder: Path, **timings: float) -> BufferedWriter:
+    return BufferedWriter(client, folder, backoff_s=0.01, retry_every_s=0.05, **timings)
+
+
+def test_a_read_waits_for_the_server_and_for_the_writes_queued_before_it(tmp_path: Path):
+    client = FlakyClient(away_for_calls=5)
+    writer = quick_writer(client, tmp_path)
+    writer.delete_run("r1")  # buffered: the server is away
+    assert writer.queue and client.calls == []
+    assert writer.read(client.get_run, "r1") == "run r1"
+    assert client.calls == [("delete_run", "r1"), ("get_run", "r1")]
+    assert writer.queue == [] and not (tmp_path / BUFFER_FILE).exists()
+
+
+def test_a_read_fails_the_study_once_the_server_stays_away_too_long(tmp_path: Path):
+    client = FlakyClient(away_for_calls=10**6)
+    writer = quick_writer(client, tmp_path, read_patience_s=0.3)
+    started = time.monotonic()
+    with pytest.raises(StudyError, match=r"did not answer for 0.3 s \(a read, get_run"):
+        writer.read(client.get_run, "r1")
+    assert time.monotonic() - started < 2

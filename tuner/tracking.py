@@ -345,7 +345,7 @@ class MlflowTracking(Callback):
         """After a restore: send the epochs the journal has and MLflow lacks; skip the rest."""
         if run_id.startswith(PENDING):
             return  # created during an outage: its writes are all still queued
-        history = self.client.get_metric_history(run_id, m.TRAIN_LOSS)
+        history = self.writer.read(self.client.get_metric_history, run_id, m.TRAIN_LOSS)
         logged = self._logged.setdefault(run_id, {int(p.step) for p in history})
         self._send_missing(run_id, record, logged)
 
@@ -367,7 +367,7 @@ class MlflowTracking(Callback):
             if not run_id.startswith(PENDING):
                 self.writer.set_tag(run_id, "trial_status", "superseded_by_restore")
                 self.writer.set_terminated(run_id, status="KILLED")
-                self.client.delete_run(run_id)
+                self.writer.delete_run(run_id)
         save_run_ids(self.run_ids_path, self.parent_run_id, self.run_ids)
 
     def reconcile(self) -> None:
@@ -379,8 +379,10 @@ class MlflowTracking(Callback):
             run_id = self.run_ids.get(trial_id)
             if record.status is None or (run_id or "").startswith(PENDING):
                 continue
-            if run_id is not None and self.client.get_run(run_id).info.status != "RUNNING":
-                continue
+            if run_id is not None:
+                run = self.writer.read(self.client.get_run, run_id)
+                if run.info.status != "RUNNING":
+                    continue
             self._end_trial(trial_id, "FAILED" if record.status == outcomes.ERRORED else "FINISHED")
 
     def _create_child(self, record: TrialRecord) -> str:
