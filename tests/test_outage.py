@@ -471,3 +471,13 @@ def test_a_read_fails_the_study_once_the_server_stays_away_too_long(tmp_path: Pa
     with pytest.raises(StudyError, match=r"did not answer for 0.3 s \(a read, get_run"):
         writer.read(client.get_run, "r1")
     assert time.monotonic() - started < 2
+
+
+def test_a_run_created_as_the_queue_drains_gets_its_real_id(tmp_path: Path):
+    """Not a placeholder that nothing would resolve (it would end up in mlflow_runs.json)."""
+    client = FlakyClient(away_for_calls=2)
+    writer = quick_writer(client, tmp_path)
+    writer.set_tag("r0", "trial_status", "running")  # buffered
+    time.sleep(writer.retry_every_s)
+    assert writer.create_run("0", "trial-0001", {}) == "id-trial-0001"
+    assert client.calls == [("log_batch", "r0"), ("create_run", "trial-0001")]

@@ -82,7 +82,8 @@ class BufferedWriter:
             "tags": tags,
             "placeholder": f"{PENDING}{time.time_ns()}",
         }
-        return self._write(op) or op["placeholder"]
+        # sent now, or while draining the queue it joined (then it has its real id already)
+        return self._write(op) or self.real_id(op["placeholder"])
 
     def log_batch(self, run_id: str, metrics=(), params=(), tags=()) -> None:
         op = {
