@@ -33,10 +33,14 @@ def journal_events(results: Path) -> list[dict]:
 
 
 def trial_workers() -> list[psutil.Process]:
-    """Ray's processes that run a function trainable's actor."""
+    """The processes running a function trainable's actor in this test run's own Ray (its
+    workers descend from this process): never another Ray's on the same machine."""
     found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        cmdline = " ".join(proc.info["cmdline"] or [])
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            cmdline = " ".join(proc.cmdline())
+        except psutil.Error:  # exited meanwhile
+            continue
         if cmdline.startswith("ray::ImplicitFunc"):
             found.append(proc)
     return found
