@@ -24,16 +24,17 @@ def ray_local() -> Iterator[None]:
     """A real local Ray with 2 CPUs, started once; `run_study` reuses it instead of its own."""
     import ray
 
-    from tuner.study import QUIET_RAY
+    from tuner.study import QUIET_RAY, loopback_node
 
     os.environ.update(QUIET_RAY)
-    ray.init(
-        address="local",
-        num_cpus=2,
-        include_dashboard=False,
-        log_to_driver=False,
-        logging_level=logging.WARNING,
-    )
+    with loopback_node():  # listening on 127.0.0.1 only, as a study's own Ray
+        ray.init(
+            address="local",
+            num_cpus=2,
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level=logging.WARNING,
+        )
     yield
     ray.shutdown()
 
@@ -89,6 +90,34 @@ def stop(process: subprocess.Popen) -> None:
             return
         except (subprocess.TimeoutExpired, ProcessLookupError):
             continue
+
+
+def listening_sockets(root: Any) -> list[dict[str, Any]]:
+    """The TCP sockets that a psutil process and its descendants listen on."""
+    import psutil
+
+    found = []
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            name = "driver" if proc.pid == root.pid else " ".join(proc.cmdline())
+            sockets = proc.net_connections(kind="tcp")
+        except psutil.Error:  # exited meanwhile
+            continue
+        found += [
+            {"process": name[:120], "ip": c.laddr.ip, "port": c.laddr.port}
+            for c in sockets
+            if c.status == psutil.CONN_LISTEN
+        ]
+    return found
+
+
+def is_loopback(ip: str) -> bool:
+    """127.0.0.0/8 or ::1, also as an IPv4-mapped IPv6 address (::ffff:127.0.0.1)."""
+    import ipaddress
+
+    address = ipaddress.ip_address(ip)
+    mapped = getattr(address, "ipv4_mapped", None)
+    return (mapped or address).is_loopback
 
 
 def wait_for_http(url: str, process: subprocess.Popen, timeout_s: float = 90) -> None:

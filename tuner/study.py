@@ -169,13 +169,32 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
     if address:
         ray.init(address=address, **quiet)
     else:
-        ray.init(address="local", num_cpus=num_cpus, **quiet)
+        with loopback_node():
+            ray.init(address="local", num_cpus=num_cpus, **quiet)
         stop_unused_daemons()
     session = RaySession(owned=True)
     try:
         yield session
     finally:
         session.close()
+
+
+@contextlib.contextmanager
+def loopback_node() -> Iterator[None]:
+    """Around the start of a local Ray: its processes (GCS, raylet, workers, agents) listen on
+    127.0.0.1 only. Ray binds them to all interfaces unless the node's IP is a loopback one, and
+    it replaces a loopback `_node_ip_address` with the machine's outward IP, except when Ray
+    clusters are off (`RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`, the default on macOS and Windows).
+    Ray reads that variable once, as it is imported, so this sets the constant it was read into,
+    for this start only: a driver that attaches to a cluster is unaffected."""
+    from ray._private import ray_constants
+
+    enabled = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = enabled
 
 
 def stop_unused_daemons() -> None:
