@@ -19,6 +19,7 @@ from tuner.ray_internals import (
     asha_objective,
     asha_rungs,
     completed_trials,
+    loopback_node,
     optuna_study,
     optuna_trials,
     restored_callbacks,
@@ -148,3 +149,12 @@ def test_a_restored_trial_is_not_recorded_twice(tmp_path: Path) -> None:
     assert scheduler.on_trial_result(None, trial("a"), {"epoch": 4, "val_loss": 0.09}) == "CONTINUE"
     recorded = {m: r.get("a") for m, r in asha_rungs(scheduler, "a")}
     assert recorded == {9: None, 3: -0.1, 1: -0.3}
+
+
+def test_loopback_node_turns_ray_clusters_off_for_one_start() -> None:
+    from ray._private import ray_constants
+
+    before = ray_constants.ENABLE_RAY_CLUSTER
+    with loopback_node():
+        assert ray_constants.ENABLE_RAY_CLUSTER is False
+    assert before == ray_constants.ENABLE_RAY_CLUSTER

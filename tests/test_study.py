@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import optuna
+import psutil
 import pytest
+import ray
 import yaml
 from optuna.trial import TrialState
 
-from tests.conftest import tiny_spec
+from tests.conftest import is_loopback, listening_sockets, tiny_spec
 from trainables import metrics as m
 from tuner import outcomes
 from tuner.errors import SpecError, StudyError
@@ -19,7 +25,8 @@ from tuner.summary import BEST_CONFIG_FILE, TRIALS_FILE
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
 
 
 def optuna_trials(spec: JobSpec, execution: str) -> list[optuna.trial.FrozenTrial]:
@@ -180,3 +187,47 @@ def test_accuracy_objective_on_regression_is_refused(study_dir: Path) -> None:
     spec = tiny_spec(dataset=dataset, objective={"metric": m.VAL_ACC})
     with pytest.raises(SpecError, match="objective.metric.*regression"):
         run_study(spec, show_progress=False)
+
+
+#: in a fresh process, so that the Ray `ray_session` starts is its own and descends from it
+LOCAL_RAY_SOCKETS = """
+import json, psutil, ray
+from tests.conftest import listening_sockets
+from tuner.study import ray_session
+
+with ray_session(num_cpus=1):
+    ray.get(ray.remote(lambda: 0).remote())  # a worker, beside the GCS, raylet and agents
+    print("SOCKETS", json.dumps(listening_sockets(psutil.Process())))
+"""
+RAY_PROCESSES = ("driver", "gcs_server", "raylet", "DashboardAgent", "RuntimeEnvAgent", "ray::")
+
+
+def seen_processes(sockets: list[dict]) -> set[str]:
+    return {kind for s in sockets for kind in RAY_PROCESSES if kind in s["process"]}
+
+
+def test_a_study_s_local_ray_listens_on_127_0_0_1_only(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", LOCAL_RAY_SOCKETS],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        env=env,
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith("SOCKETS ")]
+    assert done.returncode == 0 and lines, done.stderr[-3000:]
+    sockets = json.loads(lines[-1].removeprefix("SOCKETS "))
+    assert seen_processes(sockets) == set(RAY_PROCESSES), sockets
+    assert [s for s in sockets if not is_loopback(s["ip"])] == []
+
+
+def test_the_tests_ray_listens_on_127_0_0_1_only() -> None:
+    ray.get(ray.remote(lambda: 0).remote())
+    sockets = listening_sockets(psutil.Process())
+    assert {"gcs_server", "raylet", "ray::"} <= seen_processes(sockets), sockets
+    assert [s for s in sockets if not is_loopback(s["ip"])] == []

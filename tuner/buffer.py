@@ -8,7 +8,8 @@ while the server is down get a placeholder id, replaced by the real one when the
 through; the queue on disk is rewritten with the real ids as soon as they are known, so a
 later process (`tuner sync` drains a queue that a study left behind) can send the rest. Lines of
 the queue file that cannot be read (a torn write, a garbled line) are skipped with a warning and
-kept aside in `tracking-buffer.skipped`.
+kept aside in `tracking-buffer.skipped`. The few reads a study needs (after a restore) wait out
+an outage too: `BufferedWriter.read`.
 """
 
 from __future__ import annotations
@@ -18,10 +19,13 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from tuner.errors import StudyError
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 PENDING = "pending-"  # prefix of a placeholder run id
 BUFFER_FILE = "tracking-buffer.jsonl"
 SKIPPED_FILE = "tracking-buffer.skipped"  # unreadable lines of the queue file, kept for a person
@@ -34,6 +38,7 @@ HTTP_SETTINGS = {
     # live progress line
     "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
 }
+READ_PATIENCE_S = 60.0  # how long a read waits for an unreachable server before failing the study
 
 
 def is_transient(exc: Exception) -> bool:
@@ -57,11 +62,13 @@ class BufferedWriter:
         attempts: int = 2,
         backoff_s: float = 0.5,
         retry_every_s: float = 5.0,
+        read_patience_s: float = READ_PATIENCE_S,
     ):
         self.client = client
         self.folder = folder
         self.path = folder / BUFFER_FILE
         self.attempts, self.backoff_s, self.retry_every_s = attempts, backoff_s, retry_every_s
+        self.read_patience_s = read_patience_s
         self.queue: list[dict[str, Any]] = load_queue(self.path, folder / SKIPPED_FILE)
         self.resolved: dict[str, str] = {}  # placeholder -> real run id
         self.artifact_uris: dict[str, str] = {}  # run id -> where its artifacts go
@@ -79,7 +86,8 @@ class BufferedWriter:
             "tags": tags,
             "placeholder": f"{PENDING}{time.time_ns()}",
         }
-        return self._write(op) or op["placeholder"]
+        # sent now, or while draining the queue it joined (then it has its real id already)
+        return self._write(op) or self.real_id(op["placeholder"])
 
     def log_batch(self, run_id: str, metrics=(), params=(), tags=()) -> None:
         op = {
@@ -97,6 +105,9 @@ class BufferedWriter:
 
     def update_run(self, run_id: str, status: str) -> None:
         self._write({"op": "update_run", "run_id": run_id, "status": status})
+
+    def delete_run(self, run_id: str) -> None:
+        self._write({"op": "delete_run", "run_id": run_id})
 
     def log_artifact(self, run_id: str, local_path: Path, artifact_path: str | None = None) -> None:
         self._write(
@@ -187,6 +198,32 @@ class BufferedWriter:
             time.sleep(min(self.retry_every_s, max(0.0, deadline - time.monotonic())))
         return not self.queue
 
+    def read(self, call: Callable[..., T], *args: Any) -> T:
+        """A read the driver cannot go on without, e.g. `read(client.get_run, run_id)`. Like a
+        write, it waits out an outage: it first sends what is queued (so that it sees those
+        writes), and retries with back-off while the server is unreachable, for up to
+        `read_patience_s`; then it fails the study."""
+        deadline = time.monotonic() + self.read_patience_s
+        delay = self.backoff_s
+        while True:
+            error: Exception | None = None
+            try:
+                if self.drain():
+                    return call(*args)
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                error = exc
+            if time.monotonic() + delay > deadline:
+                raise StudyError(
+                    f"the MLflow server did not answer for {self.read_patience_s:g} s (a read, "
+                    f"{getattr(call, '__name__', call)}, with {len(self.queue)} writes buffered): "
+                    f"{str(error or 'unreachable')[:300]}; try again once it answers"
+                ) from error
+            log.warning("MLflow read waits for the server (%s)", error or "writes buffered")
+            time.sleep(delay)
+            delay = min(2 * delay, self.retry_every_s)
+
     def real_id(self, run_id: str) -> str:
         return self.resolved.get(run_id, run_id)
 
@@ -225,6 +262,8 @@ class BufferedWriter:
             self.client.set_terminated(run_id, status=op["status"])
         elif kind == "update_run":
             self.client.update_run(run_id, status=op["status"])
+        elif kind == "delete_run":
+            self.client.delete_run(run_id)
         elif kind == "log_artifact":
             self._log_artifact(run_id, op["path"], op.get("artifact_path"))
         return None
@@ -249,6 +288,7 @@ OP_FIELDS = {
     "log_batch": ("run_id", "metrics", "params", "tags"),
     "set_terminated": ("run_id", "status"),
     "update_run": ("run_id", "status"),
+    "delete_run": ("run_id",),
     "log_artifact": ("run_id", "path"),
 }
 

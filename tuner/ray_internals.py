@@ -7,6 +7,7 @@ Ray changes, the test of the function that broke says which one, and only it nee
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 
@@ -22,6 +23,24 @@ def stop_local_daemons() -> list[str]:
             getattr(node, stop)(check_alive=False)
             stopped.append(stop.removeprefix("kill_"))
     return stopped
+
+
+@contextlib.contextmanager
+def loopback_node() -> Iterator[None]:
+    """Around the start of a local Ray: its processes (GCS, raylet, workers, agents) listen on
+    127.0.0.1 only. Ray binds them to all interfaces unless the node's IP is a loopback one, and
+    it replaces a loopback `_node_ip_address` with the machine's outward IP, except when Ray
+    clusters are off (`RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`, the default on macOS and Windows).
+    Ray reads that variable once, as it is imported, so this sets the constant it was read into,
+    for this start only: a driver that attaches to a cluster is unaffected."""
+    from ray._private import ray_constants
+
+    enabled = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = enabled
 
 
 def restored_callbacks(tuner) -> list:

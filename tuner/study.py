@@ -34,7 +34,7 @@ from tuner.dashboard_data import REPORT_FILE, from_study
 from tuner.errors import SpecError, StudyError
 from tuner.journal import JOURNAL_FILE
 from tuner.progress import LiveProgress, StudyRecorder, trial_dirname
-from tuner.ray_internals import restored_callbacks, stop_local_daemons
+from tuner.ray_internals import loopback_node, restored_callbacks, stop_local_daemons
 from tuner.results import StudyResult, trials_table
 from tuner.runs import client_for, default_tracking_uri, find_study_run
 from tuner.samplers import make_sampler
@@ -150,7 +150,8 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
     if address:
         ray.init(address=address, **quiet)
     else:
-        ray.init(address="local", num_cpus=num_cpus, **quiet)
+        with loopback_node():
+            ray.init(address="local", num_cpus=num_cpus, **quiet)
         stop_unused_daemons()
     session = RaySession(owned=True)
     try:

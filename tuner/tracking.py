@@ -323,8 +323,10 @@ class MlflowTracking(Callback):
             run_id = self._create_child(record)
             self.run_ids[record.trial_id] = run_id
             save_run_ids(self.run_ids_path, self.parent_run_id, self.run_ids)
-            if record.epochs:  # restored, its run lost with the queue of a killed driver
-                self._resync(run_id, record)
+            # a new run holds no epoch: no need to ask MLflow which ones it lacks. The trial may
+            # have reported some before this thread got here, or be a restored trial whose run
+            # was lost with a killed driver's queue
+            self._send_missing(run_id, record, self._logged.setdefault(run_id, set()))
         elif run_id not in self.open_runs:
             self.writer.update_run(run_id, status="RUNNING")
             self._resync(run_id, record)
@@ -335,8 +337,12 @@ class MlflowTracking(Callback):
         """After a restore: send the epochs the journal has and MLflow lacks; skip the rest."""
         if run_id.startswith(PENDING):
             return  # created during an outage: its writes are all still queued
-        history = self.client.get_metric_history(run_id, m.TRAIN_LOSS)
+        history = self.writer.read(self.client.get_metric_history, run_id, m.TRAIN_LOSS)
         logged = self._logged.setdefault(run_id, {int(p.step) for p in history})
+        self._send_missing(run_id, record, logged)
+
+    def _send_missing(self, run_id: str, record: TrialRecord, logged: set[int]) -> None:
+        """Send the record's epochs that are not in `logged` (the epochs MLflow has)."""
         missing = [e for e in sorted(record.epochs) if e not in logged]
         if missing:
             ts = now_ms()
@@ -353,7 +359,7 @@ class MlflowTracking(Callback):
             if not run_id.startswith(PENDING):
                 self.writer.set_tag(run_id, schema.TRIAL_STATUS_TAG, "superseded_by_restore")
                 self.writer.set_terminated(run_id, status="KILLED")
-                self.client.delete_run(run_id)
+                self.writer.delete_run(run_id)
         save_run_ids(self.run_ids_path, self.parent_run_id, self.run_ids)
 
     def reconcile(self) -> None:
@@ -365,8 +371,10 @@ class MlflowTracking(Callback):
             run_id = self.run_ids.get(trial_id)
             if record.status is None or (run_id or "").startswith(PENDING):
                 continue
-            if run_id is not None and self.client.get_run(run_id).info.status != "RUNNING":
-                continue
+            if run_id is not None:
+                run = self.writer.read(self.client.get_run, run_id)
+                if run.info.status != "RUNNING":
+                    continue
             self._end_trial(trial_id, "FAILED" if record.status == outcomes.ERRORED else "FINISHED")
 
     def _create_child(self, record: TrialRecord) -> str:
