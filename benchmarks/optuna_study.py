@@ -3,7 +3,8 @@
 The baseline of `overhead_vs_optuna`: `study.optimize` with `n_jobs` threads, a seeded TPE
 sampler, a SuccessiveHalvingPruner on the epochs, the project's training loop and data, and one
 MLflow run per trial in a SQLite store (parameters, then every epoch's metrics). It prints one
-JSON line: trials, epochs trained, trials pruned.
+JSON line: trials, epochs trained, seconds spent in them, trials pruned, and when the first epoch
+began (Unix time).
 
     python -m benchmarks.optuna_study --model cnn --dataset mnist_sample --space '{...}' \
         --trials 16 --epochs 6 --n-jobs 2 --min-resource 2 --reduction-factor 3 \
@@ -70,11 +71,11 @@ def main(argv: list[str] | None = None) -> None:
     client = MlflowClient(tracking_uri=args.tracking_uri)
     experiment_id = client.create_experiment(f"optuna-{args.model}")
     sign = 1 if m.OBJECTIVES[args.metric] == "min" else -1
-    epochs_trained = 0
+    epochs_trained, training_s, first_epoch_began = 0, 0.0, None
     lock = threading.Lock()
 
     def objective(trial: optuna.Trial) -> float:
-        nonlocal epochs_trained
+        nonlocal epochs_trained, training_s, first_epoch_began
         config = suggest(trial, space)
         run_id = client.create_run(experiment_id, run_name=f"trial-{trial.number}").info.run_id
         client.log_batch(run_id, params=[Param(k, str(v)) for k, v in config.items()])
@@ -82,9 +83,12 @@ def main(argv: list[str] | None = None) -> None:
         best, status = math.inf * sign, "FAILED"
         try:
             for epoch in range(1, args.epochs + 1):
+                if first_epoch_began is None:
+                    first_epoch_began = time.time()
                 row = run.run_epoch()
                 with lock:
                     epochs_trained += 1
+                    training_s += row[m.EPOCH_TIME_S]
                 stamp = int(time.time() * 1000)
                 client.log_batch(
                     run_id,
@@ -112,7 +116,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     study.optimize(objective, n_trials=args.trials, n_jobs=args.n_jobs)
     pruned = sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials)
-    print(json.dumps({"trials": len(study.trials), "epochs": epochs_trained, "pruned": pruned}))
+    summary = {
+        "trials": len(study.trials),
+        "epochs": epochs_trained,
+        "training_s": training_s,
+        "pruned": pruned,
+    }
+    print(json.dumps({**summary, "first_epoch_began": first_epoch_began}))
 
 
 if __name__ == "__main__":

@@ -347,8 +347,10 @@ VS_OPTUNA = Workload(  # ASHA stops most trials after 2 epochs; about a minute o
 GRACE, REDUCTION = 2, 3
 
 
-def timed_process(command: list[str]) -> tuple[float, str]:
-    """Seconds from starting `command` (in the repository root) to its exit, and its output."""
+def timed_process(command: list[str]) -> tuple[float, float, str]:
+    """Seconds from starting `command` (in the repository root) to its exit, when it started
+    (Unix time) and its output."""
+    began = time.time()
     start = time.perf_counter()
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     wall = time.perf_counter() - start
@@ -356,11 +358,12 @@ def timed_process(command: list[str]) -> tuple[float, str]:
         raise RuntimeError(
             f"{' '.join(command[:4])} exited {done.returncode}: {done.stderr[-2000:]}"
         )
-    return wall, done.stdout
+    return wall, began, done.stdout
 
 
-def tuner_run_process(work: Workload, folder: Path) -> tuple[float, int]:
-    """(wall, epochs trained) of `python -m tuner run SPEC`: TPE + ASHA, tracked in SQLite."""
+def tuner_run_process(work: Workload, folder: Path) -> dict[str, float]:
+    """Wall time, start-up (until a trial trains), epochs trained and the seconds spent in them
+    of `python -m tuner run SPEC`: TPE + ASHA, tracked in SQLite."""
     spec = study_spec(work, folder)
     spec["search"]["algorithm"] = "tpe"
     spec["scheduler"] = {
@@ -371,14 +374,21 @@ def tuner_run_process(work: Workload, folder: Path) -> tuple[float, int]:
     }
     path = folder / "spec.yaml"
     path.write_text(yaml.safe_dump(spec))
-    wall, _ = timed_process([sys.executable, "-m", "tuner", "run", str(path)])
-    epochs = sum(e["event"] == "result" for e in journal(folder / "results"))
-    return wall, epochs
+    wall, began, _ = timed_process([sys.executable, "-m", "tuner", "run", str(path)])
+    events = journal(folder / "results")
+    rows = [e["row"] for e in events if e["event"] == "result"]
+    return {
+        "s": wall,
+        "startup_s": first_epoch_began(events) - began,
+        "epochs": len(rows),
+        "training_s": sum(row[m.EPOCH_TIME_S] for row in rows),
+    }
 
 
-def optuna_process(work: Workload, folder: Path) -> tuple[float, dict[str, int]]:
-    """(wall, {trials, epochs, pruned}) of the plain Optuna script, tracked in SQLite."""
-    wall, output = timed_process(
+def optuna_process(work: Workload, folder: Path) -> dict[str, float]:
+    """The same figures for the plain Optuna script, tracked in SQLite, and the trials its
+    pruner stopped."""
+    wall, began, output = timed_process(
         [
             sys.executable,
             "-m",
@@ -394,7 +404,14 @@ def optuna_process(work: Workload, folder: Path) -> tuple[float, dict[str, int]]
             f"--tracking-uri=sqlite:///{folder / 'mlflow.db'}",
         ]
     )
-    return wall, json.loads(output.strip().splitlines()[-1])
+    study = json.loads(output.strip().splitlines()[-1])
+    return {
+        "s": wall,
+        "startup_s": study["first_epoch_began"] - began,
+        "epochs": study["epochs"],
+        "training_s": study["training_s"],
+        "pruned": study["pruned"],
+    }
 
 
 @benchmark
@@ -403,17 +420,14 @@ def overhead_vs_optuna(quick: bool) -> dict[str, Any]:
     work, samples = VS_OPTUNA, []
     for _ in range(1 if quick else 3):  # tuner, Optuna, tuner, Optuna, ...
         with tempfile.TemporaryDirectory() as folder:
-            ours, epochs = tuner_run_process(work, Path(folder))
+            ours = tuner_run_process(work, Path(folder))
         with tempfile.TemporaryDirectory() as folder:
-            theirs, study = optuna_process(work, Path(folder))
+            theirs = optuna_process(work, Path(folder))
         samples.append(
             {
-                "ratio": ours / theirs,
-                "tuner_s": ours,
-                "optuna_s": theirs,
-                "tuner_epochs": epochs,
-                "optuna_epochs": study["epochs"],
-                "optuna_pruned": study["pruned"],
+                "ratio": ours["s"] / theirs["s"],
+                **{f"tuner_{k}": v for k, v in ours.items()},
+                **{f"optuna_{k}": v for k, v in theirs.items()},
             }
         )
     s = median_sample(samples)
@@ -424,8 +438,11 @@ def overhead_vs_optuna(quick: bool) -> dict[str, Any]:
         "detail": f"{work.trials} {work.model} trials of up to {work.epochs} epochs on "
         f"{work.dataset}, TPE, 2 at a time, ASHA vs SuccessiveHalvingPruner (grace "
         f"{GRACE}, factor {REDUCTION}), MLflow in SQLite: `tuner run` {s['tuner_s']:.1f} s "
-        f"({s['tuner_epochs']} epochs trained) vs a plain Optuna script {s['optuna_s']:.1f} s "
-        f"({s['optuna_epochs']} epochs), whole processes, {repeats_text(samples)}",
+        f"({s['tuner_epochs']} epochs trained, {s['tuner_training_s']:.0f} s in them) vs a "
+        f"plain Optuna script {s['optuna_s']:.1f} s ({s['optuna_epochs']} epochs, "
+        f"{s['optuna_training_s']:.0f} s), whole processes; start-up (until the first trial "
+        f"trains) {s['tuner_startup_s']:.1f} s vs {s['optuna_startup_s']:.1f} s, "
+        f"{repeats_text(samples)}",
         "spans": {
             "tuner": "the `python -m tuner run SPEC` process from start to exit: Python start "
             "and imports, the spec and the data, a local Ray started and stopped, the Optuna "
