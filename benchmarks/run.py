@@ -451,9 +451,10 @@ def overhead_vs_optuna(quick: bool) -> dict[str, Any]:
             "learning-curve figure), the results table and the HTML report",
             "baseline": "the `python -m benchmarks.optuna_study` process from start to exit: "
             "Python start and imports, the data, the MLflow SQLite store created from nothing, "
-            "study.optimize(n_jobs=2) with TPE and a SuccessiveHalvingPruner (in-memory Optuna "
-            "storage), the same loop, one MLflow run per trial with its params and per-epoch "
-            "metrics; no checkpoints, figures, parent run or report",
+            "study.optimize(n_jobs=2: two threads sharing the GIL) with TPE and a "
+            "SuccessiveHalvingPruner (in-memory Optuna storage), the same loop, one MLflow run "
+            "per trial with its params and per-epoch metrics; no checkpoints, figures, parent "
+            "run or report",
         },
         "samples": samples,
     }
