@@ -1,9 +1,12 @@
 """Side-by-side performance measurements: `python -m benchmarks.run [--quick] [--json PATH]`.
 
-Each benchmark times tuner against a baseline in the same run (interleaved, repeated: the median
-of 3 in full mode, 1 in quick mode unless said otherwise) and reports `{"name", "ratio",
-"target", "detail"}`. Timings are never asserted in tests; these ratios are the measure. Run it
-from the repository root on an otherwise idle machine.
+Each benchmark times tuner against a baseline in the same run, alternating the two (tuner,
+baseline, tuner, baseline, ...) so that both see the same machine, and repeating: 3 times in full
+mode, once in quick mode unless said otherwise; the ratio is the median repeat's. Each reports
+`{"name", "ratio", "target", "detail", "spans", "samples"}`: `spans` says what each side's timed
+span includes, `samples` holds every repeat's raw figures. `--json` writes them with the machine,
+the git commit and the date. Timings are never asserted in tests; these ratios are the measure.
+Run it from the repository root on an otherwise idle machine.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import os
 import platform
 import statistics
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -22,12 +26,19 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
+from ray.tune import Callback, Stopper
 from torch import nn
 
+from benchmarks import local_trials
+from trainables import metrics as m
+
+ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS: dict[str, Callable[[bool], dict[str, Any]]] = {}
 FULL_ONLY = {"scale"}
 
@@ -37,17 +48,24 @@ def benchmark(fn: Callable[[bool], dict[str, Any]]) -> Callable[[bool], dict[str
     return fn
 
 
-def median_run(runs: list[tuple[float, ...]]) -> tuple[float, ...]:
-    """The run whose first element (the ratio) is the median."""
-    return sorted(runs)[len(runs) // 2]
+def median_sample(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """The repeat whose ratio is the median (the upper one of an even number)."""
+    return sorted(samples, key=lambda s: s["ratio"])[len(samples) // 2]
+
+
+def repeats_text(samples: list) -> str:
+    return f"median of {len(samples)}" if len(samples) > 1 else "1 run"
 
 
 # --------------------------------------------------------------------------- the training loop
 
+BARE_MLP = {"hidden_units": 128, "num_layers": 1}  # 784-128-10, Adam 1e-3, batch size 64
+
 
 def bare_epochs_per_s(data, epochs: int, seed: int = 0) -> float:
-    """A minimal hand-written loop doing what `TrainingRun.run_epoch` does: one shuffled training
-    pass, then loss and accuracy on the train and validation splits."""
+    """A minimal hand-written loop doing what `TrainingRun.run_epoch` does (one shuffled
+    training pass, then loss and accuracy on the train and validation splits), no checkpoints.
+    It trains `epochs + 1` epochs and is timed from the end of the first, as the trial is."""
     torch.manual_seed(seed)
     x, y = torch.from_numpy(data.x_train), torch.from_numpy(data.y_train)
     xv, yv = torch.from_numpy(data.x_val), torch.from_numpy(data.y_val)
@@ -55,8 +73,8 @@ def bare_epochs_per_s(data, epochs: int, seed: int = 0) -> float:
     model = nn.Sequential(nn.Flatten(), nn.Linear(width, 128), nn.ReLU(), nn.Linear(128, 10))
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     loss_fn = nn.CrossEntropyLoss()
-    start = time.perf_counter()
-    for _ in range(epochs):
+
+    def epoch() -> None:
         model.train()
         order = torch.randperm(len(x))
         for i in range(0, len(x), 64):
@@ -69,17 +87,51 @@ def bare_epochs_per_s(data, epochs: int, seed: int = 0) -> float:
             for inputs, targets in ((x, y), (xv, yv)):
                 out = model(inputs)
                 float(loss_fn(out, targets)), int((out.argmax(1) == targets).sum())
-    return epochs / (time.perf_counter() - start)
 
-
-def tuner_epochs_per_s(data, epochs: int, seed: int = 0) -> float:
-    from trainables.loop import TrainingRun
-
-    run = TrainingRun("mlp", {"hidden_units": 128, "num_layers": 1}, data, seed=seed)
+    epoch()
     start = time.perf_counter()
     for _ in range(epochs):
-        run.run_epoch()
+        epoch()
     return epochs / (time.perf_counter() - start)
+
+
+class ReportClock(Callback):
+    """When each result of the study's trials reached the driver."""
+
+    def __init__(self):
+        self.times: list[float] = []
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        self.times.append(time.perf_counter())
+
+
+def trial_epochs_per_s(data, epochs: int, folder: Path) -> float:
+    """`train_trial` (tune.report every epoch, a checkpoint per second of training) as one
+    1-CPU trial in a local Ray: epochs per second from its first epoch's report reaching the
+    driver to its last's. Ray's start, the actor's start, the data's transfer, the model's
+    build and the first epoch are outside the span."""
+    from ray import tune
+
+    from trainables.trainable import TrialSettings, train_trial
+    from tuner.study import QUIET_RAY, logs_to_file, ray_session
+
+    os.environ.update(QUIET_RAY)
+    clock = ReportClock()
+    settings = TrialSettings(model="mlp", max_epochs=epochs + 1, cpus=1)
+    trainable = tune.with_resources(
+        tune.with_parameters(train_trial, data=data, settings=settings), {"cpu": 1, "gpu": 0}
+    )
+    with logs_to_file(folder / "ray.log"), ray_session(num_cpus=2):
+        tune.Tuner(
+            trainable,
+            param_space=dict(BARE_MLP),
+            run_config=tune.RunConfig(
+                name="trainable", storage_path=str(folder), callbacks=[clock], verbose=0
+            ),
+        ).fit()
+    if len(clock.times) != epochs + 1:
+        raise RuntimeError(f"the trial reported {len(clock.times)} of {epochs + 1} epochs")
+    return epochs / (clock.times[-1] - clock.times[0])
 
 
 @benchmark
@@ -88,19 +140,33 @@ def trainable_vs_bare(quick: bool) -> dict[str, Any]:
 
     torch.set_num_threads(1)
     data = load_dataset(DataOptions("mnist_sample"))
-    epochs = 3 if quick else 8
-    tuner_epochs_per_s(data, 1), bare_epochs_per_s(data, 1)  # warm-up: first-call costs
-    runs = []
-    for _ in range(3):  # interleaved, so that both sides see the same machine
-        ours, bare = tuner_epochs_per_s(data, epochs), bare_epochs_per_s(data, epochs)
-        runs.append((ours / bare, ours, bare))
-    ratio, ours, bare = median_run(runs)
+    epochs = 20 if quick else 40
+    bare_epochs_per_s(data, 1)  # warm-up: this process's first-call costs
+    samples = []
+    for _ in range(3):
+        with tempfile.TemporaryDirectory() as folder:
+            ours = trial_epochs_per_s(data, epochs, Path(folder))
+        bare = bare_epochs_per_s(data, epochs)
+        samples.append(
+            {"ratio": ours / bare, "trial_epochs_per_s": ours, "bare_epochs_per_s": bare}
+        )
+    chosen = median_sample(samples)
     return {
         "name": "trainable_vs_bare",
-        "ratio": ratio,
+        "ratio": chosen["ratio"],
         "target": ">= 0.95",
-        "detail": f"MLP 784-128-10 on mnist_sample, 1 thread: {ours:.2f} epochs/s (tuner) "
-        f"vs {bare:.2f} (hand-written loop), median of 3",
+        "detail": f"MLP 784-128-10 on mnist_sample, 1 thread, {epochs} epochs timed: "
+        f"{chosen['trial_epochs_per_s']:.2f} epochs/s (train_trial in Ray) vs "
+        f"{chosen['bare_epochs_per_s']:.2f} (hand-written loop), {repeats_text(samples)}",
+        "spans": {
+            "tuner": "train_trial as one 1-CPU trial of a local Ray Tune run: from its first "
+            "epoch's report reaching the driver to its last's (each epoch: training, evaluation, "
+            "tune.report, a checkpoint per second of training); Ray's and the actor's start, "
+            "data transfer, model build and the first epoch are outside",
+            "baseline": "a hand-written loop in the benchmark process, no Ray: from the end of "
+            "its first epoch to the end of its last; no checkpoints",
+        },
+        "samples": samples,
     }
 
 
@@ -109,15 +175,16 @@ def trainable_vs_bare(quick: bool) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Workload:
-    """A fixed study: the space random search samples the fixed configs from, and its budget."""
+    """A fixed study: the space its configs are sampled from, and its budget."""
 
     model: str
     dataset: str
-    space: dict[str, Any]
+    space: dict[str, Any] | str  # a mapping in search-space YAML form, or a shipped space's name
     trials: int
     epochs: int
 
 
+LR = {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}
 TINY = Workload(  # sub-second trials: 10 epochs of a 2-layer digits MLP at batch size 16
     "mlp",
     "digits",
@@ -125,6 +192,7 @@ TINY = Workload(  # sub-second trials: 10 epochs of a 2-layer digits MLP at batc
         "hidden_units": {"type": "int", "low": 256, "high": 512, "log": True},
         "num_layers": 2,
         "batch_size": 16,
+        "lr": LR,
     },
     trials=16,
     epochs=10,
@@ -132,19 +200,19 @@ TINY = Workload(  # sub-second trials: 10 epochs of a 2-layer digits MLP at batc
 SMALL = Workload(  # a few seconds per trial (4 to 7.5 s): 5 epochs of a 2-block CNN on 4,000
     "cnn",  # MNIST digits
     "mnist_sample",
-    {"channels": {"type": "categorical", "choices": [8, 16]}, "conv_blocks": 2},
+    {"channels": {"type": "categorical", "choices": [8, 16]}, "conv_blocks": 2, "lr": LR},
     trials=16,
     epochs=5,
 )
 
 
 def study_spec(work: Workload, folder: Path, tracking_uri: str | None = None, **extra) -> dict:
-    lr = {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}
+    """Random search over `work` with FIFO, 2 trials at a time, every store in `folder`."""
     return {
         "name": f"bench-{work.model}",
         "model": work.model,
         "dataset": {"name": work.dataset},
-        "search_space": {**work.space, "lr": lr},
+        "search_space": work.space,
         "search": {
             "algorithm": "random",
             "num_samples": work.trials,
@@ -158,18 +226,6 @@ def study_spec(work: Workload, folder: Path, tracking_uri: str | None = None, **
     }
 
 
-def create_stores(spec) -> None:
-    """The MLflow and Optuna stores a user has after their first study (creating an empty MLflow
-    SQLite store runs its migrations: ~2 s, once per store)."""
-    import optuna
-
-    from tuner.runs import client_for
-
-    if spec.tracking.enabled:
-        client_for(spec.tracking.uri).search_experiments()
-    optuna.storages.RDBStorage(spec.search.storage)
-
-
 def journal(results: Path) -> list[dict]:
     from tuner.journal import JOURNAL_FILE, read_journal
 
@@ -178,47 +234,24 @@ def journal(results: Path) -> list[dict]:
 
 def first_epoch_began(events: list[dict]) -> float:
     """When the first trial started training: its first result's time less that epoch's."""
-    from trainables import metrics as m
-
     return min(e["time"] - e["row"][m.EPOCH_TIME_S] for e in events if e["event"] == "result")
 
 
 def run_tuner(spec_dict: dict, **kwargs) -> tuple[float, float, Any]:
-    """(wall, start-up, result) of `run_study`: start-up is the time until a trial trains."""
+    """(wall, start-up, result) of `run_study` in this process, which has imported tuner, Ray,
+    Optuna and MLflow already; its stores do not exist yet (creating an MLflow SQLite store runs
+    its migrations: about 2 s). Start-up is the time until a trial trains."""
+    import mlflow.tracking  # noqa: F401  (imported here before the span, as tuner.study is)
+
     from tuner.spec import spec_from_dict
     from tuner.study import run_study
 
     spec = spec_from_dict(spec_dict)
-    create_stores(spec)
     began = time.time()
     start = time.perf_counter()
     result = run_study(spec, num_cpus=2, show_progress=False, **kwargs)
     wall = time.perf_counter() - start
     return wall, first_epoch_began(journal(Path(spec.storage))) - began, result
-
-
-_local_data = None
-
-
-def _load_local_data(dataset: str) -> None:
-    global _local_data
-    torch.set_num_threads(1)
-    from trainables.data import DataOptions, load_dataset
-
-    _local_data = load_dataset(DataOptions(dataset))
-
-
-def _train_config(args: tuple[str, dict, int]) -> float:
-    """One trial in a plain local process: the same loop, data and epochs; no Ray or MLflow.
-    Returns when it started training."""
-    from trainables.loop import TrainingRun
-
-    model, hparams, epochs = args
-    run = TrainingRun(model, hparams, _local_data)
-    began = time.time()
-    for _ in range(epochs):
-        run.run_epoch()
-    return began
 
 
 def run_local(work: Workload, configs: list[dict]) -> tuple[float, float]:
@@ -227,10 +260,12 @@ def run_local(work: Workload, configs: list[dict]) -> tuple[float, float]:
     called = time.time()
     start = time.perf_counter()
     context = multiprocessing.get_context("spawn")
-    with context.Pool(2, initializer=_load_local_data, initargs=(work.dataset,)) as pool:
+    with context.Pool(2, initializer=local_trials.load_data, initargs=(work.dataset,)) as pool:
         # chunksize 1: a free process takes the next trial, as Ray Tune gives a free slot one
         began = pool.map(
-            _train_config, [(work.model, c, work.epochs) for c in configs], chunksize=1
+            local_trials.train_config,
+            [(work.model, c, work.epochs) for c in configs],
+            chunksize=1,
         )
     return time.perf_counter() - start, min(began) - called
 
@@ -242,31 +277,52 @@ def trial_configs(result) -> list[dict]:
     ]
 
 
+IN_PROCESS_SPAN = (
+    "run_study in the benchmark process (tuner, Ray, Optuna and MLflow already imported): "
+    "loading the data and checking the spec, starting a local Ray (and stopping it, which "
+    "overlaps writing the results), creating the Optuna and MLflow SQLite stores from nothing, "
+    "every trial with its checkpoints and per-epoch MLflow writes, then the results table, the "
+    "HTML report and the MLflow summary"
+)
+
+
 def overhead(work: Workload, repeats: int) -> dict[str, Any]:
     """tuner's whole path (Ray start, Optuna, MLflow, checkpoints) against the same configs
     trained by the same loop in 2 local processes; start-up included on both sides."""
-    runs = []
-    for _ in range(repeats):
+    samples = []
+    for _ in range(repeats):  # tuner, baseline, tuner, baseline, ...
         with tempfile.TemporaryDirectory() as folder:
             wall, startup, result = run_tuner(study_spec(work, Path(folder)))
         local, local_startup = run_local(work, trial_configs(result))
-        runs.append((wall / local, wall, local, startup, local_startup))
-    ratio, wall, local, startup, local_startup = median_run(runs)
+        samples.append(
+            {
+                "ratio": wall / local,
+                "tuner_s": wall,
+                "local_s": local,
+                "tuner_startup_s": startup,
+                "local_startup_s": local_startup,
+            }
+        )
+    s = median_sample(samples)
     return {
-        "ratio": ratio,
+        "ratio": s["ratio"],
         "detail": f"{work.trials} {work.model} trials x {work.epochs} epochs on {work.dataset}, "
-        f"2 at a time: tuner {wall:.1f} s vs local processes {local:.1f} s; start-up (until "
-        f"the first trial trains) {startup:.1f} s vs {local_startup:.1f} s, median of {repeats}",
-        "tuner_s": wall,
-        "local_s": local,
-        "startup_s": startup,
-        "local_startup_s": local_startup,
+        f"2 at a time: tuner {s['tuner_s']:.1f} s vs local processes {s['local_s']:.1f} s; "
+        f"start-up (until the first trial trains) {s['tuner_startup_s']:.1f} s vs "
+        f"{s['local_startup_s']:.1f} s, {repeats_text(samples)}",
+        "spans": {
+            "tuner": IN_PROCESS_SPAN,
+            "baseline": "a pool of 2 freshly spawned processes: their start, imports and data "
+            "loading, then the configs tuner sampled, trained by the same loop for the same "
+            "epochs; no search, tracking, checkpoints or results written",
+        },
+        "samples": samples,
     }
 
 
 @benchmark
 def overhead_tiny(quick: bool) -> dict[str, Any]:
-    return {"name": "overhead_tiny", "target": "<= 2.0", **overhead(TINY, repeats=3)}
+    return {"name": "overhead_tiny", "target": "<= 2.0", **overhead(TINY, 1 if quick else 3)}
 
 
 @benchmark
@@ -275,6 +331,131 @@ def overhead_small(quick: bool) -> dict[str, Any]:
         "name": "overhead_small",
         "target": "<= 1.15",
         **overhead(SMALL, repeats=1 if quick else 3),
+    }
+
+
+# --------------------------------------------------------------------------- against Optuna
+
+VS_OPTUNA = Workload(  # ASHA stops most trials after 2 epochs; about a minute on 2 cores
+    "cnn",
+    "mnist_sample",
+    {"channels": {"type": "categorical", "choices": [8, 16]}, "conv_blocks": 2, "lr": LR},
+    trials=16,
+    epochs=6,
+)
+GRACE, REDUCTION = 2, 3
+
+
+def timed_process(command: list[str]) -> tuple[float, float, str]:
+    """Seconds from starting `command` (in the repository root) to its exit, when it started
+    (Unix time) and its output."""
+    began = time.time()
+    start = time.perf_counter()
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if done.returncode:
+        raise RuntimeError(
+            f"{' '.join(command[:4])} exited {done.returncode}: {done.stderr[-2000:]}"
+        )
+    return wall, began, done.stdout
+
+
+def tuner_run_process(work: Workload, folder: Path) -> dict[str, float]:
+    """Wall time, start-up (until a trial trains), epochs trained and the seconds spent in them
+    of `python -m tuner run SPEC`: TPE + ASHA, tracked in SQLite."""
+    spec = study_spec(work, folder)
+    spec["search"]["algorithm"] = "tpe"
+    spec["scheduler"] = {
+        "name": "asha",
+        "max_epochs": work.epochs,
+        "grace_period": GRACE,
+        "reduction_factor": REDUCTION,
+    }
+    path = folder / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    wall, began, _ = timed_process([sys.executable, "-m", "tuner", "run", str(path)])
+    events = journal(folder / "results")
+    rows = [e["row"] for e in events if e["event"] == "result"]
+    return {
+        "s": wall,
+        "startup_s": first_epoch_began(events) - began,
+        "epochs": len(rows),
+        "training_s": sum(row[m.EPOCH_TIME_S] for row in rows),
+    }
+
+
+def optuna_process(work: Workload, folder: Path) -> dict[str, float]:
+    """The same figures for the plain Optuna script, tracked in SQLite, and the trials its
+    pruner stopped."""
+    wall, began, output = timed_process(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.optuna_study",
+            f"--model={work.model}",
+            f"--dataset={work.dataset}",
+            f"--space={json.dumps(work.space)}",
+            f"--trials={work.trials}",
+            f"--epochs={work.epochs}",
+            "--n-jobs=2",
+            f"--min-resource={GRACE}",
+            f"--reduction-factor={REDUCTION}",
+            f"--tracking-uri=sqlite:///{folder / 'mlflow.db'}",
+        ]
+    )
+    study = json.loads(output.strip().splitlines()[-1])
+    return {
+        "s": wall,
+        "startup_s": study["first_epoch_began"] - began,
+        "epochs": study["epochs"],
+        "training_s": study["training_s"],
+        "pruned": study["pruned"],
+    }
+
+
+@benchmark
+def overhead_vs_optuna(quick: bool) -> dict[str, Any]:
+    """The whole `tuner run` process against a plain Optuna script doing the same study."""
+    work, samples = VS_OPTUNA, []
+    for _ in range(1 if quick else 3):  # tuner, Optuna, tuner, Optuna, ...
+        with tempfile.TemporaryDirectory() as folder:
+            ours = tuner_run_process(work, Path(folder))
+        with tempfile.TemporaryDirectory() as folder:
+            theirs = optuna_process(work, Path(folder))
+        samples.append(
+            {
+                "ratio": ours["s"] / theirs["s"],
+                **{f"tuner_{k}": v for k, v in ours.items()},
+                **{f"optuna_{k}": v for k, v in theirs.items()},
+            }
+        )
+    s = median_sample(samples)
+    return {
+        "name": "overhead_vs_optuna",
+        "ratio": s["ratio"],
+        "target": "<= 1.5",
+        "detail": f"{work.trials} {work.model} trials of up to {work.epochs} epochs on "
+        f"{work.dataset}, TPE, 2 at a time, ASHA vs SuccessiveHalvingPruner (grace "
+        f"{GRACE}, factor {REDUCTION}), MLflow in SQLite: `tuner run` {s['tuner_s']:.1f} s "
+        f"({s['tuner_epochs']} epochs trained, {s['tuner_training_s']:.0f} s in them) vs a "
+        f"plain Optuna script {s['optuna_s']:.1f} s ({s['optuna_epochs']} epochs, "
+        f"{s['optuna_training_s']:.0f} s), whole processes; start-up (until the first trial "
+        f"trains) {s['tuner_startup_s']:.1f} s vs {s['optuna_startup_s']:.1f} s, "
+        f"{repeats_text(samples)}",
+        "spans": {
+            "tuner": "the `python -m tuner run SPEC` process from start to exit: Python start "
+            "and imports, the spec and the data, a local Ray started and stopped, the Optuna "
+            "and MLflow SQLite stores created from nothing, the trials as Ray actors with "
+            "checkpoints, an MLflow parent run and a child run per trial (per-epoch metrics, a "
+            "learning-curve figure), the results table and the HTML report",
+            "baseline": "the `python -m benchmarks.optuna_study` process from start to exit: "
+            "Python start and imports, the data, the MLflow SQLite store created from nothing, "
+            "study.optimize(n_jobs=2: two threads sharing the GIL) with TPE and a "
+            "SuccessiveHalvingPruner (in-memory Optuna storage), the same loop, one MLflow run "
+            "per trial with its params and per-epoch metrics; no checkpoints, figures, parent "
+            "run or report",
+        },
+        "samples": samples,
     }
 
 
@@ -348,77 +529,129 @@ def warm_up(uri: str, folder: Path) -> None:
 @benchmark
 def tracking_overhead(quick: bool) -> dict[str, Any]:
     """The SMALL study with MLflow tracking to a server on 127.0.0.1 against tracking off."""
-    runs = []
+    samples = []
     with tempfile.TemporaryDirectory() as server_folder, mlflow_server(Path(server_folder)) as uri:
-        for _ in range(1 if quick else 3):
+        for _ in range(1 if quick else 3):  # tracked, untracked, tracked, untracked, ...
             with tempfile.TemporaryDirectory() as folder:
                 tracked, _, _ = run_tuner(study_spec(SMALL, Path(folder), tracking_uri=uri))
             with tempfile.TemporaryDirectory() as folder:
                 spec = study_spec(SMALL, Path(folder), tracking_uri=uri)
                 spec["tracking"]["enabled"] = False
                 untracked, _, _ = run_tuner(spec)
-            runs.append((tracked / untracked, tracked, untracked))
-    ratio, tracked, untracked = median_run(runs)
+            samples.append(
+                {"ratio": tracked / untracked, "tracked_s": tracked, "untracked_s": untracked}
+            )
+    s = median_sample(samples)
     return {
         "name": "tracking_overhead",
-        "ratio": ratio,
+        "ratio": s["ratio"],
         "target": "<= 1.05",
-        "detail": f"{SMALL.trials} {SMALL.model} trials on {SMALL.dataset}: {tracked:.1f} s "
-        f"tracked to an mlflow server on 127.0.0.1 vs {untracked:.1f} s with tracking off"
-        + ("" if quick else ", median of 3"),
+        "detail": f"{SMALL.trials} {SMALL.model} trials on {SMALL.dataset}: {s['tracked_s']:.1f} "
+        f"s tracked to an mlflow server on 127.0.0.1 vs {s['untracked_s']:.1f} s with tracking "
+        f"off, {repeats_text(samples)}",
+        "spans": {
+            "tuner": "run_study in the benchmark process, tracking to a warmed-up mlflow "
+            "server on 127.0.0.1 started before the span: the data, a local Ray started and "
+            "stopped, the Optuna SQLite store created from nothing, every trial with its "
+            "checkpoints and per-epoch MLflow writes, the results, report and MLflow summary",
+            "baseline": "the same study with tracking off: no MLflow calls at all",
+        },
+        "samples": samples,
     }
 
 
 # --------------------------------------------------------------------------- search efficiency
 
-TARGET_VAL_ACC = 0.98
-EFFICIENCY = Workload(  # few configs reach the target; most look bad after an epoch or two
-    "mlp",
-    "digits",
-    {
-        "lr": {"type": "float", "low": 1e-6, "high": 10.0, "log": True},
-        "optimizer": {"type": "categorical", "choices": ["adam", "sgd"]},
-        "hidden_units": {"type": "int", "low": 4, "high": 512, "log": True},
-        "batch_size": {"type": "categorical", "choices": [16, 64, 256, 1024]},
-    },
-    trials=30,
-    epochs=50,
+
+@dataclass(frozen=True)
+class SearchProblem:
+    """A space where search has to find the few configs that reach `target` val_acc."""
+
+    work: Workload
+    target: float
+    about: str
+
+
+WIDE = SearchProblem(  # few configs reach the target; most look bad after an epoch or two
+    Workload(
+        "mlp",
+        "digits",
+        {
+            "lr": {"type": "float", "low": 1e-6, "high": 10.0, "log": True},
+            "optimizer": {"type": "categorical", "choices": ["adam", "sgd"]},
+            "hidden_units": {"type": "int", "low": 4, "high": 512, "log": True},
+            "batch_size": {"type": "categorical", "choices": [16, 64, 256, 1024]},
+        },
+        trials=30,
+        epochs=50,
+    ),
+    target=0.98,
+    about="digits MLP, a wide space: lr 1e-6..10, adam|sgd, 4..512 units",
 )
+SHIPPED = SearchProblem(  # most configs are decent; about 1 in 6 reaches the target in 30 epochs
+    Workload("mlp", "digits", "mlp", trials=30, epochs=30),
+    target=0.986,  # 355 of the 360 validation digits
+    about="digits MLP, the shipped search_spaces/mlp.yaml",
+)
+#: label -> (sampler, scheduler, Ray's stock OptunaSearch instead of tuner's)
+ARMS = {
+    "random+fifo": ("random", "fifo", False),
+    "random+asha": ("random", "asha", False),
+    "tpe+fifo": ("tpe", "fifo", False),
+    "tpe+asha": ("tpe", "asha", False),
+    "tpe+asha/stock": ("tpe", "asha", True),
+}
+ARM_NAMES = {
+    "random+fifo": "random+FIFO",
+    "random+asha": "random+ASHA",
+    "tpe+fifo": "TPE+FIFO",
+    "tpe+asha": "TPE+ASHA",
+    "tpe+asha/stock": "TPE+ASHA through Ray's stock OptunaSearch",
+}
 
 
-def epochs_to_target(events: list[dict], target: float) -> tuple[int, bool]:
-    """Epochs trained, in the order results arrived, until one reached `target` val_acc
-    (all epochs, and False, if none did)."""
-    from trainables import metrics as m
+class TargetWatch(Stopper):
+    """Counts the epochs trained, in the order their results reach the driver, until a trial's
+    `metric` first reaches `target`; then stops the study, since what follows cannot change the
+    count."""
 
-    spent = 0
-    for event in events:
-        if event["event"] != "result":
-            continue
-        spent += 1
-        if event["row"].get(m.VAL_ACC, 0.0) >= target:
-            return spent, True
-    return spent, False
+    def __init__(self, metric: str, target: float):
+        self.metric, self.target = metric, target
+        self.results: set[tuple[str, Any]] = set()
+        self.until_target: int | None = None
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        key = (trial_id, result.get(m.EPOCH))
+        if key not in self.results:  # Ray repeats a finished function trial's last result
+            self.results.add(key)
+            value = result.get(self.metric)
+            if self.until_target is None and value is not None and value >= self.target:
+                self.until_target = len(self.results)
+        return False
+
+    def stop_all(self) -> bool:
+        return self.until_target is not None
 
 
-def search_spec(folder: Path, algorithm: str, scheduler: str, seed: int) -> dict:
+def search_spec(problem: SearchProblem, folder: Path, algorithm: str, scheduler: str, seed: int):
+    work = problem.work
     schedulers = {
-        "fifo": {"name": "fifo", "max_epochs": EFFICIENCY.epochs},
+        "fifo": {"name": "fifo", "max_epochs": work.epochs},
         "asha": {
             "name": "asha",
-            "max_epochs": EFFICIENCY.epochs,
+            "max_epochs": work.epochs,
             "grace_period": 1,
             "reduction_factor": 3,
         },
     }
     return {
         "name": f"efficiency-{algorithm}-{scheduler}-{seed}",
-        "model": EFFICIENCY.model,
-        "dataset": {"name": EFFICIENCY.dataset},
-        "search_space": EFFICIENCY.space,
+        "model": work.model,
+        "dataset": {"name": work.dataset},
+        "search_space": work.space,
         "search": {
             "algorithm": algorithm,
-            "num_samples": EFFICIENCY.trials,
+            "num_samples": work.trials,
             "max_concurrent": 2,
             "seed": seed,
             "storage": f"sqlite:///{folder / 'optuna.db'}",
@@ -430,41 +663,160 @@ def search_spec(folder: Path, algorithm: str, scheduler: str, seed: int) -> dict
     }
 
 
+def stock_searcher(spec, space, execution: str):
+    """Ray's own OptunaSearch, set up as tuner sets up its TruthfulOptunaSearch: an ASHA-stopped
+    trial reaches Optuna as COMPLETE, valued at its last result before the stop."""
+    from ray.tune.search.optuna import OptunaSearch
+
+    from tuner.samplers import make_sampler
+    from tuner.study import optuna_storage
+
+    return OptunaSearch(
+        space,
+        metric=spec.objective.metric,
+        mode=spec.objective.mode,
+        sampler=make_sampler(spec.search.algorithm, spec.search.seed),
+        storage=optuna_storage(spec.search.storage),
+        study_name=execution,
+    )
+
+
+def search_until_target(problem: SearchProblem, arm: str, seed: int) -> dict[str, Any]:
+    """One study of `arm`, built as `run_study` builds it (tuner's space, trainable, searcher
+    and scheduler; tracking off) but stopped once a trial reaches the target."""
+    from ray import tune
+
+    from tuner.schedulers import make_scheduler
+    from tuner.spec import spec_from_dict
+    from tuner.study import (
+        execution_name,
+        make_searcher,
+        make_trainable,
+        prepare,
+        study_environment,
+    )
+
+    algorithm, scheduler, stock = ARMS[arm]
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as folder:
+        spec = spec_from_dict(search_spec(problem, Path(folder), algorithm, scheduler, seed))
+        prepared = prepare(spec)
+        execution = execution_name(spec)
+        watch = TargetWatch(spec.objective.metric, problem.target)
+        with study_environment(Path(spec.storage) / execution, spec):
+            searcher = (stock_searcher if stock else make_searcher)(spec, prepared.space, execution)
+            tune.Tuner(
+                make_trainable(spec, prepared.dataset),
+                tune_config=tune.TuneConfig(
+                    metric=spec.objective.metric,
+                    mode=spec.objective.mode,
+                    search_alg=searcher,
+                    scheduler=make_scheduler(spec.scheduler),
+                    num_samples=spec.search.num_samples,
+                    max_concurrent_trials=spec.search.max_concurrent,
+                    reuse_actors=True,
+                ),
+                run_config=tune.RunConfig(
+                    name=execution,
+                    storage_path=spec.storage,
+                    stop=watch,
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                    verbose=0,
+                ),
+            ).fit()
+        told = optuna_states(spec.search.storage, execution)
+    reached = watch.until_target is not None
+    return {
+        "seed": seed,
+        "epochs": watch.until_target if reached else len(watch.results),
+        "reached": reached,
+        "trials": len({trial for trial, _ in watch.results}),
+        "optuna_states": told,
+        "wall_s": round(time.perf_counter() - start, 1),
+    }
+
+
+def optuna_states(storage: str, study: str) -> dict[str, int]:
+    """How many of the study's trials the searcher told Optuna were COMPLETE, PRUNED, ..."""
+    import collections
+
+    import optuna
+
+    trials = optuna.load_study(study_name=study, storage=storage).get_trials(deepcopy=False)
+    return dict(collections.Counter(t.state.name for t in trials))
+
+
+def censored_median(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The median seed, a seed that never reached the target ranking after every seed that did
+    (as if it needed endless epochs); if the median is such a seed, its count is a lower bound."""
+    ordered = sorted(runs, key=lambda r: (not r["reached"], r["epochs"]))
+    return ordered[len(ordered) // 2]
+
+
+def shown(run: dict[str, Any]) -> str:
+    """A count, with '+' when the target was never reached (the epochs spent: a lower bound)."""
+    return f"{run['epochs']}" + ("" if run["reached"] else "+")
+
+
+def search_efficiency_on(problem: SearchProblem, name: str, target: str, quick: bool):
+    """Epochs until the first trial reaches the target, for every arm over seeds (the arms
+    alternate within each seed), all in one Ray session."""
+    from tuner.study import logs_to_file, ray_session
+
+    seeds = range(3 if quick else 7)
+    runs: dict[str, list[dict[str, Any]]] = {arm: [] for arm in ARMS}
+    with (
+        tempfile.TemporaryDirectory() as folder,
+        logs_to_file(Path(folder) / "ray.log"),
+        ray_session(num_cpus=2),
+    ):
+        for seed in seeds:
+            for arm in ARMS:
+                runs[arm].append(search_until_target(problem, arm, seed))
+    medians = {arm: censored_median(r) for arm, r in runs.items()}
+    slow, fast = medians["random+fifo"], medians["tpe+asha"]
+    ratio = slow["epochs"] / fast["epochs"] if fast["reached"] else None
+    bound = "exact" if slow["reached"] else "lower bound"
+    if ratio is None:
+        bound = "none: TPE+ASHA's median seed never reached the target"
+    work = problem.work
+    arms = "; ".join(
+        f"{ARM_NAMES[arm]} {shown(medians[arm])} [{', '.join(shown(r) for r in runs[arm])}]"
+        for arm in ARMS
+    )
+    return {
+        "name": name,
+        "ratio": ratio,
+        "ratio_is": bound,
+        "target": target,
+        "detail": f"epochs until a trial reaches val_acc {problem.target} ({problem.about}; "
+        f"{work.trials} trials of up to {work.epochs} epochs, 2 at a time), median of "
+        f"{len(seeds)} seeds [per seed; '+': never reached, epochs spent]: {arms}",
+        "spans": {
+            "counted": "epochs trained, in the order their results reached the driver, until "
+            "the first result at or above the target; a seed that never gets there counts "
+            "every epoch it trained, marked as not reached, and ranks after every seed that "
+            "did, on every arm alike. A median on such a seed is a lower bound, and so is a "
+            "ratio over it",
+            "arms": "tuner's space, trainable and scheduler (ASHA: grace 1, factor 3); "
+            "tuner's TruthfulOptunaSearch on every arm but the last, which uses Ray's stock "
+            "OptunaSearch; tracking off; each study stops once a trial reaches the target",
+        },
+        "samples": runs,
+        "medians": {
+            arm: {"epochs": r["epochs"], "reached": r["reached"]} for arm, r in medians.items()
+        },
+    }
+
+
 @benchmark
 def search_efficiency(quick: bool) -> dict[str, Any]:
-    """Epochs until the first trial reaches val_acc >= TARGET_VAL_ACC: random search with FIFO
-    against TPE with ASHA, over seeds, all in one Ray session."""
-    from tuner.spec import spec_from_dict
-    from tuner.study import ray_session, run_study
+    return search_efficiency_on(WIDE, "search_efficiency", ">= 3", quick)
 
-    seeds = range(3 if quick else 5)
-    spent: dict[str, list[tuple[int, bool]]] = {"random+fifo": [], "tpe+asha": []}
-    with ray_session(num_cpus=2):
-        for seed in seeds:
-            for label, (algorithm, scheduler) in (
-                ("random+fifo", ("random", "fifo")),
-                ("tpe+asha", ("tpe", "asha")),
-            ):
-                with tempfile.TemporaryDirectory() as folder:
-                    spec = spec_from_dict(search_spec(Path(folder), algorithm, scheduler, seed))
-                    run_study(spec, show_progress=False)
-                    events = journal(Path(spec.storage))
-                    spent[label].append(epochs_to_target(events, TARGET_VAL_ACC))
-    random_fifo = statistics.median(n for n, _ in spent["random+fifo"])
-    tpe_asha = statistics.median(n for n, _ in spent["tpe+asha"])
 
-    def per_seed(label: str) -> str:
-        return ", ".join(f"{n}" + ("" if hit else " (not reached)") for n, hit in spent[label])
-
-    return {
-        "name": "search_efficiency",
-        "ratio": random_fifo / tpe_asha,
-        "target": ">= 3",
-        "detail": f"epochs until a trial reaches val_acc {TARGET_VAL_ACC} (digits MLP, lr "
-        f"1e-6..10, {EFFICIENCY.trials} trials of up to {EFFICIENCY.epochs} epochs), median of "
-        f"{len(seeds)} seeds: random+FIFO {random_fifo:g} [{per_seed('random+fifo')}] vs "
-        f"TPE+ASHA {tpe_asha:g} [{per_seed('tpe+asha')}]",
-    }
+@benchmark
+def search_efficiency_mlp(quick: bool) -> dict[str, Any]:
+    return search_efficiency_on(SHIPPED, "search_efficiency_mlp", "report", quick)
 
 
 # --------------------------------------------------------------------------- scale
@@ -473,8 +825,6 @@ def search_efficiency(quick: bool) -> dict[str, Any]:
 def trivial_trial(config: dict[str, Any], data, settings) -> None:
     """A trial that trains nothing: 10 results of made-up curves, no checkpoint."""
     from ray import tune
-
-    from trainables import metrics as m
 
     for epoch in range(1, settings.max_epochs + 1):
         loss = 1.0 / epoch + config["lr"]
@@ -524,7 +874,7 @@ def scale(quick: bool) -> dict[str, Any]:
     """1,000 trials of a trivial trainable through the full path (Ray, Optuna, MLflow on
     SQLite): per-trial overhead and the driver's peak memory as trials accumulate."""
     trials, marks = 1000, (250, 500, 1000)
-    work = Workload("mlp", "digits", {"hidden_units": 8}, trials=trials, epochs=10)
+    work = Workload("mlp", "digits", {"hidden_units": 8, "lr": LR}, trials=trials, epochs=10)
     with tempfile.TemporaryDirectory() as folder, PeakMemory() as memory:
         spec = study_spec(work, Path(folder))
         wall, startup, result = run_tuner(spec, trainable=trivial_trial)
@@ -533,6 +883,13 @@ def scale(quick: bool) -> dict[str, Any]:
     per_trial_ms = (wall - startup) / done * 1000 * 2  # 2 trials at a time
     peaks = {n: memory.peak_until(ends[n - 1]) / 2**20 for n in marks if n <= len(ends)}
     growth = (peaks[marks[-1]] - peaks[marks[0]]) / (marks[-1] - marks[0]) * 1024
+    sample = {
+        "ratio": per_trial_ms,
+        "wall_s": wall,
+        "startup_s": startup,
+        "trials": done,
+        "peak_rss_mib": peaks,
+    }
     return {
         "name": "scale",
         "ratio": per_trial_ms,
@@ -541,7 +898,13 @@ def scale(quick: bool) -> dict[str, Any]:
         f"{per_trial_ms:.0f} ms of overhead per trial per slot; driver peak RSS "
         + ", ".join(f"{peaks[n]:.0f} MiB at {n}" for n in peaks)
         + f" ({growth:.0f} KiB per trial)",
-        "peak_rss_mib": peaks,
+        "spans": {
+            "tuner": "run_study in the benchmark process with a trainable that trains nothing: "
+            "per-trial overhead is (wall - start-up) / trials x 2 slots, start-up being the "
+            "time until the first trial reports (store creation and Ray's start fall in it); "
+            "peak RSS of the driver process, sampled every 0.1 s",
+        },
+        "samples": [sample],
     }
 
 
@@ -557,18 +920,19 @@ def gpu_packing(quick: bool) -> dict[str, Any]:
             "ratio": None,
             "target": "skipped",
             "detail": "skipped: no CUDA GPU on this machine",
+            "samples": [],
         }
     work = Workload(
         "cnn",
         "mnist_sample",
-        {"channels": {"type": "categorical", "choices": [16, 32]}, "conv_blocks": 2},
+        {"channels": {"type": "categorical", "choices": [16, 32]}, "conv_blocks": 2, "lr": LR},
         trials=8 if quick else 16,
         epochs=3,
     )
     from tuner.spec import spec_from_dict
     from tuner.study import ray_session, run_study
 
-    rates = {}
+    rates, samples = {}, []
     gpus = torch.cuda.device_count()
     with utilization_sampler() as sampler:
         for fraction in (1, 0.5, 0.25, 0.125):
@@ -582,6 +946,14 @@ def gpu_packing(quick: bool) -> dict[str, Any]:
                     run_study(spec_from_dict(spec), show_progress=False)
                 wall = time.perf_counter() - start
             rates[fraction] = (work.trials / wall * 3600, sampler.mean_since(began))
+            samples.append(
+                {
+                    "gpu_fraction": fraction,
+                    "wall_s": wall,
+                    "trials_per_hour": rates[fraction][0],
+                    "mean_gpu_utilisation": rates[fraction][1],
+                }
+            )
     best = max(r for r, _ in rates.values())
     return {
         "name": "gpu_packing",
@@ -589,6 +961,11 @@ def gpu_packing(quick: bool) -> dict[str, Any]:
         "target": "report",
         "detail": "trials/hour (mean GPU utilisation): "
         + ", ".join(f"gpu {f}: {r:.0f} ({u:.0f}%)" for f, (r, u) in rates.items()),
+        "spans": {
+            "tuner": "each fraction: a local Ray started, run_study of the trials, Ray stopped; "
+            "the ratio is the best fraction's trials/hour over a whole GPU per trial",
+        },
+        "samples": samples,
     }
 
 
@@ -632,39 +1009,106 @@ def utilization_sampler(every_s: float = 0.5) -> Iterator[_Utilization]:
 # --------------------------------------------------------------------------- entry point
 
 
-def machine() -> str:
+def command_output(*command: str) -> str | None:
+    try:
+        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on."""
+    from importlib.metadata import version
+
     import psutil
 
-    memory = psutil.virtual_memory().total / 2**30
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        **{name: version(name) for name in ("torch", "ray", "optuna", "mlflow")},
+    }
+
+
+def machine_line(about: dict[str, Any]) -> str:
     return (
-        f"{os.cpu_count()} cores, {memory:.0f} GiB, {gpu}, Python {platform.python_version()}, "
-        f"torch {torch.__version__}"
+        f"{about['cores']} cores ({about['cpu']}), {about['memory_gib']:.0f} GiB, "
+        f"{about['gpu'] or 'no GPU'}, Python {about['python']}, torch {about['torch']}, "
+        f"ray {about['ray']}, optuna {about['optuna']}, mlflow {about['mlflow']}"
     )
 
 
-def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+def git_state() -> dict[str, Any]:
+    status = command_output("git", "status", "--porcelain", "--untracked-files=no")
+    return {
+        "commit": command_output("git", "rev-parse", "HEAD"),
+        "branch": command_output("git", "rev-parse", "--abbrev-ref", "HEAD"),
+        "dirty": None if status is None else bool(status),
+    }
+
+
+def ratio_text(result: dict[str, Any]) -> str:
+    if result["ratio"] is None:
+        return "-"
+    bound = ">=" if result.get("ratio_is") == "lower bound" else ""
+    return f"{bound}{result['ratio']:.2f}"
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="1 repeat, no scale benchmark")
+    parser.add_argument("--quick", action="store_true", help="fewer repeats, no scale benchmark")
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--only", nargs="*", choices=sorted(BENCHMARKS), help="run just these")
     args = parser.parse_args(argv)
     names = args.only or [n for n in BENCHMARKS if not (args.quick and n in FULL_ONLY)]
-    print(f"{'quick' if args.quick else 'full'} mode on {machine()}", flush=True)
-    results = []
+    about = machine()
+    report: dict[str, Any] = {
+        "command": " ".join(
+            ["python -m benchmarks.run", *(sys.argv[1:] if argv is None else argv)]
+        ),
+        "mode": "quick" if args.quick else "full",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "git": git_state(),
+        "machine": about,
+        "about": "ratio: tuner over its baseline in the median repeat (see each benchmark's "
+        "target for the better direction); spans: what each side's timed span includes; "
+        "samples: every repeat's raw figures, in the order they ran; load_avg: the machine's "
+        "1, 5 and 15-minute load averages as the benchmark began",
+        "benchmarks": [],
+    }
+    print(f"{report['mode']} mode on {machine_line(about)}", flush=True)
+    started_all = time.perf_counter()
     for name in names:
+        load = [round(x, 2) for x in os.getloadavg()]
         started = time.perf_counter()
         result = BENCHMARKS[name](args.quick)
         result["seconds"] = round(time.perf_counter() - started, 1)
-        results.append(result)
-        ratio = "-" if result["ratio"] is None else f"{result['ratio']:.2f}"
+        result["load_avg"] = load
+        report["benchmarks"].append(result)
+        report["wall_s"] = round(time.perf_counter() - started_all, 1)
         print(
-            f"{result['name']:<18} {ratio:>7}  target {result['target']:<8} {result['detail']}",
+            f"{result['name']:<22} {ratio_text(result):>7}  target {result['target']:<8} "
+            f"{result['detail']}  [{result['seconds']:.0f} s]",
             flush=True,
         )
         if args.json:  # after each benchmark: a long run that dies keeps what it measured
-            args.json.write_text(json.dumps(results, indent=2))
-    return results
+            args.json.write_text(json.dumps(report, indent=2, default=str))
+    return report
 
 
 if __name__ == "__main__":

@@ -304,7 +304,10 @@ def test_unknown_job_exits_1(jobs_env: Cluster) -> None:
 def test_submitted_study_runs_on_both_nodes_and_tracks_to_mlflow(
     jobs_env: Cluster, tmp_path: Path
 ) -> None:
-    spec = write_spec(tmp_path)
+    # trials of a few seconds: a sub-second trial's actor can be reused for every later trial
+    # before the other node's actor has started on a busy machine (seen: 4 trials on one node)
+    slow = {"hidden_units": 512, "num_layers": 3, "batch_size": 16}
+    spec = write_spec(tmp_path, search_space=slow, scheduler={"name": "fifo", "max_epochs": 8})
     job = submit(spec, jobs_env.address)
     assert job.startswith("tuner-jobs-tiny-")
 
