@@ -84,7 +84,10 @@ def own_daemons() -> set[str]:
     """Ray's monitor scripts among this process's own children (the fixture's local Ray)."""
     found = set()
     for child in psutil.Process().children(recursive=True):
-        cmdline = " ".join(child.cmdline())
+        try:
+            cmdline = " ".join(child.cmdline())
+        except psutil.Error:  # exited meanwhile (a zombie until Ray reaps it)
+            continue
         found |= {name for name in ("log_monitor.py", "monitor.py") if f"/{name}" in cmdline}
     return found
 
