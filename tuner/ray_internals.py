@@ -12,8 +12,11 @@ from typing import Any
 
 
 def stop_local_daemons() -> list[str]:
-    """Stop the autoscaler monitor and the log monitor of the local Ray this process started
-    (see study.stop_unused_daemons); returns the daemons it stopped."""
+    """Stop two daemons of the local Ray this process started that have no work in a study, yet
+    take CPU from the trials: the autoscaler monitor (one machine has nothing to autoscale; it
+    also makes `ray.shutdown` wait a second for it) and the log monitor, which reads every
+    worker's log ten times a second to forward it to a driver that asks for none. Ray has no
+    public switch for either. Returns the daemons it stopped."""
     import ray
 
     node = getattr(ray._private.worker, "_global_node", None)

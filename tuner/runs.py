@@ -80,9 +80,9 @@ def run_row(run, epochs: int | None = None) -> dict[str, Any]:
     """A trial's child run as a row of the trials table."""
     tags, metrics = run.data.tags, run.data.metrics
     at_best = {
-        k.removeprefix("best_"): v
+        k.removeprefix(schema.BEST_PREFIX): v
         for k, v in metrics.items()
-        if k.startswith("best_") and k != schema.BEST_EPOCH
+        if k.startswith(schema.BEST_PREFIX) and k != schema.BEST_EPOCH
     }
     running = run.info.status == "RUNNING"
     return trial_row(

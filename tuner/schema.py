@@ -46,6 +46,7 @@ SOURCE_RUN_TAG = "tuner.source_run_id"
 
 #: the trials table's hyperparameter columns: "config.lr", "config.batch_size", ...
 CONFIG_PREFIX = "config."
+BEST_PREFIX = "best_"
 BEST_EPOCH = "best_epoch"
 IMPORTANCE_PREFIX = "importance."
 STATUS_COUNT_PREFIX = "trials_"  # a parent run's count of trials per status: trials_completed
@@ -56,7 +57,7 @@ DEFAULT_OBJECTIVE = (m.VAL_LOSS, "min")
 
 def best(metric: str) -> str:
     """The summary metric (and trials-table column) of `metric` at a trial's best epoch."""
-    return f"best_{metric}"
+    return f"{BEST_PREFIX}{metric}"
 
 
 def encode_objective(metric: str, mode: str) -> str:

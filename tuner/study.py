@@ -152,21 +152,12 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
     else:
         with loopback_node():
             ray.init(address="local", num_cpus=num_cpus, **quiet)
-        stop_unused_daemons()
+        stop_local_daemons()
     session = RaySession(owned=True)
     try:
         yield session
     finally:
         session.close()
-
-
-def stop_unused_daemons() -> None:
-    """Two of the daemons a local Ray starts have no work in a study, yet take CPU from the
-    trials: the autoscaler monitor (one machine has nothing to autoscale; it also makes
-    `ray.shutdown` wait a second for it) and the log monitor, which reads every worker's log
-    ten times a second to forward it to the driver (this driver asks for none: log_to_driver is
-    off). Ray has no public switch for either (see ray_internals)."""
-    stop_local_daemons()
 
 
 def check_cluster_resources(spec: JobSpec) -> None:
