@@ -206,6 +206,7 @@ def test_several_trials_interleaved(searcher: TruthfulOptunaSearch, storage_url:
     assert b.state == TrialState.PRUNED
     assert b.intermediate_values == {1: 2.0, 2: 1.0, 3: 0.6}
     assert c.state == TrialState.FAIL
+    assert [t.user_attrs["tuner.trial_id"] for t in (a, b, c)] == ["a", "b", "c"]  # Ray's ids
 
 
 def test_second_completion_is_ignored(searcher: TruthfulOptunaSearch, storage_url: str) -> None:

@@ -21,7 +21,7 @@ from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
 from trainables import metrics as m
-from tuner import outcomes
+from tuner import outcomes, schema
 from tuner.ray_internals import completed_trials, optuna_study, optuna_trials
 
 
@@ -41,6 +41,13 @@ class TruthfulOptunaSearch(OptunaSearch):
         for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             if frozen.number not in known:
                 study.tell(frozen.number, state=TrialState.FAIL)
+
+    def suggest(self, trial_id: str) -> dict | None:
+        """Ray's suggestion; the Optuna trial keeps Ray's trial id, as MLflow's runs do."""
+        config = super().suggest(trial_id)
+        if trial_id in optuna_trials(self):
+            optuna_trials(self)[trial_id].set_user_attr(schema.TRIAL_ID_TAG, trial_id)
+        return config
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         self._report(trial_id, result)
