@@ -215,11 +215,15 @@ def execution_name(spec: JobSpec) -> str:
 
 @contextlib.contextmanager
 def logs_to_file(path: Path) -> Iterator[None]:
-    """Send Ray's, Optuna's and Python's warnings to the study's log file, not the terminal."""
+    """Send Ray's, Optuna's, MLflow's (its database set-up, alembic's migrations) and Python's
+    warnings to the study's log file, not the terminal."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    loggers = [logging.getLogger(n) for n in ("ray", "optuna", "py.warnings", "tuner")]
+    import mlflow  # noqa: F401  (its import sets the mlflow logger's handler: do it first)
+
+    names = ("ray", "optuna", "mlflow", "alembic", "py.warnings", "tuner")
+    loggers = [logging.getLogger(n) for n in names]
     saved = [(lg.handlers[:], lg.propagate) for lg in loggers]
     for lg in loggers:
         lg.handlers, lg.propagate = [handler], False
