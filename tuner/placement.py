@@ -214,4 +214,3 @@ def config_text(config: dict[str, Any]) -> str:
     return ", ".join(
         f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in config.items()
     )
-

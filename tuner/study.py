@@ -381,23 +381,28 @@ def open_tracking(spec: JobSpec, execution: str, results_path: Path) -> tuple[st
         ) from None
 
 
-def make_trainable(
-    spec: JobSpec,
-    dataset: Dataset,
-    trainable: Callable[..., None] = train_trial,
-    training: TrainingOptions | None = None,
-):
-    """The function trainable with its data (object store, once), its resources and how it
-    trains (`training`: as `place_trials` decided; default: the spec's, data on the device)."""
-    settings = TrialSettings(
+def trial_settings(spec: JobSpec, training: TrainingOptions | None = None) -> TrialSettings:
+    """What every trial of the study shares; `training` as `place_trials` decided (default: the
+    spec's, data on the device)."""
+    return TrialSettings(
         model=spec.model,
         max_epochs=spec.scheduler.max_epochs,
         seed=spec.search.seed,
         cpus=spec.resources.cpu,
         training=training or training_options(spec),
     )
+
+
+def make_trainable(
+    spec: JobSpec,
+    dataset: Dataset,
+    trainable: Callable[..., None] = train_trial,
+    training: TrainingOptions | None = None,
+):
+    """The function trainable with its data (object store, once), its resources and its
+    settings."""
     return tune.with_resources(
-        tune.with_parameters(trainable, data=dataset, settings=settings),
+        tune.with_parameters(trainable, data=dataset, settings=trial_settings(spec, training)),
         {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
     )
 
