@@ -159,7 +159,14 @@ SECTIONS = {
             "stop_on_overfit": section({"patience": ints, "min_delta": numbers}),
         }
     ),
-    "resources": section({"cpu": numbers, "gpu": numbers}),
+    "resources": section({"cpu": numbers, "gpu": numbers, "gpu_memory_gb": numbers}),
+    "training": section(
+        {
+            "precision": st.sampled_from(["fp32", "bf16", "fp16", "fp8", "FP16", ""]),
+            "compile": st.booleans(),
+            "data_on_device": st.sampled_from([True, False, None, "auto"]),
+        }
+    ),
     "tracking": section({"enabled": st.booleans(), "uri": texts, "experiment": texts}),
     "failure": section({"max_retries": ints}),
     "diagnostics": section(
@@ -230,7 +237,7 @@ GOOD_SECTIONS = {
         "reduction_factor": st.floats(1.5, 8),
         "stop_on_overfit": st.fixed_dictionaries({"patience": st.integers(1, 9)}),
     },
-    "resources": {"cpu": st.floats(0.25, 16), "gpu": st.sampled_from([0, 0.25, 0.5, 1, 2])},
+    "resources": {"cpu": st.floats(0.25, 16), "gpu": st.sampled_from([0, 0.25, 0.5, 1])},
     "tracking": {
         "enabled": st.booleans(),
         "uri": st.sampled_from(["sqlite:///mlflow.db", "http://mlflow:5000"]),
@@ -350,7 +357,7 @@ def unusable_values(spec: JobSpec) -> list[str]:
     problems = [
         f"resources.{field}={value}"
         for field, value in spec.resources.model_dump().items()
-        if not math.isfinite(value)
+        if value is not None and not math.isfinite(value)
     ]
     for key, seed in (("dataset.seed", spec.dataset.seed), ("search.seed", spec.search.seed)):
         if not 0 <= seed < 2**32:
@@ -367,6 +374,7 @@ USED_AFTER_VALIDATION = [
     ("scheduler", "max_epochs"),
     ("resources", "cpu"),
     ("resources", "gpu"),
+    ("resources", "gpu_memory_gb"),
 ]
 
 

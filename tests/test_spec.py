@@ -67,6 +67,9 @@ def test_minimal_spec_gets_every_default(cwd: Path) -> None:
     assert spec.storage == str(cwd / "tuner-results")
     assert spec.search.storage == f"sqlite:///{cwd / 'optuna.db'}"
     assert spec.failure.max_retries == 2
+    assert spec.resources.gpu_memory_gb is None  # probed
+    assert (spec.training.precision, spec.training.compile) == ("fp32", False)
+    assert spec.training.data_on_device is None  # auto: on the GPU when it fits
 
 
 def test_only_name_model_and_dataset_name_are_required() -> None:
@@ -193,7 +196,8 @@ def test_unknown_top_level_key_lists_valid_keys() -> None:
         ("dataset", ["name", "path", "target", "window", "val_fraction", "seed"]),
         ("search", ["algorithm", "num_samples", "max_concurrent", "seed", "storage"]),
         ("scheduler", ["max_epochs", "grace_period", "reduction_factor", "stop_on_overfit"]),
-        ("resources", ["cpu", "gpu"]),
+        ("resources", ["cpu", "gpu", "gpu_memory_gb"]),
+        ("training", ["precision", "compile", "data_on_device"]),
         ("tracking", ["uri", "experiment"]),
         ("failure", ["max_retries"]),
         ("objective", ["metric", "mode"]),
@@ -223,6 +227,10 @@ def test_unknown_key_two_levels_down() -> None:
         ("search", "num_samples", True),
         ("dataset", "seed", "0"),
         ("resources", "gpu", "0.5"),
+        ("resources", "gpu_memory_gb", "16"),
+        ("training", "compile", "true"),
+        ("training", "data_on_device", "auto"),
+        ("training", "data_on_device", 1),
         ("failure", "max_retries", "2"),
     ],
 )
@@ -288,16 +296,53 @@ def test_unknown_dataset_lists_datasets() -> None:
     assert "but got 'cifar10'" in msg
 
 
-@pytest.mark.parametrize("gpu", [1.5, 2.25])
-def test_fractional_gpu_above_one_is_an_error(gpu: float) -> None:
+@pytest.mark.parametrize("gpu", [1.5, 2, 2.25, 8])
+def test_more_than_one_gpu_per_trial_is_an_error(gpu: float) -> None:
+    """A trial trains on cuda:0 only: a second GPU would sit idle."""
     msg = spec_error(with_(resources={"gpu": gpu}))
-    rule = "must be a fraction up to 1 or a whole number of GPUs"
-    assert f"resources.gpu {rule} but got {gpu}" in msg
+    assert "resources.gpu must be a fraction up to 1" in msg
+    assert "use resources.gpu up to 1" in msg and f"but got {gpu}" in msg
 
 
-@pytest.mark.parametrize("gpu", [0, 0.25, 1, 2])
-def test_gpu_fractions_and_whole_numbers_are_fine(cwd: Path, gpu: float) -> None:
+@pytest.mark.parametrize("gpu", [0, 0.125, 0.25, 0.5, 1])
+def test_gpu_fractions_up_to_one_are_fine(cwd: Path, gpu: float) -> None:
     assert spec_from_dict(with_(resources={"gpu": gpu})).resources.gpu == gpu
+
+
+@pytest.mark.parametrize("value", [0, -1, 0.0])
+def test_gpu_memory_must_be_positive(value: float) -> None:
+    msg = spec_error(MINIMAL, overrides=[f"resources.gpu_memory_gb={value}"])
+    assert "resources.gpu_memory_gb must be greater than 0" in msg and f"but got {value}" in msg
+
+
+def test_training_section_from_set_overrides(cwd: Path) -> None:
+    overrides = [
+        "training.precision=bf16",
+        "training.compile=true",
+        "training.data_on_device=false",
+        "resources.gpu_memory_gb=80",
+    ]
+    spec = spec_from_dict(MINIMAL, overrides=overrides)
+    assert (spec.training.precision, spec.training.compile) == ("bf16", True)
+    assert spec.training.data_on_device is False
+    assert spec.resources.gpu_memory_gb == 80.0
+    assert spec_from_dict(yaml.safe_load(spec.to_yaml())) == spec
+
+
+@pytest.mark.parametrize("precision", ["fp8", "FP16", "float32", ""])
+def test_unknown_precision_is_an_error(precision: str) -> None:
+    msg = spec_error(MINIMAL, overrides=[f"training.precision={precision}"])
+    assert "training.precision must be 'fp32', 'bf16' or 'fp16'" in msg
+    assert f"but got {precision!r}" in msg or "but got None" in msg
+
+
+def test_spec_precisions_are_the_loops() -> None:
+    from typing import get_args
+
+    from trainables.loop import PRECISIONS
+
+    training = JobSpec.model_fields["training"].annotation
+    assert get_args(training.model_fields["precision"].annotation) == PRECISIONS
 
 
 def test_negative_gpu_is_an_error() -> None:

@@ -12,6 +12,7 @@ from mlflow.tracking import MlflowClient
 
 from tests.conftest import tiny_spec
 from tuner import diagnostics, outcomes
+from tuner.journal import JOURNAL_FILE, read_journal
 from tuner.progress import StudyRecorder
 from tuner.runs import client_for
 from tuner.schema import PARENT_TAG, ROLE_TAG
@@ -71,6 +72,9 @@ def test_study_in_mlflow_parent_children_curves_and_summaries(
         assert tags["diagnosis"] == row["diagnosis"] and tags["diagnosis"] in diagnostics.DIAGNOSES
         config = json.loads(tags["tuner.config"])
         assert child.data.params == {k: str(v) for k, v in config.items()}
+        # where it trained: tags, not metrics (a CPU-only Ray gives no GPU ids)
+        assert (tags["tuner.device"], tags["tuner.gpu_ids"]) == ("cpu", "")
+        assert not {"device", "gpu_ids", "node_id"} & set(metrics)
 
         curves = {
             key: {p.step: p.value for p in client.get_metric_history(child.info.run_id, key)}
@@ -105,6 +109,10 @@ def test_study_in_mlflow_parent_children_curves_and_summaries(
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"spec.yaml", "results.csv", "results.parquet", "best_config.yaml"} <= artifacts
     assert "param_importances.json" in artifacts
+    results = [
+        e for e in read_journal(result.results_path / JOURNAL_FILE) if e["event"] == "result"
+    ]
+    assert {(e["device"], e["gpu_ids"]) for e in results} == {("cpu", "")}
     saved = load_run_ids(result.results_path / RUN_IDS_FILE)
     assert sorted(saved.values()) == sorted(c.info.run_id for c in children)
 

@@ -20,10 +20,12 @@ from ray import tune
 
 from trainables import metrics as m
 from trainables.data import Dataset
-from trainables.loop import TrainingRun
+from trainables.loop import TrainingOptions, TrainingRun
 
 CHECKPOINT_FILE = "state.pt"
 NODE_ID = "node_id"  # which Ray node ran the epoch (not a metric)
+GPU_IDS = "gpu_ids"  # the GPU ids Ray assigned the trial, "0" or "0,1" ("" for none; not a metric)
+DEVICE = "device"  # what the trial trains on: "cuda:0" or "cpu" (not a metric)
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,7 @@ class TrialSettings:
     #: epoch): an epoch of seconds is checkpointed every time, a sub-second one is not made to
     #: pay the few milliseconds a checkpoint costs; a crash repeats at most this much training
     checkpoint_every_s: float = 1.0
+    training: TrainingOptions = TrainingOptions()
 
 
 def trial_device() -> torch.device:
@@ -60,10 +63,14 @@ def train_trial(config: dict[str, Any], data: Dataset, settings: TrialSettings) 
             state = torch.load(Path(folder) / CHECKPOINT_FILE, map_location=device)
         run.load_state_dict(state)
 
-    node = ray.get_runtime_context().get_node_id()
+    placement = {
+        NODE_ID: ray.get_runtime_context().get_node_id(),
+        GPU_IDS: ",".join(str(i) for i in ray.get_gpu_ids()),
+        DEVICE: str(device),
+    }
     last_checkpoint = -math.inf
     while run.epoch < settings.max_epochs:
-        result = {**run.run_epoch(), NODE_ID: node}
+        result = {**run.run_epoch(), **placement}
         if result.get(m.DIVERGED):
             tune.report(result)  # no checkpoint of a diverged model; the trial ends here
             return

@@ -20,7 +20,7 @@ from rich.live import Live
 from rich.text import Text
 
 from trainables import metrics as m
-from trainables.trainable import NODE_ID
+from trainables.trainable import DEVICE, GPU_IDS, NODE_ID
 from tuner import outcomes
 from tuner.journal import append_event, read_journal
 
@@ -39,6 +39,8 @@ class TrialRecord:
     error: str | None = None
     finished: int | None = None  # 1 for the first trial to end, 2 for the next, ...
     node: str | None = None  # the Ray node that ran its last epoch
+    gpu_ids: str | None = None  # the GPU ids Ray gave it for its last epoch ("" for none)
+    device: str | None = None  # what its last epoch trained on: "cuda:0" or "cpu"
 
     @property
     def history(self) -> list[dict[str, float]]:
@@ -105,6 +107,8 @@ class StudyRecorder(Callback):
         if event["event"] == "result":
             record.epochs[int(event["row"][m.EPOCH])] = event["row"]
             record.node = event.get("node") or record.node
+            record.gpu_ids = event.get(GPU_IDS, record.gpu_ids)
+            record.device = event.get(DEVICE) or record.device
         elif event["event"] == "end":
             record.status, record.error = event["status"], event.get("error")
             record.finished = sum(t.finished is not None for t in self.trials.values()) + 1
@@ -141,7 +145,8 @@ class StudyRecorder(Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         row = {k: result[k] for k in REPORTED if k in result}
         if m.EPOCH in row:
-            self._event(trial, "result", row=row, node=result.get(NODE_ID))
+            placement = {k: result[k] for k in (GPU_IDS, DEVICE) if k in result}
+            self._event(trial, "result", row=row, node=result.get(NODE_ID), **placement)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         status = outcomes.trial_status(trial.last_result, self.max_epochs)

@@ -117,14 +117,29 @@ class SchedulerSpec(Section):
 
 class ResourcesSpec(Section):
     cpu: float = Field(1.0, gt=0)  # CPUs per trial (torch threads on CPU)
-    gpu: float = Field(0.0, ge=0)  # GPUs per trial; a fraction shares one GPU between trials
+    gpu: float = Field(0.0, ge=0)  # GPUs per trial, up to 1; a fraction shares one GPU
+    #: per-GPU memory for the packing check, when it cannot be probed (default: probed)
+    gpu_memory_gb: float | None = Field(None, gt=0)
 
     @field_validator("gpu")
     @classmethod
-    def _whole_above_one(cls, gpu: float) -> float:
-        if gpu > 1 and gpu != int(gpu):
-            raise ValueError("must be a fraction up to 1 or a whole number of GPUs")
+    def _one_device(cls, gpu: float) -> float:
+        if gpu > 1:
+            raise ValueError(
+                "must be a fraction up to 1 (a trial trains on one device until data "
+                "parallel training exists: use resources.gpu up to 1)"
+            )
         return gpu
+
+
+class TrainingSpec(Section):
+    """How each trial trains (trainables.loop.TrainingOptions)."""
+
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast dtype; fp16 adds a scaler
+    compile: bool = False  # torch.compile the model; its compile time is its own metric
+    #: the dataset on the GPU (true), in host memory copied per batch (false), or None: on the
+    #: GPU when the memory estimate says it fits
+    data_on_device: bool | None = None
 
 
 class TrackingSpec(Section):
@@ -156,6 +171,7 @@ class JobSpec(Section):
     search: SearchSpec = SearchSpec()
     scheduler: SchedulerSpec = SchedulerSpec()
     resources: ResourcesSpec = ResourcesSpec()
+    training: TrainingSpec = TrainingSpec()
     tracking: TrackingSpec = TrackingSpec()
     storage: str = "./tuner-results"  # Ray results and checkpoints
     failure: FailureSpec = FailureSpec()

@@ -26,13 +26,21 @@ from ray import tune
 from dashboards.render import write_report
 from trainables import metrics as m
 from trainables.data import DataOptions, Dataset, DatasetError, load_dataset
-from trainables.loop import check_trainable
+from trainables.loop import TrainingOptions, check_trainable
+from trainables.memory import GIB
 from trainables.trainable import TrialSettings, train_trial
 from tuner import outcomes, schema
 from tuner.buffer import HTTP_SETTINGS, BufferedWriter, is_transient
 from tuner.dashboard_data import REPORT_FILE, from_study
 from tuner.errors import SpecError, StudyError
 from tuner.journal import JOURNAL_FILE
+from tuner.placement import (
+    PROBE_TIMEOUT_S,
+    alive_nodes,
+    check_fits_one_node,
+    plan_gpu_memory,
+    training_options,
+)
 from tuner.progress import LiveProgress, StudyRecorder, trial_dirname
 from tuner.ray_internals import loopback_node, restored_callbacks, stop_local_daemons
 from tuner.results import StudyResult, trials_table
@@ -161,19 +169,43 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
 
 
 def check_cluster_resources(spec: JobSpec) -> None:
-    """Refuse a trial size the cluster cannot place, instead of pending forever."""
-    available = ray.cluster_resources()
-    cpus, gpus = available.get("CPU", 0), available.get("GPU", 0)
-    if spec.resources.gpu > gpus:
-        raise SpecError(
-            f"resources.gpu: each trial asks for {spec.resources.gpu} GPU but the cluster has "
-            f"{gpus:g} GPU (CPU {cpus:g}); set resources.gpu to 0 or run on a GPU cluster"
-        )
-    if spec.resources.cpu > cpus:
-        raise SpecError(
-            f"resources.cpu: each trial asks for {spec.resources.cpu:g} CPU but the cluster has "
-            f"{cpus:g} CPU"
-        )
+    """Refuse a trial size no node can place (a trial runs on one node), instead of pending
+    forever."""
+    check_fits_one_node(spec.resources.cpu, spec.resources.gpu, alive_nodes(ray.nodes()))
+
+
+def place_trials(prepared: PreparedStudy) -> TrainingOptions:
+    """Check that trials fit a node, and as many as share a GPU fit its memory; the options
+    trials train with (where the data lives decided here). Prints what it could not check."""
+    spec = prepared.spec
+    check_cluster_resources(spec)
+    memory, source = None, ""
+    if spec.resources.gpu_memory_gb is not None:
+        memory, source = int(spec.resources.gpu_memory_gb * GIB), "resources.gpu_memory_gb"
+    elif spec.resources.gpu > 0:
+        memory, source = probe_gpu_memory(spec.resources.gpu), "probed"
+    packing = plan_gpu_memory(spec, prepared.space, prepared.dataset, memory, source)
+    for note in packing.notes:
+        print(note)
+    return packing.training
+
+
+def probe_gpu_memory(gpu: float, timeout_s: float = PROBE_TIMEOUT_S) -> int | None:
+    """The total memory of a GPU Ray would give a trial (a task asking for `gpu` GPU), or None
+    where that task finds no CUDA or does not answer within `timeout_s`."""
+
+    @ray.remote(num_gpus=gpu, num_cpus=0, max_retries=0)
+    def total_memory() -> int | None:
+        import torch
+
+        return torch.cuda.mem_get_info()[1] if torch.cuda.is_available() else None
+
+    ref = total_memory.remote()
+    try:
+        return ray.get(ref, timeout=timeout_s)
+    except (ray.exceptions.GetTimeoutError, ray.exceptions.RayError):
+        ray.cancel(ref, force=True)
+        return None
 
 
 def make_searcher(spec: JobSpec, space: SearchSpace, execution: str) -> TruthfulOptunaSearch:
@@ -254,8 +286,10 @@ def run_study(
     results_path.mkdir(parents=True, exist_ok=True)
     (results_path / SPEC_FILE).write_text(spec.to_yaml())
     with study_environment(results_path, spec), ray_session(address, num_cpus) as session:
-        check_cluster_resources(spec)
-        study = StudyRun.start(prepared, execution, results_path, show_progress, trainable)
+        training = place_trials(prepared)
+        study = StudyRun.start(
+            prepared, execution, results_path, show_progress, trainable, training
+        )
         return study.run(after_fit=session.release)
 
 
@@ -274,8 +308,8 @@ def resume_study(
         study_environment(results_path, prepared.spec),
         ray_session(address, num_cpus) as session,
     ):
-        check_cluster_resources(prepared.spec)
-        run = StudyRun.restore(prepared, results_path, show_progress)
+        training = place_trials(prepared)
+        run = StudyRun.restore(prepared, results_path, show_progress, training)
         return run.run(after_fit=session.release)
 
 
@@ -351,16 +385,28 @@ def open_tracking(spec: JobSpec, execution: str, results_path: Path) -> tuple[st
         ) from None
 
 
-def make_trainable(spec: JobSpec, dataset: Dataset, trainable: Callable[..., None] = train_trial):
-    """The function trainable with its data (object store, once) and its resources."""
-    settings = TrialSettings(
+def trial_settings(spec: JobSpec, training: TrainingOptions | None = None) -> TrialSettings:
+    """What every trial of the study shares; `training` as `place_trials` decided (default: the
+    spec's, data on the device)."""
+    return TrialSettings(
         model=spec.model,
         max_epochs=spec.scheduler.max_epochs,
         seed=spec.search.seed,
         cpus=spec.resources.cpu,
+        training=training or training_options(spec),
     )
+
+
+def make_trainable(
+    spec: JobSpec,
+    dataset: Dataset,
+    trainable: Callable[..., None] = train_trial,
+    training: TrainingOptions | None = None,
+):
+    """The function trainable with its data (object store, once), its resources and its
+    settings."""
     return tune.with_resources(
-        tune.with_parameters(trainable, data=dataset, settings=settings),
+        tune.with_parameters(trainable, data=dataset, settings=trial_settings(spec, training)),
         {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
     )
 
@@ -400,6 +446,7 @@ class StudyRun:
         results_path: Path,
         show_progress: bool,
         trainable: Callable[..., None] = train_trial,
+        training: TrainingOptions | None = None,
     ) -> StudyRun:
         spec = prepared.spec
         journal = results_path / JOURNAL_FILE
@@ -424,7 +471,7 @@ class StudyRun:
                 background=True,
             )
         tuner = tune.Tuner(
-            make_trainable(spec, prepared.dataset, trainable),
+            make_trainable(spec, prepared.dataset, trainable, training),
             tune_config=tune.TuneConfig(
                 metric=spec.objective.metric,
                 mode=spec.objective.mode,
@@ -451,13 +498,19 @@ class StudyRun:
         return cls(prepared, results_path, tuner, recorder, tracking, show_progress)
 
     @classmethod
-    def restore(cls, prepared: PreparedStudy, results_path: Path, show_progress: bool) -> StudyRun:
+    def restore(
+        cls,
+        prepared: PreparedStudy,
+        results_path: Path,
+        show_progress: bool,
+        training: TrainingOptions | None = None,
+    ) -> StudyRun:
         """Ray restores the Tuner with the callbacks it pickled when the study started; they
         replay the journal and reload the MLflow run ids themselves (see their __setstate__)."""
         known = {t.trial_id for t in tune.ExperimentAnalysis(str(results_path)).trials}
         tuner = tune.Tuner.restore(
             str(results_path),
-            trainable=make_trainable(prepared.spec, prepared.dataset),
+            trainable=make_trainable(prepared.spec, prepared.dataset, training=training),
             resume_unfinished=True,
             resume_errored=True,
         )

@@ -184,13 +184,14 @@ class MlflowTracking(Callback):
     #: rebuilt by `_init_runtime` (and the run ids re-read) when Ray restores the callback
     _NOT_PICKLED = frozenset(
         {"_pending", "_logged", "_last_flush", "_client", "_writer", "_jobs", "_thread"}
-        | {"_error", "_figures", "open_runs", "run_ids"}
+        | {"_error", "_figures", "open_runs", "run_ids", "_placements"}
     )
 
     def _init_runtime(self) -> None:
         """What lives only in this process: queues, the writer thread, runs open right now."""
         self._pending: dict[str, list] = {}  # run -> curve points not sent yet
         self._logged: dict[str, set[int]] = {}  # run -> epochs already sent
+        self._placements: dict[str, tuple] = {}  # run -> (gpu ids, device) tagged
         self._last_flush = time.monotonic()
         self._client = None
         self._writer: BufferedWriter | None = None
@@ -312,6 +313,7 @@ class MlflowTracking(Callback):
         if epoch in logged:  # re-reported after a restore from an earlier checkpoint
             return
         logged.add(epoch)
+        self._tag_placement(run_id, record)
         self._pending.setdefault(run_id, []).extend(epoch_metrics(row, timestamp))
         if time.monotonic() - self._last_flush >= self.flush_interval_s:
             self.flush()
@@ -332,6 +334,21 @@ class MlflowTracking(Callback):
             self._resync(run_id, record)
         self.open_runs.add(run_id)
         return run_id
+
+    def _tag_placement(self, run_id: str, record: TrialRecord) -> None:
+        """Tag the GPU ids and device the trial's last epoch ran on, when they change (a trial
+        restored elsewhere is re-tagged)."""
+        from mlflow.entities import RunTag
+
+        placement = (record.gpu_ids, record.device)
+        if record.device is None or self._placements.get(run_id) == placement:
+            return
+        self._placements[run_id] = placement
+        tags = [
+            RunTag(schema.GPU_IDS_TAG, record.gpu_ids or ""),
+            RunTag(schema.DEVICE_TAG, record.device),
+        ]
+        log_batch(self.writer, run_id, tags=tags)
 
     def _resync(self, run_id: str, record: TrialRecord) -> None:
         """After a restore: send the epochs the journal has and MLflow lacks; skip the rest."""
@@ -417,6 +434,7 @@ class MlflowTracking(Callback):
         if record is None:
             return
         run_id = self._child_run(record)
+        self._tag_placement(run_id, record)
         tags = [RunTag(schema.TRIAL_STATUS_TAG, record.status or outcomes.ERRORED)]
         if record.error:
             tags.append(RunTag(schema.ERROR_TAG, record.error[:MAX_TAG_LENGTH]))
