@@ -29,6 +29,15 @@ OPTIMIZER_DEFAULTS: dict[str, Any] = {
 }
 OPTIMIZERS = ("adam", "adamw", "sgd")
 EVAL_BATCH_SIZE = 4096
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class TrainingOptions:
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; GradScaler for fp16)
+    compile: bool = False  # torch.compile; compile time reported as its own metric
+    data_on_device: bool = True  # False: data stays in host memory (pinned on CUDA),
+    # copied per batch, non-blocking
 
 
 def optimizer_settings(hp: dict[str, Any]) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
@@ -145,8 +154,10 @@ class TrainingRun:
         data: Dataset,
         device: torch.device | str = "cpu",
         seed: int = 0,
+        options: TrainingOptions = TrainingOptions(),  # placeholder until the loop side lands
     ):
         self.device = torch.device(device)
+        self.options = options
         self.hparams = {**OPTIMIZER_DEFAULTS, **hparams}
         self.classification = data.task == "classification"
         torch.manual_seed(seed)
