@@ -79,7 +79,7 @@ def test_auto_picks_cuda_only_when_torch_sees_a_gpu_and_a_bf16_config_trains(
 
 
 def test_device_cuda_without_a_gpu_exits_2_in_one_line_and_creates_no_run(tmp_path: Path) -> None:
-    """CUDA is hidden from the child (CUDA_VISIBLE_DEVICES=""), so this holds on GPU machines too."""
+    """CUDA is hidden from the child (CUDA_VISIBLE_DEVICES=""): this holds on GPU machines too."""
     path = write_config(tmp_path)
     db = tmp_path / "mlflow.db"
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
