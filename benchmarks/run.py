@@ -969,13 +969,15 @@ def gpu_packing(quick: bool) -> dict[str, Any]:
                         run_study(spec_from_dict(spec), show_progress=False)
                     wall = time.perf_counter() - start
                     ended = time.time()
+                gpu = sampler.summary(began, ended)
                 samples.append(
                     {
                         "gpu_fraction": fraction,
                         "concurrent_trials": concurrent,
                         "wall_s": wall,
                         "trials_per_hour": work.trials / wall * 3600,
-                        **sampler.summary(began, ended),
+                        **gpu,
+                        **memory_per_trial(gpu, trials_per_gpu=max(1, int(1 / fraction))),
                     }
                 )
     by_fraction = {
@@ -1013,6 +1015,20 @@ def gpu_packing(quick: bool) -> dict[str, Any]:
         },
         "samples": samples,
     }
+
+
+def memory_per_trial(gpu: dict[str, Any], trials_per_gpu: int) -> dict[str, Any]:
+    """A trial's peak GPU memory: the largest process's (NVML), or where the driver names no
+    processes (containers often hide them), a GPU's peak in use shared by its trials."""
+    if gpu["peak_process_memory_mib"] is not None:
+        peak = gpu["peak_process_memory_mib"]
+        return {"peak_memory_per_trial_mib": peak, "memory_from": "process"}
+    if gpu["peak_gpu_memory_mib"] is not None:
+        return {
+            "peak_memory_per_trial_mib": gpu["peak_gpu_memory_mib"] / trials_per_gpu,
+            "memory_from": "GPU in use / trials per GPU",
+        }
+    return {"peak_memory_per_trial_mib": None, "memory_from": None}
 
 
 def optional(value: float | None, form: str) -> str:
@@ -1106,7 +1122,7 @@ class GpuSamples:
             if window
             else None,
             "peak_gpu_memory_mib": peak_used,
-            "peak_memory_per_trial_mib": max(per_process) if per_process else None,
+            "peak_process_memory_mib": max(per_process) if per_process else None,
             "gpu_samples": len(window),
         }
 
