@@ -534,6 +534,16 @@ CASES = [
         train_config(BASE_EXPORT, "--epochs", "0"),
         ("--epochs", "at least 1", "but got 0"),
     ),
+    Case(
+        "train-device-unknown",
+        train_config(BASE_EXPORT, "--device", "tpu"),
+        ("--device", "'tpu'", "'auto'", "'cuda'"),
+    ),
+    Case(
+        "config-precision-unknown",
+        train_config({**BASE_EXPORT, "training": {"precision": "fp8"}}),
+        ("training.precision", "'fp8'"),
+    ),
     # -- CLI arguments
     Case(
         "export-top-k-0",

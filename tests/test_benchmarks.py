@@ -6,7 +6,14 @@ from __future__ import annotations
 import optuna
 
 from benchmarks.optuna_study import suggest
-from benchmarks.run import TargetWatch, censored_median, median_sample, shown
+from benchmarks.run import (
+    GpuSamples,
+    TargetWatch,
+    censored_median,
+    median_sample,
+    memory_per_trial,
+    shown,
+)
 
 
 def run(epochs: int, reached: bool) -> dict:
@@ -63,3 +70,20 @@ def test_the_optuna_baseline_samples_the_same_kinds_of_entries_as_a_tuner_space(
     assert config["channels"] in (8, 16) and config["conv_blocks"] == 2
     assert 1e-3 <= config["lr"] <= 1e-2 and 4 <= config["units"] <= 8
     assert set(trial.params) == {"channels", "lr", "units"}
+
+
+def test_gpu_samples_summarise_only_their_window_and_per_trial_memory_prefers_processes():
+    samples = GpuSamples("NVML")
+    samples.samples = [
+        {"time": 1.0, "utilisation": 90.0, "max_used_mib": 9000.0, "process_mib": {7: 5000.0}},
+        {"time": 10.0, "utilisation": 40.0, "max_used_mib": 4000.0, "process_mib": {}},
+        {"time": 11.0, "utilisation": 60.0, "max_used_mib": 6000.0, "process_mib": {}},
+    ]
+    hidden = samples.summary(5.0, 12.0)  # the first sample belongs to an earlier span
+    assert hidden["mean_gpu_utilisation"] == 50.0 and hidden["peak_gpu_memory_mib"] == 6000.0
+    assert hidden["peak_process_memory_mib"] is None
+    assert memory_per_trial(hidden, trials_per_gpu=4)["peak_memory_per_trial_mib"] == 1500.0
+    samples.samples[2]["process_mib"] = {1: 900.0, 2: 1100.0}
+    named = memory_per_trial(samples.summary(5.0, 12.0), trials_per_gpu=4)
+    assert named == {"peak_memory_per_trial_mib": 1100.0, "memory_from": "process"}
+    assert memory_per_trial(samples.summary(20.0, 30.0), 2)["peak_memory_per_trial_mib"] is None

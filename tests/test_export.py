@@ -55,6 +55,8 @@ def test_export_top_k_ranks_by_best_epoch(study: StudyResult, tmp_path: Path) ->
         assert config["hyperparameters"]["hidden_units"] == row["config.hidden_units"]
         assert config["model"] == "mlp" and config["dataset"]["name"] == "digits"
         assert config["seed"] == 3
+        # the spec's training section (defaults here), so tuner train trains the same way
+        assert config["training"] == {"precision": "fp32", "compile": False}
     values = [c["metrics"]["val_loss"] for c in configs]
     assert values == sorted(values)
 

@@ -154,8 +154,10 @@ class TrainingRun:
         data: Dataset,
         device: torch.device | str = "cpu",
         seed: int = 0,
+        options: TrainingOptions = TrainingOptions(),  # placeholder until the loop side lands
     ):
         self.device = torch.device(device)
+        self.options = options
         self.hparams = {**OPTIMIZER_DEFAULTS, **hparams}
         self.classification = data.task == "classification"
         torch.manual_seed(seed)

@@ -7,6 +7,7 @@ import os
 import sys
 import traceback
 from collections.abc import Callable
+from enum import Enum
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
@@ -38,6 +39,16 @@ TrackingOption = Annotated[
     str | None,
     typer.Option(help="MLflow tracking URI. Default: $MLFLOW_TRACKING_URI or ./mlflow.db."),
 ]
+
+
+class Device(str, Enum):
+    """`tuner train --device` (tuner.retrain.DEVICES)."""
+
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
 AddressOption = Annotated[
     str | None,
     typer.Option(help="Ray cluster: 'auto' or ray://HEAD:10001. Default: a local Ray."),
@@ -351,6 +362,9 @@ def train(
     config: Annotated[Path, typer.Argument(help="A config written by `tuner export`.")],
     epochs: Annotated[int | None, typer.Option(help="Default: the trial's best epoch.")] = None,
     tracking_uri: TrackingOption = None,
+    device: Annotated[
+        Device, typer.Option(help="auto: CUDA when a GPU is available, else CPU.")
+    ] = Device.auto,
 ) -> None:
     """Train one fixed config to completion and log it, with the model, to MLflow."""
     from tuner.export import load_exported
@@ -359,11 +373,12 @@ def train(
 
     source_uri = load_exported(config).source.get("tracking_uri")
     uri = tracking_uri or source_uri or default_tracking_uri()
-    result = train_config(config, uri, epochs)
+    result = train_config(config, uri, epochs, device=device.value)
     final = result.final
     acc = f", val_acc {final['val_acc']:.4f}" if "val_acc" in final else ""
     out.print(
-        f"Trained {len(result.history)} epochs: val_loss {final['val_loss']:.4f}{acc}; "
+        f"Trained {len(result.history)} epochs on {result.device}: "
+        f"val_loss {final['val_loss']:.4f}{acc}; "
         f"diagnosis {result.diagnosis}; MLflow run {result.run_id} in {uri}",
         highlight=False,
         soft_wrap=True,

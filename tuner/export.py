@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pandas as pd
 import yaml
@@ -34,6 +34,33 @@ from tuner.tracking import redact
 FORMATS = ("yaml", "json")
 
 
+class ExportedTraining(BaseModel):
+    """How the study's trials trained, so that `tuner train` trains the same way. Files
+    exported before this section existed have none: fp32, no compile."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    compile: bool = False
+
+
+def exported_training(spec: JobSpec) -> ExportedTraining:
+    """The spec's training section as far as it concerns retraining (none before it existed)."""
+    section = getattr(spec, "training", None)
+    if section is None:
+        return ExportedTraining()
+    return ExportedTraining(precision=section.precision, compile=section.compile)
+
+
+def training_from_tag(text: str | None) -> ExportedTraining:
+    """A study parent run's training tag; runs written before it existed have none."""
+    if not text:
+        return ExportedTraining()
+    fields = json.loads(text)  # data_on_device is the cluster's business, not retraining's
+    known = ExportedTraining.model_fields
+    return ExportedTraining(**{k: v for k, v in fields.items() if k in known})
+
+
 class ExportedConfig(BaseModel):
     """What `tuner export` writes and `tuner train` reads."""
 
@@ -44,6 +71,7 @@ class ExportedConfig(BaseModel):
     hyperparameters: dict[str, Any]
     epochs: int = Field(ge=1)  # the trial's best epoch
     seed: int = 0  # the study's seed: same initialisation and shuffling as the trial
+    training: ExportedTraining = ExportedTraining()
     metrics: dict[str, Any] = {}
     source: dict[str, Any] = {}
 
@@ -65,6 +93,7 @@ def exported_config(spec: JobSpec, row: pd.Series, rank: int, study: str) -> dic
         },
         epochs=int(row[schema.BEST_EPOCH]),
         seed=spec.search.seed,
+        training=exported_training(spec),
         metrics={k: v for k, v in metrics.items() if v is not None},
         source={"study": study, "trial_id": row["trial_id"], "rank": rank},
     ).as_dict()
@@ -98,6 +127,7 @@ def config_from_runs(parent, child, rank: int, tracking_uri: str) -> dict[str, A
         hyperparameters=schema.trial_config(tags),
         epochs=int(metrics[schema.BEST_EPOCH]),
         seed=int(parent.data.tags.get(schema.SEED_TAG, 0)),
+        training=training_from_tag(parent.data.tags.get(schema.TRAINING_TAG)),
         metrics={k: v for k, v in summary.items() if v is not None},
         source=source,
     ).as_dict()

@@ -1,7 +1,8 @@
 """`tuner train`: train one exported config to completion and log it, with the model, to MLflow.
 
-The config is rebuilt on the same data and split, with the study's seed; the run carries the
-same curves, summary and diagnosis as a trial's, and rank 1 is registered as `<study>-best`.
+The config is rebuilt on the same data and split, with the study's seed and training options
+(precision, compile); the run carries the same curves, summary and diagnosis as a trial's, the
+device it trained on, and rank 1 is registered as `<study>-best`. The model is logged on CPU.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from tuner.runs import client_for
 from tuner.spec import DiagnosticsSpec, ObjectiveSpec
 from tuner.tracking import as_params, epoch_metrics, log_batch, log_trial_end, now_ms
 
+DEVICES = ("auto", "cpu", "cuda")
+
 
 @dataclass
 class TrainResult:
@@ -24,34 +27,64 @@ class TrainResult:
     history: list[dict[str, float]]
     diagnosis: str
     registered_model: str | None
+    device: str = "cpu"
 
     @property
     def final(self) -> dict[str, float]:
         return self.history[-1]
 
 
+def training_device(requested: str) -> str:
+    """`--device`: auto is CUDA when torch sees a GPU, else CPU; cuda without one is refused."""
+    import torch
+
+    if requested not in DEVICES:
+        raise SpecError(f"--device must be one of {list(DEVICES)} but got {requested!r}")
+    cuda = torch.cuda.is_available()
+    if requested == "cuda" and not cuda:
+        raise SpecError(
+            f"--device cuda: no CUDA GPU is available on this machine (torch {torch.__version__} "
+            "sees none); use --device cpu or --device auto"
+        )
+    if requested == "auto":
+        return "cuda" if cuda else "cpu"
+    return requested
+
+
 def train_config(
-    path: Path, tracking_uri: str, epochs: int | None = None, register: bool = True
+    path: Path,
+    tracking_uri: str,
+    epochs: int | None = None,
+    register: bool = True,
+    device: str = "auto",
 ) -> TrainResult:
-    """Train one exported config on the same data and split; log it, with the model, to MLflow."""
+    """Train one exported config on the same data and split, with the study's training options,
+    on `device` (auto, cpu or cuda); log it, with the model, to MLflow."""
     from trainables.data import DataOptions, DatasetError, load_dataset
-    from trainables.loop import TrainingRun
+    from trainables.loop import TrainingOptions, TrainingRun
 
     config = load_exported(path)
     if epochs is not None and epochs < 1:
         raise SpecError(f"--epochs must be at least 1 but got {epochs}")
+    where = training_device(device)
     try:
         data = load_dataset(DataOptions(**config.dataset.model_dump()))
     except DatasetError as exc:
         raise SpecError(str(exc)) from None
-    run = TrainingRun(config.model, config.hyperparameters, data, seed=config.seed)
+    options = TrainingOptions(precision=config.training.precision, compile=config.training.compile)
+    run = TrainingRun(
+        config.model, config.hyperparameters, data, device=where, seed=config.seed, options=options
+    )
     history = []
     for _ in range(epochs or config.epochs):
         history.append(run.run_epoch())
         if history[-1].get(m.DIVERGED):
             break
     example = data.x_val[:4]
-    return log_trained_model(config, run.model, example, history, tracking_uri, register)
+    result = log_trained_model(
+        config, run.model, example, history, tracking_uri, register, device=where
+    )
+    return result
 
 
 def log_trained_model(
@@ -61,8 +94,10 @@ def log_trained_model(
     history: list[dict[str, float]],
     tracking_uri: str,
     register: bool,
+    device: str = "cpu",
 ) -> TrainResult:
-    """An MLflow run with the curves, diagnosis and the model; rank 1 goes to the registry."""
+    """An MLflow run with the curves, diagnosis, device and the model (moved to CPU); rank 1
+    goes to the registry."""
     import mlflow
     import mlflow.pytorch
     import torch
@@ -79,6 +114,7 @@ def log_trained_model(
             schema.ROLE_TAG: schema.TRAIN_ROLE,
             schema.STUDY_TAG: study,
             schema.SOURCE_RUN_TAG: str(config.source.get("mlflow_run_id", "")),
+            schema.DEVICE_TAG: device,
         },
     )
     run_id = run.info.run_id
@@ -92,6 +128,7 @@ def log_trained_model(
                 "model": config.model,
                 "epochs": len(history),
                 "dataset": config.dataset.model_dump(exclude_none=True),
+                "training": config.training.model_dump(),
                 **config.hyperparameters,
             }
         ),
@@ -100,6 +137,7 @@ def log_trained_model(
         client, run_id, history, ObjectiveSpec(), DiagnosticsSpec(), f"train {study}"
     )
     registered = f"{study}-best" if register and rank == 1 and config.source.get("study") else None
+    model = getattr(model, "_orig_mod", model)  # torch.compile's wrapper: log the model itself
     mlflow.set_tracking_uri(tracking_uri)
     with mlflow.start_run(run_id=run_id):
         mlflow.pytorch.log_model(
@@ -112,4 +150,4 @@ def log_trained_model(
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
         )
     client.set_terminated(run_id, status="FINISHED")
-    return TrainResult(run_id, history, verdict.diagnosis, registered)
+    return TrainResult(run_id, history, verdict.diagnosis, registered, device)

@@ -30,6 +30,7 @@ MODEL_TAG = "tuner.model"
 DATASET_TAG = "tuner.dataset"  # JSON: the dataset section
 OBJECTIVE_TAG = "tuner.objective"  # "metric:mode", see encode_objective
 SEED_TAG = "tuner.seed"
+TRAINING_TAG = "tuner.training"  # JSON: the training section (precision, compile, ...)
 RESULTS_PATH_TAG = "tuner.results_path"
 OPTUNA_TAG = "tuner.optuna"  # storage#study_name, password redacted
 
@@ -45,6 +46,7 @@ ERROR_TAG = "error"
 
 # a `tuner train` run
 SOURCE_RUN_TAG = "tuner.source_run_id"
+DEVICE_TAG = "tuner.device"  # cpu or cuda: where it trained
 
 #: the trials table's hyperparameter columns: "config.lr", "config.batch_size", ...
 CONFIG_PREFIX = "config."

@@ -510,6 +510,15 @@ def ensure_experiment(client, spec: JobSpec) -> str:
     return client.create_experiment(name, artifact_location=location, tags=tags)
 
 
+def training_tag(spec: JobSpec) -> dict[str, str]:
+    """The spec's training section as the parent run's tag, which `tuner export` reads back
+    (none for a spec without one)."""
+    section = getattr(spec, "training", None)
+    if section is None:
+        return {}
+    return {schema.TRAINING_TAG: json.dumps(section.model_dump(mode="json"))}
+
+
 def start_parent_run(client, spec: JobSpec, execution: str, results_path: Path) -> tuple[str, str]:
     """Create the study's parent run with the resolved spec; returns (experiment id, run id)."""
     from mlflow.entities import RunTag
@@ -528,6 +537,7 @@ def start_parent_run(client, spec: JobSpec, execution: str, results_path: Path) 
                 spec.objective.metric, spec.objective.mode
             ),
             schema.SEED_TAG: str(spec.search.seed),
+            **training_tag(spec),
             schema.RESULTS_PATH_TAG: str(results_path),
             schema.OPTUNA_TAG: redact(f"{spec.search.storage}#{execution}"),
         },

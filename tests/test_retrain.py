@@ -1,0 +1,117 @@
+"""`tuner train --device` and the exported config's training options, on real digits data with
+a real MLflow SQLite store. (On a GPU machine, tests/test_gpu.py trains with --device cuda.)"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from tuner.cli import app
+from tuner.errors import SpecError
+from tuner.export import load_exported, training_from_tag
+from tuner.retrain import train_config
+from tuner.runs import client_for
+
+REPO = Path(__file__).resolve().parents[1]
+runner = CliRunner()
+
+#: an exported config as files written before the training section existed look
+EXPORTED: dict[str, Any] = {
+    "model": "mlp",
+    "dataset": {"name": "digits", "val_fraction": 0.2, "seed": 0},
+    "hyperparameters": {"lr": 0.01, "hidden_units": 32},
+    "epochs": 2,
+    "seed": 0,
+}
+
+
+def write_config(folder: Path, **extra: Any) -> Path:
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump({**EXPORTED, **extra}, sort_keys=False))
+    return path
+
+
+def only_run(uri: str):
+    (experiment,) = [e for e in client_for(uri).search_experiments() if e.name == "tuner-train"]
+    (run,) = client_for(uri).search_runs([experiment.experiment_id])
+    return run
+
+
+def test_train_on_cpu_records_the_device_and_a_file_without_training_trains_in_fp32(
+    study_dir: Path,
+) -> None:
+    path = write_config(study_dir)
+    assert load_exported(path).training.model_dump() == {"precision": "fp32", "compile": False}
+    uri = f"sqlite:///{study_dir / 'mlflow.db'}"
+    result = runner.invoke(app, ["train", str(path), "--device", "cpu", "--tracking-uri", uri])
+    assert result.exit_code == 0, result.output
+    assert "Trained 2 epochs on cpu" in result.output
+    run = only_run(uri)
+    assert run.data.tags["tuner.device"] == "cpu"
+    assert run.data.params["training.precision"] == "fp32"
+    assert run.data.params["training.compile"] == "False"
+    assert run.info.status == "FINISHED"
+
+
+def test_auto_picks_cuda_only_when_torch_sees_a_gpu_and_a_bf16_config_trains(
+    study_dir: Path,
+) -> None:
+    path = write_config(study_dir, training={"precision": "bf16"})
+    uri = f"sqlite:///{study_dir / 'mlflow.db'}"
+    result = train_config(path, uri, device="auto")
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert result.device == expected
+    losses = [row["train_loss"] for row in result.history]
+    assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
+    assert losses[1] < losses[0]
+    run = client_for(uri).get_run(result.run_id)
+    assert run.data.tags["tuner.device"] == expected
+    assert run.data.params["training.precision"] == "bf16"
+
+
+def test_device_cuda_without_a_gpu_exits_2_in_one_line_and_creates_no_run(tmp_path: Path) -> None:
+    """CUDA is hidden from the child (CUDA_VISIBLE_DEVICES=""): this holds on GPU machines too."""
+    path = write_config(tmp_path)
+    db = tmp_path / "mlflow.db"
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    command = [sys.executable, "-m", "tuner", "train", str(path), "--device", "cuda"]
+    proc = subprocess.run(
+        [*command, "--tracking-uri", f"sqlite:///{db}"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    shown = f"exit {proc.returncode}: {proc.stdout}{proc.stderr}"
+    assert proc.returncode == 2, shown
+    assert "Traceback" not in proc.stderr, shown
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, shown
+    assert "--device cuda" in lines[0] and "no CUDA GPU" in lines[0], shown
+    assert not db.exists() or not client_for(f"sqlite:///{db}").search_experiments(
+        filter_string="name = 'tuner-train'"
+    ), shown
+
+
+def test_train_config_refuses_an_unknown_device_before_loading_anything(tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match=r"--device must be one of \['auto', 'cpu', 'cuda'\]"):
+        train_config(write_config(tmp_path), f"sqlite:///{tmp_path / 'm.db'}", device="tpu")
+    assert not (tmp_path / "m.db").exists()
+
+
+def test_the_training_tag_of_a_study_becomes_the_exported_training_section() -> None:
+    tag = '{"precision": "bf16", "compile": true, "data_on_device": null}'
+    assert training_from_tag(tag).model_dump() == {"precision": "bf16", "compile": True}
+    assert training_from_tag(None).model_dump() == {"precision": "fp32", "compile": False}
