@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import pandas as pd
 import yaml
@@ -25,6 +25,7 @@ from tuner.spec import (
     DatasetSpec,
     JobSpec,
     ModelName,
+    Precision,
     format_validation_error,
     read_yaml_file,
     show,
@@ -40,16 +41,13 @@ class ExportedTraining(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    precision: Precision = "fp32"
     compile: bool = False
 
 
 def exported_training(spec: JobSpec) -> ExportedTraining:
-    """The spec's training section as far as it concerns retraining (none before it existed)."""
-    section = getattr(spec, "training", None)
-    if section is None:
-        return ExportedTraining()
-    return ExportedTraining(precision=section.precision, compile=section.compile)
+    """The spec's training section as far as it concerns retraining."""
+    return ExportedTraining(precision=spec.training.precision, compile=spec.training.compile)
 
 
 def training_from_tag(text: str | None) -> ExportedTraining:

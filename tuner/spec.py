@@ -132,10 +132,13 @@ class ResourcesSpec(Section):
         return gpu
 
 
+Precision = Literal["fp32", "bf16", "fp16"]  # trainables.loop.PRECISIONS
+
+
 class TrainingSpec(Section):
     """How each trial trains (trainables.loop.TrainingOptions)."""
 
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast dtype; fp16 adds a scaler
+    precision: Precision = "fp32"  # autocast dtype; fp16 adds a scaler
     compile: bool = False  # torch.compile the model; its compile time is its own metric
     #: the dataset on the GPU (true), in host memory copied per batch (false), or None: on the
     #: GPU when the memory estimate says it fits

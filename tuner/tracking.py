@@ -511,12 +511,8 @@ def ensure_experiment(client, spec: JobSpec) -> str:
 
 
 def training_tag(spec: JobSpec) -> dict[str, str]:
-    """The spec's training section as the parent run's tag, which `tuner export` reads back
-    (none for a spec without one)."""
-    section = getattr(spec, "training", None)
-    if section is None:
-        return {}
-    return {schema.TRAINING_TAG: json.dumps(section.model_dump(mode="json"))}
+    """The spec's training section as the parent run's tag, which `tuner export` reads back."""
+    return {schema.TRAINING_TAG: json.dumps(spec.training.model_dump(mode="json"))}
 
 
 def start_parent_run(client, spec: JobSpec, execution: str, results_path: Path) -> tuple[str, str]:
