@@ -22,6 +22,7 @@ from trainables.loop import (
     TrainingRun,
     evaluate,
     loss_function,
+    make_optimizer,
     train_epoch,
 )
 
@@ -220,3 +221,25 @@ def test_no_host_reads_per_batch_and_one_per_evaluation(digits: Dataset) -> None
         )
     assert evaluation.reads == ["tolist"]
     assert loss > 0 and 0 <= acc <= 1
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw", "sgd"])
+def test_fp16_with_a_fused_optimizer_reads_nothing_per_batch(name: str) -> None:
+    """An unfused step reads the scaler's inf flag on the host every batch; the fused one (what
+    a CUDA run gets) takes it on the device."""
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    optimizer = make_optimizer(model.parameters(), {"optimizer": name}, fused=True)
+    assert optimizer.defaults["fused"] is True
+    scaler = accel.gradient_scaler("fp16", CPU)
+    generator = torch.Generator().manual_seed(0)
+    batches = [
+        (torch.randn(16, 4, generator=generator), torch.randint(0, 3, (16,), generator=generator))
+        for _ in range(3)
+    ]
+    before = [p.detach().clone() for p in model.parameters()]
+    autocast = accel.autocast(CPU, torch.float16)
+    loss_fn = loss_function("classification")
+    with HostReads() as training:
+        train_epoch(model, optimizer, scaler, loss_fn, batches, 48, autocast)
+    assert training.reads == []
+    assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
