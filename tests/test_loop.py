@@ -15,7 +15,16 @@ from sklearn.datasets import load_diabetes
 
 from trainables import metrics as m
 from trainables.data import DataOptions, Dataset, load_dataset
-from trainables.loop import OPTIMIZERS, TrainingRun, evaluate, make_optimizer
+from trainables.loop import (
+    OPTIMIZERS,
+    TrainingOptions,
+    TrainingRun,
+    evaluate,
+    load_state,
+    make_optimizer,
+    save_state,
+    train_subsample,
+)
 
 CLASSIFICATION_KEYS = {
     m.EPOCH,
@@ -66,17 +75,44 @@ def test_reported_keys_and_values(mlp_history: list[dict[str, float]]) -> None:
         assert all(isinstance(v, int | float) and math.isfinite(v) for v in result.values())
 
 
+def independent_metrics(model: torch.nn.Module, x: np.ndarray, y: np.ndarray) -> tuple:
+    model.eval()
+    with torch.no_grad():
+        logits = model(torch.from_numpy(x))
+    target = torch.from_numpy(y)
+    loss = float(torch.nn.functional.cross_entropy(logits, target))
+    return loss, float((logits.argmax(1) == target).float().mean())
+
+
 def test_metrics_match_an_independent_evaluation(digits: Dataset) -> None:
     run = TrainingRun("mlp", {}, digits, seed=0)
-    result = run.run_epoch()
-    run.model.eval()
-    with torch.no_grad():
-        logits = run.model(torch.from_numpy(digits.x_val))
-    y = torch.from_numpy(digits.y_val)
-    assert result[m.VAL_LOSS] == pytest.approx(
-        float(torch.nn.functional.cross_entropy(logits, y)), rel=1e-5
-    )
-    assert result[m.VAL_ACC] == pytest.approx(float((logits.argmax(1) == y).float().mean()))
+    for _ in range(2):  # the train subsample is the same rows every epoch
+        result = run.run_epoch()
+        val_loss, val_acc = independent_metrics(run.model, digits.x_val, digits.y_val)
+        assert result[m.VAL_LOSS] == pytest.approx(val_loss, rel=1e-5)
+        assert result[m.VAL_ACC] == pytest.approx(val_acc)
+        rows = run.train_rows.numpy()
+        train_loss, train_acc = independent_metrics(
+            run.model, digits.x_train[rows], digits.y_train[rows]
+        )
+        assert result[m.TRAIN_LOSS] == pytest.approx(train_loss, rel=1e-5)
+        assert result[m.TRAIN_ACC] == pytest.approx(train_acc)
+
+
+def test_train_subsample_is_validation_sized_seeded_and_fixed(digits: Dataset) -> None:
+    n_train, n_val = len(digits.x_train), len(digits.x_val)
+    rows = train_subsample(n_train, n_val, seed=0)
+    assert len(rows) == n_val == 360
+    assert len(set(rows.tolist())) == n_val
+    assert int(rows.min()) >= 0 and int(rows.max()) < n_train
+    assert torch.equal(rows, train_subsample(n_train, n_val, seed=0))
+    assert not torch.equal(rows, train_subsample(n_train, n_val, seed=1))
+    assert train_subsample(100, 100, seed=0) is None  # validation as large: all of it
+    assert train_subsample(100, 300, seed=0) is None
+    run = TrainingRun("mlp", {}, digits, seed=0)
+    assert torch.equal(run.train_rows, rows)
+    run.run_epoch()
+    assert torch.equal(run.train_rows, rows)
 
 
 def test_regression_has_no_accuracy(diabetes: Dataset) -> None:
@@ -94,7 +130,7 @@ def test_regression_has_no_accuracy(diabetes: Dataset) -> None:
 def test_evaluate_regression_returns_no_accuracy() -> None:
     model = torch.nn.Linear(2, 1)
     x, y = torch.zeros(5, 2), torch.zeros(5, 1)
-    loss, acc = evaluate(model, torch.nn.MSELoss(), x, y, classification=False)
+    loss, acc = evaluate(model, torch.nn.MSELoss(), [(x, y)], classification=False)
     assert acc is None
     assert loss >= 0
 
@@ -112,30 +148,39 @@ def test_different_seed_different_metrics(digits: Dataset, mlp_history) -> None:
 
 
 def through_bytes(state: dict) -> dict:
-    """What a checkpoint does to a state: torch.save, then torch.load."""
+    """What a checkpoint does to a state: `save_state` to bytes, then `load_state`."""
     buffer = io.BytesIO()
-    torch.save(state, buffer)
+    save_state(state, buffer)
     buffer.seek(0)
-    return torch.load(buffer, weights_only=False)
+    return load_state(buffer)
 
 
-def assert_resume_is_exact(data: Dataset, hparams: dict, model: str = "mlp") -> None:
-    straight = TrainingRun(model, hparams, data, seed=3)
+FP32 = TrainingOptions()
+
+
+def assert_resume_is_exact(
+    data: Dataset, hparams: dict, model: str = "mlp", options: TrainingOptions = FP32
+) -> None:
+    """2 epochs, checkpoint, a fresh run resumes for 2 more: bit-identical to 4 straight epochs."""
+    straight = TrainingRun(model, hparams, data, seed=3, options=options)
     expected = [straight.run_epoch() for _ in range(4)][-1]
 
-    first = TrainingRun(model, hparams, data, seed=3)
+    first = TrainingRun(model, hparams, data, seed=3, options=options)
     for _ in range(2):
         first.run_epoch()
     state = through_bytes(copy.deepcopy(first.state_dict()))
 
-    resumed = TrainingRun(model, hparams, data, seed=3)
+    resumed = TrainingRun(model, hparams, data, seed=3, options=options)
     resumed.load_state_dict(state)
     assert resumed.epoch == 2
     results = [resumed.run_epoch() for _ in range(2)]
     got = results[-1]
     assert got[m.EPOCH] == 4
     for key in (m.TRAIN_LOSS, m.VAL_LOSS, m.TRAIN_ACC, m.VAL_ACC):
-        assert got[key] == pytest.approx(expected[key], abs=1e-6), key
+        assert got[key] == expected[key], key
+    for name, tensor in straight.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[name], tensor), name
+    assert resumed.scaler.state_dict() == straight.scaler.state_dict()
 
 
 @pytest.mark.parametrize(
@@ -149,6 +194,84 @@ def assert_resume_is_exact(data: Dataset, hparams: dict, model: str = "mlp") -> 
 )
 def test_resume_from_state_dict_is_exact(digits: Dataset, hparams: dict) -> None:
     assert_resume_is_exact(digits, hparams)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [TrainingOptions(precision="fp16"), TrainingOptions(data_on_device=False)],
+    ids=["fp16-with-its-scaler", "data-in-host-memory"],
+)
+def test_resume_with_training_options_is_exact(digits: Dataset, options) -> None:
+    assert_resume_is_exact(digits, {"hidden_units": 32}, options=options)
+
+
+def tensors_in(state) -> list[torch.Tensor]:
+    if isinstance(state, torch.Tensor):
+        return [state]
+    if isinstance(state, dict):
+        return [t for v in state.values() for t in tensors_in(v)]
+    if isinstance(state, list | tuple):
+        return [t for v in state for t in tensors_in(v)]
+    return []
+
+
+def test_state_dict_is_device_independent(digits: Dataset) -> None:
+    """Every tensor on CPU (a GPU run's included, so its checkpoint resumes anywhere), and every
+    part loadable with `weights_only=True`."""
+    run = TrainingRun("mlp", {"batch_norm": True}, digits, seed=0, options=TrainingOptions("fp16"))
+    run.run_epoch()
+    state = run.state_dict()
+    tensors = tensors_in(state)
+    assert len(tensors) > 10
+    assert {t.device.type for t in tensors} == {"cpu"}
+    assert state["generator"].dtype == torch.uint8
+    assert state["cuda_rng"] is None
+    assert state["scaler"]["scale"] > 0
+    assert set(through_bytes(state)) == set(state)
+
+
+@pytest.fixture
+def storages_tagged_cuda():
+    """While active, torch.save writes every storage as a GPU run's checkpoint holds it, tagged
+    `cuda:0` (what `torch.load` without a map_location restores to CUDA)."""
+    from torch import serialization
+
+    serialization.register_package(0, lambda storage: "cuda:0", lambda obj, location: None)
+    yield
+    serialization._package_registry[:] = [
+        entry for entry in serialization._package_registry if entry[0] != 0
+    ]
+
+
+def test_a_checkpoint_written_on_a_gpu_resumes_on_cpu(
+    digits: Dataset, tmp_path: Path, storages_tagged_cuda
+) -> None:
+    run = TrainingRun("mlp", {"dropout": 0.2}, digits, seed=4)
+    run.run_epoch()
+    path = tmp_path / "state.pt"
+    torch.save(run.state_dict(), path)  # tagged cuda:0, like a GPU's checkpoint
+    expected = run.run_epoch()
+    if not torch.cuda.is_available():  # the file really says CUDA
+        with pytest.raises(RuntimeError, match="CUDA"):
+            torch.load(path, weights_only=True)
+
+    state = load_state(path)
+    assert {t.device.type for t in tensors_in(state)} == {"cpu"}
+    assert state["generator"].device.type == "cpu"  # torch.Generator.set_state needs CPU
+    resumed = TrainingRun("mlp", {"dropout": 0.2}, digits, seed=4)
+    resumed.load_state_dict(state)
+    assert resumed.run_epoch()[m.VAL_LOSS] == expected[m.VAL_LOSS]
+
+
+def test_fp16_resumes_from_a_checkpoint_without_a_scaler(digits: Dataset) -> None:
+    fp32 = TrainingRun("mlp", {"hidden_units": 16}, digits, seed=0)
+    fp32.run_epoch()
+    state = through_bytes(fp32.state_dict())
+    assert state["scaler"] == {}
+    fp16 = TrainingRun("mlp", {"hidden_units": 16}, digits, seed=0, options=TrainingOptions("fp16"))
+    fp16.load_state_dict(state)
+    assert fp16.epoch == 1
+    assert math.isfinite(fp16.run_epoch()[m.VAL_LOSS])
 
 
 def test_resume_with_dropout_is_exact(digits: Dataset) -> None:

@@ -175,6 +175,19 @@ def test_interrupted_study_leaves_no_run_running(study_dir: Path) -> None:
         assert [(p.step, p.value) for p in history] == [(1, 1.0)], "buffered epochs were lost"
 
 
+def test_compile_time_is_logged_once_at_step_1(study_dir: Path) -> None:
+    recorder, tracking, client = callbacks(study_dir)
+    trial = fake_trial("t1", 1)
+    drive([recorder, tracking], "on_trial_start", trial)
+    drive([recorder, tracking], "on_trial_result", trial, result={**EPOCH_1, "compile_time_s": 3.5})
+    drive([recorder, tracking], "on_trial_result", trial, result={**EPOCH_1, "epoch": 2})
+    drive([recorder, tracking], "on_trial_complete", trial)
+    run_id = tracking.run_ids["t1"]
+    history = client.get_metric_history(run_id, "compile_time_s")
+    assert [(p.step, p.value) for p in history] == [(1, 3.5)]
+    assert [p.step for p in client.get_metric_history(run_id, "val_loss")] == [1, 2]
+
+
 def test_a_restored_trial_continues_its_run(study_dir: Path) -> None:
     """Resume-safe: the trial -> run ids on disk bring the same run back, without a duplicate."""
     recorder, tracking, client = callbacks(study_dir)

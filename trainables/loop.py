@@ -1,23 +1,33 @@
 """The training loop: one epoch of training, one of evaluation. Pure PyTorch, no Ray, no MLflow.
 
-Data sits on the device as whole tensors and is batched by index, so an epoch costs no DataLoader
-workers, no collation and no host-to-device copies.
+By default the data sits on the device as whole tensors, batched by index, so an epoch costs no
+DataLoader workers, no collation and no host-to-device copies; with `data_on_device=False` it stays
+in host memory and each batch is copied without blocking (`trainables.batches`). Nothing in an
+epoch waits for the device per batch: evaluation sums on the device and reads the sums once.
+Mixed precision, TF32, channels_last and `torch.compile` come from `trainables.accel`.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from trainables import accel
 from trainables import metrics as m
+from trainables.accel import PRECISIONS
+from trainables.batches import Batch, place
 from trainables.data import Dataset
 from trainables.models import build_model
+
+__all__ = ["PRECISIONS", "TrainingOptions", "TrainingRun"]
 
 #: Optimisation hyperparameters every model takes, with the textbook defaults.
 OPTIMIZER_DEFAULTS: dict[str, Any] = {
@@ -29,15 +39,21 @@ OPTIMIZER_DEFAULTS: dict[str, Any] = {
 }
 OPTIMIZERS = ("adam", "adamw", "sgd")
 EVAL_BATCH_SIZE = 4096
-PRECISIONS = ("fp32", "bf16", "fp16")
+#: the train-split subsample's seed is (run seed, this), so it is not the first epoch's shuffle
+SUBSAMPLE_STREAM = 1
 
 
 @dataclass(frozen=True)
 class TrainingOptions:
+    """How to train, as opposed to what: none of these changes what a model can learn."""
+
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; GradScaler for fp16)
     compile: bool = False  # torch.compile; compile time reported as its own metric
     data_on_device: bool = True  # False: data stays in host memory (pinned on CUDA),
-    # copied per batch, non-blocking
+    #                              copied per batch, non-blocking
+
+    def __post_init__(self) -> None:
+        accel.check_precision(self.precision)
 
 
 def optimizer_settings(hp: dict[str, Any]) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
@@ -54,9 +70,11 @@ def optimizer_settings(hp: dict[str, Any]) -> tuple[type[torch.optim.Optimizer],
     raise ValueError(f"optimizer {name!r} is unknown; choose one of: {', '.join(OPTIMIZERS)}")
 
 
-def make_optimizer(params, hp: dict[str, Any]) -> torch.optim.Optimizer:
+def make_optimizer(params, hp: dict[str, Any], fused: bool = False) -> torch.optim.Optimizer:
+    """The trial's optimizer; `fused` (one kernel per step, used on CUDA) also takes the fp16
+    loss scaler's inf check on the device, where an unfused step reads it on the host."""
     optimizer_class, kwargs = optimizer_settings(hp)
-    return optimizer_class(params, **kwargs)
+    return optimizer_class(params, **kwargs, **({"fused": True} if fused else {}))
 
 
 def check_trainable(model_name: str, hparams: dict[str, Any], data: Dataset) -> None:
@@ -84,67 +102,111 @@ def loss_function(task: str) -> nn.Module:
     return nn.CrossEntropyLoss() if task == "classification" else RegressionLoss()
 
 
-@dataclass
-class DeviceData:
-    """A dataset's splits as tensors on one device."""
+def train_subsample(n_train: int, n_val: int, seed: int) -> torch.Tensor | None:
+    """The training rows the train metrics are measured on, fixed for a run: as many as the
+    validation split has (sorted, seeded by the run's seed), or None (all) when that is no fewer."""
+    if n_val >= n_train:
+        return None
+    rng = np.random.default_rng([seed, SUBSAMPLE_STREAM])
+    rows = np.sort(rng.choice(n_train, size=n_val, replace=False))
+    return torch.from_numpy(rows)
 
-    x_train: torch.Tensor
-    y_train: torch.Tensor
-    x_val: torch.Tensor
-    y_val: torch.Tensor
 
-    @classmethod
-    def from_dataset(cls, data: Dataset, device: torch.device) -> DeviceData:
-        def put(a: np.ndarray) -> torch.Tensor:
-            return torch.from_numpy(np.ascontiguousarray(a)).to(device)
-
-        return cls(put(data.x_train), put(data.y_train), put(data.x_val), put(data.y_val))
+def batch_loss(
+    model: nn.Module,
+    loss_fn: nn.Module,
+    xb: torch.Tensor,
+    yb: torch.Tensor,
+    autocast: AbstractContextManager | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's output and the mean loss on one batch: the forward pass in the run's precision,
+    the loss in fp32."""
+    with autocast or nullcontext():
+        out = model(xb).float()
+    return out, loss_fn(out, yb)
 
 
 def train_epoch(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
     loss_fn: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    batch_size: int,
-    generator: torch.Generator,
+    batches: Iterable[Batch],
+    n: int,
+    autocast: AbstractContextManager | None = None,
 ) -> None:
-    """One pass over (x, y) in shuffled mini-batches."""
+    """One pass over shuffled mini-batches of a split of `n` rows; nothing here waits for the
+    device (a 1-sample tail is told by its shape)."""
     model.train()
-    order = torch.randperm(len(x), generator=generator).to(x.device)
-    for start in range(0, len(x), batch_size):
-        idx = order[start : start + batch_size]
-        if len(idx) < 2 and len(x) >= 2:  # a 1-sample batch breaks batch norm; skip the tail
+    for xb, yb in batches:
+        if len(xb) < 2 and n >= 2:  # a 1-sample batch breaks batch norm; skip the tail
             continue
         optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(model(x[idx]), y[idx])
-        loss.backward()
-        optimizer.step()
+        _, loss = batch_loss(model, loss_fn, xb, yb, autocast)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
 
 
 @torch.inference_mode()
 def evaluate(
-    model: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch.Tensor, classification: bool
+    model: nn.Module,
+    loss_fn: nn.Module,
+    batches: Iterable[Batch],
+    classification: bool,
+    autocast: AbstractContextManager | None = None,
 ) -> tuple[float, float | None]:
-    """Mean loss (and accuracy for classification) in eval mode."""
+    """Mean loss (and accuracy for classification) in eval mode. Sums stay on the device and are
+    read once, at the end."""
     model.eval()
-    total_loss, correct = 0.0, 0
-    for start in range(0, len(x), EVAL_BATCH_SIZE):
-        xb, yb = x[start : start + EVAL_BATCH_SIZE], y[start : start + EVAL_BATCH_SIZE]
-        out = model(xb)
-        total_loss += float(loss_fn(out, yb)) * len(xb)
+    total_loss = correct = None
+    n = 0
+    for xb, yb in batches:
+        out, loss = batch_loss(model, loss_fn, xb, yb, autocast)
+        loss_sum = loss.double() * len(xb)
+        total_loss = loss_sum if total_loss is None else total_loss + loss_sum
         if classification:
-            correct += int((out.argmax(dim=1) == yb).sum())
-    n = max(len(x), 1)
-    return total_loss / n, (correct / n if classification else None)
+            hits = (out.argmax(dim=1) == yb).sum()
+            correct = hits if correct is None else correct + hits
+        n += len(xb)
+    if total_loss is None:
+        return 0.0, (0.0 if classification else None)
+    sums = torch.stack([total_loss, correct.double() if classification else total_loss])
+    loss_sum, correct_sum = sums.tolist()  # the one host synchronisation
+    return loss_sum / n, (correct_sum / n if classification else None)
+
+
+def to_cpu(state: Any) -> Any:
+    """A nested state with every tensor on CPU, so that a checkpoint loads on any device."""
+    if isinstance(state, torch.Tensor):
+        return state.detach().cpu()
+    if isinstance(state, dict):
+        return {k: to_cpu(v) for k, v in state.items()}
+    if isinstance(state, list | tuple):
+        return type(state)(to_cpu(v) for v in state)
+    return state
+
+
+def save_state(state: dict[str, Any], file: str | IO[bytes]) -> None:
+    torch.save(to_cpu(state), file)
+
+
+def load_state(file: str | IO[bytes]) -> dict[str, Any]:
+    """A checkpoint's state on CPU, wherever it was written: `TrainingRun.load_state_dict` moves
+    the model and optimizer state to the run's device; RNG states must stay CPU tensors."""
+    return torch.load(file, map_location="cpu", weights_only=True)
 
 
 class TrainingRun:
     """A model, its optimizer and its data, advanced one epoch at a time.
 
     Used by the Ray trainable, by `tuner train` and by the benchmarks, so that all three train
-    exactly the same way. `state_dict`/`load_state_dict` carry everything a resumed run needs.
+    exactly the same way. `state_dict`/`load_state_dict` carry everything a resumed run needs, on
+    CPU, so that a checkpoint written on one device resumes on another.
+
+    Train metrics are measured like validation ones, in eval mode after the epoch, on a fixed
+    seeded subsample of the training split as large as the validation split (`train_subsample`):
+    a second full pass over the training data every epoch would cost as much as training does.
     """
 
     def __init__(
@@ -154,41 +216,96 @@ class TrainingRun:
         data: Dataset,
         device: torch.device | str = "cpu",
         seed: int = 0,
-        options: TrainingOptions = TrainingOptions(),  # placeholder until the loop side lands
+        options: TrainingOptions = TrainingOptions(),  # noqa: B008 (frozen, so shared safely)
     ):
         self.device = torch.device(device)
         self.options = options
         self.hparams = {**OPTIMIZER_DEFAULTS, **hparams}
         self.classification = data.task == "classification"
+        self.autocast_dtype = accel.device_autocast_dtype(options.precision, self.device)
+        accel.configure_device(self.device)
+        self.memory_format = accel.memory_format(model_name, data.sample_shape, self.device)
         torch.manual_seed(seed)
         self.generator = torch.Generator().manual_seed(seed)
         self.model = build_model(
             model_name, self.hparams, data.sample_shape, data.layout, data.output_dim
-        ).to(self.device)
-        self.optimizer = make_optimizer(self.model.parameters(), self.hparams)
+        ).to(self.device, memory_format=self.memory_format)
+        #: what the loop calls: the model itself, or its compiled wrapper (which shares its
+        #: parameters; checkpoints hold `model`'s state, the same with and without compile)
+        self.forward_model = torch.compile(self.model) if options.compile else self.model
+        self.optimizer = make_optimizer(
+            self.model.parameters(), self.hparams, fused=self.device.type == "cuda"
+        )
+        self.scaler = accel.gradient_scaler(options.precision, self.device)
         self.loss_fn = loss_function(data.task)
-        self.tensors = DeviceData.from_dataset(data, self.device)
+        self.train_data = place(data.x_train, data.y_train, self.device, options.data_on_device)
+        self.val_data = place(data.x_val, data.y_val, self.device, options.data_on_device)
+        self.train_rows = train_subsample(len(data.x_train), len(data.x_val), seed)
         self.batch_size = int(self.hparams["batch_size"])
         self.epoch = 0
+        self.compiled = False
+
+    def autocast(self) -> AbstractContextManager:
+        return accel.autocast(self.device, self.autocast_dtype)
+
+    def _formatted(self, batches: Iterable[Batch]) -> Iterable[Batch]:
+        if self.memory_format is torch.contiguous_format:
+            yield from batches
+            return
+        for xb, yb in batches:
+            yield xb.contiguous(memory_format=self.memory_format), yb
+
+    def _train_batches(self) -> Iterable[Batch]:
+        order = torch.randperm(len(self.train_data), generator=self.generator)
+        return self._formatted(self.train_data.batches(self.batch_size, order))
+
+    def _eval_batches(self) -> tuple[Iterable[Batch], Iterable[Batch]]:
+        train = self.train_data.batches(EVAL_BATCH_SIZE, self.train_rows)
+        val = self.val_data.batches(EVAL_BATCH_SIZE)
+        return self._formatted(train), self._formatted(val)
+
+    def _warm_up(self) -> float:
+        """Compile every graph this run will need (train and eval mode, each batch shape) by one
+        forward and backward pass of each, then restore the model, gradients and RNGs, so that
+        training goes on as if nothing ran. Returns the seconds it took."""
+        start = time.perf_counter()
+        n = len(self.train_data)
+        sizes = {min(self.batch_size, n), n % self.batch_size}
+        train_shapes = [s for s in sizes if s >= 2 or (s == 1 and n < 2)]
+        with accel.preserved_training_state(self.model, self.device):
+            self.forward_model.train()
+            for size in train_shapes:
+                xb, yb = next(iter(self._formatted(self.train_data.batches(size))))
+                _, loss = batch_loss(self.forward_model, self.loss_fn, xb, yb, self.autocast())
+                loss.backward()
+            for batches in self._eval_batches():
+                evaluate(
+                    self.forward_model, self.loss_fn, batches, self.classification, self.autocast()
+                )
+        return time.perf_counter() - start
 
     def run_epoch(self) -> dict[str, float]:
         """Train one epoch, then measure train and validation metrics in eval mode."""
-        t = self.tensors
+        compile_time = None
+        if self.options.compile and not self.compiled:
+            compile_time = self._warm_up()
+            self.compiled = True
         start = time.perf_counter()
         train_epoch(
-            self.model,
+            self.forward_model,
             self.optimizer,
+            self.scaler,
             self.loss_fn,
-            t.x_train,
-            t.y_train,
-            self.batch_size,
-            self.generator,
+            self._train_batches(),
+            len(self.train_data),
+            self.autocast(),
         )
+        train_batches, val_batches = self._eval_batches()
         train_loss, train_acc = evaluate(
-            self.model, self.loss_fn, t.x_train, t.y_train, self.classification
+            self.forward_model, self.loss_fn, train_batches, self.classification, self.autocast()
         )
         val_loss, val_acc = evaluate(
-            self.model, self.loss_fn, t.x_val, t.y_val, self.classification
+            self.forward_model, self.loss_fn, val_batches, self.classification, self.autocast()
         )
         self.epoch += 1
         result = {
@@ -198,6 +315,8 @@ class TrainingRun:
             m.GENERALIZATION_GAP: val_loss - train_loss,
             m.EPOCH_TIME_S: time.perf_counter() - start,
         }
+        if compile_time is not None:
+            result[m.COMPILE_TIME_S] = compile_time
         if self.classification:
             result[m.TRAIN_ACC] = train_acc
             result[m.VAL_ACC] = val_acc
@@ -206,22 +325,30 @@ class TrainingRun:
         return result
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "epoch": self.epoch,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "generator": self.generator.get_state(),
-            "torch_rng": torch.get_rng_state(),  # dropout masks come from the global RNG
-            "cuda_rng": torch.cuda.get_rng_state(self.device)
-            if self.device.type == "cuda"
-            else None,
-        }
+        """Everything a resumed run needs, every tensor on CPU (device-independent)."""
+        return to_cpu(
+            {
+                "epoch": self.epoch,
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict(),  # empty unless fp16
+                "generator": self.generator.get_state(),
+                "torch_rng": torch.get_rng_state(),  # dropout masks come from the global RNG
+                "cuda_rng": torch.cuda.get_rng_state(self.device)
+                if self.device.type == "cuda"
+                else None,
+            }
+        )
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume from `state_dict()`, written on any device: the model and optimizer state move
+        to this run's device; RNG states go back where they belong (the CUDA one only on CUDA)."""
         self.epoch = int(state["epoch"])
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.generator.set_state(state["generator"])
+        if state.get("scaler"):  # a checkpoint of an fp32/bf16 run resumed in fp16 has none
+            self.scaler.load_state_dict(state["scaler"])
+        self.generator.set_state(state["generator"].cpu())
         torch.set_rng_state(state["torch_rng"].cpu())
         if state.get("cuda_rng") is not None and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["cuda_rng"].cpu(), self.device)

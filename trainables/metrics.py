@@ -11,6 +11,9 @@ GENERALIZATION_GAP = "generalization_gap"
 EPOCH_TIME_S = "epoch_time_s"
 DIVERGED = "diverged"
 STOPPED_ON_OVERFIT = "stopped_on_overfit"  # set on the result on which the overfit stopper acts
+#: seconds `torch.compile` took (a warm-up before the first epoch a run trains, outside its
+#: epoch_time_s); only on that epoch's result, only when compile is on
+COMPILE_TIME_S = "compile_time_s"
 
 #: The per-epoch curves every trial reports (accuracies only for classification).
 CURVES = (TRAIN_LOSS, TRAIN_ACC, VAL_LOSS, VAL_ACC, GENERALIZATION_GAP, EPOCH_TIME_S)

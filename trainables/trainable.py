@@ -20,7 +20,7 @@ from ray import tune
 
 from trainables import metrics as m
 from trainables.data import Dataset
-from trainables.loop import TrainingOptions, TrainingRun
+from trainables.loop import TrainingOptions, TrainingRun, load_state, save_state
 
 CHECKPOINT_FILE = "state.pt"
 NODE_ID = "node_id"  # which Ray node ran the epoch (not a metric)
@@ -30,7 +30,8 @@ DEVICE = "device"  # what the trial trains on: "cuda:0" or "cpu" (not a metric)
 
 @dataclass(frozen=True)
 class TrialSettings:
-    """What every trial of a study shares: the model family, the epoch budget, seed and CPUs."""
+    """What every trial of a study shares: the model family, the epoch budget, seed, CPUs and how
+    to train (precision, compile, data placement)."""
 
     model: str
     max_epochs: int
@@ -55,12 +56,14 @@ def train_trial(config: dict[str, Any], data: Dataset, settings: TrialSettings) 
     device = trial_device()
     if device.type == "cpu":
         torch.set_num_threads(max(1, int(settings.cpus)))
-    run = TrainingRun(settings.model, config, data, device=device, seed=settings.seed)
+    run = TrainingRun(
+        settings.model, config, data, device=device, seed=settings.seed, options=settings.training
+    )
 
     checkpoint = tune.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as folder:
-            state = torch.load(Path(folder) / CHECKPOINT_FILE, map_location=device)
+            state = load_state(Path(folder) / CHECKPOINT_FILE)  # on CPU, wherever written
         run.load_state_dict(state)
 
     placement = {
@@ -78,6 +81,6 @@ def train_trial(config: dict[str, Any], data: Dataset, settings: TrialSettings) 
             tune.report(result)
             continue
         with tempfile.TemporaryDirectory() as folder:
-            torch.save(run.state_dict(), Path(folder) / CHECKPOINT_FILE)
+            save_state(run.state_dict(), Path(folder) / CHECKPOINT_FILE)
             tune.report(result, checkpoint=tune.Checkpoint.from_directory(folder))
         last_checkpoint = time.monotonic()

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
 RUN_IDS_FILE = "mlflow_runs.json"
 LEARNING_CURVE = "learning_curve.png"
-CURVE_METRICS = m.CURVES
+CURVE_METRICS = (*m.CURVES, m.COMPILE_TIME_S)  # compile time: in the first epoch's row only
 log = logging.getLogger(__name__)
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
 MAX_TAG_LENGTH = 8000
