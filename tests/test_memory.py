@@ -102,7 +102,7 @@ def test_breakdown_names_every_part(digits: Dataset) -> None:
     text = estimate.breakdown()
     for part in ("data", "parameters", "gradients", "optimizer state", "CUDA context"):
         assert part in text
-    assert "activations" in text and "at batch_size 32" in text
+    assert "activations" in text and "training at batch_size 32" in text
     assert text.startswith("0.50 GiB = ")
     assert "host memory" in estimate.breakdown(data_on_device=False)
 

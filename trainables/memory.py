@@ -83,7 +83,8 @@ class MemoryEstimate:
             f"parameters {gib(self.parameters)}",
             f"gradients {gib(self.gradients)}",
             f"optimizer state {gib(self.optimizer_state)}",
-            f"activations {gib(self.activations)} at batch_size {self.batch_size}",
+            f"activations {gib(self.activations)} (training at batch_size {self.batch_size} "
+            "or an evaluation batch, the larger)",
             f"CUDA context {gib(self.cuda_context)}",
         ]
         return f"{gib(self.total(data_on_device))} = " + " + ".join(parts)
