@@ -60,7 +60,8 @@ def register_model(
     name: str, *, layouts: tuple[Layout, ...], defaults: dict[str, Any], description: str
 ) -> Callable:
     def decorator(build_fn: Callable) -> Callable:
-        MODELS.register(name)(ModelFamily(name, build_fn, layouts, defaults, description))
+        family = ModelFamily(name, build_fn, layouts, defaults, description)
+        MODELS.register(name, owner=build_fn.__module__)(family)
         return build_fn
 
     return decorator

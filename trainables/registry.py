@@ -15,21 +15,42 @@ class UnknownNameError(KeyError, ValueError):
         return str(self.args[0])
 
 
+class DuplicateNameError(ValueError):
+    """A name registered by two modules."""
+
+
 class Registry(Generic[T]):
     """A dict of builders filled by a decorator, with errors that list the valid names."""
 
     def __init__(self, kind: str):
         self.kind = kind
         self._entries: dict[str, T] = {}
+        self._owners: dict[str, str] = {}  # name -> the module that registered it
 
-    def register(self, name: str) -> Callable[[T], T]:
+    def register(self, name: str, owner: str | None = None) -> Callable[[T], T]:
+        """A decorator registering its argument as `name`; `owner` (default: the decorated
+        function's module) is named when another module registers the same name."""
+
         def decorator(fn: T) -> T:
+            module = owner or getattr(fn, "__module__", None) or "?"
             if name in self._entries:
-                raise ValueError(f"{self.kind} {name!r} is registered twice")
+                raise DuplicateNameError(
+                    f"{self.kind} {name!r} is registered twice: by {self._owners[name]} and by "
+                    f"{module}; rename one of them"
+                )
             self._entries[name] = fn
+            self._owners[name] = module
             return fn
 
         return decorator
+
+    def forget(self, owner: str) -> None:
+        """Drop every entry `owner` registered (a plug-in module about to be imported again)."""
+        for name in [n for n, o in self._owners.items() if o == owner]:
+            del self._entries[name], self._owners[name]
+
+    def owner(self, name: str) -> str:
+        return self._owners[name]
 
     def get(self, name: str) -> T:
         try:

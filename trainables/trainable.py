@@ -19,8 +19,10 @@ import torch
 from ray import tune
 
 from trainables import metrics as m
+from trainables import plugins
 from trainables.data import Dataset
 from trainables.loop import TrainingOptions, TrainingRun, load_state, save_state
+from trainables.plugins import PluginCode
 
 CHECKPOINT_FILE = "state.pt"
 NODE_ID = "node_id"  # which Ray node ran the epoch (not a metric)
@@ -42,6 +44,8 @@ class TrialSettings:
     #: pay the few milliseconds a checkpoint costs; a crash repeats at most this much training
     checkpoint_every_s: float = 1.0
     training: TrainingOptions = TrainingOptions()
+    #: the study's plug-ins, imported by each trial before it builds its model
+    plugins: tuple[PluginCode, ...] = ()
 
 
 def trial_device() -> torch.device:
@@ -53,6 +57,8 @@ def trial_device() -> torch.device:
 
 def train_trial(config: dict[str, Any], data: Dataset, settings: TrialSettings) -> None:
     """Train one trial, reporting every epoch with a checkpoint that resumes it exactly."""
+    for code in settings.plugins:
+        plugins.ensure(code)
     device = trial_device()
     if device.type == "cpu":
         torch.set_num_threads(max(1, int(settings.cpus)))

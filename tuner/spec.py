@@ -25,8 +25,10 @@ from pydantic import (
 )
 
 from trainables import metrics as m
+from trainables import plugins
 from trainables.data import DATASETS
 from trainables.models import MODELS
+from trainables.plugins import PluginCode, is_file_entry
 from trainables.registry import Registry
 from tuner.errors import SpecError
 from tuner.samplers import SAMPLERS
@@ -167,6 +169,9 @@ class FailureSpec(Section):
 
 class JobSpec(Section):
     name: str = Field(pattern=NAME_PATTERN)  # study: MLflow experiment, Ray run, Optuna study
+    #: .py files (relative to the spec) or module names that register models and datasets;
+    #: imported before the rest is validated, so `model` and `dataset.name` may name their entries
+    plugins: list[str] = []
     model: ModelName  # mlp | cnn | lstm
     dataset: DatasetSpec
     search_space: str | dict[str, Any] | None = None  # name, YAML path or mapping; default: model
@@ -245,6 +250,7 @@ def spec_from_dict(
     raw = resolve_paths(copy.deepcopy(raw), base_dir or Path.cwd())
     for override in overrides or []:
         apply_override(raw, override)
+    load_plugins(raw.get("plugins"))
     try:
         spec = JobSpec.model_validate(raw)
     except ValidationError as exc:
@@ -280,6 +286,20 @@ def apply_override(raw: dict[str, Any], text: str) -> None:
             )
         node = child
     node[keys[-1]] = value
+
+
+def load_plugins(entries: Any) -> list[PluginCode]:
+    """Import the spec's plug-ins (their decorators register models and datasets)."""
+    if entries is None:
+        return []
+    if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
+        raise SpecError(
+            f"plugins must be a list of .py files or module names but got {show(entries)}"
+        )
+    try:
+        return [plugins.load(entry) for entry in entries]
+    except plugins.PluginError as exc:
+        raise SpecError(str(exc)) from None
 
 
 # --------------------------------------------------------------------------- paths
@@ -322,6 +342,11 @@ def resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
             raw[section] = {**value, key: absolute_sqlite_url(value[key], base)}
     if isinstance(raw.get("storage"), str):
         raw["storage"] = _absolute_path(raw["storage"], base, "storage")
+    if isinstance(raw.get("plugins"), list):
+        raw["plugins"] = [
+            _absolute_path(e, base, "plugins") if isinstance(e, str) and is_file_entry(e) else e
+            for e in raw["plugins"]
+        ]
     space = raw.get("search_space")
     if isinstance(space, str) and _looks_like_path(space):
         raw["search_space"] = _absolute_path(space, base, "search_space")

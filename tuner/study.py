@@ -49,7 +49,7 @@ from tuner.samplers import make_sampler
 from tuner.schedulers import make_scheduler
 from tuner.searcher import TruthfulOptunaSearch
 from tuner.spaces import CategoricalParam, SearchSpace, load_space
-from tuner.spec import JobSpec, read_yaml_file, spec_from_dict
+from tuner.spec import JobSpec, load_plugins, read_yaml_file, spec_from_dict
 from tuner.stoppers import OverfitStopper
 from tuner.summary import best_config, param_importances, save_results
 from tuner.tracking import (
@@ -394,6 +394,7 @@ def trial_settings(spec: JobSpec, training: TrainingOptions | None = None) -> Tr
         seed=spec.search.seed,
         cpus=spec.resources.cpu,
         training=training or training_options(spec),
+        plugins=tuple(load_plugins(spec.plugins)),
     )
 
 
