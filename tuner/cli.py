@@ -191,14 +191,16 @@ def import_plugins(entries: list[Path] | None) -> None:
 
 
 def origin(owner: str) -> str:
-    """Where a registry entry comes from: built-in, a plug-in file, or a plug-in module."""
+    """Where a registry entry comes from: built-in, a plug-in file (relative to the working
+    directory when under it), or a plug-in module."""
     from trainables.plugins import SHA_ATTRIBUTE
 
     if owner.split(".")[0] in ("trainables", "tuner"):
         return "built-in"
     module = sys.modules.get(owner)
     if module is not None and hasattr(module, SHA_ATTRIBUTE):
-        return str(module.__file__)
+        file = Path(str(module.__file__))
+        return str(file.relative_to(Path.cwd())) if file.is_relative_to(Path.cwd()) else str(file)
     return f"module {owner}"
 
 
