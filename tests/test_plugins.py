@@ -11,6 +11,7 @@ Either way the study's results folder must not exist: `run_study` creates it onl
 
 from __future__ import annotations
 
+import importlib
 import math
 import os
 import subprocess
@@ -427,6 +428,10 @@ def test_public_surface() -> None:
     for name in tuner.__all__:
         assert getattr(tuner, name) is not None, name
     assert tuner.register_model is register_model
+    submodule = importlib.import_module("tuner.export")  # does not replace the function
+    assert submodule.__file__.endswith("export.py")
+    assert tuner.export is not submodule and callable(tuner.export)
+    assert tuner.export.__doc__.startswith("Write the best configs of a study")
     assert issubclass(tuner.SpecError, tuner.TunerError)
     with pytest.raises(AttributeError, match="no attribute 'nothing'"):
         tuner.nothing  # noqa: B018
@@ -437,14 +442,15 @@ def test_run_refuses_what_is_not_a_spec() -> None:
         tuner.run(42)  # type: ignore[arg-type]
 
 
-def test_run_a_plugin_model_from_python(study_dir: Path, ray_local: None) -> None:
+def test_run_a_plugin_model_from_python_then_export(study_dir: Path, ray_local: None) -> None:
     write(study_dir, "plug_happy.py", TINY_MODEL.format(name="happy_tiny"))
+    store = f"sqlite:///{study_dir / 'mlflow.db'}"
     result = tuner.run(
         base_spec(
             plugins=["plug_happy.py"],  # relative: to the working directory
             model="happy_tiny",
             search_space={"width": {"type": "int", "low": 4, "high": 32}, "lr": 0.01},
-            tracking={"enabled": False},
+            tracking={"uri": store},
         ),
         show_progress=False,
     )
@@ -455,3 +461,10 @@ def test_run_a_plugin_model_from_python(study_dir: Path, ray_local: None) -> Non
     assert losses == sorted(losses)  # best first
     assert result.spec.plugins == [str(study_dir / "plug_happy.py")]
     assert set(trials["status"]) == {"completed"}
+
+    configs = tuner.export("plugged", top_k=2, out=study_dir / "best", tracking_uri=store)
+    assert [c["source"]["rank"] for c in configs] == [1, 2]
+    assert configs[0]["model"] == "happy_tiny"
+    assert configs[0]["hyperparameters"]["width"] == trials["config.width"].iloc[0]
+    assert configs[0]["metrics"]["val_loss"] == pytest.approx(losses[0])
+    assert Path(configs[0]["path"]).parent == study_dir / "best"
