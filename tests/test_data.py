@@ -52,14 +52,14 @@ def mnist1d() -> Dataset:
 
 
 def test_registry_lists_datasets() -> None:
-    assert DATASETS.names() == ["digits", "mnist", "mnist1d", "mnist_sample", "table"]
+    assert DATASETS.names() == ["digits", "images", "mnist", "mnist1d", "mnist_sample", "table"]
 
 
 def test_unknown_dataset_lists_valid_names() -> None:
     with pytest.raises(UnknownNameError) as info:
         load_dataset(DataOptions("cifar10"))
     assert "'cifar10'" in str(info.value)
-    assert "digits, mnist, mnist1d, mnist_sample, table" in str(info.value)
+    assert "digits, images, mnist, mnist1d, mnist_sample, table" in str(info.value)
 
 
 @pytest.mark.parametrize(
@@ -530,5 +530,5 @@ def test_window_leaving_no_training_windows(tmp_path: Path) -> None:
 def test_stratified_split_impossible(tmp_path: Path) -> None:
     frame = pd.DataFrame({"x": np.arange(6.0), "target": [0, 0, 0, 0, 0, 1]})
     msg = table_error(write_table(tmp_path, frame))
-    assert msg.startswith("dataset: cannot split 6 samples with val_fraction 0.2")
+    assert msg.startswith("dataset 'table': cannot split 6 samples with val_fraction 0.2")
     assert "least populated class" in msg  # sklearn's reason, passed on

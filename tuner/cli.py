@@ -192,11 +192,11 @@ def models() -> None:
 @app.command()
 def datasets() -> None:
     """The built-in datasets."""
-    from trainables.data import DATASETS, DESCRIPTIONS
+    from trainables.data import DATASETS
 
     table = Table("dataset", "what it is")
     for name in DATASETS.names():
-        table.add_row(name, DESCRIPTIONS.get(name, ""))
+        table.add_row(name, DATASETS.get(name).description)
     out.print(table)
 
 
