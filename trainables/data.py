@@ -334,7 +334,7 @@ def encode_targets(
     `ys` are the parts of one split (train, val), encoded together."""
     import pandas as pd
 
-    names = ["y"] if len(ys) == 1 else ["y_train", "y_val"]
+    names, verb = ("y", "holds") if len(ys) == 1 else ("y_train and y_val", "hold")
     floats = [y.dtype.kind == "f" for y in ys]
     if all(floats):
         return [y.astype(np.float32) for y in ys], None, []
@@ -348,18 +348,17 @@ def encode_targets(
         codes, classes = pd.factorize(labels, sort=True)
     except TypeError as exc:
         raise DatasetError(
-            f"dataset {name!r}: {' and '.join(names)} mix labels that cannot be sorted ({exc}); "
-            "use one type"
+            f"dataset {name!r}: {names} mix labels that cannot be sorted ({exc}); use one type"
         ) from None
     missing = np.flatnonzero(codes < 0)
     if len(missing):
         raise DatasetError(
-            f"dataset {name!r}: {' and '.join(names)} hold {len(missing)} missing labels (None "
+            f"dataset {name!r}: {names} {verb} {len(missing)} missing labels (None "
             f"or NaN; first: row {missing[0]}); every row needs a label"
         )
     if len(classes) < 2:
         raise DatasetError(
-            f"dataset {name!r}: {' and '.join(names)} hold one class ({classes[0]!r}); "
+            f"dataset {name!r}: {names} {verb} one class ({classes.tolist()[0]!r}); "
             "classification needs at least 2"
         )
     codes = codes.astype(np.int64)
