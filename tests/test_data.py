@@ -841,6 +841,8 @@ def test_a_plugin_dataset_s_bad_data_is_a_spec_error_before_ray(plugin) -> None:
         ({"options": {"path": "x"}}, "dataset.options must not hold path (keys of dataset itself"),
         ({"options": {"a": [1.0, float("nan")]}}, "dataset.options.a.1 must be a finite number"),
         ({"options": [1]}, "dataset.options must be a valid dictionary"),
+        ({"options": {"d": {1: 2}}}, "dataset.options.d has the key 1; keys must be strings"),
+        ({"options": {"b": b"x"}}, "dataset.options.b is b'x' (bytes); it must be a string,"),
         ({"image_size": [8]}, "dataset.image_size list should have at least 2 items"),
         ({"image_size": [8, 0]}, "dataset.image_size.1 must be greater than or equal to 1"),
         ({"image_size": [8, 5000]}, "dataset.image_size.1 must be less than or equal to 4096"),
@@ -860,3 +862,10 @@ def test_image_keys_travel_into_data_options() -> None:
     options = DataOptions(**spec.dataset.model_dump())
     assert options.image_size == (12, 10) and options.grayscale is True
     assert loader_options(options) == {"path": "/x", "image_size": (12, 10), "grayscale": True}
+
+
+def test_an_options_alias_loop_is_refused() -> None:
+    from tuner.errors import SpecError
+
+    with pytest.raises(SpecError, match=r"dataset.options.n.0 contains itself \(a YAML alias"):
+        spec_with({"name": "digits"}, ["dataset.options.n=&a [*a]"])

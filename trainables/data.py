@@ -642,7 +642,7 @@ def load_images(options: dict[str, Any]) -> tuple[np.ndarray, np.ndarray] | Spli
         )
     x_train, y_train = reader.read_classes(parts[0])
     x_val, y_val = reader.read_classes(parts[1])
-    unknown = sorted(set(y_val) - set(y_train))
+    unknown = sorted(set(y_val.tolist()) - set(y_train.tolist()))
     if unknown:
         raise DatasetError(
             f"dataset.path: {str(parts[1])!r} has classes that train/ lacks: {unknown}; "
@@ -724,8 +724,9 @@ class ImageReader:
             examples = ", ".join(str(f.relative_to(folder)) for f in self.skipped[:3])
             more = ", ..." if len(self.skipped) > 3 else ""
             warnings.warn(
-                f"dataset.path: skipped {len(self.skipped)} files under {str(folder)!r} that are "
-                f"not readable images ({examples}{more})",
+                f"dataset.path: skipped {len(self.skipped)} file{'s' * (len(self.skipped) > 1)} "
+                f"under {str(folder)!r} that {'are' if len(self.skipped) > 1 else 'is'} not "
+                f"readable images ({examples}{more})",
                 DatasetWarning,
                 stacklevel=2,
             )

@@ -82,19 +82,31 @@ class DatasetSpec(Section):
                 f"dataset.options must not hold {', '.join(repeated)} (keys of dataset itself, "
                 f"which reach the loader too): set dataset.{repeated[0]} instead"
             )
-        for key, value in flat_items(options, "dataset.options"):
-            if isinstance(value, float) and not math.isfinite(value):
-                raise ValueError(f"{key} must be a finite number (a saved spec keeps no {value})")
+        check_plain(options, "dataset.options")
         return options
 
 
-def flat_items(value: Any, key: str) -> list[tuple[str, Any]]:
-    """(dotted key, leaf) pairs of nested mappings and lists."""
-    if isinstance(value, dict):
-        return [item for k, v in value.items() for item in flat_items(v, f"{key}.{k}")]
-    if isinstance(value, list):
-        return [item for i, v in enumerate(value) for item in flat_items(v, f"{key}.{i}")]
-    return [(key, value)]
+PLAIN_TYPES = (str, int, float, bool, type(None))
+
+
+def check_plain(value: Any, key: str, seen: tuple[int, ...] = ()) -> None:
+    """Raise ValueError unless `value` is what a saved spec keeps as it is: str, finite number,
+    bool, null, and lists and str-keyed mappings of those (no cycles)."""
+    if isinstance(value, (dict, list)):
+        if id(value) in seen:
+            raise ValueError(f"{key} contains itself (a YAML alias loop)")
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for k, v in items:
+            if isinstance(value, dict) and not isinstance(k, str):
+                raise ValueError(f"{key} has the key {show(k)}; keys must be strings")
+            check_plain(v, f"{key}.{k}", (*seen, id(value)))
+    elif not isinstance(value, PLAIN_TYPES):
+        raise ValueError(
+            f"{key} is {show(value)} ({type(value).__name__}); it must be a string, number, "
+            "boolean, null, list or mapping"
+        )
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{key} must be a finite number (a saved spec keeps no {value})")
 
 
 class ObjectiveSpec(Section):
