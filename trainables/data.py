@@ -15,6 +15,8 @@ Labels that are integers, strings or booleans are classes (sorted; their names a
 targets regress, on a target standardised with the training split's statistics. Inputs are
 standardised with the training split's statistics: one scalar for images, per feature for vectors
 and sequences. Splits are seeded, and stratified for classification; a loader's `Split` is kept.
+`dataset.window` cuts any vector dataset into sequences of consecutive rows, split chronologically
+(validation = the latest windows).
 """
 
 from __future__ import annotations
