@@ -202,6 +202,8 @@ class LiveProgress:
 
     def __exit__(self, *exc) -> None:
         self._live.__exit__(*exc)
+        if not self.console.is_terminal:  # rich ends a terminal's line itself, not a pipe's
+            self.console.line()
 
     def update(self, recorder: StudyRecorder) -> None:
         self._live.update(self.render(recorder))
