@@ -27,9 +27,12 @@ import yaml
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
+from trainables.plugins import PluginCode
 from tuner import outcomes, schema
 from tuner.cli import app
+from tuner.errors import SpecError
 from tuner.journal import JOURNAL_FILE, read_journal
+from tuner.plugin_files import code_paths, fetch_plugins, local_module_path
 
 runner = CliRunner()
 NUM_TRIALS = 3
@@ -215,3 +218,62 @@ def test_export_then_train_and_load_the_model_from_other_folders(
     answer = json.loads(loaded.stdout.strip().splitlines()[-1])
     assert answer["code"] == study.plugin_text
     assert answer["acc"] == pytest.approx(val_acc, abs=1e-4)  # the run's final epoch
+
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "plugins"
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_the_plugin_example_runs_end_to_end(study_dir: Path) -> None:
+    """examples/plugins: the residual CNN tuned on the generated shapes, 2 trials of 2 epochs."""
+    sets = {
+        "search.num_samples": 2,
+        "scheduler.max_epochs": 2,
+        "scheduler.grace_period": 1,
+        "tracking.uri": f"sqlite:///{study_dir / 'mlflow.db'}",
+        "storage": str(study_dir / "results"),
+    }
+    args = [a for key, value in sets.items() for a in ("--set", f"{key}={value}")]
+    result = runner.invoke(app, ["run", str(EXAMPLE / "spec.yaml"), *args])
+    assert result.exit_code == 0, result.output
+    (folder,) = (study_dir / "results").iterdir()
+    trials = pd.read_csv(folder / "trials.csv")
+    assert list(trials["status"]) == [outcomes.COMPLETED] * 2
+    assert list(trials["epochs"]) == [2, 2]
+    assert trials["best_val_acc"].max() > 0.45, trials["best_val_acc"].tolist()  # chance: 0.25
+    assert {"config.width", "config.blocks", "config.dropout"} <= set(trials.columns)
+    kept = sorted(p.name for p in (folder / "plugins").iterdir())
+    assert kept == ["shapes.py", "tiny_resnet.py"]
+
+
+def test_which_module_plugins_travel_as_code(tmp_path: Path) -> None:
+    """A local package ships (its top-level folder); an installed module or a file does not."""
+    package = tmp_path / "mypkg" / "nets"
+    package.mkdir(parents=True)
+    for folder in (package.parent, package):
+        (folder / "__init__.py").write_text("")
+    (package / "resnet.py").write_text("")
+    name = "mypkg.nets.resnet"
+    local = PluginCode(name, name, str(package / "resnet.py"), None, "")
+    assert local_module_path(local) == package.parent
+    single = PluginCode("mynets", "mynets", str(tmp_path / "mynets.py"), None, "")
+    assert local_module_path(single) == tmp_path / "mynets.py"
+    assert local_module_path(PluginCode("yaml", "yaml", yaml.__file__, None, "")) is None
+    file = PluginCode(str(tmp_path / "x.py"), "x", str(tmp_path / "x.py"), "", "")
+    assert local_module_path(file) is None
+    assert code_paths([local, file]) == [str(package.parent), str(tmp_path / "x.py")]
+
+
+def test_export_refuses_a_plugin_artifact_that_is_not_what_the_study_ran(tmp_path: Path) -> None:
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = client.create_run(client.create_experiment("tampered"))
+    record = {"entry": "/a/nets.py", "module": "nets", "sha256": hashlib.sha256(b"x").hexdigest()}
+    records = [record, {**record, "entry": "m"}]  # a module plug-in has no artifact
+    client.set_tag(run.info.run_id, schema.PLUGINS_TAG, json.dumps(records))
+    client.log_text(run.info.run_id, "y", "plugins/nets.py")
+    with pytest.raises(SpecError, match=r"artifact 'plugins/nets.py' of run \w+ has sha256"):
+        fetch_plugins(client, client.get_run(run.info.run_id), tmp_path / "out")
+    client.log_text(run.info.run_id, "x", "plugins/nets.py")
+    entries = fetch_plugins(client, client.get_run(run.info.run_id), tmp_path / "out")
+    assert entries == ["plugins/nets.py", "m"]
+    assert (tmp_path / "out" / "plugins" / "nets.py").read_text() == "x"

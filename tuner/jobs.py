@@ -2,7 +2,8 @@
 
 Everything goes over the cluster's Jobs API (the dashboard, `http://HEAD:8265`) with Ray's
 `JobSubmissionClient`. The spec is validated here before anything is sent; the job ships the
-resolved spec and the project's packages, and its driver runs `tuner run` attached to the cluster.
+resolved spec, its plug-in files, local module plug-ins and the project's packages, and its driver
+runs `tuner run` attached to the cluster.
 Every failure to reach, authenticate with or find something on the cluster is a `ClusterError`
 whose message says what to do and never contains the token.
 """
