@@ -38,7 +38,13 @@ def imports_of(path: Path, modules: set[str]) -> set[str]:
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+            # `from tuner import schema` imports the submodule; the package itself only when a
+            # name is one of its attributes (Python runs a package's __init__ before any of its
+            # submodules anyway, so counting it would make a package that imports its own
+            # submodules, as tuner/__init__.py does, a cycle with each of them)
+            submodules = [f"{node.module}.{alias.name}" for alias in node.names]
+            takes_attributes = any(name not in modules for name in submodules)
+            names = [node.module] * takes_attributes + submodules
         else:
             continue
         found |= {name for name in names if name in modules}

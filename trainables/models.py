@@ -56,15 +56,61 @@ class ModelFamily:
 MODELS: Registry = Registry("model")
 
 
+LAYOUTS: tuple[Layout, ...] = ("image", "sequence", "vector")
+
+
 def register_model(
-    name: str, *, layouts: tuple[Layout, ...], defaults: dict[str, Any], description: str
+    name: str,
+    *,
+    layouts: tuple[Layout, ...],
+    defaults: dict[str, Any],
+    description: str | None = None,
 ) -> Callable:
+    """Register `build_fn(hp, sample_shape, layout, output_dim) -> nn.Module` as model `name`.
+
+    `defaults` declares every hyperparameter the builder reads (a search space may name only
+    these); `layouts` the inputs it accepts; `description` defaults to the builder's docstring's
+    first line. Breaking a rule raises ValueError when the decorator runs (at import)."""
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"register_model: the name must be a non-empty string but got {name!r}")
+    checked_layouts = check_layouts(name, layouts)
+    check_defaults(name, defaults)
+
     def decorator(build_fn: Callable) -> Callable:
-        family = ModelFamily(name, build_fn, layouts, defaults, description)
+        if not callable(build_fn):
+            raise ValueError(f"register_model({name!r}) decorates a builder function")
+        text = description if description is not None else first_doc_line(build_fn)
+        family = ModelFamily(name, build_fn, checked_layouts, dict(defaults), text)
         MODELS.register(name, owner=build_fn.__module__)(family)
         return build_fn
 
     return decorator
+
+
+def check_layouts(name: str, layouts: Any) -> tuple[Layout, ...]:
+    rule = f"a non-empty tuple of {', '.join(LAYOUTS)}"
+    if isinstance(layouts, str) or not isinstance(layouts, (tuple, list, set, frozenset)):
+        raise ValueError(f"model {name!r}: layouts must be {rule} but got {layouts!r}")
+    unknown = [layout for layout in layouts if layout not in LAYOUTS]
+    if not layouts or unknown:
+        raise ValueError(f"model {name!r}: layouts must be {rule} but got {tuple(layouts)!r}")
+    return tuple(layout for layout in LAYOUTS if layout in layouts)
+
+
+def check_defaults(name: str, defaults: Any) -> None:
+    if not isinstance(defaults, dict) or not defaults:
+        raise ValueError(
+            f"model {name!r} declares no hyperparameter defaults (got {defaults!r}); a family "
+            "declares each hyperparameter it reads with a default (e.g. defaults={'width': 16})"
+        )
+    bad = [key for key in defaults if not isinstance(key, str) or not key.isidentifier()]
+    if bad:
+        raise ValueError(f"model {name!r}: hyperparameter names must be identifiers but got {bad}")
+
+
+def first_doc_line(fn: Callable) -> str:
+    lines = (getattr(fn, "__doc__", None) or "").strip().splitlines()
+    return lines[0].strip() if lines else ""
 
 
 def build_model(

@@ -102,6 +102,13 @@ def ensure(code: PluginCode) -> None:
     _exec_file(code)
 
 
+def module_file(module: str) -> str | None:
+    """The file of `module` when it is user code (a plug-in), None for tuner's own modules."""
+    if module.split(".")[0] in ("trainables", "tuner"):
+        return None
+    return getattr(sys.modules.get(module), "__file__", None)
+
+
 def forget(module: str) -> None:
     """Drop a plug-in module and everything it registered."""
     sys.modules.pop(module, None)
@@ -133,24 +140,33 @@ def _import_by_name(name: str):
                 f"plugins: no module named {name!r} here (a .py file path, or a module "
                 "installed in this Python)"
             ) from None
-        raise PluginError(import_failure(name, exc)) from None
-    except DuplicateNameError as exc:
-        raise PluginError(f"plugins: {name!r}: {exc}") from None
+        raise PluginError(import_failure(name, exc, _module_file(name))) from None
     except Exception as exc:
-        raise PluginError(import_failure(name, exc)) from None
+        raise PluginError(import_failure(name, exc, _module_file(name))) from None
 
 
-def import_failure(what: str | None, exc: BaseException) -> str:
+def _module_file(name: str) -> str | None:
+    """The file module `name` is imported from (to find its frame in a traceback)."""
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return None
+    return spec.origin if spec is not None else None
+
+
+def import_failure(what: str | None, exc: BaseException, file: str | None = None) -> str:
     """'plugins: X failed to import: line N of FILE: Error: message' (the failing frame: the
-    plug-in's own last line on the way to the error, else the traceback's last)."""
-    if isinstance(exc, DuplicateNameError):
-        return f"plugins: {what}: {exc}"
+    plug-in's own last line on the way to the error, else the traceback's last). `file` is the
+    plug-in's file when `what` is a module name."""
+    file = file or what
     if isinstance(exc, SyntaxError) and exc.lineno:
-        where = f"line {exc.lineno} of {exc.filename or what}"
+        where = f"line {exc.lineno} of {exc.filename or file}"
         message = exc.msg
     else:
         frames = traceback.extract_tb(exc.__traceback__)
-        own = [f for f in frames if f.filename == what] or frames
-        where = f"line {own[-1].lineno} of {own[-1].filename}" if own else str(what)
-        message = str(exc)
+        own = [f for f in frames if f.filename == file] or frames
+        where = f"line {own[-1].lineno} of {own[-1].filename}" if own else str(file)
+        message = " ".join(str(exc).split())  # one line
+    if isinstance(exc, DuplicateNameError):
+        return f"plugins: {what!r}: {where}: {message}"
     return f"plugins: {what!r} failed to import: {where}: {type(exc).__name__}: {message}"

@@ -173,30 +173,74 @@ def print_summary(result) -> None:
 # --------------------------------------------------------------------------- catalogues
 
 
+PluginOption = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--plugin", help="A plug-in .py file (or module name) to import first. Repeatable."
+    ),
+]
+
+
+def import_plugins(entries: list[Path] | None) -> None:
+    """Import `--plugin` entries (files relative to the working directory); errors exit 2."""
+    from trainables.plugins import is_file_entry
+    from tuner.spec import load_plugins
+
+    names = [str(e) for e in entries or []]
+    load_plugins([str(Path(e).resolve()) if is_file_entry(e) else e for e in names])
+
+
+def origin(owner: str) -> str:
+    """Where a registry entry comes from: built-in, a plug-in file (relative to the working
+    directory when under it), or a plug-in module."""
+    from trainables.plugins import SHA_ATTRIBUTE
+
+    if owner.split(".")[0] in ("trainables", "tuner"):
+        return "built-in"
+    module = sys.modules.get(owner)
+    if module is not None and hasattr(module, SHA_ATTRIBUTE):
+        file = Path(str(module.__file__))
+        return str(file.relative_to(Path.cwd())) if file.is_relative_to(Path.cwd()) else str(file)
+    return f"module {owner}"
+
+
 @app.command()
-def models() -> None:
-    """The built-in model families and their hyperparameters (defaults)."""
+@handle_errors
+def models(plugin: PluginOption = None) -> None:
+    """The model families (built-in and plug-ins) and their hyperparameters (defaults)."""
     from trainables.loop import OPTIMIZER_DEFAULTS
     from trainables.models import MODELS
 
-    table = Table("model", "inputs", "hyperparameters (default)", "what it is")
+    import_plugins(plugin)
+    table = Table("model", "inputs", "hyperparameters (default)", "what it is", "from")
     for name in MODELS.names():
         family = MODELS.get(name)
         knobs = ", ".join(f"{k}={v}" for k, v in family.defaults.items())
-        table.add_row(name, " | ".join(family.layouts), knobs, family.description)
+        table.add_row(
+            name, " | ".join(family.layouts), knobs, family.description, origin(MODELS.owner(name))
+        )
     out.print(table)
     knobs = ", ".join(f"{k}={v}" for k, v in OPTIMIZER_DEFAULTS.items())
     out.print(f"Every model also takes: {knobs} (optimizer: adam | adamw | sgd)")
 
 
 @app.command()
-def datasets() -> None:
-    """The built-in datasets."""
-    from trainables.data import DATASETS, DESCRIPTIONS
+@handle_errors
+def datasets(plugin: PluginOption = None) -> None:
+    """The datasets (built-in and plug-ins)."""
+    from trainables import data
 
-    table = Table("dataset", "what it is")
-    for name in DATASETS.names():
-        table.add_row(name, DESCRIPTIONS.get(name, ""))
+    import_plugins(plugin)
+    descriptions = getattr(data, "DESCRIPTIONS", {})  # before DatasetSource entries
+    rows = []
+    for name in data.DATASETS.names():
+        entry = data.DATASETS.get(name)
+        description = getattr(entry, "description", None) or descriptions.get(name, "")
+        layout = getattr(entry, "layout", None) or "-"
+        rows.append((name, layout, description, origin(data.DATASETS.owner(name))))
+    table = Table("dataset", "inputs", "what it is", "from")
+    for row in rows:
+        table.add_row(*row)
     out.print(table)
 
 

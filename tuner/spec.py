@@ -297,9 +297,18 @@ def load_plugins(entries: Any) -> list[PluginCode]:
             f"plugins must be a list of .py files or module names but got {show(entries)}"
         )
     try:
-        return [plugins.load(entry) for entry in entries]
+        codes = [plugins.load(entry) for entry in entries]
     except plugins.PluginError as exc:
         raise SpecError(str(exc)) from None
+    seen: dict[str, str] = {}
+    for code in codes:
+        if code.module in seen and seen[code.module] != code.entry:
+            raise SpecError(
+                f"plugins: {seen[code.module]!r} and {code.entry!r} would both be imported as "
+                f"{code.module!r} (the later replacing the earlier); rename one of them"
+            )
+        seen[code.module] = code.entry
+    return codes
 
 
 # --------------------------------------------------------------------------- paths

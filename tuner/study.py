@@ -11,6 +11,7 @@ import logging
 import os
 import threading
 import time
+import traceback
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -25,9 +26,11 @@ from ray import tune
 
 from dashboards.render import write_report
 from trainables import metrics as m
+from trainables import plugins
 from trainables.data import DataOptions, Dataset, DatasetError, load_dataset
 from trainables.loop import TrainingOptions, check_trainable
 from trainables.memory import GIB
+from trainables.models import MODELS
 from trainables.plugins import PluginCode
 from trainables.trainable import TrialSettings, train_trial
 from tuner import outcomes, schema
@@ -115,11 +118,29 @@ def check_model_builds(model: str, space: SearchSpace, dataset: Dataset) -> None
     for hparams in probes:
         try:
             check_trainable(model, hparams, dataset)
-        except (ValueError, TypeError, RuntimeError) as exc:
-            raise SpecError(
-                f"search_space: model {model!r} cannot be built on dataset {dataset.name!r} "
-                f"with {hparams}: {exc}"
-            ) from None
+        except Exception as exc:  # a plug-in's builder or forward can raise anything
+            raise SpecError(model_build_failure(model, hparams, dataset, exc)) from None
+
+
+def model_build_failure(
+    model: str, hparams: dict[str, Any], dataset: Dataset, exc: Exception
+) -> str:
+    """What the probe says: the model (and its plug-in file, at the failing line), the data, the
+    hyperparameters and the error's last line."""
+    file = None
+    if model in MODELS:  # what the builder received: the family's defaults, overridden
+        hparams = {**MODELS.get(model).defaults, **hparams}
+        file = plugins.module_file(MODELS.owner(model))
+    origin = ""
+    if file is not None:
+        frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == file]
+        origin = f" (plug-in {file}" + (f", line {frames[-1].lineno})" if frames else ")")
+    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+    message = f"{type(exc).__name__}: {lines[-1].strip() if lines else ''}".rstrip(": ")
+    return (
+        f"search_space: model {model!r}{origin} cannot be built and trained one step on dataset "
+        f"{dataset.name!r} ({dataset.layout} {dataset.sample_shape}) with {hparams}: {message}"
+    )
 
 
 # --------------------------------------------------------------------------- Ray
@@ -388,8 +409,8 @@ def open_tracking(
 ) -> tuple[str, str]:
     """The study's MLflow experiment and parent run; an unreachable server fails the study here,
     before any training (mid-study outages are buffered instead)."""
-    client = client_for(spec.tracking.uri)
     try:
+        client = client_for(spec.tracking.uri)
         return start_parent_run(client, spec, execution, results_path, plugins)
     except Exception as exc:
         if not is_transient(exc):
