@@ -402,10 +402,10 @@ import math
 
 from torch import nn
 
-from trainables.models import register_model
+import tuner
 
 
-@register_model("jobs_net", layouts=("vector",), defaults={"width": 64}, description="a test")
+@tuner.register_model("jobs_net", layouts=("vector",), defaults={"width": 64}, description="a test")
 def jobs_net(hp, sample_shape, layout, output_dim):
     width = int(hp["width"])
     return nn.Sequential(
@@ -415,10 +415,10 @@ def jobs_net(hp, sample_shape, layout, output_dim):
 JOB_DATA = '''
 import numpy as np
 
-from trainables.data import register_dataset
+import tuner
 
 
-@register_dataset("jobs_blobs", layout="vector")
+@tuner.register_dataset("jobs_blobs", layout="vector")
 def jobs_blobs(options):
     """Four Gaussian blobs in 16 dimensions: classes a model can tell apart, but not at once."""
     rng = np.random.default_rng(int(options["seed"]))

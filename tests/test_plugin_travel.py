@@ -44,7 +44,7 @@ PLUGIN = textwrap.dedent(
 
     from torch import nn
 
-    from trainables.models import register_model
+    import tuner
 
 
     class TravelNet(nn.Module):
@@ -59,7 +59,7 @@ PLUGIN = textwrap.dedent(
             return self.body(x)
 
 
-    @register_model(
+    @tuner.register_model(
         "travel_net",
         layouts=("image", "vector", "sequence"),
         defaults={"width": 32},
