@@ -126,12 +126,19 @@ def section(fields: dict[str, st.SearchStrategy]) -> st.SearchStrategy:
 
 
 DATASET_FIELDS = {
-    "name": st.sampled_from(["digits", "mnist", "mnist1d", "mnist_sample", "table", "cifar", ""]),
+    "name": st.sampled_from(
+        ["digits", "images", "mnist", "mnist1d", "mnist_sample", "table", "cifar", ""]
+    ),
     "path": texts,
     "target": texts,
     "window": ints,
     "val_fraction": numbers,
     "seed": ints,
+    "image_size": st.one_of(st.lists(ints, max_size=3), st.none()),
+    "grayscale": st.one_of(st.booleans(), scalars),
+    "options": st.dictionaries(
+        st.one_of(st.text(max_size=8), st.sampled_from(["path", "n"])), garbage, max_size=3
+    ),
 }
 SECTIONS = {
     "dataset": section(DATASET_FIELDS),
@@ -404,6 +411,10 @@ OVERRIDE_KEYS = [
     "dataset.seed",
     "dataset.val_fraction",
     "dataset.window",
+    "dataset.image_size",
+    "dataset.grayscale",
+    "dataset.options",
+    "dataset.options.n",
     "search.num_samples",
     "search.seed",
     "search.storage",

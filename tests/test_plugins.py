@@ -394,9 +394,21 @@ def test_catalogues_list_plugins_beside_the_builtins(workdir: Path) -> None:
     assert "built-in" in rows["mlp"]
     assert "plug_catalogue.py" in rows["catalogued"]  # relative to the working directory
     assert "width=16" in rows["catalogued"]
-    result = runner.invoke(app, ["datasets", "--plugin", "plug_catalogue.py"])
+    write(
+        workdir,
+        "plug_blobs.py",
+        "import numpy as np\nimport tuner\n\n"
+        "@tuner.register_dataset('blobs', layout='vector', description='two blobs')\n"
+        "def blobs(options):\n"
+        "    x = np.random.default_rng(0).normal(size=(40, 2))\n"
+        "    return x, (x[:, 0] > 0).astype(int)\n",
+    )
+    result = runner.invoke(app, ["datasets", "--plugin", "plug_blobs.py"])
     assert result.exit_code == 0, result.output
-    assert "built-in" in next(line for line in result.output.splitlines() if "digits" in line)
+    rows = {line.split()[1]: line for line in result.output.splitlines() if line.startswith("│")}
+    assert "built-in" in rows["digits"]
+    assert "vector" in rows["blobs"] and "two blobs" in rows["blobs"]
+    assert "plug_blobs.py" in rows["blobs"]
 
 
 # --------------------------------------------------------------------------- the API

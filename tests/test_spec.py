@@ -193,7 +193,20 @@ def test_unknown_top_level_key_lists_valid_keys() -> None:
 @pytest.mark.parametrize(
     ("section", "valid"),
     [
-        ("dataset", ["name", "path", "target", "window", "val_fraction", "seed"]),
+        (
+            "dataset",
+            [
+                "name",
+                "path",
+                "target",
+                "window",
+                "val_fraction",
+                "seed",
+                "image_size",
+                "grayscale",
+                "options",
+            ],
+        ),
         ("search", ["algorithm", "num_samples", "max_concurrent", "seed", "storage"]),
         ("scheduler", ["max_epochs", "grace_period", "reduction_factor", "stop_on_overfit"]),
         ("resources", ["cpu", "gpu", "gpu_memory_gb"]),

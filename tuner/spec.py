@@ -9,6 +9,7 @@ against the working directory. The resolved spec (all paths absolute) is what th
 from __future__ import annotations
 
 import copy
+import math
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -26,7 +27,7 @@ from pydantic import (
 
 from trainables import metrics as m
 from trainables import plugins
-from trainables.data import DATASETS
+from trainables.data import DATASETS, LOADER_SPEC_KEYS
 from trainables.models import MODELS
 from trainables.plugins import PluginCode, is_file_entry
 from trainables.registry import Registry
@@ -56,15 +57,56 @@ def registered(registry: Registry) -> AfterValidator:
 
 ModelName = Annotated[str, registered(MODELS)]
 DatasetName = Annotated[str, registered(DATASETS)]
+ImageSide = Annotated[int, Field(ge=1, le=4096)]  # pixels
 
 
 class DatasetSpec(Section):
-    name: DatasetName  # digits | mnist_sample | mnist | mnist1d | table
-    path: str | None = None  # mnist: IDX folder; table: CSV or Parquet file
+    name: DatasetName  # built in (`tuner datasets`) or registered by a plug-in
+    path: str | None = None  # mnist: IDX folder; table: CSV or Parquet file; images: a folder
     target: str | None = None  # table: the target column
-    window: int | None = Field(None, ge=2)  # table: rows per sliding window (sequence models)
+    window: int | None = Field(None, ge=2)  # vector data: rows per sliding window (sequences)
     val_fraction: float = Field(0.2, gt=0, lt=1)  # share held out for validation
     seed: int = Field(0, ge=0, lt=2**32)  # seeds the train/validation split
+    #: images: [height, width] every image is resized to (default: the first image's size)
+    image_size: list[ImageSide] | None = Field(None, min_length=2, max_length=2)
+    grayscale: bool = False  # images: one channel (L) instead of three (RGB)
+    #: passed as is to the dataset's loader (a plug-in's own settings)
+    options: dict[str, Any] = {}
+
+    @field_validator("options")
+    @classmethod
+    def _own_keys_only(cls, options: dict[str, Any]) -> dict[str, Any]:
+        repeated = [k for k in LOADER_SPEC_KEYS if k in options]
+        if repeated:
+            raise ValueError(
+                f"dataset.options must not hold {', '.join(repeated)} (keys of dataset itself, "
+                f"which reach the loader too): set dataset.{repeated[0]} instead"
+            )
+        check_plain(options, "dataset.options")
+        return options
+
+
+PLAIN_TYPES = (str, int, float, bool, type(None))
+
+
+def check_plain(value: Any, key: str, seen: tuple[int, ...] = ()) -> None:
+    """Raise ValueError unless `value` is what a saved spec keeps as it is: str, finite number,
+    bool, null, and lists and str-keyed mappings of those (no cycles)."""
+    if isinstance(value, (dict, list)):
+        if id(value) in seen:
+            raise ValueError(f"{key} contains itself (a YAML alias loop)")
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for k, v in items:
+            if isinstance(value, dict) and not isinstance(k, str):
+                raise ValueError(f"{key} has the key {show(k)}; keys must be strings")
+            check_plain(v, f"{key}.{k}", (*seen, id(value)))
+    elif not isinstance(value, PLAIN_TYPES):
+        raise ValueError(
+            f"{key} is {show(value)} ({type(value).__name__}); it must be a string, number, "
+            "boolean, null, list or mapping"
+        )
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{key} must be a finite number (a saved spec keeps no {value})")
 
 
 class ObjectiveSpec(Section):
