@@ -242,6 +242,7 @@ def test_the_plugin_example_runs_end_to_end(study_dir: Path) -> None:
     assert list(trials["epochs"]) == [2, 2]
     assert trials["best_val_acc"].max() > 0.45, trials["best_val_acc"].tolist()  # chance: 0.25
     assert {"config.width", "config.blocks", "config.dropout"} <= set(trials.columns)
+    print(trials[["trial", "best_val_acc", "config.width", "config.blocks"]].to_dict("records"))
     kept = sorted(p.name for p in (folder / "plugins").iterdir())
     assert kept == ["shapes.py", "tiny_resnet.py"]
 
