@@ -395,3 +395,72 @@ def test_stop_ends_a_running_study_and_its_mlflow_runs_killed(
         killed = (status, trial_status) == ("KILLED", outcomes.INTERRUPTED)
         assert killed or (status == "FINISHED" and trial_status in ended), (run, children[run])
     assert "KILLED" in {status for status, _ in children.values()}, children
+
+
+JOB_MODEL = """
+import math
+
+from torch import nn
+
+import tuner
+
+
+@tuner.register_model("jobs_net", layouts=("vector",), defaults={"width": 64}, description="a test")
+def jobs_net(hp, sample_shape, layout, output_dim):
+    width = int(hp["width"])
+    return nn.Sequential(
+        nn.Linear(math.prod(sample_shape), width), nn.ReLU(), nn.Linear(width, output_dim)
+    )
+"""
+JOB_DATA = '''
+import numpy as np
+
+import tuner
+
+
+@tuner.register_dataset("jobs_blobs", layout="vector")
+def jobs_blobs(options):
+    """Four Gaussian blobs in 16 dimensions: classes a model can tell apart, but not at once."""
+    rng = np.random.default_rng(int(options["seed"]))
+    y = rng.integers(0, 4, int(options["rows"]))
+    x = rng.normal(0, 1.5, (4, 16))[y] + rng.normal(0, 1, (len(y), 16))
+    return x.astype(np.float32), y
+'''
+
+
+def test_submitted_plugin_study_ships_its_code_and_runs_on_both_nodes(
+    jobs_env: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file plug-in (the model) and a local package (the dataset) reach the job's driver and
+    both nodes' trials from what `tuner submit` shipped: both originals are gone by then."""
+    (tmp_path / "jobs_nets.py").write_text(JOB_MODEL)
+    package = tmp_path / "src" / "jobs_data"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text(JOB_DATA)
+    monkeypatch.syspath_prepend(str(tmp_path / "src"))
+    spec = write_spec(
+        tmp_path,
+        name="jobs-plugins",
+        plugins=["jobs_nets.py", "jobs_data"],
+        model="jobs_net",
+        dataset={"name": "jobs_blobs", "options": {"rows": 6000, "seed": 1}},
+        # a few seconds a trial: the two start together, one on each 1-CPU node
+        search_space={"width": 512, "batch_size": 16},
+        search={"num_samples": 2, "max_concurrent": 2},
+        scheduler={"name": "fifo", "max_epochs": 4},
+    )
+    job = submit(spec, jobs_env.address)
+    (tmp_path / "jobs_nets.py").unlink()
+    shutil.rmtree(tmp_path / "src")
+
+    status = wait_for_status(job, jobs_env.address, {"SUCCEEDED"}, timeout_s=300)
+    logs = runner.invoke(app, ["logs", job, "--address", jobs_env.address]).output
+    assert status == "SUCCEEDED", logs
+    (folder,) = (tmp_path / "results").iterdir()
+    trials = pd.read_csv(folder / TRIALS_FILE)
+    assert list(trials["status"]) == [outcomes.COMPLETED] * 2, trials.to_dict("records")
+    assert trials["node"].nunique() == 2, trials["node"].tolist()  # both nodes ran trials
+    assert trials["best_val_acc"].min() > 0.5, trials["best_val_acc"].tolist()  # 4 classes
+    saved = yaml.safe_load((folder / "spec.yaml").read_text())
+    assert saved["plugins"] == ["plugins/jobs_nets.py", "jobs_data"]
+    assert (folder / "plugins" / "jobs_nets.py").read_text() == JOB_MODEL

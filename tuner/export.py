@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from trainables import metrics as m
 from tuner import schema
 from tuner.errors import SpecError
+from tuner.plugin_files import fetch_plugins, relative_entries, resolve_entries
 from tuner.results import plain
 from tuner.runs import client_for, find_study_run, ranked_trial_runs
 from tuner.spec import (
@@ -27,6 +28,7 @@ from tuner.spec import (
     ModelName,
     Precision,
     format_validation_error,
+    load_plugins,
     read_yaml_file,
     show,
 )
@@ -64,6 +66,9 @@ class ExportedConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    #: plug-in files (relative to this config's folder) or modules; imported before `model` and
+    #: `dataset` are validated
+    plugins: list[str] = []
     model: ModelName
     dataset: DatasetSpec
     hyperparameters: dict[str, Any]
@@ -84,6 +89,7 @@ def exported_config(spec: JobSpec, row: pd.Series, rank: int, study: str) -> dic
     metrics = {k: plain(row.get(schema.best(k))) for k in (m.VAL_LOSS, m.VAL_ACC, m.TRAIN_LOSS)}
     metrics["diagnosis"] = plain(row.get("diagnosis"))
     return ExportedConfig(
+        plugins=relative_entries(spec.plugins),  # the copies beside the study's results
         model=spec.model,
         dataset=spec.dataset,
         hyperparameters={
@@ -100,8 +106,11 @@ def exported_config(spec: JobSpec, row: pd.Series, rank: int, study: str) -> dic
 # --------------------------------------------------------------------------- from MLflow
 
 
-def config_from_runs(parent, child, rank: int, tracking_uri: str) -> dict[str, Any]:
-    """SPEC.md's exported config from a study's parent run and one of its trial runs."""
+def config_from_runs(
+    parent, child, rank: int, tracking_uri: str, plugins: list[str] | None = None
+) -> dict[str, Any]:
+    """SPEC.md's exported config from a study's parent run and one of its trial runs; `plugins`
+    name the plug-ins as written beside the config (imported already)."""
     tags, metrics = child.data.tags, child.data.metrics
     summary = {
         m.VAL_LOSS: metrics.get(schema.best(m.VAL_LOSS)),
@@ -120,6 +129,7 @@ def config_from_runs(parent, child, rank: int, tracking_uri: str) -> dict[str, A
     if redact(tracking_uri) == tracking_uri:  # never write a password into a file
         source["tracking_uri"] = tracking_uri
     return ExportedConfig(
+        plugins=plugins or [],
         model=parent.data.tags[schema.MODEL_TAG],
         dataset=json.loads(parent.data.tags[schema.DATASET_TAG]),
         hyperparameters=schema.trial_config(tags),
@@ -134,7 +144,8 @@ def config_from_runs(parent, child, rank: int, tracking_uri: str) -> dict[str, A
 def export_study(
     study: str, tracking_uri: str, top_k: int = 1, fmt: str = "yaml", out: Path | None = None
 ) -> list[Path]:
-    """Write the top-k configs of a study; `out` is a file for one config, a folder for several."""
+    """Write the top-k configs of a study; `out` is a file for one config, a folder for several.
+    The study's plug-in files, fetched from its parent run, go to `plugins/` beside them."""
     if top_k < 1:
         raise SpecError(f"--top-k must be at least 1 but got {top_k}")
     if fmt not in FORMATS:
@@ -144,25 +155,32 @@ def export_study(
     children = [r for r in ranked_trial_runs(client, parent) if schema.BEST_EPOCH in r.data.metrics]
     if not children:
         raise SpecError(f"STUDY: {study!r} has no trial with a finite objective to export")
-    configs = [
-        config_from_runs(parent, child, rank, tracking_uri)
-        for rank, child in enumerate(children[:top_k], start=1)
-    ]
     name = parent.data.tags.get(schema.STUDY_TAG, "study")
+    ranked = children[:top_k]
+    folder = config_paths(list(range(1, len(ranked) + 1)), fmt, out, name)[0].parent
+    plugins = fetch_plugins(client, parent, folder)
+    load_plugins(resolve_entries(plugins, folder))
+    configs = [
+        config_from_runs(parent, child, rank, tracking_uri, plugins)
+        for rank, child in enumerate(ranked, start=1)
+    ]
     return write_configs(configs, fmt, out, name)
+
+
+def config_paths(ranks: list[int], fmt: str, out: Path | None, name: str) -> list[Path]:
+    """`out` itself for a single config named *.yaml/*.json, else `<name>-rank<k>` in a folder."""
+    if len(ranks) == 1 and out is not None and out.suffix in (".yaml", ".yml", ".json"):
+        return [out]
+    folder = out if out is not None else Path.cwd()
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name).lstrip(".") or "study"  # never a path
+    return [folder / f"{safe}-rank{rank}.{fmt}" for rank in ranks]
 
 
 def write_configs(
     configs: list[dict[str, Any]], fmt: str, out: Path | None, name: str
 ) -> list[Path]:
-    """One file per config: `out` itself for a single config named *.yaml/*.json, else a folder."""
-    suffix = f".{fmt}"
-    if len(configs) == 1 and out is not None and out.suffix in (".yaml", ".yml", ".json"):
-        paths = [out]
-    else:
-        folder = out if out is not None else Path.cwd()
-        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name).lstrip(".") or "study"  # never a path
-        paths = [folder / f"{safe}-rank{int(c['source']['rank'])}{suffix}" for c in configs]
+    """One file per config (see `config_paths`)."""
+    paths = config_paths([int(c["source"]["rank"]) for c in configs], fmt, out, name)
     for path, config in zip(paths, configs, strict=True):
         path.parent.mkdir(parents=True, exist_ok=True)
         text = (
@@ -175,10 +193,14 @@ def write_configs(
 
 
 def load_exported(path: Path) -> ExportedConfig:
-    """Read and validate an exported config (YAML or JSON); problems are SpecErrors."""
+    """Read and validate an exported config (YAML or JSON); problems are SpecErrors. Its
+    plug-ins are imported first (files relative to the config) and come back as absolute paths."""
     raw = read_yaml_file(path, "config file")  # JSON is YAML
     if not isinstance(raw, dict):
         raise SpecError(f"config file {show(str(path))} must hold a mapping, got {show(raw)}")
+    if isinstance(raw.get("plugins"), list) and all(isinstance(e, str) for e in raw["plugins"]):
+        raw["plugins"] = resolve_entries(raw["plugins"], Path(path).resolve().parent)
+    load_plugins(raw.get("plugins"))
     try:
         return ExportedConfig.model_validate(raw)
     except ValidationError as exc:

@@ -2,7 +2,8 @@
 
 Everything goes over the cluster's Jobs API (the dashboard, `http://HEAD:8265`) with Ray's
 `JobSubmissionClient`. The spec is validated here before anything is sent; the job ships the
-resolved spec and the project's packages, and its driver runs `tuner run` attached to the cluster.
+resolved spec, its plug-in files, local module plug-ins and the project's packages, and its driver
+runs `tuner run` attached to the cluster.
 Every failure to reach, authenticate with or find something on the cluster is a `ClusterError`
 whose message says what to do and never contains the token.
 """
@@ -209,14 +210,18 @@ def submission_id(name: str) -> str:
 def submit_study(spec_path: Path, address: str, overrides: list[str] | None = None) -> str:
     """Validate the spec here, then submit it as a Ray Job; returns the job (submission) id.
 
-    The job's working directory holds only the resolved spec; the code travels as `py_modules`.
-    Paths in the spec are resolved on this machine, so on a real cluster they must name shared
-    storage (or be URLs): results, SQLite files and dataset paths must exist on the head node.
+    The job's working directory holds only the resolved spec and copies of its plug-in files
+    (named relative to it); the code travels as `py_modules`, with the folder of each module
+    plug-in that is a local package (installed ones must be installed on the cluster). Paths in
+    the spec are resolved on this machine, so on a real cluster they must name shared storage (or
+    be URLs): results, SQLite files and dataset paths must exist on the head node.
     """
+    from tuner.plugin_files import copy_plugins, local_module_path
     from tuner.spaces import load_space, read_space
-    from tuner.spec import load_spec
+    from tuner.spec import load_plugins, load_spec
 
     spec = load_spec(spec_path, overrides)
+    plugins = load_plugins(spec.plugins)  # imported by load_spec: this names their code
     load_space(spec.search_space, spec.model)
     if isinstance(spec.search_space, str):
         import search_spaces
@@ -224,11 +229,13 @@ def submit_study(spec_path: Path, address: str, overrides: list[str] | None = No
         if search_spaces.path_of(spec.search_space) is None:  # a file here: ship its entries
             spec.search_space = read_space(spec.search_space)[0]
     job_id = submission_id(spec.name)
+    local_modules = [str(p) for code in plugins if (p := local_module_path(code))]
     with tempfile.TemporaryDirectory(prefix="tuner-job-") as folder:
+        spec.plugins = copy_plugins(plugins, Path(folder))
         (Path(folder) / SPEC_FILE).write_text(spec.to_yaml())
         runtime_env = {
             "working_dir": folder,
-            "py_modules": package_dirs(),
+            "py_modules": package_dirs() + list(dict.fromkeys(local_modules)),
             "excludes": EXCLUDES,
         }
         with _client(address) as client:

@@ -14,8 +14,9 @@ from trainables import metrics as m
 from tuner import schema
 from tuner.errors import SpecError
 from tuner.export import ExportedConfig, load_exported
+from tuner.plugin_files import code_paths
 from tuner.runs import client_for
-from tuner.spec import DiagnosticsSpec, ObjectiveSpec
+from tuner.spec import DiagnosticsSpec, ObjectiveSpec, load_plugins
 from tuner.tracking import as_params, epoch_metrics, log_batch, log_trial_end, now_ms
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -148,6 +149,8 @@ def log_trained_model(
             # stated, not inferred: inference loads the model in a subprocess and warns about
             # local version labels such as torch's "+cpu"
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+            # the plug-in code the model's classes live in, loaded with it from the model's folder
+            code_paths=code_paths(load_plugins(config.plugins)) or None,
         )
     client.set_terminated(run_id, status="FINISHED")
     return TrainResult(run_id, history, verdict.diagnosis, registered, device)

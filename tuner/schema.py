@@ -33,6 +33,7 @@ SEED_TAG = "tuner.seed"
 TRAINING_TAG = "tuner.training"  # JSON: the training section (precision, compile, ...)
 RESULTS_PATH_TAG = "tuner.results_path"
 OPTUNA_TAG = "tuner.optuna"  # storage#study_name, password redacted
+PLUGINS_TAG = "tuner.plugins"  # JSON: [{entry, module, sha256}], files as artifacts plugins/*.py
 
 # a trial's child run
 CONFIG_TAG = "tuner.config"  # JSON: the trial's hyperparameters

@@ -31,6 +31,7 @@ from trainables.data import DataOptions, Dataset, DatasetError, load_dataset
 from trainables.loop import TrainingOptions, check_trainable
 from trainables.memory import GIB
 from trainables.models import MODELS
+from trainables.plugins import PluginCode
 from trainables.trainable import TrialSettings, train_trial
 from tuner import outcomes, schema
 from tuner.buffer import HTTP_SETTINGS, BufferedWriter, is_transient
@@ -44,6 +45,7 @@ from tuner.placement import (
     plan_gpu_memory,
     training_options,
 )
+from tuner.plugin_files import copy_plugins
 from tuner.progress import LiveProgress, StudyRecorder, trial_dirname
 from tuner.ray_internals import loopback_node, restored_callbacks, stop_local_daemons
 from tuner.results import StudyResult, trials_table
@@ -84,6 +86,7 @@ class PreparedStudy:
     spec: JobSpec
     dataset: Dataset
     space: SearchSpace
+    plugins: tuple[PluginCode, ...] = ()
 
 
 # --------------------------------------------------------------------------- before Ray
@@ -91,6 +94,7 @@ class PreparedStudy:
 
 def prepare(spec: JobSpec) -> PreparedStudy:
     """Load the data, compile the space and build the model once; any problem is a SpecError."""
+    plugins = tuple(load_plugins(spec.plugins))  # imported already: this names their code
     try:
         dataset = load_dataset(DataOptions(**spec.dataset.model_dump()))
     except DatasetError as exc:
@@ -102,7 +106,7 @@ def prepare(spec: JobSpec) -> PreparedStudy:
         )
     space = load_space(spec.search_space, spec.model)
     check_model_builds(spec.model, space, dataset)
-    return PreparedStudy(spec, dataset, space)
+    return PreparedStudy(spec, dataset, space, plugins)
 
 
 def check_model_builds(model: str, space: SearchSpace, dataset: Dataset) -> None:
@@ -305,7 +309,7 @@ def run_study(
     execution = execution_name(spec)
     results_path = Path(spec.storage) / execution
     results_path.mkdir(parents=True, exist_ok=True)
-    (results_path / SPEC_FILE).write_text(spec.to_yaml())
+    save_spec(prepared, results_path)
     with study_environment(results_path, spec), ray_session(address, num_cpus) as session:
         training = place_trials(prepared)
         study = StudyRun.start(
@@ -347,9 +351,18 @@ def sync_study(study: str, tracking_uri: str | None = None) -> tuple[int, int]:
     return queued - len(writer.queue), len(writer.queue)
 
 
+def save_spec(prepared: PreparedStudy, results_path: Path) -> None:
+    """The resolved spec beside Ray's state, naming copies of its plug-in files kept there, so
+    that `tuner resume` imports the code the study ran even if the originals changed or moved."""
+    entries = copy_plugins(prepared.plugins, results_path)
+    saved = prepared.spec.model_copy(update={"plugins": entries})
+    (results_path / SPEC_FILE).write_text(saved.to_yaml())
+
+
 def study_spec(results_path: Path) -> JobSpec:
-    """The resolved spec a study saved beside Ray's state."""
-    return spec_from_dict(read_yaml_file(results_path / SPEC_FILE, "study spec"))
+    """The resolved spec a study saved beside Ray's state (its plug-ins relative to it)."""
+    raw = read_yaml_file(results_path / SPEC_FILE, "study spec")
+    return spec_from_dict(raw, base_dir=results_path)
 
 
 def first_line(exc: Exception) -> str:
@@ -391,11 +404,14 @@ def study_environment(results_path: Path, spec: JobSpec) -> Iterator[None]:
         yield
 
 
-def open_tracking(spec: JobSpec, execution: str, results_path: Path) -> tuple[str, str]:
+def open_tracking(
+    spec: JobSpec, execution: str, results_path: Path, plugins: tuple[PluginCode, ...] = ()
+) -> tuple[str, str]:
     """The study's MLflow experiment and parent run; an unreachable server fails the study here,
     before any training (mid-study outages are buffered instead)."""
     try:
-        return start_parent_run(client_for(spec.tracking.uri), spec, execution, results_path)
+        client = client_for(spec.tracking.uri)
+        return start_parent_run(client, spec, execution, results_path, plugins)
     except Exception as exc:
         if not is_transient(exc):
             raise
@@ -483,7 +499,9 @@ class StudyRun:
         )
         tracking = None
         if spec.tracking.enabled:
-            experiment_id, parent_id = open_tracking(spec, execution, results_path)
+            experiment_id, parent_id = open_tracking(
+                spec, execution, results_path, prepared.plugins
+            )
             tracking = MlflowTracking(
                 spec,
                 recorder,

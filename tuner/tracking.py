@@ -17,6 +17,7 @@ import re
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,9 +25,11 @@ import yaml
 from ray.tune import Callback
 
 from trainables import metrics as m
+from trainables.plugins import PluginCode
 from tuner import diagnostics, outcomes, schema
 from tuner.buffer import PENDING, BufferedWriter
 from tuner.figures import FigureProcess, learning_curve_figure
+from tuner.plugin_files import log_plugins, plugins_tag
 from tuner.progress import StudyRecorder, TrialRecord
 from tuner.runs import client_for
 from tuner.spec import DiagnosticsSpec, JobSpec, ObjectiveSpec
@@ -515,8 +518,15 @@ def training_tag(spec: JobSpec) -> dict[str, str]:
     return {schema.TRAINING_TAG: json.dumps(spec.training.model_dump(mode="json"))}
 
 
-def start_parent_run(client, spec: JobSpec, execution: str, results_path: Path) -> tuple[str, str]:
-    """Create the study's parent run with the resolved spec; returns (experiment id, run id)."""
+def start_parent_run(
+    client,
+    spec: JobSpec,
+    execution: str,
+    results_path: Path,
+    plugins: Sequence[PluginCode] = (),
+) -> tuple[str, str]:
+    """Create the study's parent run with the resolved spec and the plug-ins' code; returns
+    (experiment id, run id)."""
     from mlflow.entities import RunTag
 
     experiment_id = ensure_experiment(client, spec)
@@ -536,6 +546,7 @@ def start_parent_run(client, spec: JobSpec, execution: str, results_path: Path) 
             **training_tag(spec),
             schema.RESULTS_PATH_TAG: str(results_path),
             schema.OPTUNA_TAG: redact(f"{spec.search.storage}#{execution}"),
+            **plugins_tag(plugins),
         },
     )
     run_id = run.info.run_id
@@ -546,6 +557,7 @@ def start_parent_run(client, spec: JobSpec, execution: str, results_path: Path) 
         tags=[RunTag(schema.NOTE_TAG, f"tuner study {execution}")],
     )
     client.log_text(run_id, redact(spec.to_yaml()), "spec.yaml")
+    log_plugins(client, run_id, plugins)
     return experiment_id, run_id
 
 
