@@ -19,6 +19,27 @@ import pytest
 from tuner.spec import JobSpec, spec_from_dict
 
 
+class RayStarted(RuntimeError):
+    """Raised by the stand-in for `ray.init`: validation let the input through to Ray."""
+
+
+@pytest.fixture
+def ray_starts(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """Every call of `ray.init` during the test (none expected); Ray is never really started,
+    and a Ray that another test started is hidden, so no study can run."""
+    import ray
+
+    calls: list[dict[str, Any]] = []
+
+    def fake_init(*args: Any, **kwargs: Any) -> None:
+        calls.append(kwargs)
+        raise RayStarted("ray.init was called: the input passed validation")
+
+    monkeypatch.setattr(ray, "init", fake_init)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    return calls
+
+
 @pytest.fixture(autouse=True)
 def forget_plugins() -> Iterator[None]:
     """After each test, drop every model and dataset a plug-in registered (and the plug-in's

@@ -30,27 +30,6 @@ REPO = Path(__file__).resolve().parents[1]
 # --------------------------------------------------------------------------- fixtures
 
 
-class RayStarted(RuntimeError):
-    """Raised by the stand-in for `ray.init`: validation let the input through to Ray."""
-
-
-@pytest.fixture
-def ray_starts(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
-    """Every call of `ray.init` during the test (none expected); Ray is never really started,
-    and a Ray that another test started is hidden, so no study can run."""
-    import ray
-
-    calls: list[dict[str, Any]] = []
-
-    def fake_init(*args: Any, **kwargs: Any) -> None:
-        calls.append(kwargs)
-        raise RayStarted("ray.init was called: the input passed validation")
-
-    monkeypatch.setattr(ray, "init", fake_init)
-    monkeypatch.setattr(ray, "is_initialized", lambda: False)
-    return calls
-
-
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> str:
     """An empty SQLite MLflow tracking store (created by the first command that opens it)."""

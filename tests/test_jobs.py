@@ -428,6 +428,20 @@ def jobs_blobs(options):
 '''
 
 
+def two_trials_on_two_nodes(job: str, address: str, results: Path) -> Path:
+    """Wait for the job; check its two trials completed, one on each node, above chance (4
+    classes); return the study's results folder."""
+    status = wait_for_status(job, address, {"SUCCEEDED"}, timeout_s=300)
+    logs = runner.invoke(app, ["logs", job, "--address", address]).output
+    assert status == "SUCCEEDED", logs
+    (folder,) = results.iterdir()
+    trials = pd.read_csv(folder / TRIALS_FILE)
+    assert list(trials["status"]) == [outcomes.COMPLETED] * 2, trials.to_dict("records")
+    assert trials["node"].nunique() == 2, trials["node"].tolist()  # both nodes ran trials
+    assert trials["best_val_acc"].min() > 0.5, trials["best_val_acc"].tolist()
+    return folder
+
+
 def test_submitted_plugin_study_ships_its_code_and_runs_on_both_nodes(
     jobs_env: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -453,14 +467,7 @@ def test_submitted_plugin_study_ships_its_code_and_runs_on_both_nodes(
     (tmp_path / "jobs_nets.py").unlink()
     shutil.rmtree(tmp_path / "src")
 
-    status = wait_for_status(job, jobs_env.address, {"SUCCEEDED"}, timeout_s=300)
-    logs = runner.invoke(app, ["logs", job, "--address", jobs_env.address]).output
-    assert status == "SUCCEEDED", logs
-    (folder,) = (tmp_path / "results").iterdir()
-    trials = pd.read_csv(folder / TRIALS_FILE)
-    assert list(trials["status"]) == [outcomes.COMPLETED] * 2, trials.to_dict("records")
-    assert trials["node"].nunique() == 2, trials["node"].tolist()  # both nodes ran trials
-    assert trials["best_val_acc"].min() > 0.5, trials["best_val_acc"].tolist()  # 4 classes
+    folder = two_trials_on_two_nodes(job, jobs_env.address, tmp_path / "results")
     saved = yaml.safe_load((folder / "spec.yaml").read_text())
     assert saved["plugins"] == ["plugins/jobs_nets.py", "jobs_data"]
     assert (folder / "plugins" / "jobs_nets.py").read_text() == JOB_MODEL
@@ -488,11 +495,4 @@ def test_submitted_cnn_on_an_image_folder_runs_on_both_nodes(
         scheduler={"name": "fifo", "max_epochs": 3},
     )
     job = submit(spec, jobs_env.address)
-    status = wait_for_status(job, jobs_env.address, {"SUCCEEDED"}, timeout_s=300)
-    logs = runner.invoke(app, ["logs", job, "--address", jobs_env.address]).output
-    assert status == "SUCCEEDED", logs
-    (folder,) = (tmp_path / "results").iterdir()
-    trials = pd.read_csv(folder / TRIALS_FILE)
-    assert list(trials["status"]) == [outcomes.COMPLETED] * 2, trials.to_dict("records")
-    assert trials["node"].nunique() == 2, trials["node"].tolist()  # both nodes ran trials
-    assert trials["best_val_acc"].min() > 0.5, trials["best_val_acc"].tolist()  # 4 classes
+    two_trials_on_two_nodes(job, jobs_env.address, tmp_path / "results")

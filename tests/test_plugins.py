@@ -84,26 +84,6 @@ def one_line(text: str) -> str:
 # --------------------------------------------------------------------------- fixtures
 
 
-class RayStarted(RuntimeError):
-    """Raised by the stand-in for `ray.init`: the input got past every check."""
-
-
-@pytest.fixture
-def ray_starts(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
-    """Calls of `ray.init` (none expected); a Ray another test started is hidden."""
-    import ray
-
-    calls: list[dict[str, Any]] = []
-
-    def fake_init(*args: Any, **kwargs: Any) -> None:
-        calls.append(kwargs)
-        raise RayStarted("ray.init was called: the input passed validation")
-
-    monkeypatch.setattr(ray, "init", fake_init)
-    monkeypatch.setattr(ray, "is_initialized", lambda: False)
-    return calls
-
-
 @pytest.fixture
 def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.chdir(tmp_path)
