@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 from trainables.loop import OPTIMIZER_DEFAULTS
 from trainables.models import MODELS
 from tuner.errors import SpecError
-from tuner.export import ExportedConfig, load_exported
+from tuner.exporting import ExportedConfig, load_exported
 from tuner.spaces import SearchSpace, load_space
 from tuner.spec import (
     DatasetSpec,

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from tests.conftest import tiny_spec, tuner_ui
 from tuner.cli import app
 from tuner.errors import SpecError
-from tuner.export import export_study, load_exported
+from tuner.exporting import export_study, load_exported
 from tuner.results import StudyResult
 from tuner.retrain import train_config
 from tuner.runs import client_for
@@ -167,7 +167,7 @@ def test_ui_serves_the_store_on_loopback_only(study: StudyResult) -> None:
 
 def test_exported_file_names_cannot_leave_the_chosen_folder(tmp_path: Path) -> None:
     """A study name read back from the tracking store is reduced to a plain file name."""
-    from tuner.export import write_configs
+    from tuner.exporting import write_configs
 
     config = {"model": "mlp", "source": {"rank": 1}}
     out = tmp_path / "exports"

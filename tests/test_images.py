@@ -289,7 +289,7 @@ def test_bad_image_size_from_python(tmp_path: Path, size) -> None:
 
 
 def test_the_cnn_tunes_on_an_image_folder(ray_local, study_dir: Path, mnist_digits) -> None:
-    from tuner.export import export_study
+    from tuner.exporting import export_study
     from tuner.retrain import train_config
     from tuner.study import require_success, resume_study, run_study
 

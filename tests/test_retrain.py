@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from tuner.cli import app
 from tuner.errors import SpecError
-from tuner.export import load_exported, training_from_tag
+from tuner.exporting import load_exported, training_from_tag
 from tuner.retrain import train_config
 from tuner.runs import client_for
 

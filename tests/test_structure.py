@@ -110,8 +110,8 @@ def test_dashboards_read_only_the_results_vocabulary() -> None:
 def test_results_corner_is_layered() -> None:
     """Readers of MLflow never import the writers, and nothing below study imports it."""
     graph = import_graph()
-    for reader in ("tuner.runs", "tuner.results", "tuner.schema", "tuner.export"):
+    for reader in ("tuner.runs", "tuner.results", "tuner.schema", "tuner.exporting"):
         assert "tuner.study" not in graph[reader]
         assert "tuner.summary" not in graph[reader]
     assert "tuner.tracking" not in graph["tuner.runs"]
-    assert "tuner.export" not in graph["tuner.tracking"]
+    assert "tuner.exporting" not in graph["tuner.tracking"]

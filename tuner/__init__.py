@@ -19,8 +19,6 @@ needs them is first used (module `__getattr__`, PEP 562), so a plug-in file's `i
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -51,7 +49,7 @@ _LAZY = {
     "Split": ("trainables.data", "Split"),
     "JobSpec": ("tuner.spec", "JobSpec"),
     "StudyResult": ("tuner.results", "StudyResult"),
-    "ExportedConfig": ("tuner.export", "ExportedConfig"),
+    "ExportedConfig": ("tuner.exporting", "ExportedConfig"),
     "PluginError": ("trainables.plugins", "PluginError"),
     "TunerError": ("tuner.errors", "TunerError"),
     "SpecError": ("tuner.errors", "SpecError"),
@@ -193,30 +191,12 @@ def export(
     """
     import yaml
 
-    from tuner.export import export_study
+    from tuner.exporting import export_study
     from tuner.runs import default_tracking_uri
 
     uri = tracking_uri or default_tracking_uri()
     paths = export_study(study, uri, top_k, "yaml", Path(out) if out is not None else None)
     return [{**yaml.safe_load(path.read_text()), "path": str(path)} for path in paths]
-
-
-class _Package(types.ModuleType):
-    """`tuner.export` names both the function above and the submodule tuner/export.py. Importing
-    a submodule sets the package attribute of its name, which would replace the function; here
-    it does not (the submodule stays in `sys.modules["tuner.export"]`)."""
-
-    @property
-    def export(self) -> Any:
-        return self.__dict__["export"]
-
-    @export.setter
-    def export(self, value: Any) -> None:
-        if not isinstance(value, types.ModuleType):
-            self.__dict__["export"] = value
-
-
-sys.modules[__name__].__class__ = _Package
 
 
 def _spec_error(message: str) -> Exception:

@@ -386,7 +386,7 @@ def export(
     tracking_uri: TrackingOption = None,
 ) -> None:
     """The best config(s) of a study as files `tuner train` accepts (ranked by best epoch)."""
-    from tuner.export import export_study
+    from tuner.exporting import export_study
     from tuner.runs import default_tracking_uri
 
     paths = export_study(study, tracking_uri or default_tracking_uri(), top_k, format, out_path)
@@ -405,7 +405,7 @@ def train(
     ] = Device.auto,
 ) -> None:
     """Train one fixed config to completion and log it, with the model, to MLflow."""
-    from tuner.export import load_exported
+    from tuner.exporting import load_exported
     from tuner.retrain import train_config
     from tuner.runs import default_tracking_uri
 

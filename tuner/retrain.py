@@ -13,7 +13,7 @@ from pathlib import Path
 from trainables import metrics as m
 from tuner import schema
 from tuner.errors import SpecError
-from tuner.export import ExportedConfig, load_exported
+from tuner.exporting import ExportedConfig, load_exported
 from tuner.plugin_files import code_paths
 from tuner.runs import client_for
 from tuner.spec import DiagnosticsSpec, ObjectiveSpec, load_plugins

@@ -9,7 +9,7 @@ from rich.table import Table
 
 from trainables import metrics as m
 from tuner import outcomes, schema
-from tuner.export import exported_config
+from tuner.exporting import exported_config
 from tuner.results import StudyResult, plain
 from tuner.spaces import IntParam, SearchSpace
 
