@@ -355,6 +355,7 @@ class MlflowTracking(Callback):
         elif run_id not in self.open_runs:
             self.writer.update_run(run_id, status="RUNNING")
             self._resync(run_id, record)
+        run_id = self.writer.real_id(run_id)  # its placeholder may have resolved meanwhile
         self.open_runs.add(run_id)
         return run_id
 
@@ -476,7 +477,8 @@ class MlflowTracking(Callback):
             headline=f"Trial {record.number}: **{status}**",
         )
         self.writer.set_terminated(run_id, status=run_status)
-        self.open_runs.discard(run_id)
+        # a placeholder may have got its real id during these writes (`_resolved`)
+        self.open_runs -= {run_id, self.writer.real_id(run_id)}
 
     def close_open_runs(self, status: str = "KILLED") -> None:
         """Leave no run RUNNING (Ctrl-C, a crash): flush, then end whatever is still open."""
