@@ -260,3 +260,30 @@ def test_a_write_refused_once_goes_through_on_its_next_attempt(
     assert not run_id.startswith(PENDING) and writer.queue == []
     assert only_run(server, experiment).info.run_id == run_id
     assert not (folder / BUFFER_FILE).exists()
+
+
+def test_dataset_inputs_of_a_run_created_in_an_outage_wait_and_arrive(
+    server: Server, experiment: str, folder: Path
+) -> None:
+    from trainables.data import DataOptions, load_dataset
+    from tuner.inputs import dataset_inputs, digests
+
+    options = DataOptions(name="digits")
+    inputs = dataset_inputs(load_dataset(options), options)
+    server.down()
+    writer = writer_for(server, folder)
+    placeholder = writer.create_run(experiment, "trial-0001", {"tuner.trial_id": "t1"})
+    writer.log_inputs(placeholder, inputs)
+    assert [op["op"] for op in queued_lines(folder)] == ["create_run", "log_inputs"]
+    later = writer_for(server, folder)  # another process (tuner sync) reads the queue file
+    server.up()
+    assert later.drain()
+    run = only_run(server, experiment)
+    logged = {
+        tag.value: item.dataset.digest
+        for item in run.inputs.dataset_inputs
+        for tag in item.tags
+        if tag.key == "mlflow.data.context"
+    }
+    assert logged == digests(inputs)
+    assert {item.dataset.name for item in run.inputs.dataset_inputs} == {"digits"}

@@ -148,6 +148,8 @@ def assert_complete_in_mlflow(uri: str, result: StudyResult) -> int:
             assert steps == expected, (child.info.run_name, key, steps)
             points += len(steps)
         assert [a.path for a in client.list_artifacts(child.info.run_id)] == ["learning_curve.png"]
+        contexts = [t.value for i in child.inputs.dataset_inputs for t in i.tags]
+        assert sorted(contexts) == ["training", "validation"], child.info.run_name  # not lost
     assert "report.html" in {a.path for a in client.list_artifacts(parent.info.run_id)}
     return points
 

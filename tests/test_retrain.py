@@ -15,9 +15,11 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
+from trainables.data import DataOptions, load_dataset
 from tuner.cli import app
 from tuner.errors import SpecError
 from tuner.exporting import load_exported, training_from_tag
+from tuner.inputs import dataset_inputs, digests
 from tuner.retrain import train_config
 from tuner.runs import client_for
 
@@ -60,6 +62,16 @@ def test_train_on_cpu_records_the_device_and_a_file_without_training_trains_in_f
     assert run.data.params["training.precision"] == "fp32"
     assert run.data.params["training.compile"] == "False"
     assert run.info.status == "FINISHED"
+    # the same digests a study on this data logs (tests/test_inputs.py checks a study's)
+    options = DataOptions(**EXPORTED["dataset"])
+    logged = {
+        tag.value: item.dataset.digest
+        for item in run.inputs.dataset_inputs
+        for tag in item.tags
+        if tag.key == "mlflow.data.context"
+    }
+    assert logged == digests(dataset_inputs(load_dataset(options), options))
+    assert run.data.tags["mlflow.note.content"].startswith("`tuner train` of tuner-train: **2 ")
 
 
 def test_auto_picks_cuda_only_when_torch_sees_a_gpu_and_a_bf16_config_trains(

@@ -11,7 +11,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import tiny_spec
+from trainables.data import DataOptions, load_dataset
 from tuner import diagnostics, outcomes
+from tuner.inputs import dataset_inputs, digests
 from tuner.journal import JOURNAL_FILE, read_journal
 from tuner.progress import StudyRecorder
 from tuner.runs import client_for
@@ -25,6 +27,16 @@ from tuner.tracking import (
 )
 
 NUM_TRIALS = 6
+
+
+def logged_digests(client: MlflowClient, run_id: str) -> dict[str, str]:
+    """context (training, validation) -> the digest of the dataset input MLflow holds."""
+    return {
+        tag.value: item.dataset.digest
+        for item in client.get_run(run_id).inputs.dataset_inputs
+        for tag in item.tags
+        if tag.key == "mlflow.data.context"
+    }
 
 
 def child_runs(client: MlflowClient, parent) -> list:
@@ -64,6 +76,10 @@ def test_study_in_mlflow_parent_children_curves_and_summaries(
     assert all(r.info.status == "FINISHED" for r in runs), "a run was left RUNNING"
 
     table = result.trials.set_index("trial_id")
+    options = DataOptions(**spec.dataset.model_dump())
+    expected_inputs = digests(dataset_inputs(load_dataset(options), options))
+    for run in [parent, *children]:
+        assert logged_digests(client, run.info.run_id) == expected_inputs
     for child in children:
         tags, metrics = child.data.tags, child.data.metrics
         row = table.loc[tags["tuner.trial_id"]]
@@ -92,6 +108,9 @@ def test_study_in_mlflow_parent_children_curves_and_summaries(
         assert curves["generalization_gap"][best_step] == pytest.approx(gap)
         assert metrics["overfit_score"] >= 0
         assert [a.path for a in client.list_artifacts(child.info.run_id)] == ["learning_curve.png"]
+        note = tags["mlflow.note.content"]
+        assert note.startswith(f"Trial {int(row['trial'])}: **{row['status']}**, diagnosis ")
+        assert f"at epoch {int(row['best_epoch'])}" in note
 
     statuses = {c.data.tags["trial_status"] for c in children}
     assert outcomes.STOPPED_BY_SCHEDULER in statuses
@@ -109,6 +128,21 @@ def test_study_in_mlflow_parent_children_curves_and_summaries(
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"spec.yaml", "results.csv", "results.parquet", "best_config.yaml"} <= artifacts
     assert "param_importances.json" in artifacts
+    assert "report.html" in artifacts
+    note = parent.data.tags["mlflow.note.content"]
+    best = result.best
+    run_name = f"trial-{int(best['trial']):04d}"
+    assert (
+        f"**Best:** trial {int(best['trial'])} (run `{run_name}`) at epoch "
+        f"{int(best['best_epoch'])}: val_loss {best['best_val_loss']:.4f}"
+    ) in note
+    assert f"{len(children)} trials of mlp on digits, finished" in note
+    counts = result.status_counts()
+    assert all(f"{n} {status}" in note for status, n in counts.items())
+    table_lines = [line for line in note.splitlines() if line.startswith("| ")]
+    assert len(table_lines) == 2 + 5  # header, rule, the top 5
+    assert table_lines[2].startswith(f"| 1 | trial-{int(best['trial']):04d} | ")
+    assert "`report.html`" in note and f"tuner export {name} --top-k 3" in note
     results = [
         e for e in read_journal(result.results_path / JOURNAL_FILE) if e["event"] == "result"
     ]

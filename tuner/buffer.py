@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from tuner.errors import StudyError
+from tuner.inputs import as_dataset_inputs
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,12 @@ class BufferedWriter:
 
     def update_run(self, run_id: str, status: str) -> None:
         self._write({"op": "update_run", "run_id": run_id, "status": status})
+
+    def log_inputs(self, run_id: str, inputs: list[dict[str, Any]]) -> None:
+        """Dataset inputs as `tuner.inputs.dataset_inputs` describes them (JSON, so they can wait
+        in the queue file)."""
+        if inputs:
+            self._write({"op": "log_inputs", "run_id": run_id, "inputs": inputs})
 
     def delete_run(self, run_id: str) -> None:
         self._write({"op": "delete_run", "run_id": run_id})
@@ -264,6 +271,8 @@ class BufferedWriter:
             self.client.update_run(run_id, status=op["status"])
         elif kind == "delete_run":
             self.client.delete_run(run_id)
+        elif kind == "log_inputs":
+            self.client.log_inputs(run_id, datasets=as_dataset_inputs(op["inputs"]))
         elif kind == "log_artifact":
             self._log_artifact(run_id, op["path"], op.get("artifact_path"))
         return None
@@ -289,6 +298,7 @@ OP_FIELDS = {
     "set_terminated": ("run_id", "status"),
     "update_run": ("run_id", "status"),
     "delete_run": ("run_id",),
+    "log_inputs": ("run_id", "inputs"),
     "log_artifact": ("run_id", "path"),
 }
 

@@ -14,6 +14,7 @@ from trainables import metrics as m
 from tuner import schema
 from tuner.errors import SpecError
 from tuner.exporting import ExportedConfig, load_exported
+from tuner.inputs import as_dataset_inputs, dataset_inputs
 from tuner.plugin_files import code_paths
 from tuner.runs import client_for
 from tuner.spec import DiagnosticsSpec, ObjectiveSpec, load_plugins
@@ -68,10 +69,12 @@ def train_config(
     if epochs is not None and epochs < 1:
         raise SpecError(f"--epochs must be at least 1 but got {epochs}")
     where = training_device(device)
+    options = DataOptions(**config.dataset.model_dump())
     try:
-        data = load_dataset(DataOptions(**config.dataset.model_dump()))
+        data = load_dataset(options)
     except DatasetError as exc:
         raise SpecError(str(exc)) from None
+    inputs = dataset_inputs(data, options)  # the same digests as the study's runs
     options = TrainingOptions(precision=config.training.precision, compile=config.training.compile)
     run = TrainingRun(
         config.model, config.hyperparameters, data, device=where, seed=config.seed, options=options
@@ -83,7 +86,7 @@ def train_config(
             break
     example = data.x_val[:4]
     result = log_trained_model(
-        config, run.model, example, history, tracking_uri, register, device=where
+        config, run.model, example, history, tracking_uri, register, device=where, inputs=inputs
     )
     return result
 
@@ -96,9 +99,10 @@ def log_trained_model(
     tracking_uri: str,
     register: bool,
     device: str = "cpu",
+    inputs: list[dict] = (),
 ) -> TrainResult:
-    """An MLflow run with the curves, diagnosis, device and the model (moved to CPU); rank 1
-    goes to the registry."""
+    """An MLflow run with the curves, diagnosis, device, dataset inputs (`tuner.inputs`) and the
+    model (moved to CPU); rank 1 goes to the registry."""
     import mlflow
     import mlflow.pytorch
     import torch
@@ -134,8 +138,18 @@ def log_trained_model(
             }
         ),
     )
+    if inputs:
+        client.log_inputs(run_id, datasets=as_dataset_inputs(inputs))
     verdict = log_trial_end(
-        client, run_id, history, ObjectiveSpec(), DiagnosticsSpec(), f"train {study}"
+        client,
+        run_id,
+        history,
+        ObjectiveSpec(),
+        DiagnosticsSpec(),
+        f"train {study}",
+        headline=f"`tuner train` of {study}"
+        + (f" rank {rank}" if rank else "")
+        + f": **{len(history)} epochs**",
     )
     registered = f"{study}-best" if register and rank == 1 and config.source.get("study") else None
     model = getattr(model, "_orig_mod", model)  # torch.compile's wrapper: log the model itself

@@ -37,6 +37,7 @@ from tuner import outcomes, schema
 from tuner.buffer import HTTP_SETTINGS, BufferedWriter, is_transient
 from tuner.dashboard_data import REPORT_FILE, from_study
 from tuner.errors import SpecError, StudyError
+from tuner.inputs import dataset_inputs
 from tuner.journal import JOURNAL_FILE
 from tuner.placement import (
     PROBE_TIMEOUT_S,
@@ -56,7 +57,7 @@ from tuner.searcher import TruthfulOptunaSearch
 from tuner.spaces import CategoricalParam, SearchSpace, load_space
 from tuner.spec import JobSpec, load_plugins, read_yaml_file, spec_from_dict
 from tuner.stoppers import OverfitStopper
-from tuner.summary import best_config, param_importances, save_results
+from tuner.summary import best_config, param_importances, save_results, study_note
 from tuner.tracking import (
     RUN_IDS_FILE,
     MlflowTracking,
@@ -405,13 +406,17 @@ def study_environment(results_path: Path, spec: JobSpec) -> Iterator[None]:
 
 
 def open_tracking(
-    spec: JobSpec, execution: str, results_path: Path, plugins: tuple[PluginCode, ...] = ()
+    spec: JobSpec,
+    execution: str,
+    results_path: Path,
+    plugins: tuple[PluginCode, ...] = (),
+    inputs: list[dict] = (),
 ) -> tuple[str, str]:
     """The study's MLflow experiment and parent run; an unreachable server fails the study here,
     before any training (mid-study outages are buffered instead)."""
     try:
         client = client_for(spec.tracking.uri)
-        return start_parent_run(client, spec, execution, results_path, plugins)
+        return start_parent_run(client, spec, execution, results_path, plugins, inputs)
     except Exception as exc:
         if not is_transient(exc):
             raise
@@ -499,8 +504,10 @@ class StudyRun:
         )
         tracking = None
         if spec.tracking.enabled:
+            # described once per study (a hash of the arrays), logged on the parent and each trial
+            inputs = dataset_inputs(prepared.dataset, DataOptions(**spec.dataset.model_dump()))
             experiment_id, parent_id = open_tracking(
-                spec, execution, results_path, prepared.plugins
+                spec, execution, results_path, prepared.plugins, inputs
             )
             tracking = MlflowTracking(
                 spec,
@@ -509,6 +516,7 @@ class StudyRun:
                 experiment_id,
                 results_path / RUN_IDS_FILE,
                 background=True,
+                inputs=inputs,
             )
         tuner = tune.Tuner(
             make_trainable(spec, prepared.dataset, trainable, training),
@@ -616,7 +624,9 @@ class StudyRun:
             return
         writer = self.tracking.writer
         self.tracking.close_open_runs("KILLED")
-        finish_parent_run(writer, self.parent_run_id, result, best_config(result), importances)
+        note = study_note(result, report.name)
+        config = best_config(result)
+        finish_parent_run(writer, self.parent_run_id, result, config, importances, note)
         writer.log_artifact(self.parent_run_id, report)
         writer.set_terminated(
             self.parent_run_id, status="KILLED" if result.interrupted else "FINISHED"

@@ -114,3 +114,75 @@ def param_importances(result: StudyResult, space: SearchSpace) -> dict[str, floa
     except (ValueError, RuntimeError):  # e.g. no parameter present in every trial
         return None
     return {name: float(value) for name, value in importances.items()}
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = [header, ["---"] * len(header), *rows]
+    return "\n".join("| " + " | ".join(cells) + " |" for cells in lines)
+
+
+def _number(value: Any, digits: int = 4) -> str:
+    value = plain(value)
+    return "-" if value is None else f"{float(value):.{digits}f}"
+
+
+def counts_line(counts: dict[str, int]) -> str:
+    return ", ".join(f"{n} {name}" for name, n in counts.items()) or "none"
+
+
+def study_note(result: StudyResult, report_artifact: str, rows: int = 5) -> str:
+    """The parent run's description in MLflow (`mlflow.note.content`, Markdown): the best trial,
+    the counts, the top trials, where the report is and what to run next."""
+    spec, trials = result.spec, result.trials
+    metric, mode = spec.objective.metric, spec.objective.mode
+    lines = [f"## Study {result.execution}", ""]
+    state = "interrupted" if result.interrupted else "finished"
+    lines.append(
+        f"{len(trials)} trials of {spec.model} on {spec.dataset.name}, {state} in "
+        f"{result.wall_time_s:.0f} s; objective: {metric} ({mode}imised at each trial's best "
+        "epoch)."
+    )
+    best = result.best
+    lines.append("")
+    if best is None:
+        lines.append(f"**Best:** no trial produced a finite {metric}.")
+    else:
+        lines.append(
+            f"**Best:** trial {int(best['trial'])} (run `trial-{int(best['trial']):04d}`) at "
+            f"epoch {int(best[schema.BEST_EPOCH])}: {metric} "
+            f"{_number(best[schema.best(metric)])}, val_acc "
+            f"{_number(best.get(schema.best(m.VAL_ACC)))}"
+        )
+    lines += ["", f"**Statuses:** {counts_line(result.status_counts())}"]
+    if "diagnosis" in trials:
+        diagnoses = trials["diagnosis"].value_counts().to_dict() if len(trials) else {}
+        lines.append(f"**Diagnoses:** {counts_line(diagnoses)}")
+    table_rows = []
+    for rank, (_, row) in enumerate(trials.head(rows).iterrows(), start=1):
+        if plain(row[schema.BEST_EPOCH]) is None:  # no finite result
+            continue
+        table_rows.append(
+            [
+                str(rank),
+                f"trial-{int(row['trial']):04d}",
+                str(row["status"]),
+                str(row.get("diagnosis", "-")),
+                str(int(row[schema.BEST_EPOCH])),
+                _number(row[schema.best(m.VAL_LOSS)]),
+                _number(row.get(schema.best(m.VAL_ACC))),
+            ]
+        )
+    if table_rows:
+        header = ["rank", "run", "status", "diagnosis", "best epoch", m.VAL_LOSS, m.VAL_ACC]
+        lines += ["", f"### Top {len(table_rows)}", "", markdown_table(header, table_rows)]
+    lines += [
+        "",
+        f"**Report:** the artifact `{report_artifact}` (Artifacts tab): learning curves, "
+        "optimisation history, parameter importances; one file that opens offline.",
+        "",
+        f"**Next:** `tuner export {spec.name} --top-k 3` writes the best configs; "
+        f"`tuner train {spec.name}-rank1.yaml` retrains the best one and logs its model.",
+        "",
+        "Compare trials: expand this run in the runs table, select the trial runs, *Compare*.",
+    ]
+    return "\n".join(lines)

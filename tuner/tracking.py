@@ -29,6 +29,7 @@ from trainables.plugins import PluginCode
 from tuner import diagnostics, outcomes, schema
 from tuner.buffer import PENDING, BufferedWriter
 from tuner.figures import FigureProcess, learning_curve_figure
+from tuner.inputs import as_dataset_inputs
 from tuner.plugin_files import log_plugins, plugins_tag
 from tuner.progress import StudyRecorder, TrialRecord
 from tuner.runs import client_for
@@ -117,6 +118,18 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def run_note(headline: str, diagnosis: str, summary: dict[str, float]) -> str:
+    """A run's description in MLflow (Markdown): e.g. "Trial 3: **completed**, diagnosis
+    **healthy**; best val_loss 0.1234 at epoch 4"."""
+    note = f"{headline}, diagnosis **{diagnosis}**"
+    if schema.BEST_EPOCH in summary and schema.best(m.VAL_LOSS) in summary:
+        note += (
+            f"; best {m.VAL_LOSS} {summary[schema.best(m.VAL_LOSS)]:.4f} at epoch "
+            f"{int(summary[schema.BEST_EPOCH])}"
+        )
+    return note
+
+
 def log_trial_end(
     client,
     run_id: str,
@@ -127,20 +140,25 @@ def log_trial_end(
     metrics: list | None = None,
     tags: list | None = None,
     figures: FigureProcess | None = None,
+    headline: str | None = None,
 ) -> diagnostics.Diagnosis:
-    """One batch (the summary at the best epoch, the diagnosis, and the caller's `metrics` and
-    `tags`), then the learning-curve figure, drawn by `figures` when given."""
+    """One batch (the summary at the best epoch, the diagnosis, the run's note under `headline`
+    when given, and the caller's `metrics` and `tags`), then the learning-curve figure, drawn by
+    `figures` when given."""
     from mlflow.entities import Metric, RunTag
 
     verdict = diagnostics.diagnose(history, thresholds)
     summary = diagnostics.summary_metrics(history, objective.metric, objective.mode)
     summary[diagnostics.OVERFIT_SCORE] = verdict.overfit_score
     ts = now_ms()
+    tags = [*(tags or []), RunTag(schema.DIAGNOSIS_TAG, verdict.diagnosis)]
+    if headline:
+        tags.append(RunTag(schema.NOTE_TAG, run_note(headline, verdict.diagnosis, summary)))
     log_batch(
         client,
         run_id,
         metrics=[*(metrics or []), *(Metric(k, v, ts, 0) for k, v in summary.items())],
-        tags=[*(tags or []), RunTag(schema.DIAGNOSIS_TAG, verdict.diagnosis)],
+        tags=tags,
     )
     if not history:
         return verdict
@@ -175,8 +193,10 @@ class MlflowTracking(Callback):
         run_ids_path: Path,
         flush_interval_s: float = 5.0,
         background: bool = False,
+        inputs: Sequence[dict[str, Any]] = (),
     ):
         self.spec, self.recorder = spec, recorder
+        self.inputs = list(inputs)  # the dataset inputs each trial's run logs (tuner.inputs)
         self.parent_run_id, self.experiment_id = parent_run_id, experiment_id
         self.run_ids_path = run_ids_path
         self.flush_interval_s = flush_interval_s
@@ -211,7 +231,7 @@ class MlflowTracking(Callback):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         """Restored by Ray from a snapshot: take the run ids written since."""
-        self.__dict__.update(state)
+        self.__dict__.update({"inputs": [], **state})  # a study started before inputs were logged
         self.run_ids = load_run_ids(self.run_ids_path)
         self._init_runtime()
 
@@ -335,6 +355,7 @@ class MlflowTracking(Callback):
         elif run_id not in self.open_runs:
             self.writer.update_run(run_id, status="RUNNING")
             self._resync(run_id, record)
+        run_id = self.writer.real_id(run_id)  # its placeholder may have resolved meanwhile
         self.open_runs.add(run_id)
         return run_id
 
@@ -419,6 +440,7 @@ class MlflowTracking(Callback):
             params=as_params(record.config),
             tags=[RunTag(schema.TRIAL_STATUS_TAG, "running")],
         )
+        self.writer.log_inputs(run_id, self.inputs)
         return run_id
 
     def flush(self) -> None:
@@ -438,7 +460,8 @@ class MlflowTracking(Callback):
             return
         run_id = self._child_run(record)
         self._tag_placement(run_id, record)
-        tags = [RunTag(schema.TRIAL_STATUS_TAG, record.status or outcomes.ERRORED)]
+        status = record.status or outcomes.ERRORED
+        tags = [RunTag(schema.TRIAL_STATUS_TAG, status)]
         if record.error:
             tags.append(RunTag(schema.ERROR_TAG, record.error[:MAX_TAG_LENGTH]))
         log_trial_end(
@@ -451,9 +474,11 @@ class MlflowTracking(Callback):
             metrics=self._pending.pop(run_id, []),
             tags=tags,
             figures=self._figures,
+            headline=f"Trial {record.number}: **{status}**",
         )
         self.writer.set_terminated(run_id, status=run_status)
-        self.open_runs.discard(run_id)
+        # a placeholder may have got its real id during these writes (`_resolved`)
+        self.open_runs -= {run_id, self.writer.real_id(run_id)}
 
     def close_open_runs(self, status: str = "KILLED") -> None:
         """Leave no run RUNNING (Ctrl-C, a crash): flush, then end whatever is still open."""
@@ -524,9 +549,10 @@ def start_parent_run(
     execution: str,
     results_path: Path,
     plugins: Sequence[PluginCode] = (),
+    inputs: Sequence[dict[str, Any]] = (),
 ) -> tuple[str, str]:
-    """Create the study's parent run with the resolved spec and the plug-ins' code; returns
-    (experiment id, run id)."""
+    """Create the study's parent run with the resolved spec, the plug-ins' code and the dataset
+    inputs (`tuner.inputs`); returns (experiment id, run id)."""
     from mlflow.entities import RunTag
 
     experiment_id = ensure_experiment(client, spec)
@@ -554,8 +580,12 @@ def start_parent_run(
         client,
         run_id,
         params=as_params(spec.model_dump(mode="json")),
-        tags=[RunTag(schema.NOTE_TAG, f"tuner study {execution}")],
+        tags=[
+            RunTag(schema.NOTE_TAG, f"tuner study {execution}: running (its summary comes here)")
+        ],
     )
+    if inputs:
+        client.log_inputs(run_id, datasets=as_dataset_inputs(list(inputs)))
     client.log_text(run_id, redact(spec.to_yaml()), "spec.yaml")
     log_plugins(client, run_id, plugins)
     return experiment_id, run_id
@@ -567,9 +597,11 @@ def finish_parent_run(
     result: StudyResult,
     best_config: dict[str, Any] | None,
     importances: dict[str, float] | None,
+    note: str | None = None,
 ) -> None:
-    """Results table, best config, importances, counts and the best objective on the parent."""
-    from mlflow.entities import Metric
+    """Results table, best config, importances, counts, the best objective and the study's
+    description (`note`, Markdown) on the parent."""
+    from mlflow.entities import Metric, RunTag
 
     spec, trials = result.spec, result.trials
     ts = now_ms()
@@ -591,7 +623,9 @@ def finish_parent_run(
                 values[key] = float(value)
     for name, importance in (importances or {}).items():
         values[f"{schema.IMPORTANCE_PREFIX}{name}"] = float(importance)
-    log_batch(client, run_id, metrics=[Metric(k, float(v), ts, 0) for k, v in values.items()])
+    note_tags = [RunTag(schema.NOTE_TAG, note[:MAX_TAG_LENGTH])] if note else []
+    metrics = [Metric(k, float(v), ts, 0) for k, v in values.items()]
+    log_batch(client, run_id, metrics=metrics, tags=note_tags)
 
     as_text = trials.astype({c: str for c in trials.columns if trials[c].dtype == object})
     client.log_file(run_id, "results.csv", lambda path: trials.to_csv(path, index=False))
