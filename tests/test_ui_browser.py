@@ -15,11 +15,11 @@ from tests.test_dashboard import CHROMIUM_FLAGS, system_chromium
 from tuner.dashboard_data import REPORT_FILE
 from tuner.results import StudyResult
 from tuner.runs import client_for
-from tuner.schema import DIAGNOSIS_TAG
+from tuner.schema import CONFIG_PREFIX, DIAGNOSIS_TAG, TRIAL_NUMBER_TAG
 from tuner.study import run_study
 from tuner.tracking import LEARNING_CURVE
 
-COMPARED = ("trial-0001", "trial-0002", "trial-0003")
+COMPARED = (1, 2, 3)  # the trial numbers selected for the comparison
 WAIT_MS = 60_000  # a busy 2-core machine renders MLflow's pages slowly
 
 
@@ -55,10 +55,18 @@ def page(study: StudyResult) -> Iterator:
             chromium.close()
 
 
-def runs_by_name(study: StudyResult) -> dict:
+def trial_runs(study: StudyResult) -> dict:
+    """The study's child runs by trial number, as MLflow stored them."""
     client = client_for(study.spec.tracking.uri)
     experiment = client.get_experiment_by_name(study.spec.name).experiment_id
-    return {run.info.run_name: run for run in client.search_runs([experiment])}
+    runs = client.search_runs([experiment], f"tags.{TRIAL_NUMBER_TAG} != ''")
+    return {int(run.data.tags[TRIAL_NUMBER_TAG]): run for run in runs}
+
+
+def trial_config(study: StudyResult, number: int) -> dict:
+    row = study.trials.set_index("trial").loc[number]
+    prefix = CONFIG_PREFIX
+    return {k.removeprefix(prefix): v for k, v in row.items() if k.startswith(prefix) and v == v}
 
 
 def test_a_user_compares_three_trials_in_the_mlflow_ui(
@@ -67,8 +75,13 @@ def test_a_user_compares_three_trials_in_the_mlflow_ui(
     shots = tmp_path / "screenshots"
     shots.mkdir()
     print(f"\nscreenshots of each step: {shots}")
-    runs = runs_by_name(study)
     client = client_for(study.spec.tracking.uri)
+    runs = trial_runs(study)
+    assert sorted(runs) == [1, 2, 3, 4]
+    names = {number: run.info.run_name for number, run in runs.items()}
+    compared = [names[number] for number in COMPARED]
+    parent_name = client.get_run(study.parent_run_id).info.run_name
+    link = {name: page.get_by_role("link", name=name, exact=True) for name in names.values()}
 
     def shot(name: str) -> None:
         page.screenshot(path=str(shots / f"{name}.png"))
@@ -84,37 +97,34 @@ def test_a_user_compares_three_trials_in_the_mlflow_ui(
     # 2. Its runs: the "Model training" side, "Runs"; the trials are nested under the parent.
     model_training.click()
     page.get_by_role("link", name="Runs", exact=True).click()
-    parent = page.get_by_role("link", name=study.execution, exact=True)
+    parent = page.get_by_role("link", name=parent_name, exact=True)
     parent.wait_for()
-    trial_links = {name: page.get_by_role("link", name=name, exact=True) for name in runs}
-    trial_names = sorted(n for n in runs if n != study.execution)
-    assert trial_names == ["trial-0001", "trial-0002", "trial-0003", "trial-0004"]
-    assert [n for n in trial_names if trial_links[n].count()] == [], "trials not under parent"
+    assert [n for n in names.values() if link[n].count()] == [], "trials not under the parent"
     shot("02-runs-collapsed")
     page.get_by_role("gridcell").filter(has=parent).get_by_role("button").first.click()
-    for name in trial_names:
-        trial_links[name].wait_for()
+    for name in names.values():
+        link[name].wait_for()
     shot("03-runs-expanded")
 
     # 3. Three trials selected, then "Compare".
-    for name in COMPARED:
-        row = page.get_by_role("row").filter(has=trial_links[name])
+    for name in compared:
+        row = page.get_by_role("row").filter(has=link[name])
         row.get_by_role("checkbox", name="Press Space to toggle row selection").check()
     shot("04-three-selected")
     page.get_by_role("button", name="Compare", exact=True).click()
     page.get_by_role("heading", name="Comparing 3 Runs from 1 Experiment").wait_for()
 
     # 4. The comparison: one column per trial, each hyperparameter's values side by side.
-    names_row = page.get_by_role("row", name="Run Name:")
-    columns = names_row.get_by_role("cell").all_inner_texts()
-    assert sorted(columns) == list(COMPARED)
-    params = sorted({key for name in COMPARED for key in runs[name].data.params})
-    assert "lr" in params and "hidden_units" in params
-    for key in params:
+    columns = page.get_by_role("row", name="Run Name:").get_by_role("cell").all_inner_texts()
+    assert sorted(columns) == sorted(compared)
+    params = {name: runs[n].data.params for n, name in zip(COMPARED, compared, strict=True)}
+    for number, name in zip(COMPARED, compared, strict=True):
+        assert set(trial_config(study, number)) <= set(params[name]), name
+    for key in sorted({key for values in params.values() for key in values}):
         header = page.get_by_role("rowheader", name=key, exact=True)
         row = page.get_by_role("row").filter(has=header)
         shown = row.get_by_role("cell").all_inner_texts()
-        assert shown == [runs[name].data.params.get(key, "") for name in columns], key
+        assert shown == [params[name].get(key, "") for name in columns], key
     row.scroll_into_view_if_needed()
     shot("05-compare-parameters")
 
@@ -123,15 +133,15 @@ def test_a_user_compares_three_trials_in_the_mlflow_ui(
     page.get_by_role("grid", name="grid").first.evaluate("g => g.scrollTop = g.scrollHeight")
     page.get_by_role("link", name="val_loss", exact=True).click()
     page.get_by_role("heading", name="val_loss", level=2).wait_for()
-    for name in COMPARED:
+    for name in compared:
         page.get_by_text(f"{name} (val_loss)", exact=True).wait_for()  # the legend
     curves = page.evaluate(
         """() => Array.from(document.querySelectorAll('.js-plotly-plot'))
                  .flatMap(div => (div.data || []).map(t => [t.name, Array.from(t.y || [])]))"""
     )
     expected = {
-        name: [m.value for m in client.get_metric_history(runs[name].info.run_id, "val_loss")]
-        for name in COMPARED
+        name: [m.value for m in client.get_metric_history(runs[n].info.run_id, "val_loss")]
+        for n, name in zip(COMPARED, compared, strict=True)
     }
     assert all(len(values) == study.spec.scheduler.max_epochs for values in expected.values())
     assert {name: y for name, y in curves} == expected
@@ -141,15 +151,13 @@ def test_a_user_compares_three_trials_in_the_mlflow_ui(
     page.get_by_role("link", name="Comparing 3 Runs from 1 Experiment").click()
     trial = runs[COMPARED[0]]
     page.get_by_role("link", name=trial.info.run_id, exact=True).click()
-    page.get_by_role("heading", name=COMPARED[0], exact=True).wait_for()
-    diagnosis = trial.data.tags[DIAGNOSIS_TAG]
+    page.get_by_role("heading", name=compared[0], exact=True).wait_for()
+    diagnosis = study.trials.set_index("trial").loc[COMPARED[0], "diagnosis"]
     tag = page.get_by_role("status", name=DIAGNOSIS_TAG, exact=True)
     assert tag.inner_text().replace("\n", " ").split() == [DIAGNOSIS_TAG, ":", diagnosis]
     shot("07-trial-overview")
     page.get_by_role("tab", name="Artifacts").click()
     page.get_by_text(LEARNING_CURVE, exact=True).first.click()
-    image = page.get_by_role("img", name=LEARNING_CURVE).first
-    image.wait_for()
     page.wait_for_function(
         "name => [...document.querySelectorAll('img')].some("
         "i => i.alt === name && i.complete && i.naturalWidth > 0)",
@@ -159,8 +167,8 @@ def test_a_user_compares_three_trials_in_the_mlflow_ui(
 
     # 7. Its parent, the study: the report among its artifacts, opened in the artifact view.
     page.get_by_role("tab", name="Overview").click()
-    page.get_by_role("link", name=study.execution, exact=True).first.click()
-    page.get_by_role("heading", name=study.execution, exact=True).wait_for()
+    page.get_by_role("link", name=parent_name, exact=True).first.click()
+    page.get_by_role("heading", name=parent_name, exact=True).wait_for()
     page.get_by_role("tab", name="Artifacts").click()
     page.get_by_text(REPORT_FILE, exact=True).first.click()
     report = page.frame_locator("main iframe")
