@@ -20,6 +20,7 @@ from tuner.study import run_study
 from tuner.tracking import LEARNING_CURVE
 
 COMPARED = (1, 2, 3)  # the trial numbers selected for the comparison
+TAB_STOPS = 20  # about as many metrics as a trial logs
 WAIT_MS = 60_000  # a busy 2-core machine renders MLflow's pages slowly
 
 
@@ -128,10 +129,18 @@ def test_a_user_compares_three_trials_in_the_mlflow_ui(
     row.scroll_into_view_if_needed()
     shot("05-compare-parameters")
 
-    # 5. The val_loss curves: the metric names scroll in their own box (MLflow 3.17's compare
-    # page scrolls only the values on a mouse wheel, so the names are scrolled to the end).
-    page.get_by_role("grid", name="grid").first.evaluate("g => g.scrollTop = g.scrollHeight")
-    page.get_by_role("link", name="val_loss", exact=True).click()
+    # 5. The val_loss curves. The metric names sit in a box of their own that MLflow 3.17's
+    # mouse wheel does not scroll (only the values beside them move), so `val_loss` is out of
+    # sight: the keyboard reaches it, tabbing from "Show diff only" through the names.
+    page.get_by_role("switch", name="Metrics - Show diff only").focus()
+    focused = ""
+    for _ in range(3 * TAB_STOPS):
+        page.keyboard.press("Tab")
+        focused = page.evaluate("() => document.activeElement.textContent")
+        if focused == "val_loss":
+            break
+    assert focused == "val_loss", "no val_loss among the compared metrics"
+    page.keyboard.press("Enter")
     page.get_by_role("heading", name="val_loss", level=2).wait_for()
     for name in compared:
         page.get_by_text(f"{name} (val_loss)", exact=True).wait_for()  # the legend
