@@ -194,6 +194,9 @@ def test_export_then_train_and_load_the_model_from_other_folders(
     val_acc = float(trained.stdout.split("val_acc ")[1].split(";")[0])
     assert abs(val_acc - config["metrics"]["val_acc"]) <= 0.01, (val_acc, config["metrics"])
     run_id = trained.stdout.split("MLflow run ")[1].split()[0]
+    tags = MlflowClient(study.tracking_uri).get_run(run_id).data.tags
+    (record,) = json.loads(tags[schema.PLUGINS_TAG])  # the train run names its code too
+    assert record["sha256"] == hashlib.sha256(study.plugin_text.encode()).hexdigest()
 
     # the logged model carries the plug-in's code, and loads in a process that has no plug-in
     # (MLflow 3 saves a torch.export graph by default; with the pickle format the class would

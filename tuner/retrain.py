@@ -15,7 +15,7 @@ from tuner import schema
 from tuner.errors import SpecError
 from tuner.exporting import ExportedConfig, load_exported
 from tuner.inputs import as_dataset_inputs, dataset_inputs
-from tuner.plugin_files import code_paths
+from tuner.plugin_files import code_paths, plugins_tag
 from tuner.runs import client_for
 from tuner.spec import DiagnosticsSpec, ObjectiveSpec, load_plugins
 from tuner.tracking import as_params, epoch_metrics, log_batch, log_trial_end, now_ms
@@ -112,6 +112,7 @@ def log_trained_model(
     experiment = client.get_experiment_by_name(study)
     experiment_id = experiment.experiment_id if experiment else client.create_experiment(study)
     rank = config.source.get("rank")
+    plugins = load_plugins(config.plugins)
     run = client.create_run(
         experiment_id,
         run_name=f"train-{study}" + (f"-rank{rank}" if rank else ""),
@@ -120,6 +121,7 @@ def log_trained_model(
             schema.STUDY_TAG: study,
             schema.SOURCE_RUN_TAG: str(config.source.get("mlflow_run_id", "")),
             schema.DEVICE_TAG: device,
+            **plugins_tag(plugins),  # which code the model's family came from
         },
     )
     run_id = run.info.run_id
@@ -164,7 +166,7 @@ def log_trained_model(
             # local version labels such as torch's "+cpu"
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
             # the plug-in code the model's classes live in, loaded with it from the model's folder
-            code_paths=code_paths(load_plugins(config.plugins)) or None,
+            code_paths=code_paths(plugins) or None,
         )
     client.set_terminated(run_id, status="FINISHED")
     return TrainResult(run_id, history, verdict.diagnosis, registered, device)
