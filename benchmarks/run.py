@@ -713,7 +713,7 @@ def search_until_target(problem: SearchProblem, arm: str, seed: int) -> dict[str
         with study_environment(Path(spec.storage) / execution, spec):
             searcher = (stock_searcher if stock else make_searcher)(spec, prepared.space, execution)
             tune.Tuner(
-                make_trainable(spec, prepared.dataset),
+                make_trainable(prepared),
                 tune_config=tune.TuneConfig(
                     metric=spec.objective.metric,
                     mode=spec.objective.mode,

@@ -427,29 +427,34 @@ def open_tracking(
         ) from None
 
 
-def trial_settings(spec: JobSpec, training: TrainingOptions | None = None) -> TrialSettings:
+def trial_settings(
+    spec: JobSpec,
+    training: TrainingOptions | None = None,
+    plugins: tuple[PluginCode, ...] = (),
+) -> TrialSettings:
     """What every trial of the study shares; `training` as `place_trials` decided (default: the
-    spec's, data on the device)."""
+    spec's, data on the device); the plug-ins `prepare` imported."""
     return TrialSettings(
         model=spec.model,
         max_epochs=spec.scheduler.max_epochs,
         seed=spec.search.seed,
         cpus=spec.resources.cpu,
         training=training or training_options(spec),
-        plugins=tuple(load_plugins(spec.plugins)),
+        plugins=plugins,
     )
 
 
 def make_trainable(
-    spec: JobSpec,
-    dataset: Dataset,
+    prepared: PreparedStudy,
     trainable: Callable[..., None] = train_trial,
     training: TrainingOptions | None = None,
 ):
     """The function trainable with its data (object store, once), its resources and its
     settings."""
+    spec = prepared.spec
+    settings = trial_settings(spec, training, prepared.plugins)
     return tune.with_resources(
-        tune.with_parameters(trainable, data=dataset, settings=trial_settings(spec, training)),
+        tune.with_parameters(trainable, data=prepared.dataset, settings=settings),
         {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
     )
 
@@ -519,7 +524,7 @@ class StudyRun:
                 inputs=inputs,
             )
         tuner = tune.Tuner(
-            make_trainable(spec, prepared.dataset, trainable, training),
+            make_trainable(prepared, trainable, training),
             tune_config=tune.TuneConfig(
                 metric=spec.objective.metric,
                 mode=spec.objective.mode,
@@ -558,7 +563,7 @@ class StudyRun:
         known = {t.trial_id for t in tune.ExperimentAnalysis(str(results_path)).trials}
         tuner = tune.Tuner.restore(
             str(results_path),
-            trainable=make_trainable(prepared.spec, prepared.dataset, training=training),
+            trainable=make_trainable(prepared, training=training),
             resume_unfinished=True,
             resume_errored=True,
         )
