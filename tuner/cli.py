@@ -127,7 +127,7 @@ def demo(set_: SetOption = None, address: AddressOption = None) -> None:
 def print_summary(result) -> None:
     """The best trial (its best epoch), the ranking, and where everything is."""
     from tuner.runs import default_tracking_uri
-    from tuner.summary import best_config, summary_lines, top_table
+    from tuner.summary import best_config, finalists_table, summary_lines, top_table
     from tuner.tracking import redact
 
     out.print()
@@ -137,7 +137,11 @@ def print_summary(result) -> None:
     if best is None:
         return
     out.print(top_table(result, rows=5))
-    out.print("[bold]Best config[/] (train it to its best epoch):")
+    finalists = finalists_table(result)
+    if finalists is not None:
+        out.print(finalists)
+    which = "Winner's config" if finalists is not None else "Best config"
+    out.print(f"[bold]{which}[/] (train it to its best epoch):")
     out.print(
         yaml.safe_dump(best_config(result), sort_keys=False).rstrip(),
         highlight=False,

@@ -11,6 +11,7 @@ import pandas as pd
 from dashboards.render import ReportData, write_report
 from trainables import metrics as m
 from tuner import schema
+from tuner.exporting import finalists_from_runs
 from tuner.progress import StudyRecorder
 from tuner.runs import client_for, find_study_run, run_row, trial_runs
 from tuner.schedulers import SCHEDULERS
@@ -34,6 +35,7 @@ def from_study(
     trials: pd.DataFrame,
     recorder: StudyRecorder,
     importances: dict[str, float] | None,
+    finalists: pd.DataFrame | None = None,
 ) -> ReportData:
     """Report data of a study that just ran (the driver still holds every curve)."""
     order = {tid: r.finished for tid, r in recorder.trials.items()}
@@ -59,6 +61,7 @@ def from_study(
         curves=curves,
         rungs=milestones(s),
         importances=importances,
+        finalists=finalists,
     )
 
 
@@ -96,6 +99,7 @@ def from_mlflow(study: str, tracking_uri: str) -> ReportData:
         points = curve_rows(client, run)
         curves += points
         rows.append(run_row(run, epochs=max((p[m.EPOCH] for p in points), default=0)))
+    finalists = finalists_from_runs(client, parent)
     importances = {
         k.removeprefix(schema.IMPORTANCE_PREFIX): v
         for k, v in parent.data.metrics.items()
@@ -121,6 +125,7 @@ def from_mlflow(study: str, tracking_uri: str) -> ReportData:
         curves=pd.DataFrame(curves, columns=["trial", m.EPOCH, *CURVE_KEYS]),
         rungs=milestones(section),
         importances=importances or None,
+        finalists=finalists.table if finalists is not None else None,
     )
 
 

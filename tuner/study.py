@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import threading
 import time
 import traceback
@@ -32,11 +33,18 @@ from trainables.loop import TrainingOptions, check_trainable
 from trainables.memory import GIB
 from trainables.models import MODELS
 from trainables.plugins import PluginCode
-from trainables.trainable import TrialSettings, train_trial
+from trainables.trainable import FINALIST, TrialSettings, train_trial
 from tuner import outcomes, schema
 from tuner.buffer import HTTP_SETTINGS, BufferedWriter, is_transient
 from tuner.dashboard_data import REPORT_FILE, from_study
 from tuner.errors import SpecError, StudyError
+from tuner.finalists import (
+    Finalists,
+    finalist_seeds,
+    finalists_table,
+    plan_finalists,
+    rerun_row,
+)
 from tuner.inputs import dataset_inputs
 from tuner.journal import JOURNAL_FILE
 from tuner.placement import (
@@ -47,7 +55,7 @@ from tuner.placement import (
     training_options,
 )
 from tuner.plugin_files import copy_plugins
-from tuner.progress import LiveProgress, StudyRecorder, trial_dirname
+from tuner.progress import FinalistRecorder, LiveProgress, StudyRecorder, trial_dirname
 from tuner.ray_internals import loopback_node, restored_callbacks, stop_local_daemons
 from tuner.results import StudyResult, trials_table
 from tuner.runs import client_for, default_tracking_uri, find_study_run
@@ -62,12 +70,14 @@ from tuner.tracking import (
     RUN_IDS_FILE,
     MlflowTracking,
     finish_parent_run,
+    log_finalists,
     redact,
     resolve_saved_run_ids,
     start_parent_run,
 )
 
 LOG_FILE = "tuner.log"
+FINALISTS_FOLDER = "finalists"  # the finalists' Ray run, inside the study's Ray run folder
 SPEC_FILE = "spec.yaml"  # the resolved spec, beside Ray's state: what `tuner resume` reads
 DRAIN_AT_END_S = 30.0  # how long a finished study waits for an unreachable MLflow server
 #: Tune's own console output off (the live line replaces it); its warnings go to LOG_FILE.
@@ -448,13 +458,15 @@ def make_trainable(
     prepared: PreparedStudy,
     trainable: Callable[..., None] = train_trial,
     training: TrainingOptions | None = None,
+    with_test: bool = False,
 ):
     """The function trainable with its data (object store, once), its resources and its
-    settings."""
+    settings. The search's data holds no test split; the finalists' (`with_test`) does."""
     spec = prepared.spec
     settings = trial_settings(spec, training, prepared.plugins)
+    data = prepared.dataset if with_test else prepared.dataset.without_test()
     return tune.with_resources(
-        tune.with_parameters(trainable, data=prepared.dataset, settings=settings),
+        tune.with_parameters(trainable, data=data, settings=settings),
         {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
     )
 
@@ -470,8 +482,13 @@ class StudyRun:
         recorder: StudyRecorder,
         tracking: MlflowTracking | None,
         show_progress: bool,
+        trainable: Callable[..., None] = train_trial,
+        training: TrainingOptions | None = None,
     ):
         self.prepared, self.spec = prepared, prepared.spec
+        self.trainable, self.training = trainable, training  # the finalists train the same way
+        self.finalists: Finalists | None = None
+        self.finalist_records: FinalistRecorder | None = None
         self.results_path, self.execution = results_path, results_path.name
         self.tuner, self.recorder, self.tracking = tuner, recorder, tracking
         self.progress = (
@@ -548,7 +565,9 @@ class StudyRun:
                 log_to_file=True,
             ),
         )
-        return cls(prepared, results_path, tuner, recorder, tracking, show_progress)
+        return cls(
+            prepared, results_path, tuner, recorder, tracking, show_progress, trainable, training
+        )
 
     @classmethod
     def restore(
@@ -576,15 +595,20 @@ class StudyRun:
             tracking.writer.update_run(tracking.parent_run_id, status="RUNNING")
             tracking.supersede(unknown)
             tracking.reconcile()
-        return cls(prepared, results_path, tuner, recorder, tracking, show_progress)
+        return cls(
+            prepared, results_path, tuner, recorder, tracking, show_progress, training=training
+        )
 
     def run(self, after_fit: Callable[[], None] | None = None) -> StudyResult:
         """Fit, then rank, save, report and close the MLflow runs (Ray is no longer needed
         then: `after_fit` may stop it meanwhile)."""
         self.fit()
+        trials = trials_table(self.recorder.trials.values(), self.spec)
+        interrupted = self.interrupted()
+        if self.spec.selection is not None and not interrupted:
+            self.guarded(lambda: self.run_finalists(trials))
         if after_fit:
             after_fit()
-        trials = trials_table(self.recorder.trials.values(), self.spec)
         result = StudyResult(
             self.spec,
             self.execution,
@@ -592,12 +616,20 @@ class StudyRun:
             trials,
             time.monotonic() - self.started,
             self.parent_run_id,
-            interrupted=self.interrupted(),
+            interrupted=interrupted,
+            finalists=self.finalists,
         )
         save_results(result)
         importances = param_importances(result, self.prepared.space)
         report = write_report(
-            from_study(self.spec, self.execution, trials, self.recorder, importances),
+            from_study(
+                self.spec,
+                self.execution,
+                trials,
+                self.recorder,
+                importances,
+                result.finalists.table if result.finalists is not None else None,
+            ),
             self.results_path / REPORT_FILE,
         )
         self.finish(result, importances, report)
@@ -605,15 +637,87 @@ class StudyRun:
 
     def fit(self) -> None:
         """Run every trial; on Ctrl-C or a crash, leave no MLflow run RUNNING."""
-        try:
+
+        def fit() -> None:
             with self.progress or contextlib.nullcontext():
                 self.tuner.fit()
+
+        self.guarded(fit)
+
+    def guarded(self, work: Callable[[], None]) -> None:
+        """Run `work`; on Ctrl-C or a crash, leave no MLflow run RUNNING."""
+        try:
+            work()
         except BaseException:
             if self.tracking:
                 self.tracking.close_open_runs("KILLED")
                 self.tracking.writer.set_terminated(self.parent_run_id, status="KILLED")
                 self.tracking.writer.drain_until(DRAIN_AT_END_S)
             raise
+
+    def run_finalists(self, trials: pd.DataFrame) -> None:
+        """Train the best `selection.finalists` trials again, `selection.seeds` times each with
+        new seeds, to their best epoch: Ray Tune trials of the same trainable, on the same
+        cluster, with the test split in their data. A finalists run left by an earlier execution
+        (an interrupted or extended study) is replaced."""
+        spec, selection = self.spec, self.spec.selection
+        metric, mode = spec.objective.metric, spec.objective.mode
+        configs = {t.trial_id: t.config for t in self.recorder.trials.values()}
+        plans, note = plan_finalists(
+            trials,
+            configs,
+            metric,
+            selection.finalists,
+            finalist_seeds(spec.search.seed, selection.seeds),
+        )
+        empty = pd.DataFrame()
+        self.finalists = Finalists(metric, mode, empty, finalists_table(empty, metric, mode), note)
+        if not plans:
+            return
+        if self.progress:
+            print(
+                f"Finalists: {len(plans) // selection.seeds} configs trained again, "
+                f"{selection.seeds} seeds each, to their best epoch"
+            )
+        folder = self.results_path / FINALISTS_FOLDER
+        shutil.rmtree(folder, ignore_errors=True)
+        recorder = FinalistRecorder(metric, mode)
+        tuner = tune.Tuner(
+            make_trainable(self.prepared, self.trainable, self.training, with_test=True),
+            param_space={FINALIST: tune.grid_search([plan.as_config() for plan in plans])},
+            tune_config=tune.TuneConfig(
+                max_concurrent_trials=spec.search.max_concurrent,
+                reuse_actors=True,
+                trial_dirname_creator=trial_dirname,
+            ),
+            run_config=tune.RunConfig(
+                name=FINALISTS_FOLDER,
+                storage_path=str(self.results_path),
+                failure_config=tune.FailureConfig(max_failures=spec.failure.max_retries),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                callbacks=[recorder],
+                verbose=0,
+                log_to_file=True,
+            ),
+        )
+        tuner.fit()
+        run_ids = self.tracking.run_ids if self.tracking else {}
+        reruns = [
+            {
+                **rerun_row(
+                    recorder.plans[trial_id],
+                    record.history[-1] if record.history else None,
+                    metric,
+                    run_ids.get(recorder.plans[trial_id]["trial_id"]),
+                ),
+                "rerun_id": trial_id,
+                "status": record.status or outcomes.INTERRUPTED,
+            }
+            for trial_id, record in recorder.trials.items()
+        ]
+        frame = pd.DataFrame(reruns).sort_values(["trial", "seed"]).reset_index(drop=True)
+        self.finalists = Finalists(metric, mode, frame, finalists_table(frame, metric, mode), note)
+        self.finalist_records = recorder
 
     def interrupted(self) -> bool:
         """Ray Tune returns normally after Ctrl-C; unfinished or unstarted trials tell."""
@@ -632,6 +736,20 @@ class StudyRun:
         note = study_note(result, report.name)
         config = best_config(result)
         finish_parent_run(writer, self.parent_run_id, result, config, importances, note)
+        if result.finalists is not None:
+            log_finalists(
+                writer,
+                self.tracking.experiment_id,
+                self.parent_run_id,
+                self.spec,
+                result.finalists,
+                {
+                    trial_id: record.history
+                    for trial_id, record in (
+                        self.finalist_records.trials if self.finalist_records else {}
+                    ).items()
+                },
+            )
         writer.log_artifact(self.parent_run_id, report)
         writer.set_terminated(
             self.parent_run_id, status="KILLED" if result.interrupted else "FINISHED"
