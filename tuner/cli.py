@@ -143,8 +143,13 @@ def print_summary(result) -> None:
         highlight=False,
         soft_wrap=True,
     )
+    where = (
+        f"{result.results_uri} (a working copy without checkpoints: {result.results_path})"
+        if result.results_uri
+        else result.results_path
+    )
     out.print(
-        f"\nResults, per-trial checkpoints and logs: {result.results_path}\n"
+        f"\nResults, per-trial checkpoints and logs: {where}\n"
         f"  trials.csv (every trial, best first), best-config.yaml, tuner.log\n"
         f"Optuna study {result.execution!r}: {result.spec.search.storage}",
         highlight=False,

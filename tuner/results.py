@@ -107,6 +107,7 @@ class StudyResult:
     parent_run_id: str | None = None  # the MLflow parent run (None with tracking disabled)
     interrupted: bool = False  # stopped by Ctrl-C before every trial finished
     tracking_buffered: int = 0  # MLflow writes left in the study folder for `tuner sync`
+    results_uri: str | None = None  # where a remote `storage` keeps them (results_path: a copy)
 
     @property
     def best(self) -> pd.Series | None:
