@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import sqlite3
@@ -201,6 +202,8 @@ def test_two_nodes_share_only_the_bucket(object_store: ObjectStore, tmp_path: Pa
     env.update(
         PATH=f"{RAY.parent}{os.pathsep}{env.get('PATH', '')}",
         PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p),
+        RAY_AUTH_MODE="token",  # as the project's other clusters (and a real one) run
+        RAY_AUTH_TOKEN=secrets.token_hex(32),
         **{CLUSTER_MARKER: str(temp_dir)},
     )
     common = ["--num-cpus", "1", "--num-gpus", "0", "--node-ip-address", "127.0.0.1"]
