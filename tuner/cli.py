@@ -339,7 +339,7 @@ def stop(
 @app.command()
 @handle_errors
 def resume(
-    study: Annotated[str, typer.Argument(help="Results folder, study name or run id.")],
+    study: Annotated[str, typer.Argument(help="Results folder or URI, study name or run id.")],
     address: AddressOption = None,
     tracking_uri: TrackingOption = None,
 ) -> None:
@@ -449,7 +449,7 @@ def report(
 @app.command()
 @handle_errors
 def sync(
-    study: Annotated[str, typer.Argument(help="Results folder, study name or run id.")],
+    study: Annotated[str, typer.Argument(help="Results folder or URI, study name or run id.")],
     tracking_uri: TrackingOption = None,
 ) -> None:
     """Send to MLflow what tracking buffered while the server was unreachable."""
