@@ -30,11 +30,13 @@ from tests.conftest import free_port
 from tests.servers import BUCKET, ObjectStore
 from tests.test_jobs import CLUSTER_MARKER, RAY, kill_cluster, ray_start
 from tests.test_resume import NUM_TRIALS, run_counts
+from tests.test_tracking import EPOCH_1, callbacks, drive, fake_trial
 from tuner import outcomes, schema
 from tuner.journal import JOURNAL_FILE, read_journal
 from tuner.storage import WORK_DIR, is_remote, study_folder, working_folder
 from tuner.study import SPEC_FILE, find_results
 from tuner.summary import TRIALS_FILE
+from tuner.tracking import RUN_IDS_FILE, MlflowTracking, load_run_ids, save_run_ids
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -114,9 +116,14 @@ def test_driver_killed_then_resumed_from_the_bucket_after_its_folder_is_deleted(
     assert any(n.startswith("experiment_state-") for n in names), sorted(names)
     assert any("/checkpoint_" in n for n in names), sorted(names)  # trials wrote to the bucket
 
-    resumed = subprocess.run(  # found by name in MLflow: the parent run records the URI
-        [sys.executable, "-m", "tuner", "resume", "crash-s3"],
-        cwd=tmp_path,
+    # found by name in MLflow (the parent run records the URI), from another directory: the
+    # working folder the callbacks pickled is gone, their files are downloaded elsewhere
+    resumer = tmp_path / "resumer"
+    resumer.mkdir()
+    tracking = ["--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
+    resumed = subprocess.run(
+        [sys.executable, "-m", "tuner", "resume", "crash-s3", *tracking],
+        cwd=resumer,
         env=env,
         capture_output=True,
         text=True,
@@ -129,7 +136,8 @@ def test_driver_killed_then_resumed_from_the_bucket_after_its_folder_is_deleted(
 
     after = run_counts(tmp_path / "mlflow.db")
     assert after == Counter({"FINISHED": NUM_TRIALS + 1}), after  # the parent + one per trial
-    shutil.rmtree(work)  # what the resume wrote locally: the bucket has it all
+    assert (resumer / WORK_DIR / f"s3/{BUCKET}/{prefix}/{execution}/{TRIALS_FILE}").is_file()
+    assert not work.exists()
     monkeypatch.chdir(tmp_path)
     for name, value in object_store.env.items():
         monkeypatch.setenv(name, value)
@@ -269,3 +277,33 @@ def test_two_nodes_share_only_the_bucket(object_store: ObjectStore, tmp_path: Pa
     journal = [e for e in read_journal(local / JOURNAL_FILE) if e["event"] == "result"]
     bucket = [e for e in bucket_journal(object_store, root) if e["event"] == "result"]
     assert len(bucket) == len(journal) == 12  # 2 trials x 6 epochs, the same in the bucket
+
+
+def test_restored_tracking_claims_runs_its_saved_ids_lack(study_dir: Path) -> None:
+    """The bucket's copy of the run ids can lag the journal: a run of a trial the journal knows
+    is taken back (no duplicate run), one of a trial it does not know is superseded."""
+    recorder, tracking, client = callbacks(study_dir)
+    known, unknown = fake_trial("t1", 1), fake_trial("t2", 2)
+    for trial in (known, unknown):
+        drive([recorder, tracking], "on_trial_start", trial)
+        drive([recorder, tracking], "on_trial_result", trial, result=EPOCH_1)
+    tracking.close_open_runs("KILLED")
+    runs = dict(tracking.run_ids)
+    save_run_ids(study_dir / RUN_IDS_FILE, tracking.parent_run_id, {})  # the stale copy
+    recorder.forget({"t2"})  # the journal as it reached the bucket: t1 only
+
+    restored = MlflowTracking(
+        tracking.spec,
+        recorder,
+        tracking.parent_run_id,
+        tracking.experiment_id,
+        study_dir / RUN_IDS_FILE,
+    )
+    assert restored.claim_orphans() == 2
+    restored.writer.drain()
+    assert restored.run_ids == {"t1": runs["t1"]}
+    assert load_run_ids(study_dir / RUN_IDS_FILE) == {"t1": runs["t1"]}
+    dropped = client.get_run(runs["t2"])
+    assert (dropped.info.lifecycle_stage, dropped.info.status) == ("deleted", "KILLED")
+    assert dropped.data.tags[schema.TRIAL_STATUS_TAG] == "superseded_by_restore"
+    assert client.get_run(runs["t1"]).info.lifecycle_stage == "active"
