@@ -65,6 +65,7 @@ from tuner.storage import (
     is_remote,
     study_folder,
     upload,
+    working_folder,
 )
 from tuner.summary import best_config, param_importances, save_results, study_note
 from tuner.tracking import (
@@ -406,18 +407,13 @@ def find_results(study: str, tracking_uri: str | None) -> StudyFolder:
 def fetch_remote_results(uri: str) -> StudyFolder:
     """The driver's files of a remote execution, downloaded (nothing when it has no spec)."""
     try:
-        return download(uri) if has_file(uri, SPEC_FILE) else study_folder_of(uri)
+        return download(uri) if has_file(uri, SPEC_FILE) else StudyFolder(working_folder(uri), uri)
     except OSError as exc:
         raise StudyError(
-            f"storage: {uri} cannot be read ({first_line(exc)}); check the storage's endpoint "
-            "and credentials (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
+            f"storage: {redact(uri)} cannot be read ({first_line(exc)}); check the storage's "
+            "endpoint and credentials (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
             "AWS_DEFAULT_REGION for s3://)"
         ) from None
-
-
-def study_folder_of(uri: str) -> StudyFolder:
-    parent, _, execution = uri.rpartition("/")
-    return study_folder(parent, execution)
 
 
 def publish(folder: StudyFolder) -> None:
@@ -426,7 +422,7 @@ def publish(folder: StudyFolder) -> None:
         upload(folder)
     except OSError as exc:
         raise StudyError(
-            f"storage: the study's files could not be uploaded to {folder.uri} "
+            f"storage: the study's files could not be uploaded to {redact(folder.uri)} "
             f"({first_line(exc)}); they are in {folder.local}. Check the storage's endpoint and "
             "credentials (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
             "AWS_DEFAULT_REGION for s3://)"
