@@ -147,8 +147,13 @@ def print_summary(result) -> None:
         highlight=False,
         soft_wrap=True,
     )
+    where = (
+        f"{result.results_uri} (a working copy without checkpoints: {result.results_path})"
+        if result.results_uri
+        else result.results_path
+    )
     out.print(
-        f"\nResults, per-trial checkpoints and logs: {result.results_path}\n"
+        f"\nResults, per-trial checkpoints and logs: {where}\n"
         f"  trials.csv (every trial, best first), best-config.yaml, tuner.log\n"
         f"Optuna study {result.execution!r}: {result.spec.search.storage}",
         highlight=False,
@@ -338,7 +343,7 @@ def stop(
 @app.command()
 @handle_errors
 def resume(
-    study: Annotated[str, typer.Argument(help="Results folder, study name or run id.")],
+    study: Annotated[str, typer.Argument(help="Results folder or URI, study name or run id.")],
     address: AddressOption = None,
     tracking_uri: TrackingOption = None,
 ) -> None:
@@ -448,7 +453,7 @@ def report(
 @app.command()
 @handle_errors
 def sync(
-    study: Annotated[str, typer.Argument(help="Results folder, study name or run id.")],
+    study: Annotated[str, typer.Argument(help="Results folder or URI, study name or run id.")],
     tracking_uri: TrackingOption = None,
 ) -> None:
     """Send to MLflow what tracking buffered while the server was unreachable."""

@@ -22,7 +22,7 @@ from rich.text import Text
 from trainables import metrics as m
 from trainables.trainable import DEVICE, FINALIST, GPU_IDS, NODE_ID
 from tuner import outcomes
-from tuner.journal import append_event, read_journal
+from tuner.journal import append_event, read_journal, relocated
 
 REPORTED = (m.EPOCH, *m.CURVES, m.COMPILE_TIME_S, m.DIVERGED, m.TEST_LOSS, m.TEST_ACC)
 
@@ -90,6 +90,7 @@ class StudyRecorder(Callback):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+        self.journal = relocated(self.journal)
         self.trials = {}
         for event in read_journal(self.journal):
             self._apply(event)

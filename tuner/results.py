@@ -109,6 +109,7 @@ class StudyResult:
     interrupted: bool = False  # stopped by Ctrl-C before every trial finished
     tracking_buffered: int = 0  # MLflow writes left in the study folder for `tuner sync`
     finalists: Finalists | None = None  # the re-runs of `selection`, when the spec asks for them
+    results_uri: str | None = None  # where a remote `storage` keeps them (results_path: a copy)
 
     @property
     def best(self) -> pd.Series | None:

@@ -46,7 +46,7 @@ from tuner.finalists import (
     rerun_row,
 )
 from tuner.inputs import dataset_inputs
-from tuner.journal import JOURNAL_FILE
+from tuner.journal import JOURNAL_FILE, restoring_into
 from tuner.placement import (
     PROBE_TIMEOUT_S,
     alive_nodes,
@@ -65,6 +65,16 @@ from tuner.searcher import TruthfulOptunaSearch
 from tuner.spaces import CategoricalParam, SearchSpace, load_space
 from tuner.spec import JobSpec, load_plugins, read_yaml_file, spec_from_dict
 from tuner.stoppers import OverfitStopper
+from tuner.storage import (
+    StagingMirror,
+    StudyFolder,
+    download,
+    has_file,
+    is_remote,
+    study_folder,
+    upload,
+    working_folder,
+)
 from tuner.summary import best_config, param_importances, save_results, study_note
 from tuner.tracking import (
     RUN_IDS_FILE,
@@ -318,14 +328,14 @@ def run_study(
     `train_trial`'s signature; the scale benchmark passes one that trains nothing."""
     prepared = prepare(spec)
     execution = execution_name(spec)
-    results_path = Path(spec.storage) / execution
+    folder = study_folder(spec.storage, execution)
+    results_path = folder.local
     results_path.mkdir(parents=True, exist_ok=True)
     save_spec(prepared, results_path)
+    publish(folder)  # a remote study's spec and plug-ins are in the bucket before any trial
     with study_environment(results_path, spec), ray_session(address, num_cpus) as session:
         training = place_trials(prepared)
-        study = StudyRun.start(
-            prepared, execution, results_path, show_progress, trainable, training
-        )
+        study = StudyRun.start(prepared, execution, folder, show_progress, trainable, training)
         return study.run(after_fit=session.release)
 
 
@@ -337,21 +347,24 @@ def resume_study(
     num_cpus: int | None = None,
     show_progress: bool = True,
 ) -> StudyResult:
-    """Continue an interrupted study (its results folder, or its name or run id in MLflow)."""
-    results_path = find_results(study, tracking_uri)
+    """Continue an interrupted study (its results folder or URI, or its name or run id in
+    MLflow)."""
+    folder = find_results(study, tracking_uri)
+    results_path = folder.local
     prepared = prepare(study_spec(results_path))
     with (
         study_environment(results_path, prepared.spec),
         ray_session(address, num_cpus) as session,
     ):
         training = place_trials(prepared)
-        run = StudyRun.restore(prepared, results_path, show_progress, training)
+        run = StudyRun.restore(prepared, folder, show_progress, training)
         return run.run(after_fit=session.release)
 
 
 def sync_study(study: str, tracking_uri: str | None = None) -> tuple[int, int]:
     """`tuner sync`: send the MLflow writes a study buffered; returns (sent, still buffered)."""
-    results_path = find_results(study, tracking_uri)
+    folder = find_results(study, tracking_uri)
+    results_path = folder.local
     os.environ.update(HTTP_SETTINGS)
     writer = BufferedWriter(client_for(study_spec(results_path).tracking.uri), results_path)
     writer.on_resolve = lambda placeholders: resolve_saved_run_ids(
@@ -359,6 +372,7 @@ def sync_study(study: str, tracking_uri: str | None = None) -> tuple[int, int]:
     )
     queued = len(writer.queue)
     writer.drain()
+    publish(folder)
     return queued - len(writer.queue), len(writer.queue)
 
 
@@ -381,18 +395,48 @@ def first_line(exc: Exception) -> str:
     return text[0][:200] if text else type(exc).__name__
 
 
-def find_results(study: str, tracking_uri: str | None) -> Path:
-    """A study's Ray run folder: given directly, or found through its MLflow parent run."""
-    folder = Path(study).resolve()
-    if not (folder / SPEC_FILE).is_file():
+def find_results(study: str, tracking_uri: str | None) -> StudyFolder:
+    """A study's Ray run folder: given directly (a path or a storage URI), or found through its
+    MLflow parent run. A remote study's driver files are downloaded into its working folder."""
+    location = study
+    if not is_remote(study) and not (Path(study).resolve() / SPEC_FILE).is_file():
         parent = find_study_run(client_for(tracking_uri or default_tracking_uri()), study)
-        folder = Path(parent.data.tags.get(schema.RESULTS_PATH_TAG, "")).resolve()
-    if not (folder / SPEC_FILE).is_file() or not tune.Tuner.can_restore(str(folder)):
+        location = parent.data.tags.get(schema.RESULTS_PATH_TAG, "")
+    if is_remote(location):
+        folder = fetch_remote_results(location.rstrip("/"))
+    else:
+        folder = StudyFolder(Path(location).resolve())
+    if not (folder.local / SPEC_FILE).is_file() or not tune.Tuner.can_restore(folder.location):
         raise SpecError(
-            f"STUDY: {study!r} has no restorable Ray run folder ({folder}); resume takes a "
-            "results folder, or a study name or run id from the tracking store"
+            f"STUDY: {study!r} has no restorable Ray run folder ({folder.location}); resume "
+            "takes a results folder or URI, or a study name or run id from the tracking store"
         )
     return folder
+
+
+def fetch_remote_results(uri: str) -> StudyFolder:
+    """The driver's files of a remote execution, downloaded (nothing when it has no spec)."""
+    try:
+        return download(uri) if has_file(uri, SPEC_FILE) else StudyFolder(working_folder(uri), uri)
+    except OSError as exc:
+        raise StudyError(
+            f"storage: {redact(uri)} cannot be read ({first_line(exc)}); check the storage's "
+            "endpoint and credentials (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
+            "AWS_DEFAULT_REGION for s3://)"
+        ) from None
+
+
+def publish(folder: StudyFolder) -> None:
+    """Upload a remote study's driver files to its URI (nothing for a local study)."""
+    try:
+        upload(folder)
+    except OSError as exc:
+        raise StudyError(
+            f"storage: the study's files could not be uploaded to {redact(folder.uri)} "
+            f"({first_line(exc)}); they are in {folder.local}. Check the storage's endpoint and "
+            "credentials (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
+            "AWS_DEFAULT_REGION for s3://)"
+        ) from None
 
 
 def snapshot_period_s(num_samples: int) -> float:
@@ -418,7 +462,7 @@ def study_environment(results_path: Path, spec: JobSpec) -> Iterator[None]:
 def open_tracking(
     spec: JobSpec,
     execution: str,
-    results_path: Path,
+    results_path: Path | str,
     plugins: tuple[PluginCode, ...] = (),
     inputs: list[dict] = (),
 ) -> tuple[str, str]:
@@ -477,7 +521,7 @@ class StudyRun:
     def __init__(
         self,
         prepared: PreparedStudy,
-        results_path: Path,
+        folder: StudyFolder,
         tuner: tune.Tuner,
         recorder: StudyRecorder,
         tracking: MlflowTracking | None,
@@ -489,7 +533,8 @@ class StudyRun:
         self.trainable, self.training = trainable, training  # the finalists train the same way
         self.finalists: Finalists | None = None
         self.finalist_records: FinalistRecorder | None = None
-        self.results_path, self.execution = results_path, results_path.name
+        self.folder, self.results_path = folder, folder.local
+        self.execution = folder.local.name
         self.tuner, self.recorder, self.tracking = tuner, recorder, tracking
         self.progress = (
             LiveProgress(self.spec.name, self.spec.search.num_samples, self.spec.scheduler.name)
@@ -508,12 +553,13 @@ class StudyRun:
         cls,
         prepared: PreparedStudy,
         execution: str,
-        results_path: Path,
+        folder: StudyFolder,
         show_progress: bool,
         trainable: Callable[..., None] = train_trial,
         training: TrainingOptions | None = None,
     ) -> StudyRun:
         spec = prepared.spec
+        results_path = folder.local
         journal = results_path / JOURNAL_FILE
         overfit = spec.scheduler.stop_on_overfit
         stopper = (
@@ -529,7 +575,7 @@ class StudyRun:
             # described once per study (a hash of the arrays), logged on the parent and each trial
             inputs = dataset_inputs(prepared.dataset, DataOptions(**spec.dataset.model_dump()))
             experiment_id, parent_id = open_tracking(
-                spec, execution, results_path, prepared.plugins, inputs
+                spec, execution, folder.location, prepared.plugins, inputs
             )
             tracking = MlflowTracking(
                 spec,
@@ -560,32 +606,34 @@ class StudyRun:
                 # 2, not 1: Ray's saved experiment state can lag one checkpoint behind a trial;
                 # keeping one deleted the file a restore then asked for
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-                callbacks=[recorder] + ([tracking] if tracking else []),
+                callbacks=[recorder]
+                + ([tracking] if tracking else [])
+                + ([StagingMirror(results_path)] if folder.uri else []),
                 verbose=0,
                 log_to_file=True,
             ),
         )
-        return cls(
-            prepared, results_path, tuner, recorder, tracking, show_progress, trainable, training
-        )
+        return cls(prepared, folder, tuner, recorder, tracking, show_progress, trainable, training)
 
     @classmethod
     def restore(
         cls,
         prepared: PreparedStudy,
-        results_path: Path,
+        folder: StudyFolder,
         show_progress: bool,
         training: TrainingOptions | None = None,
     ) -> StudyRun:
         """Ray restores the Tuner with the callbacks it pickled when the study started; they
-        replay the journal and reload the MLflow run ids themselves (see their __setstate__)."""
-        known = {t.trial_id for t in tune.ExperimentAnalysis(str(results_path)).trials}
-        tuner = tune.Tuner.restore(
-            str(results_path),
-            trainable=make_trainable(prepared, training=training),
-            resume_unfinished=True,
-            resume_errored=True,
-        )
+        replay the journal and reload the MLflow run ids themselves (see their __setstate__),
+        from the folder the study is in now."""
+        with restoring_into(folder.local):
+            known = {t.trial_id for t in tune.ExperimentAnalysis(folder.location).trials}
+            tuner = tune.Tuner.restore(
+                folder.location,
+                trainable=make_trainable(prepared, training=training),
+                resume_unfinished=True,
+                resume_errored=True,
+            )
         callbacks = restored_callbacks(tuner)
         recorder = next(c for c in callbacks if isinstance(c, StudyRecorder))
         tracking = next((c for c in callbacks if isinstance(c, MlflowTracking)), None)
@@ -593,20 +641,25 @@ class StudyRun:
         recorder.forget(unknown)
         if tracking:
             tracking.writer.update_run(tracking.parent_run_id, status="RUNNING")
+            tracking.claim_orphans()
             tracking.supersede(unknown)
             tracking.reconcile()
-        return cls(
-            prepared, results_path, tuner, recorder, tracking, show_progress, training=training
-        )
+        return cls(prepared, folder, tuner, recorder, tracking, show_progress, training=training)
 
     def run(self, after_fit: Callable[[], None] | None = None) -> StudyResult:
-        """Fit, then rank, save, report and close the MLflow runs (Ray is no longer needed
-        then: `after_fit` may stop it meanwhile)."""
-        self.fit()
-        trials = trials_table(self.recorder.trials.values(), self.spec)
-        interrupted = self.interrupted()
-        if self.spec.selection is not None and not interrupted:
-            self.guarded(lambda: self.run_finalists(trials))
+        """Fit (and re-run the finalists), then rank, save, report and close the MLflow runs
+        (Ray is no longer needed then: `after_fit` may stop it meanwhile); a remote study's
+        files are uploaded last."""
+        try:
+            self.fit()
+            trials = trials_table(self.recorder.trials.values(), self.spec)
+            interrupted = self.interrupted()
+            if self.spec.selection is not None and not interrupted:
+                self.guarded(lambda: self.run_finalists(trials))
+        except BaseException:
+            with contextlib.suppress(Exception):
+                upload(self.folder)
+            raise
         if after_fit:
             after_fit()
         result = StudyResult(
@@ -618,6 +671,7 @@ class StudyRun:
             self.parent_run_id,
             interrupted=interrupted,
             finalists=self.finalists,
+            results_uri=self.folder.uri,
         )
         save_results(result)
         importances = param_importances(result, self.prepared.space)
@@ -633,6 +687,7 @@ class StudyRun:
             self.results_path / REPORT_FILE,
         )
         self.finish(result, importances, report)
+        publish(self.folder)
         return result
 
     def fit(self) -> None:
@@ -692,7 +747,7 @@ class StudyRun:
             ),
             run_config=tune.RunConfig(
                 name=FINALISTS_FOLDER,
-                storage_path=str(self.results_path),
+                storage_path=self.folder.location,  # shared storage: finalists run on any node
                 failure_config=tune.FailureConfig(max_failures=spec.failure.max_retries),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                 callbacks=[recorder],

@@ -31,6 +31,7 @@ from tuner.buffer import PENDING, BufferedWriter
 from tuner.figures import FigureProcess, learning_curve_figure
 from tuner.finalists import confirmed_metrics
 from tuner.inputs import as_dataset_inputs
+from tuner.journal import relocated
 from tuner.plugin_files import log_plugins, plugins_tag
 from tuner.progress import StudyRecorder, TrialRecord
 from tuner.runs import child_runs, client_for
@@ -234,6 +235,7 @@ class MlflowTracking(Callback):
     def __setstate__(self, state: dict[str, Any]) -> None:
         """Restored by Ray from a snapshot: take the run ids written since."""
         self.__dict__.update({"inputs": [], **state})  # a study started before inputs were logged
+        self.run_ids_path = relocated(self.run_ids_path)
         self.run_ids = load_run_ids(self.run_ids_path)
         self._init_runtime()
 
@@ -405,6 +407,32 @@ class MlflowTracking(Callback):
                 self.writer.delete_run(run_id)
         save_run_ids(self.run_ids_path, self.parent_run_id, self.run_ids)
 
+    def claim_orphans(self) -> int:
+        """After a restore: this study's trial runs that the saved run ids do not name (created
+        after the last copy of the ids that reached a remote storage, or just before a crash).
+        A trial the recorder knows takes its run back; a run of a trial it does not know is
+        superseded, as `supersede` does (Ray runs that trial's slot again). Returns how many."""
+        self.wait()
+        known = set(self.run_ids.values())
+        query = f"tags.{schema.PARENT_TAG} = '{self.parent_run_id}'"
+        runs = self.writer.read(
+            lambda: self.client.search_runs([self.experiment_id], query, max_results=50_000)
+        )
+        orphans = [r for r in runs if r.info.run_id not in known]
+        for run in orphans:
+            run_id, trial_id = run.info.run_id, run.data.tags.get(schema.TRIAL_ID_TAG)
+            saved = self.run_ids.get(trial_id)
+            if saved is not None and saved.startswith(PENDING):
+                continue  # created during an outage: the queue resolves it
+            if saved is None and trial_id in self.recorder.trials:
+                self.run_ids[trial_id] = run_id
+            else:
+                self.writer.set_tag(run_id, schema.TRIAL_STATUS_TAG, "superseded_by_restore")
+                self.writer.set_terminated(run_id, status="KILLED")
+                self.writer.delete_run(run_id)
+        save_run_ids(self.run_ids_path, self.parent_run_id, self.run_ids)
+        return len(orphans)
+
     def reconcile(self) -> None:
         """After a restore: finish the runs of trials that ended before the crash but whose
         MLflow run was not closed, or not even created (the driver died in between, its queued
@@ -549,7 +577,7 @@ def start_parent_run(
     client,
     spec: JobSpec,
     execution: str,
-    results_path: Path,
+    results_path: Path | str,
     plugins: Sequence[PluginCode] = (),
     inputs: Sequence[dict[str, Any]] = (),
 ) -> tuple[str, str]:
