@@ -107,6 +107,8 @@ class StudyResult:
     parent_run_id: str | None = None  # the MLflow parent run (None with tracking disabled)
     interrupted: bool = False  # stopped by Ctrl-C before every trial finished
     tracking_buffered: int = 0  # MLflow writes left in the study folder for `tuner sync`
+    #: why it ended: completed | time_budget | patience | interrupted (tuner.stoppers)
+    stop_reason: str | None = None
 
     @property
     def best(self) -> pd.Series | None:

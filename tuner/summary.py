@@ -8,7 +8,7 @@ import yaml
 from rich.table import Table
 
 from trainables import metrics as m
-from tuner import outcomes, schema
+from tuner import outcomes, schema, stoppers
 from tuner.exporting import exported_config
 from tuner.results import StudyResult, plain
 from tuner.spaces import IntParam, SearchSpace
@@ -43,6 +43,8 @@ def summary_lines(result: StudyResult) -> list[str]:
         f"Study {result.execution}: {len(result.trials)} trials in {result.wall_time_s:.0f}s "
         f"({statuses}); {epochs} epochs trained of {budget} without early stopping",
     ]
+    if result.stop_reason:
+        lines.append(f"Stop reason: {stop_text(result)}")
     if len(result.trials):
         failed = result.trials[result.trials["status"] == outcomes.ERRORED]
         for _, row in failed.iterrows():
@@ -59,6 +61,25 @@ def summary_lines(result: StudyResult) -> list[str]:
         f"{spec.objective.mode}imised at each trial's best epoch)"
     )
     return lines
+
+
+def stop_text(result: StudyResult) -> str:
+    """Why the study stopped, in words (`tuner.stop_reason` is the first word)."""
+    search, ran = result.spec.search, len(result.trials)
+    reasons = {
+        stoppers.COMPLETED: f"completed ({ran} of {search.num_samples} trials ran)",
+        stoppers.TIME_BUDGET: (
+            f"time_budget (search.time_budget_s: no trial started after {search.time_budget_s:g}"
+            f" s; the running ones finished; {ran} of {search.num_samples} trials ran)"
+        ),
+        stoppers.PATIENCE: (
+            f"patience (search.patience_trials: the best did not improve in "
+            f"{search.patience_trials} finished trials in a row; {ran} of {search.num_samples} "
+            "trials ran)"
+        ),
+        stoppers.INTERRUPTED: "interrupted (Ctrl-C or a crash; tuner resume continues it)",
+    }
+    return reasons.get(result.stop_reason, str(result.stop_reason))
 
 
 def top_table(result: StudyResult, rows: int = 5) -> Table:
