@@ -123,4 +123,6 @@ def plan_warm_start(spec: JobSpec, space: SearchSpace) -> WarmStart | None:
             plan.taken.append(number)
         else:
             plan.skipped[number] = reason
+    # no more than the study runs: Optuna would keep the rest waiting in its storage
+    del plan.points[spec.search.num_samples :], plan.taken[spec.search.num_samples :]
     return plan
