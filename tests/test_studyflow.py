@@ -130,6 +130,7 @@ def test_resume_set_num_samples_extends_a_finished_study(study_dir: Path) -> Non
     assert result.parent_run_id == first.parent_run_id
     assert [t["trial"] for t in by_number(result)] == [1, 2, 3, 4]
     assert result.stop_reason == stoppers.COMPLETED and not result.interrupted
+    assert "Stop reason: completed (4 of 4 trials ran)" in summary_lines(result)
     run = parent(study_dir, result)
     assert run.info.status == "FINISHED"
     assert run.data.metrics[schema.TRIALS_TOTAL] == 4

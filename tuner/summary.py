@@ -65,21 +65,21 @@ def summary_lines(result: StudyResult) -> list[str]:
 
 def stop_text(result: StudyResult) -> str:
     """Why the study stopped, in words (`tuner.stop_reason` is the first word)."""
-    search, ran = result.spec.search, len(result.trials)
-    reasons = {
-        stoppers.COMPLETED: f"completed ({ran} of {search.num_samples} trials ran)",
-        stoppers.TIME_BUDGET: (
+    search, reason = result.spec.search, result.stop_reason
+    ran = f"{len(result.trials)} of {search.num_samples} trials ran"
+    if reason == stoppers.TIME_BUDGET:
+        return (
             f"time_budget (search.time_budget_s: no trial started after {search.time_budget_s:g}"
-            f" s; the running ones finished; {ran} of {search.num_samples} trials ran)"
-        ),
-        stoppers.PATIENCE: (
+            f" s; the running ones finished; {ran})"
+        )
+    if reason == stoppers.PATIENCE:
+        return (
             f"patience (search.patience_trials: the best did not improve in "
-            f"{search.patience_trials} finished trials in a row; {ran} of {search.num_samples} "
-            "trials ran)"
-        ),
-        stoppers.INTERRUPTED: "interrupted (Ctrl-C or a crash; tuner resume continues it)",
-    }
-    return reasons.get(result.stop_reason, str(result.stop_reason))
+            f"{search.patience_trials} finished trials in a row; {ran})"
+        )
+    if reason == stoppers.INTERRUPTED:
+        return "interrupted (Ctrl-C or a crash; tuner resume continues it)"
+    return f"{reason} ({ran})"
 
 
 def top_table(result: StudyResult, rows: int = 5) -> Table:
