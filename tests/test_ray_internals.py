@@ -19,6 +19,7 @@ from tuner.ray_internals import (
     asha_objective,
     asha_rungs,
     completed_trials,
+    extend_search,
     loopback_node,
     optuna_study,
     optuna_trials,
@@ -161,3 +162,31 @@ def test_loopback_node_turns_ray_clusters_off_for_one_start() -> None:
     with loopback_node():
         assert ray_constants.ENABLE_RAY_CLUSTER is False
     assert before == ray_constants.ENABLE_RAY_CLUSTER
+
+
+class _NoState(tune.search.Searcher):
+    def suggest(self, trial_id: str) -> dict:
+        return {}
+
+    def save(self, checkpoint_path: str) -> None:
+        Path(checkpoint_path).write_bytes(b"")
+
+    def restore(self, checkpoint_path: str) -> None:
+        pass
+
+
+def test_extend_search_raises_the_count_ray_restores(tmp_path: Path) -> None:
+    from ray.tune.experiment import Experiment
+    from ray.tune.search import SearchGenerator
+
+    generator = SearchGenerator(_NoState(metric="val_loss", mode="min"))
+    generator.add_configurations([Experiment("x", lambda config: None, num_samples=2)])
+    generator._counter, generator._finished = 2, True  # as a searcher that said FINISHED
+    generator.save_to_dir(str(tmp_path), session_str="2025-01-01_00-00-00")
+    assert generator.is_finished()
+
+    assert extend_search(tmp_path, 5) == 2
+
+    restored = SearchGenerator(_NoState(metric="val_loss", mode="min"))
+    restored.restore_from_dir(str(tmp_path))
+    assert restored.total_samples == 5 and not restored.is_finished()

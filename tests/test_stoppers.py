@@ -120,3 +120,32 @@ def test_defaults() -> None:
     assert stopper.patience == 4
     assert stopper.min_delta == 0.0
     assert stopper.metric == "val_loss"
+
+
+def test_study_stop_replays_patience_from_the_journal_and_an_extension_resets_it(
+    tmp_path,
+) -> None:
+    """StudyStop, as Ray restores it: the plateau and the stop come back from the journal."""
+    import pickle
+
+    from tuner.journal import append_event
+    from tuner.stoppers import PATIENCE, SEARCH_EXTENDED, StudyStop
+
+    journal = tmp_path / "trials.jsonl"
+    for trial, curve in (("a", [0.9, 0.5]), ("b", [0.7, 0.6]), ("c", [0.8, float("nan")])):
+        for epoch, value in enumerate(curve, start=1):
+            row = {"epoch": epoch, "val_loss": value}
+            append_event(journal, {"event": "result", "trial_id": trial, "row": row})
+        append_event(journal, {"event": "end", "trial_id": trial})
+    stop = StudyStop("val_loss", "min", patience_trials=2, journal=journal)
+    assert stop.reason() is None  # nothing told it yet
+    restored = pickle.loads(pickle.dumps(stop))
+    assert (restored.best, restored.since_best) == (0.5, 2)  # b and c did not beat a's 0.5
+    assert restored.reason() == PATIENCE
+    assert pickle.loads(pickle.dumps(restored)).reason() == PATIENCE  # journaled: it stays
+    append_event(journal, {"event": SEARCH_EXTENDED, "num_samples": 9})
+    extended = pickle.loads(pickle.dumps(restored))
+    assert (extended.since_best, extended.reason()) == (0, None)
+    extended.trial_ended(0.4)
+    extended.trial_ended(None)  # reported nothing
+    assert (extended.best, extended.since_best) == (0.4, 1)

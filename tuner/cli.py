@@ -346,11 +346,19 @@ def resume(
     study: Annotated[str, typer.Argument(help="Results folder or URI, study name or run id.")],
     address: AddressOption = None,
     tracking_uri: TrackingOption = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="Only search.num_samples=N, N above the study's count: add trials to it.",
+        ),
+    ] = None,
 ) -> None:
-    """Continue an interrupted study: same trials, checkpoints, Optuna study and MLflow runs."""
+    """Continue an interrupted study: same trials, checkpoints, Optuna study and MLflow runs;
+    with --set search.num_samples=N, extend a finished one to N trials."""
     from tuner.study import require_success, resume_study
 
-    result = resume_study(study, tracking_uri=tracking_uri, address=address)
+    result = resume_study(study, overrides=set_, tracking_uri=tracking_uri, address=address)
     print_summary(result)
     require_success(result)
 

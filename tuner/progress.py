@@ -98,8 +98,11 @@ class StudyRecorder(Callback):
     # ------------------------------------------------------------------ events
 
     def _apply(self, event: dict[str, Any]) -> TrialRecord | None:
-        """One journal event into the in-memory records (the only place records change)."""
-        trial_id = event["trial_id"]
+        """One journal event into the in-memory records (the only place records change);
+        events of the search as a whole (no trial id) are not the recorder's."""
+        trial_id = event.get("trial_id")
+        if trial_id is None:
+            return None
         if event["event"] == "superseded":
             return self.trials.pop(trial_id, None)
         if trial_id not in self.trials:

@@ -88,3 +88,27 @@ def optuna_trials(searcher) -> dict[str, Any]:
 def completed_trials(searcher) -> set[str]:
     """The Ray trial ids an OptunaSearch has already told Optuna about."""
     return searcher._completed_trials
+
+
+# --------------------------------------------------------------------------- extending a study
+
+
+def extend_search(results_path, num_samples: int) -> int:
+    """Let a saved Ray experiment create trials up to `num_samples` in all when it is restored:
+    Ray restores its search generator's trial count (`total_samples`) from its newest state
+    file, not from the Tuner's config, and a generator whose searcher said FINISHED stays
+    finished. Rewrites that file; returns the count it held."""
+    import os
+    from pathlib import Path
+
+    import ray.cloudpickle as cloudpickle
+    from ray.tune.search.search_generator import SearchGenerator
+    from ray.tune.utils.util import _atomic_save
+
+    pattern = SearchGenerator.CKPT_FILE_TMPL.format("*")
+    newest = max(Path(results_path).glob(pattern), key=lambda p: p.name)  # Ray's own pick
+    state = cloudpickle.loads(newest.read_bytes())
+    before = state["total_samples"]
+    state["total_samples"], state["finished"] = num_samples, False
+    _atomic_save(state, os.fspath(newest.parent), newest.name, f"tmp-{newest.name}")
+    return before

@@ -110,6 +110,8 @@ class StudyResult:
     tracking_buffered: int = 0  # MLflow writes left in the study folder for `tuner sync`
     finalists: Finalists | None = None  # the re-runs of `selection`, when the spec asks for them
     results_uri: str | None = None  # where a remote `storage` keeps them (results_path: a copy)
+    #: why it ended: completed | time_budget | patience | interrupted (tuner.stoppers)
+    stop_reason: str | None = None
 
     @property
     def best(self) -> pd.Series | None:

@@ -34,6 +34,9 @@ TRAINING_TAG = "tuner.training"  # JSON: the training section (precision, compil
 RESULTS_PATH_TAG = "tuner.results_path"
 OPTUNA_TAG = "tuner.optuna"  # storage#study_name, password redacted
 PLUGINS_TAG = "tuner.plugins"  # JSON: [{entry, module, sha256}], files as artifacts plugins/*.py
+STOP_REASON_TAG = "tuner.stop_reason"  # completed | time_budget | patience | interrupted
+WARM_START_TAG = "tuner.warm_start"  # JSON: {study, run_id, enqueued, skipped: {trial: why}}
+EXTENDED_TAG = "tuner.num_samples"  # N, once `tuner resume --set search.num_samples=N` extended it
 
 # a trial's child run
 CONFIG_TAG = "tuner.config"  # JSON: the trial's hyperparameters

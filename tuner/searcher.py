@@ -9,6 +9,10 @@ TPE then learns from values that mean different things. Here:
   best epoch;
 - a trial stopped early by the scheduler is PRUNED, keeping its partial curve;
 - a diverged trial is PRUNED with its finite values, an errored one FAIL.
+
+With a `StudyStop` (search.time_budget_s, search.patience_trials) it suggests nothing more once
+that says stop (Ray then starts no new trial and lets the running ones finish); with
+`points_to_evaluate` (search.warm_start) those configs are Optuna's first trials.
 """
 
 from __future__ import annotations
@@ -18,20 +22,25 @@ from typing import Any
 
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from trainables import metrics as m
 from tuner import outcomes, schema
 from tuner.ray_internals import completed_trials, optuna_study, optuna_trials
+from tuner.stoppers import StudyStop
 
 
 class TruthfulOptunaSearch(OptunaSearch):
     """OptunaSearch that reports full curves and tells Optuna PRUNED for early-stopped trials."""
 
-    def __init__(self, *args: Any, max_epochs: int, **kwargs: Any):
+    def __init__(
+        self, *args: Any, max_epochs: int, study_stop: StudyStop | None = None, **kwargs: Any
+    ):
         super().__init__(*args, **kwargs)
         self._max_epochs = max_epochs
         self._curves: dict[str, dict[int, float]] = {}
+        self._study_stop = study_stop
 
     def restore(self, checkpoint_path: str) -> None:
         """Ray's restore, then close Optuna trials the crashed driver asked for but never ran."""
@@ -43,7 +52,11 @@ class TruthfulOptunaSearch(OptunaSearch):
                 study.tell(frozen.number, state=TrialState.FAIL)
 
     def suggest(self, trial_id: str) -> dict | None:
-        """Ray's suggestion; the Optuna trial keeps Ray's trial id, as MLflow's runs do."""
+        """Ray's suggestion; the Optuna trial keeps Ray's trial id, as MLflow's runs do. None
+        more once the study's stop says so."""
+        stop = getattr(self, "_study_stop", None)  # a searcher saved before it existed has none
+        if trial_id not in optuna_trials(self) and stop is not None and stop.reason():
+            return Searcher.FINISHED
         config = super().suggest(trial_id)
         if trial_id in optuna_trials(self):
             optuna_trials(self)[trial_id].set_user_attr(schema.TRIAL_ID_TAG, trial_id)
@@ -65,6 +78,8 @@ class TruthfulOptunaSearch(OptunaSearch):
         # searcher tells again on resume; the stored verdict stands
         optuna_study(self).tell(asked[trial_id], value, state=state, skip_if_finished=True)
         told.add(trial_id)
+        if getattr(self, "_study_stop", None) is not None:
+            self._study_stop.trial_ended(self._best(trial_id))
         self._curves.pop(trial_id, None)
 
     def _report(self, trial_id: str, result: dict) -> None:
@@ -89,5 +104,11 @@ class TruthfulOptunaSearch(OptunaSearch):
         status = outcomes.trial_status(result, self._max_epochs)
         if status == outcomes.STOPPED_BY_SCHEDULER:
             return TrialState.PRUNED, None
-        best = min(curve.values()) if self.mode == "min" else max(curve.values())
-        return TrialState.COMPLETE, best
+        return TrialState.COMPLETE, self._best(trial_id)
+
+    def _best(self, trial_id: str) -> float | None:
+        """The trial's best reported objective (None: it reported none)."""
+        curve = self._curves.get(trial_id)
+        if not curve:
+            return None
+        return min(curve.values()) if self.mode == "min" else max(curve.values())

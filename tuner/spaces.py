@@ -65,6 +65,14 @@ class FloatParam(_Param):
             self.low, self.high, log=self.log, step=self.step
         )
 
+    def contains(self, value: Any) -> bool:
+        if not is_number(value) or not self.low <= value <= self.high:
+            return False
+        if self.step is None:
+            return True
+        steps = (value - self.low) / self.step
+        return math.isclose(steps, round(steps), abs_tol=1e-8)
+
 
 class IntParam(_Param):
     type: Literal["int"]
@@ -87,6 +95,14 @@ class IntParam(_Param):
             self.low, self.high, log=self.log, step=self.step
         )
 
+    def contains(self, value: Any) -> bool:
+        return (
+            isinstance(value, int)
+            and not isinstance(value, bool)
+            and self.low <= value <= self.high
+            and (value - self.low) % self.step == 0
+        )
+
 
 class CategoricalParam(_Param):
     type: Literal["categorical"]
@@ -106,9 +122,17 @@ class CategoricalParam(_Param):
     def distribution(self) -> optuna.distributions.BaseDistribution:
         return optuna.distributions.CategoricalDistribution(self.choices)
 
+    def contains(self, value: Any) -> bool:
+        """One of the choices, of the same type (True is not the choice 1)."""
+        return any(type(value) is type(c) and value == c for c in self.choices)
+
 
 Param = Annotated[FloatParam | IntParam | CategoricalParam, Field(discriminator="type")]
 _PARAM = TypeAdapter(Param)
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def check_bounds(low: float, high: float, log: bool, step: float | None) -> None:

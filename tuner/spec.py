@@ -144,12 +144,25 @@ class ObjectiveSpec(Section):
         return self
 
 
+class WarmStartSpec(Section):
+    """Start from an earlier study's best configs (tuner/warm_start.py)."""
+
+    study: str = Field(pattern=NAME_PATTERN)  # its name (newest execution) or parent run id
+    top_k: int = Field(5, ge=1)  # how many of its best configs run first
+
+
 class SearchSpec(Section):
     algorithm: Annotated[str, registered(SAMPLERS)] = "tpe"  # the Optuna sampler
     num_samples: int = Field(32, ge=1)  # trials in the study
     max_concurrent: int = Field(4, ge=1)  # trials running at once
     seed: int = Field(0, ge=0, lt=2**32)  # seeds the sampler and every trial's initialisation
     storage: str | None = None  # Optuna RDB URL; default: optuna.db beside the tracking store
+    warm_start: WarmStartSpec | None = None  # an earlier study's best configs as first trials
+    #: seconds after the first trial starts (in this run of the driver) after which no new trial
+    #: starts; running ones finish
+    time_budget_s: float | None = Field(None, gt=0)
+    #: no new trial once this many trials in a row finished without improving the best
+    patience_trials: int | None = Field(None, ge=1)
 
 
 class SelectionSpec(Section):

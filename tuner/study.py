@@ -23,6 +23,7 @@ import optuna
 import pandas as pd
 import ray
 import sqlalchemy
+import yaml
 from ray import tune
 
 from dashboards.render import write_report
@@ -46,7 +47,7 @@ from tuner.finalists import (
     rerun_row,
 )
 from tuner.inputs import dataset_inputs
-from tuner.journal import JOURNAL_FILE, restoring_into
+from tuner.journal import JOURNAL_FILE, append_event, read_journal, restoring_into
 from tuner.placement import (
     PROBE_TIMEOUT_S,
     alive_nodes,
@@ -56,15 +57,27 @@ from tuner.placement import (
 )
 from tuner.plugin_files import copy_plugins
 from tuner.progress import FinalistRecorder, LiveProgress, StudyRecorder, trial_dirname
-from tuner.ray_internals import loopback_node, restored_callbacks, stop_local_daemons
+from tuner.ray_internals import (
+    extend_search,
+    loopback_node,
+    restored_callbacks,
+    stop_local_daemons,
+)
 from tuner.results import StudyResult, trials_table
 from tuner.runs import client_for, default_tracking_uri, find_study_run
 from tuner.samplers import make_sampler
 from tuner.schedulers import make_scheduler
 from tuner.searcher import TruthfulOptunaSearch
 from tuner.spaces import CategoricalParam, SearchSpace, load_space
-from tuner.spec import JobSpec, load_plugins, read_yaml_file, spec_from_dict
-from tuner.stoppers import OverfitStopper
+from tuner.spec import JobSpec, load_plugins, parse_override, read_yaml_file, show, spec_from_dict
+from tuner.stoppers import (
+    COMPLETED,
+    INTERRUPTED,
+    SEARCH_EXTENDED,
+    OverfitStopper,
+    StudyStop,
+    stop_reason,
+)
 from tuner.storage import (
     StagingMirror,
     StudyFolder,
@@ -85,6 +98,7 @@ from tuner.tracking import (
     resolve_saved_run_ids,
     start_parent_run,
 )
+from tuner.warm_start import WarmStart, plan_warm_start
 
 LOG_FILE = "tuner.log"
 FINALISTS_FOLDER = "finalists"  # the finalists' Ray run, inside the study's Ray run folder
@@ -108,6 +122,7 @@ class PreparedStudy:
     dataset: Dataset
     space: SearchSpace
     plugins: tuple[PluginCode, ...] = ()
+    warm_start: WarmStart | None = None  # the earlier study's configs to run first
 
 
 # --------------------------------------------------------------------------- before Ray
@@ -254,18 +269,37 @@ def probe_gpu_memory(gpu: float, timeout_s: float = PROBE_TIMEOUT_S) -> int | No
         return None
 
 
-def make_searcher(spec: JobSpec, space: SearchSpace, execution: str) -> TruthfulOptunaSearch:
+def make_searcher(
+    spec: JobSpec,
+    space: SearchSpace,
+    execution: str,
+    journal: Path | None = None,
+    points: list[dict[str, Any]] | None = None,
+) -> TruthfulOptunaSearch:
+    """The Optuna searcher; `points` (a warm start) are enqueued as Optuna's first trials."""
     storage_url = spec.search.storage
     if storage_url.startswith("sqlite:///"):
         Path(storage_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    search = spec.search
+    study_stop = None
+    if search.time_budget_s is not None or search.patience_trials is not None:
+        study_stop = StudyStop(
+            spec.objective.metric,
+            spec.objective.mode,
+            search.time_budget_s,
+            search.patience_trials,
+            journal,
+        )
     return TruthfulOptunaSearch(
         space,
         metric=spec.objective.metric,
         mode=spec.objective.mode,
+        points_to_evaluate=points or None,
         sampler=make_sampler(spec.search.algorithm, spec.search.seed),
         storage=optuna_storage(storage_url),
         study_name=execution,
         max_epochs=spec.scheduler.max_epochs,
+        study_stop=study_stop,
     )
 
 
@@ -327,6 +361,9 @@ def run_study(
     """Run a whole study in the foreground and return its ranked trials. `trainable` has
     `train_trial`'s signature; the scale benchmark passes one that trains nothing."""
     prepared = prepare(spec)
+    prepared.warm_start = plan_warm_start(spec, prepared.space)
+    for line in prepared.warm_start.lines() if prepared.warm_start else []:
+        print(line)
     execution = execution_name(spec)
     folder = study_folder(spec.storage, execution)
     results_path = folder.local
@@ -342,16 +379,28 @@ def run_study(
 def resume_study(
     study: str,
     *,
+    overrides: list[str] | None = None,
     tracking_uri: str | None = None,
     address: str | None = None,
     num_cpus: int | None = None,
     show_progress: bool = True,
 ) -> StudyResult:
     """Continue an interrupted study (its results folder or URI, or its name or run id in
-    MLflow)."""
+    MLflow); `overrides` may only be `search.num_samples=N` with N above the study's count: the
+    study is extended to N trials, in the same Ray experiment, Optuna study and MLflow parent
+    run."""
     folder = find_results(study, tracking_uri)
     results_path = folder.local
-    prepared = prepare(study_spec(results_path))
+    spec = study_spec(results_path)
+    extended = extension(spec, overrides or [])
+    if extended is not None:
+        spec = spec.model_copy(
+            update={"search": spec.search.model_copy(update={"num_samples": extended})}
+        )
+    prepared = prepare(spec)
+    if extended is not None:
+        extend_study(results_path, extended)
+        upload(folder)  # Ray restores a remote study from its URI: the new count goes there
     with (
         study_environment(results_path, prepared.spec),
         ray_session(address, num_cpus) as session,
@@ -359,6 +408,43 @@ def resume_study(
         training = place_trials(prepared)
         run = StudyRun.restore(prepared, folder, show_progress, training)
         return run.run(after_fit=session.release)
+
+
+def extension(spec: JobSpec, overrides: list[str]) -> int | None:
+    """The trial count `tuner resume --set` asks for (None: no --set); anything but a larger
+    `search.num_samples` is a SpecError."""
+    count = None
+    for text in overrides:
+        keys, value = parse_override(text)
+        if keys != ["search", "num_samples"]:
+            raise SpecError(
+                f"--set {text}: tuner resume takes only search.num_samples (to add trials to the "
+                "study); every other key stays as the study saved it"
+            )
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise SpecError(
+                f"--set search.num_samples: must be a whole number of trials but got {show(value)}"
+            )
+        if value <= spec.search.num_samples:
+            raise SpecError(
+                f"--set search.num_samples={value}: must be above the study's "
+                f"{spec.search.num_samples} trials (resume --set adds trials to a study)"
+            )
+        count = value
+    return count
+
+
+def extend_study(results_path: Path, num_samples: int) -> None:
+    """Let the saved study run up to `num_samples` trials: Ray's saved trial count, the saved
+    spec, and a journal event after which `search.patience_trials` counts afresh."""
+    extend_search(results_path, num_samples)
+    raw = read_yaml_file(results_path / SPEC_FILE, "study spec")
+    raw["search"]["num_samples"] = num_samples
+    (results_path / SPEC_FILE).write_text(yaml.safe_dump(raw, sort_keys=False))
+    append_event(
+        results_path / JOURNAL_FILE,
+        {"event": SEARCH_EXTENDED, "num_samples": num_samples, "time": time.time()},
+    )
 
 
 def sync_study(study: str, tracking_uri: str | None = None) -> tuple[int, int]:
@@ -586,12 +672,20 @@ class StudyRun:
                 background=True,
                 inputs=inputs,
             )
+            if prepared.warm_start:
+                tracking.writer.set_tag(parent_id, schema.WARM_START_TAG, prepared.warm_start.tag())
         tuner = tune.Tuner(
             make_trainable(prepared, trainable, training),
             tune_config=tune.TuneConfig(
                 metric=spec.objective.metric,
                 mode=spec.objective.mode,
-                search_alg=make_searcher(spec, prepared.space, execution),
+                search_alg=make_searcher(
+                    spec,
+                    prepared.space,
+                    execution,
+                    journal,
+                    prepared.warm_start.points if prepared.warm_start else None,
+                ),
                 scheduler=make_scheduler(spec.scheduler, journal),
                 num_samples=spec.search.num_samples,
                 max_concurrent_trials=spec.search.max_concurrent,
@@ -642,6 +736,12 @@ class StudyRun:
         if tracking:
             tracking.writer.update_run(tracking.parent_run_id, status="RUNNING")
             tracking.claim_orphans()
+            if prepared.spec.search.num_samples > tracking.spec.search.num_samples:  # extended
+                tracking.writer.set_tag(
+                    tracking.parent_run_id,
+                    schema.EXTENDED_TAG,
+                    str(prepared.spec.search.num_samples),
+                )
             tracking.supersede(unknown)
             tracking.reconcile()
         return cls(prepared, folder, tuner, recorder, tracking, show_progress, training=training)
@@ -672,6 +772,7 @@ class StudyRun:
             interrupted=interrupted,
             finalists=self.finalists,
             results_uri=self.folder.uri,
+            stop_reason=self.stop_reason(),
         )
         save_results(result)
         importances = param_importances(result, self.prepared.space)
@@ -775,10 +876,20 @@ class StudyRun:
         self.finalist_records = recorder
 
     def interrupted(self) -> bool:
-        """Ray Tune returns normally after Ctrl-C; unfinished or unstarted trials tell."""
+        """Ray Tune returns normally after Ctrl-C; unfinished or unstarted trials tell (unless
+        the time budget or patience stopped the search)."""
         trials = self.recorder.trials.values()
         unfinished = any(t.status is None for t in trials)
-        return unfinished or len(trials) < self.spec.search.num_samples
+        unstarted = len(trials) < self.spec.search.num_samples
+        return unfinished or (unstarted and self.search_stopped() is None)
+
+    def search_stopped(self) -> str | None:
+        """time_budget or patience when either stopped the search (the searcher journals it)."""
+        return stop_reason(read_journal(self.results_path / JOURNAL_FILE))
+
+    def stop_reason(self) -> str:
+        """Why the study ended: completed, time_budget, patience or interrupted."""
+        return INTERRUPTED if self.interrupted() else self.search_stopped() or COMPLETED
 
     def finish(
         self, result: StudyResult, importances: dict[str, float] | None, report: Path
@@ -805,6 +916,7 @@ class StudyRun:
                     ).items()
                 },
             )
+        writer.set_tag(self.parent_run_id, schema.STOP_REASON_TAG, result.stop_reason)
         writer.log_artifact(self.parent_run_id, report)
         writer.set_terminated(
             self.parent_run_id, status="KILLED" if result.interrupted else "FINISHED"

@@ -8,7 +8,7 @@ import yaml
 from rich.table import Table
 
 from trainables import metrics as m
-from tuner import outcomes, schema
+from tuner import outcomes, schema, stoppers
 from tuner.exporting import exported_config
 from tuner.finalists import confirmed_metrics
 from tuner.results import StudyResult, plain
@@ -54,6 +54,8 @@ def summary_lines(result: StudyResult) -> list[str]:
         f"Study {result.execution}: {len(result.trials)} trials in {result.wall_time_s:.0f}s "
         f"({statuses}); {epochs} epochs trained of {budget} without early stopping",
     ]
+    if result.stop_reason:
+        lines.append(f"Stop reason: {stop_text(result)}")
     if len(result.trials):
         failed = result.trials[result.trials["status"] == outcomes.ERRORED]
         for _, row in failed.iterrows():
@@ -123,6 +125,25 @@ def finalists_table(result: StudyResult) -> Table | None:
             cells.append(_number(row["optimism"]))
         table.add_row(*cells)
     return table
+
+
+def stop_text(result: StudyResult) -> str:
+    """Why the study stopped, in words (`tuner.stop_reason` is the first word)."""
+    search, reason = result.spec.search, result.stop_reason
+    ran = f"{len(result.trials)} of {search.num_samples} trials ran"
+    if reason == stoppers.TIME_BUDGET:
+        return (
+            f"time_budget (search.time_budget_s: no trial started after {search.time_budget_s:g}"
+            f" s; the running ones finished; {ran})"
+        )
+    if reason == stoppers.PATIENCE:
+        return (
+            f"patience (search.patience_trials: the best did not improve in "
+            f"{search.patience_trials} finished trials in a row; {ran})"
+        )
+    if reason == stoppers.INTERRUPTED:
+        return "interrupted (Ctrl-C or a crash; tuner resume continues it)"
+    return f"{reason} ({ran})"
 
 
 def top_table(result: StudyResult, rows: int = 5) -> Table:
