@@ -46,6 +46,9 @@ class TrialSettings:
     training: TrainingOptions = TrainingOptions()
     #: the study's plug-ins, imported by each trial before it builds its model
     plugins: tuple[PluginCode, ...] = ()
+    #: measure the model's inference latency once (an objective names it); `params` is always
+    #: reported, it costs nothing
+    measure_latency: bool = False
 
 
 def trial_device() -> torch.device:
@@ -77,9 +80,10 @@ def train_trial(config: dict[str, Any], data: Dataset, settings: TrialSettings) 
         GPU_IDS: ",".join(str(i) for i in ray.get_gpu_ids()),
         DEVICE: str(device),
     }
+    costs = run.costs(latency=settings.measure_latency)  # once: the architecture is fixed
     last_checkpoint = -math.inf
     while run.epoch < settings.max_epochs:
-        result = {**run.run_epoch(), **placement}
+        result = {**run.run_epoch(), **costs, **placement}
         if result.get(m.DIVERGED):
             tune.report(result)  # no checkpoint of a diverged model; the trial ends here
             return

@@ -24,7 +24,7 @@ from trainables.trainable import DEVICE, GPU_IDS, NODE_ID
 from tuner import outcomes
 from tuner.journal import append_event, read_journal
 
-REPORTED = (m.EPOCH, *m.CURVES, m.COMPILE_TIME_S, m.DIVERGED)
+REPORTED = (m.EPOCH, *m.CURVES, m.COMPILE_TIME_S, m.DIVERGED, *m.MODEL_COSTS)
 
 
 @dataclass

@@ -24,7 +24,14 @@ if TYPE_CHECKING:
     from tuner.progress import TrialRecord
 
 #: the metrics each row carries at the trial's best epoch
-SUMMARY_METRICS = (m.VAL_LOSS, m.VAL_ACC, m.TRAIN_LOSS, m.TRAIN_ACC, m.GENERALIZATION_GAP)
+SUMMARY_METRICS = (
+    m.VAL_LOSS,
+    m.VAL_ACC,
+    m.TRAIN_LOSS,
+    m.TRAIN_ACC,
+    m.GENERALIZATION_GAP,
+    *m.MODEL_COSTS,  # the same at every epoch; absent from runs of earlier versions
+)
 
 
 def plain(value: Any) -> Any:

@@ -9,6 +9,10 @@ TPE then learns from values that mean different things. Here:
   best epoch;
 - a trial stopped early by the scheduler is PRUNED, keeping its partial curve;
 - a diverged trial is PRUNED with its finite values, an errored one FAIL.
+
+With several objectives (`metric` and `mode` lists, the first one leading) Optuna keeps no
+intermediate values; a COMPLETE trial is valued at its best epoch on the first objective, every
+objective read at that epoch.
 """
 
 from __future__ import annotations
@@ -31,7 +35,15 @@ class TruthfulOptunaSearch(OptunaSearch):
     def __init__(self, *args: Any, max_epochs: int, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self._max_epochs = max_epochs
-        self._curves: dict[str, dict[int, float]] = {}
+        #: each trial's objectives by epoch: {epoch: {"epoch": e, metric: value, ...}}
+        self._curves: dict[str, dict[int, dict[str, float]]] = {}
+
+    @property
+    def objectives(self) -> list[tuple[str, str]]:
+        """(metric, mode) of each objective, the first leading."""
+        if isinstance(self.metric, list):
+            return list(zip(self.metric, self.mode, strict=True))
+        return [(self.metric, self.mode)]
 
     def restore(self, checkpoint_path: str) -> None:
         """Ray's restore, then close Optuna trials the crashed driver asked for but never ran."""
@@ -69,16 +81,19 @@ class TruthfulOptunaSearch(OptunaSearch):
 
     def _report(self, trial_id: str, result: dict) -> None:
         curve = self._curves.setdefault(trial_id, {})
-        step, value = result.get(m.EPOCH), result.get(self.metric)
+        metrics = [metric for metric, _ in self.objectives]
+        step, value = result.get(m.EPOCH), result.get(metrics[0])
         if step is None or step in curve or not outcomes.is_finite(value):
             return
-        curve[step] = float(value)
+        curve[step] = {m.EPOCH: step, **{k: result.get(k) for k in metrics}}
+        if len(metrics) > 1:
+            return  # Optuna keeps intermediate values for one objective only
         with contextlib.suppress(UpdateFinishedTrialError):  # told before a crash (see below)
             optuna_trials(self)[trial_id].report(float(value), int(step))
 
     def _verdict(
         self, trial_id: str, result: dict | None, error: bool
-    ) -> tuple[TrialState, float | None]:
+    ) -> tuple[TrialState, float | list[float] | None]:
         curve = self._curves.get(trial_id, {})
         if error:
             return TrialState.FAIL, None
@@ -89,5 +104,9 @@ class TruthfulOptunaSearch(OptunaSearch):
         status = outcomes.trial_status(result, self._max_epochs)
         if status == outcomes.STOPPED_BY_SCHEDULER:
             return TrialState.PRUNED, None
-        best = min(curve.values()) if self.mode == "min" else max(curve.values())
-        return TrialState.COMPLETE, best
+        (first, mode), *others = self.objectives
+        best = outcomes.best_epoch(curve.values(), first, mode)
+        values = [best[metric] for metric, _ in self.objectives]
+        if not all(outcomes.is_finite(v) for v in values):
+            return TrialState.FAIL, None  # an objective the trial never reported
+        return TrialState.COMPLETE, (values if others else values[0])

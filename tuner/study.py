@@ -238,10 +238,12 @@ def make_searcher(spec: JobSpec, space: SearchSpace, execution: str) -> Truthful
     storage_url = spec.search.storage
     if storage_url.startswith("sqlite:///"):
         Path(storage_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    metrics = [o.metric for o in spec.objectives]
+    modes = [o.mode for o in spec.objectives]
     return TruthfulOptunaSearch(
         space,
-        metric=spec.objective.metric,
-        mode=spec.objective.mode,
+        metric=metrics if spec.multi_objective else metrics[0],
+        mode=modes if spec.multi_objective else modes[0],
         sampler=make_sampler(spec.search.algorithm, spec.search.seed),
         storage=optuna_storage(storage_url),
         study_name=execution,
@@ -441,6 +443,7 @@ def trial_settings(
         cpus=spec.resources.cpu,
         training=training or training_options(spec),
         plugins=plugins,
+        measure_latency=any(o.metric == m.INFERENCE_MS for o in spec.objectives),
     )
 
 
