@@ -65,6 +65,7 @@ from tuner.tracking import (
     redact,
     resolve_saved_run_ids,
     start_parent_run,
+    tag_pareto,
 )
 
 LOG_FILE = "tuner.log"
@@ -635,6 +636,7 @@ class StudyRun:
         note = study_note(result, report.name)
         config = best_config(result)
         finish_parent_run(writer, self.parent_run_id, result, config, importances, note)
+        tag_pareto(writer, self.tracking.run_ids, result.trials)
         writer.log_artifact(self.parent_run_id, report)
         writer.set_terminated(
             self.parent_run_id, status="KILLED" if result.interrupted else "FINISHED"
