@@ -187,3 +187,11 @@ def test_tuner_report_from_mlflow_draws_the_same_front(study: StudyResult, tmp_p
     text = out.read_text()
     assert "<h2>Pareto front</h2>" in text
     assert f"{len(study.pareto)} trials are on the front" in text
+
+
+def test_trials_time_inference_only_when_an_objective_names_it() -> None:
+    from tuner.study import trial_settings
+
+    assert not trial_settings(tiny_spec()).measure_latency
+    timed = tiny_spec(objective=[{"metric": "val_loss"}, {"metric": "inference_ms"}])
+    assert trial_settings(timed).measure_latency
