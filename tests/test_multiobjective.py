@@ -137,6 +137,12 @@ def test_export_pareto_writes_every_config_on_the_front(study: StudyResult, tmp_
         assert config.metrics["val_loss"] == pytest.approx(row[schema.best(m.VAL_LOSS)])
     ranks = sorted(yaml.safe_load(p.read_text())["source"]["rank"] for p in out.glob("*.yaml"))
     assert ranks == list(range(1, len(study.pareto) + 1))
+    one_file = runner.invoke(
+        app,
+        ["export", "multiobj", "--pareto", "--out", str(tmp_path / "front.yaml")]
+        + ["--tracking-uri", study.spec.tracking.uri],
+    )
+    assert one_file.exit_code == 2 and "must be a folder" in " ".join(one_file.output.split())
 
 
 def test_export_pareto_of_a_single_objective_study_exits_2(tmp_path: Path) -> None:
