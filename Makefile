@@ -4,12 +4,12 @@ PYTHON ?= python3
 VENV := .venv
 INSTALLED := $(VENV)/.installed
 
-.PHONY: demo test lint chromium
+.PHONY: demo test lint chromium services
 
 demo: $(INSTALLED)
 	$(VENV)/bin/tuner demo
 
-test: $(INSTALLED) chromium
+test: $(INSTALLED) chromium services
 	$(VENV)/bin/python -m pytest
 
 # The dashboard tests draw the report in a real Chromium, a system package: installed here when
@@ -28,6 +28,15 @@ chromium:
 			"(Debian/Ubuntu: sudo apt-get install chromium) or put a chromium on PATH" >&2; \
 	fi
 
+# The stack tests run a real PostgreSQL (from the pgserver wheel), which refuses to run as root:
+# as root, create the unprivileged system user it runs as. Never done by a test.
+PG_USER := tuner-pg
+services:
+	@if [ "$$(id -u)" = 0 ] && ! id $(PG_USER) >/dev/null 2>&1; then \
+		echo "Creating the system user $(PG_USER) (PostgreSQL refuses to run as root)"; \
+		useradd --system --no-create-home --shell /usr/sbin/nologin $(PG_USER); \
+	fi
+
 lint: $(INSTALLED)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
@@ -35,5 +44,5 @@ $(INSTALLED): pyproject.toml constraints.txt
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "tuner needs Python 3.10+"'
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check \
-		-c constraints.txt -e '.[dev]'
+		-c constraints.txt -e '.[dev,cluster]'
 	touch $@

@@ -62,6 +62,9 @@ class ReportData:
     #: several objectives: every (metric, mode), `objective` first; `trials` then has the
     #: `pareto` column. Empty: one objective
     objectives: list[tuple[str, str]] = field(default_factory=list)
+    #: the finalists table (`tuner.finalists.finalists_table`: trial, tuned, mean, std,
+    #: test_loss/test_acc, optimism, ...), winner first; None without `selection`
+    finalists: pd.DataFrame | None = None
 
     @property
     def ranked(self) -> pd.DataFrame:
@@ -392,6 +395,87 @@ def importances_chart(data: ReportData) -> Section:
     return Section(fig, title, caption)
 
 
+def finalists_chart(data: ReportData) -> Section:
+    """Per finalist: its tuned score, its re-runs' mean ± std and, with a test split, its test
+    mean ± std, side by side."""
+    table = data.finalists
+    test = {"val_loss": "test_loss", "val_acc": "test_acc"}.get(data.objective)
+    labels = [
+        f"trial {int(t)}" + (" (winner)" if i == 0 else "") for i, t in enumerate(table["trial"])
+    ]
+    fig = go.Figure()
+    fig.add_trace(
+        go.Scatter(
+            x=labels,
+            y=table["tuned"],
+            mode="markers",
+            name="tuned (best epoch of the search's trial)",
+            marker={"symbol": "star", "size": 15, "color": "gold", "line": {"width": 1}},
+            hovertemplate="%{x}: tuned %{y:.4f}<extra></extra>",
+        )
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=labels,
+            y=table["mean"],
+            error_y={"type": "data", "array": table["std"].fillna(0), "visible": True},
+            mode="markers",
+            name="re-runs with new seeds: mean ± std",
+            marker={"symbol": "circle", "size": 11, "color": "#1f77b4"},
+            hovertemplate="%{x}: re-runs %{y:.4f}<extra></extra>",
+        )
+    )
+    if test and test in table:
+        fig.add_trace(
+            go.Scatter(
+                x=labels,
+                y=table[test],
+                error_y={
+                    "type": "data",
+                    "array": table.get(f"{test}_std", table[test] * 0).fillna(0),
+                    "visible": True,
+                },
+                mode="markers",
+                name=f"{test}: mean ± std",
+                marker={"symbol": "diamond", "size": 11, "color": "#d62728"},
+                hovertemplate="%{x}: test %{y:.4f}<extra></extra>",
+            )
+        )
+    _layout(
+        fig,
+        f"Finalists: tuned {data.objective} against re-runs" + (" and test" if test else ""),
+        "finalist (best re-run mean first)",
+        data.objective + (f" / {test}" if test else ""),
+    )
+    rows = "".join(
+        "<tr>"
+        + "".join(
+            f"<td>{html.escape(_fmt(row.get(c)))}</td>"
+            for c in ("rank", "trial", "tuned", "mean", "std", test, "optimism", "test_optimism")
+            if c
+        )
+        + "</tr>"
+        for _, row in table.iterrows()
+    )
+    head = ["rank", "trial", "tuned", "re-runs mean", "std", *([test] if test else [])]
+    head += ["optimism", "test optimism"] if test else ["optimism"]
+    body = (
+        "<table class='top finalists'><thead><tr>"
+        + "".join(f"<th>{h}</th>" for h in head)
+        + "</tr></thead><tbody>"
+        + rows
+        + "</tbody></table>"
+    )
+    caption = (
+        f"The best {len(table)} trials, trained again from scratch with new seeds to their best "
+        f"epoch and scored at that epoch. The star is the {data.objective} the search saw; the "
+        "gap to the re-runs' mean is its optimism (tuned minus mean: chosen as the best of many "
+        "tries, a tuned score flatters itself)"
+        + (f"; {test} is measured on the test split the search never saw." if test else ".")
+    )
+    return Section(fig, "Finalists", caption, body)
+
+
 def top_table(data: ReportData) -> Section:
     ranked = data.ranked.head(data.top_k)
     objectives = [schema.best(metric) for metric, _ in data.objectives]
@@ -468,6 +552,7 @@ table.top td:last-child { font-family: monospace; font-size: 0.85em; }
 
 def build_sections(data: ReportData) -> list[Section]:
     several = [pareto_scatter(data)] if len(data.objectives) > 1 else []
+    finalists = data.finalists is not None and not data.finalists.empty
     return [
         optimization_history(data),
         *several,
@@ -476,6 +561,7 @@ def build_sections(data: ReportData) -> list[Section]:
         asha_at_work(data),
         parallel_coordinates(data),
         importances_chart(data),
+        *([finalists_chart(data)] if finalists else []),
         top_table(data),
     ]
 

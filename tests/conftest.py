@@ -18,6 +18,9 @@ import pytest
 
 from tuner.spec import JobSpec, spec_from_dict
 
+# the production stack's servers (PostgreSQL, S3, an MLflow server on both): tests/servers.py
+pytest_plugins = ["tests.servers"]
+
 
 class RayStarted(RuntimeError):
     """Raised by the stand-in for `ray.init`: validation let the input through to Ray."""

@@ -869,3 +869,34 @@ def test_an_options_alias_loop_is_refused() -> None:
 
     with pytest.raises(SpecError, match=r"dataset.options.n.0 contains itself \(a YAML alias"):
         spec_with({"name": "digits"}, ["dataset.options.n=&a [*a]"])
+
+
+# --------------------------------------------------------------------------- the test split
+
+
+def test_test_fraction_holds_out_a_stratified_test_split_before_the_search_split() -> None:
+    from trainables.data import DataOptions, load_dataset
+
+    plain_split = load_dataset(DataOptions("digits"))
+    held = load_dataset(DataOptions("digits", test_fraction=0.2))
+    assert not plain_split.has_test  # without it, the split is the one studies always had
+    assert len(held.x_test) == 360 and len(held.x_val) == 360 and len(held.x_train) == 1077
+    assert np.bincount(held.y_test).min() >= 35  # stratified: every class about a fifth
+    rows = {r.tobytes() for r in held.x_test.reshape(360, -1)}
+    search = np.concatenate([held.x_train, held.x_val]).reshape(1437, -1)
+    assert rows.isdisjoint(r.tobytes() for r in search)
+    assert held.without_test().x_test is None and held.without_test().x_train is held.x_train
+
+
+def test_windows_test_split_is_the_latest_windows_sharing_no_row_with_earlier_ones() -> None:
+    from trainables.data import DataOptions, load_dataset
+
+    sunspots = Path(__file__).resolve().parents[1] / "examples/data/sunspots.csv"
+    options = dict(name="table", path=str(sunspots), window=12)
+    options["target"] = "next_activity"
+    whole = load_dataset(DataOptions(**options))
+    held = load_dataset(DataOptions(**options, test_fraction=0.2))
+    n = len(whole.x_train) + len(whole.x_val)
+    assert len(held.x_test) == round(n * 0.2)
+    # the earlier windows lost: the test ones, and the 11 sharing rows with the first test window
+    assert len(held.x_train) + len(held.x_val) == n - len(held.x_test) - 11

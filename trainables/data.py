@@ -17,11 +17,17 @@ standardised with the training split's statistics: one scalar for images, per fe
 and sequences. Splits are seeded, and stratified for classification; a loader's `Split` is kept.
 `dataset.window` cuts any vector dataset into sequences of consecutive rows, split chronologically
 (validation = the latest windows).
+
+`test_fraction` holds out a test split before the train/validation split (stratified and seeded
+for classes; the latest windows for sequences, with the windows that share rows with them left
+out): the search never sees it, only the finalists of `selection` are scored on it.
+`val_fraction` and `test_fraction` are both shares of all the rows.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import gzip
 import struct
 import traceback
@@ -51,6 +57,8 @@ STANDARDISE_AXES: dict[str, tuple[int, ...] | None] = {
 }
 #: keys of the spec's `dataset:` section that reach every loader beside `dataset.options`
 LOADER_SPEC_KEYS = ("path", "target", "window", "image_size", "grayscale")
+#: the test split's random stream: seeded by (dataset.seed, this), apart from the validation split
+TEST_STREAM = 2
 
 
 class DatasetError(ValueError):
@@ -68,6 +76,7 @@ class DataOptions:
     name: str
     val_fraction: float = 0.2
     seed: int = 0
+    test_fraction: float = 0.0  # share held out as the test split, before train/validation
     path: str | None = None
     target: str | None = None
     window: int | None = None
@@ -115,6 +124,18 @@ class Dataset:
     y_val: np.ndarray
     num_classes: int | None  # None: regression
     class_names: list[str] = field(default_factory=list)
+    #: the held-out test split (dataset.test_fraction), None without one; search trials get the
+    #: dataset `without_test()`
+    x_test: np.ndarray | None = None
+    y_test: np.ndarray | None = None
+
+    @property
+    def has_test(self) -> bool:
+        return self.x_test is not None
+
+    def without_test(self) -> Dataset:
+        """The same train/validation split with no test split in it: what the search gets."""
+        return dataclasses.replace(self, x_test=None, y_test=None)
 
     @property
     def task(self) -> Literal["classification", "regression"]:
@@ -130,8 +151,9 @@ class Dataset:
 
     def summary(self) -> str:
         target = f"{self.num_classes} classes" if self.num_classes else "regression"
+        test = f" / {len(self.x_test)} test" if self.has_test else ""
         return (
-            f"{self.name}: {len(self.x_train)} train / {len(self.x_val)} val, "
+            f"{self.name}: {len(self.x_train)} train / {len(self.x_val)} val{test}, "
             f"{self.layout} {self.sample_shape}, {target}"
         )
 
@@ -231,7 +253,14 @@ def call_loader(source: DatasetSource, options: dict[str, Any]) -> Any:
 def build_dataset(source: DatasetSource, answer: Any, options: DataOptions) -> Dataset:
     """What every loader's arrays go through: checks, label encoding, split, standardisation."""
     name, layout = source.name, source.layout
+    x_test = y_test = None
     if isinstance(answer, Split):
+        if options.test_fraction:
+            raise DatasetError(
+                f"dataset.test_fraction: {options.test_fraction}: dataset {name!r} returned its "
+                "own train/validation Split, and the test split is carved out of one set of "
+                "rows before that split; remove test_fraction, or give the data as one set"
+            )
         if options.window:
             raise DatasetError(
                 f"dataset.window: {options.window}: dataset {name!r} returned its own Split, "
@@ -251,22 +280,41 @@ def build_dataset(source: DatasetSource, answer: Any, options: DataOptions) -> D
         if options.window:
             x, y = sliding_windows(x, y, options.window)
             layout = "sequence"
-            train, val = chronological_split(len(x), options)
+            rest, test = chronological_test_split(len(x), options)
+            train, val = chronological_split(len(rest), options, len(x))
         else:
             stratify = num_classes is not None
-            train, val = split_indices(y, options.val_fraction, options.seed, stratify, name)
+            rest, test = test_indices(y, options, stratify, name)
+            share = options.val_fraction / (1 - options.test_fraction)  # of the rows left
+            train, val = split_indices(y[rest], share, options.seed, stratify, name)
+        train, val = rest[train], rest[val]
         x_train, y_train, x_val, y_val = x[train], y[train], x[val], y[val]
+        if test is not None:
+            x_test, y_test = x[test], y[test]
     else:
         raise DatasetError(
             f"dataset {name!r}: the loader returned {type(answer).__name__}; it must return a "
             "tuple (x, y) or a Split(x_train, y_train, x_val, y_val)"
         )
-    x_train, x_val = standardize(
-        x_train.astype(np.float32), x_val.astype(np.float32), axis=STANDARDISE_AXES[layout]
+    held = [] if x_test is None else [x_test.astype(np.float32)]
+    x_train, x_val, *x_held = standardize(
+        x_train.astype(np.float32), x_val.astype(np.float32), *held, axis=STANDARDISE_AXES[layout]
     )
     if num_classes is None:  # regress on a standardised target so that lr ranges transfer
-        y_train, y_val = standardize(y_train, y_val)
-    return Dataset(name, layout, x_train, y_train, x_val, y_val, num_classes, class_names)
+        y_train, y_val, *y_held = standardize(y_train, y_val, *([] if y_test is None else [y_test]))
+        y_test = y_held[0] if y_held else None
+    return Dataset(
+        name,
+        layout,
+        x_train,
+        y_train,
+        x_val,
+        y_val,
+        num_classes,
+        class_names,
+        x_test=x_held[0] if x_held else None,
+        y_test=y_test,
+    )
 
 
 def as_array(name: str, what: str, value: Any) -> np.ndarray:
@@ -391,6 +439,49 @@ def split_indices(
         ) from None
 
 
+def test_indices(
+    y: np.ndarray, options: DataOptions, stratify: bool, name: str = ""
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """(the rows left for training and validation, the test rows), or (all rows, None) without
+    a test split. Seeded by `dataset.seed` and stratified like the validation split, but drawn
+    first and from its own stream, so that the search's split never reaches into the test rows."""
+    rows = np.arange(len(y))
+    if not options.test_fraction:
+        return rows, None
+    from sklearn.model_selection import train_test_split
+
+    try:
+        rest, test = train_test_split(
+            rows,
+            test_size=options.test_fraction,
+            random_state=np.random.RandomState([options.seed, TEST_STREAM]),
+            stratify=y if stratify else None,
+        )
+    except ValueError as exc:
+        raise DatasetError(
+            f"dataset {name!r}: cannot hold out test_fraction {options.test_fraction} of "
+            f"{len(y)} samples (stratified by class: {stratify}): {exc}"
+        ) from None
+    return np.sort(rest), np.sort(test)
+
+
+def chronological_test_split(n: int, options: DataOptions) -> tuple[np.ndarray, np.ndarray | None]:
+    """The latest `test_fraction` of `n` windows test; the `window - 1` windows before them share
+    rows with the first test window and are left out; the earlier ones remain for the search."""
+    rows = np.arange(n)
+    if not options.test_fraction:
+        return rows, None
+    n_test = max(1, int(round(n * options.test_fraction)))
+    n_rest = n - n_test - (options.window - 1)
+    if n_rest < 2:
+        raise DatasetError(
+            f"dataset.test_fraction: {options.test_fraction} of {n} windows "
+            f"(dataset.window: {options.window}) leaves {max(n_rest, 0)} windows for training "
+            "and validation; it needs at least 2"
+        )
+    return rows[:n_rest], rows[n - n_test :]
+
+
 def sliding_windows(x: np.ndarray, y: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
     """Windows of `window` consecutive rows, each labelled with the target of its last row."""
     if window > len(x) - 1:
@@ -399,9 +490,12 @@ def sliding_windows(x: np.ndarray, y: np.ndarray, window: int) -> tuple[np.ndarr
     return x[starts[:, None] + np.arange(window)], y[starts + window - 1]
 
 
-def chronological_split(n: int, options: DataOptions) -> tuple[np.ndarray, np.ndarray]:
-    """The latest `val_fraction` of `n` windows validate; the earlier ones train."""
-    n_val = max(1, int(round(n * options.val_fraction)))
+def chronological_split(
+    n: int, options: DataOptions, total: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The latest `val_fraction` of the windows (of `total`, all of them before a test split
+    was taken: default `n`) validate, the earlier ones train; `n` windows are left to split."""
+    n_val = max(1, int(round((total or n) * options.val_fraction)))
     if n_val >= n:
         raise DatasetError(
             f"dataset.val_fraction: {options.val_fraction} of {n} windows "

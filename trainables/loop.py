@@ -333,6 +333,19 @@ class TrainingRun:
         xb, _ = next(iter(self._formatted(self.val_data.batches(LATENCY_BATCH))))
         return model_costs(self.model, xb.clone(), self.autocast())
 
+    def test_metrics(self, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+        """test_loss (and test_acc) of the model as it is now on the held-out test split, in eval
+        mode, measured like validation."""
+        batches = place(x, y, self.device, self.options.data_on_device).batches(EVAL_BATCH_SIZE)
+        loss, acc = evaluate(
+            self.forward_model,
+            self.loss_fn,
+            self._formatted(batches),
+            self.classification,
+            self.autocast(),
+        )
+        return {m.TEST_LOSS: loss, **({m.TEST_ACC: acc} if self.classification else {})}
+
     def state_dict(self) -> dict[str, Any]:
         """Everything a resumed run needs, every tensor on CPU (device-independent)."""
         return to_cpu(

@@ -15,6 +15,13 @@ STOPPED_ON_OVERFIT = "stopped_on_overfit"  # set on the result on which the over
 #: epoch_time_s); only on that epoch's result, only when compile is on
 COMPILE_TIME_S = "compile_time_s"
 
+#: a finalist's scores on the held-out test split (dataset.test_fraction), measured once, after its
+#: last epoch; search trials never see the test split, so only finalists report these
+TEST_LOSS = "test_loss"
+TEST_ACC = "test_acc"
+#: the test metric that measures what each validation objective measures
+TEST_OF = {VAL_LOSS: TEST_LOSS, VAL_ACC: TEST_ACC}
+
 #: The per-epoch curves every trial reports (accuracies only for classification).
 CURVES = (TRAIN_LOSS, TRAIN_ACC, VAL_LOSS, VAL_ACC, GENERALIZATION_GAP, EPOCH_TIME_S)
 

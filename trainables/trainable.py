@@ -28,6 +28,9 @@ CHECKPOINT_FILE = "state.pt"
 NODE_ID = "node_id"  # which Ray node ran the epoch (not a metric)
 GPU_IDS = "gpu_ids"  # the GPU ids Ray assigned the trial, "0" or "0,1" ("" for none; not a metric)
 DEVICE = "device"  # what the trial trains on: "cuda:0" or "cpu" (not a metric)
+#: the config key of a finalist re-run: {"hparams": {...}, "seed": int, "epochs": int, "trial":
+#: the tuned trial's number}; a search trial's config is its hyperparameters alone
+FINALIST = "_finalist"
 
 
 @dataclass(frozen=True)
@@ -58,15 +61,27 @@ def trial_device() -> torch.device:
     return torch.device("cpu")
 
 
+def trial_plan(config: dict[str, Any], settings: TrialSettings) -> tuple[dict[str, Any], int, int]:
+    """(hyperparameters, seed, epochs): a search trial's are its config, the study's seed and
+    max_epochs; a finalist re-run's (`FINALIST`) its tuned config, its own seed, its best epoch."""
+    finalist = config.get(FINALIST)
+    if finalist is None:
+        return config, settings.seed, settings.max_epochs
+    return dict(finalist["hparams"]), int(finalist["seed"]), int(finalist["epochs"])
+
+
 def train_trial(config: dict[str, Any], data: Dataset, settings: TrialSettings) -> None:
-    """Train one trial, reporting every epoch with a checkpoint that resumes it exactly."""
+    """Train one trial, reporting every epoch with a checkpoint that resumes it exactly. With a
+    test split (finalists only: the search's data has none), the last epoch's result carries the
+    test metrics too."""
     for code in settings.plugins:
         plugins.ensure(code)
     device = trial_device()
     if device.type == "cpu":
         torch.set_num_threads(max(1, int(settings.cpus)))
+    hparams, seed, epochs = trial_plan(config, settings)
     run = TrainingRun(
-        settings.model, config, data, device=device, seed=settings.seed, options=settings.training
+        settings.model, hparams, data, device=device, seed=seed, options=settings.training
     )
 
     checkpoint = tune.get_checkpoint()
@@ -82,8 +97,10 @@ def train_trial(config: dict[str, Any], data: Dataset, settings: TrialSettings) 
     }
     costs = run.costs(latency=settings.measure_latency)  # once: the architecture is fixed
     last_checkpoint = -math.inf
-    while run.epoch < settings.max_epochs:
+    while run.epoch < epochs:
         result = {**run.run_epoch(), **costs, **placement}
+        if run.epoch == epochs and data.has_test and not result.get(m.DIVERGED):
+            result.update(run.test_metrics(data.x_test, data.y_test))
         if result.get(m.DIVERGED):
             tune.report(result)  # no checkpoint of a diverged model; the trial ends here
             return

@@ -9,7 +9,7 @@ from ray.tune.schedulers import ASHAScheduler
 
 from trainables import metrics as m
 from tuner import outcomes
-from tuner.journal import read_journal, results
+from tuner.journal import read_journal, relocated, results
 from tuner.ray_internals import asha_objective, asha_rungs
 
 
@@ -29,6 +29,7 @@ class ResumableASHA(ASHAScheduler):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+        self.journal = relocated(self.journal)
         self._restored = True  # prime on the first result: the metric is set by then
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:

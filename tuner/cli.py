@@ -127,7 +127,7 @@ def demo(set_: SetOption = None, address: AddressOption = None) -> None:
 def print_summary(result) -> None:
     """The best trial (its best epoch), the ranking, and where everything is."""
     from tuner.runs import default_tracking_uri
-    from tuner.summary import best_config, summary_lines, top_table
+    from tuner.summary import best_config, finalists_table, summary_lines, top_table
     from tuner.tracking import redact
 
     out.print()
@@ -137,14 +137,23 @@ def print_summary(result) -> None:
     if best is None:
         return
     out.print(top_table(result, rows=5))
-    out.print("[bold]Best config[/] (train it to its best epoch):")
+    finalists = finalists_table(result)
+    if finalists is not None:
+        out.print(finalists)
+    which = "Winner's config" if finalists is not None else "Best config"
+    out.print(f"[bold]{which}[/] (train it to its best epoch):")
     out.print(
         yaml.safe_dump(best_config(result), sort_keys=False).rstrip(),
         highlight=False,
         soft_wrap=True,
     )
+    where = (
+        f"{result.results_uri} (a working copy without checkpoints: {result.results_path})"
+        if result.results_uri
+        else result.results_path
+    )
     out.print(
-        f"\nResults, per-trial checkpoints and logs: {result.results_path}\n"
+        f"\nResults, per-trial checkpoints and logs: {where}\n"
         f"  trials.csv (every trial, best first), best-config.yaml, tuner.log\n"
         f"Optuna study {result.execution!r}: {result.spec.search.storage}",
         highlight=False,
@@ -334,7 +343,7 @@ def stop(
 @app.command()
 @handle_errors
 def resume(
-    study: Annotated[str, typer.Argument(help="Results folder, study name or run id.")],
+    study: Annotated[str, typer.Argument(help="Results folder or URI, study name or run id.")],
     address: AddressOption = None,
     tracking_uri: TrackingOption = None,
 ) -> None:
@@ -453,7 +462,7 @@ def report(
 @app.command()
 @handle_errors
 def sync(
-    study: Annotated[str, typer.Argument(help="Results folder, study name or run id.")],
+    study: Annotated[str, typer.Argument(help="Results folder or URI, study name or run id.")],
     tracking_uri: TrackingOption = None,
 ) -> None:
     """Send to MLflow what tracking buffered while the server was unreachable."""

@@ -11,6 +11,7 @@ import pandas as pd
 from dashboards.render import ReportData, write_report
 from trainables import metrics as m
 from tuner import schema
+from tuner.exporting import finalists_from_runs
 from tuner.progress import StudyRecorder
 from tuner.results import objective_pairs, with_pareto
 from tuner.runs import client_for, find_study_run, run_row, trial_runs
@@ -35,6 +36,7 @@ def from_study(
     trials: pd.DataFrame,
     recorder: StudyRecorder,
     importances: dict[str, float] | None,
+    finalists: pd.DataFrame | None = None,
 ) -> ReportData:
     """Report data of a study that just ran (the driver still holds every curve)."""
     order = {tid: r.finished for tid, r in recorder.trials.items()}
@@ -61,6 +63,7 @@ def from_study(
         rungs=milestones(s),
         importances=importances,
         objectives=objective_pairs(spec) if spec.multi_objective else [],
+        finalists=finalists,
     )
 
 
@@ -99,6 +102,7 @@ def from_mlflow(study: str, tracking_uri: str) -> ReportData:
         points = curve_rows(client, run)
         curves += points
         rows.append(run_row(run, epochs=max((p[m.EPOCH] for p in points), default=0)))
+    finalists = finalists_from_runs(client, parent)
     importances = {
         k.removeprefix(schema.IMPORTANCE_PREFIX): v
         for k, v in parent.data.metrics.items()
@@ -125,6 +129,7 @@ def from_mlflow(study: str, tracking_uri: str) -> ReportData:
         rungs=milestones(section),
         importances=importances or None,
         objectives=objectives if len(objectives) > 1 else [],
+        finalists=finalists.table if finalists is not None else None,
     )
 
 

@@ -20,9 +20,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from trainables import metrics as m
 from tuner import schema
 from tuner.errors import SpecError
+from tuner.finalists import Finalists, confirmed_metrics, finalists_table, rerun_from_run
 from tuner.plugin_files import fetch_plugins, relative_entries, resolve_entries
 from tuner.results import plain
-from tuner.runs import client_for, find_study_run, pareto_trial_runs, ranked_trial_runs
+from tuner.runs import (
+    client_for,
+    finalist_runs,
+    find_study_run,
+    pareto_trial_runs,
+    ranked_trial_runs,
+)
 from tuner.spec import (
     DatasetSpec,
     JobSpec,
@@ -85,11 +92,19 @@ class ExportedConfig(BaseModel):
         return data
 
 
-def exported_config(spec: JobSpec, row: pd.Series, rank: int, study: str) -> dict[str, Any]:
-    """One ranked row of a study's trials table as an exported config."""
+def exported_config(
+    spec: JobSpec,
+    row: pd.Series,
+    rank: int,
+    study: str,
+    confirmed: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """One ranked row of a study's trials table as an exported config; `confirmed`: what its
+    finalist re-runs measured (`tuner.finalists.confirmed_metrics`), when it was a finalist."""
     keys = (m.VAL_LOSS, m.VAL_ACC, m.TRAIN_LOSS, *m.MODEL_COSTS)
     metrics = {k: plain(row.get(schema.best(k))) for k in keys}
     metrics["diagnosis"] = plain(row.get("diagnosis"))
+    metrics.update(confirmed or {})
     return ExportedConfig(
         plugins=relative_entries(spec.plugins),  # the copies beside the study's results
         model=spec.model,
@@ -109,10 +124,16 @@ def exported_config(spec: JobSpec, row: pd.Series, rank: int, study: str) -> dic
 
 
 def config_from_runs(
-    parent, child, rank: int, tracking_uri: str, plugins: list[str] | None = None
+    parent,
+    child,
+    rank: int,
+    tracking_uri: str,
+    plugins: list[str] | None = None,
+    confirmed: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """SPEC.md's exported config from a study's parent run and one of its trial runs; `plugins`
-    name the plug-ins as written beside the config (imported already)."""
+    name the plug-ins as written beside the config (imported already); `confirmed`: what its
+    finalist re-runs measured, when it was a finalist."""
     tags, metrics = child.data.tags, child.data.metrics
     summary = {
         m.VAL_LOSS: metrics.get(schema.best(m.VAL_LOSS)),
@@ -120,6 +141,7 @@ def config_from_runs(
         m.TRAIN_LOSS: metrics.get(f"{m.TRAIN_LOSS}_at_best"),
         **{k: metrics.get(schema.best(k)) for k in m.MODEL_COSTS},
         "diagnosis": tags.get(schema.DIAGNOSIS_TAG),
+        **(confirmed or {}),
     }
     source = {
         "study": parent.data.tags.get(schema.STUDY_TAG),
@@ -169,12 +191,15 @@ def export_study(
     if not children:
         raise SpecError(f"STUDY: {study!r} has no trial with a finite objective to export")
     name = parent.data.tags.get(schema.STUDY_TAG, "study")
+    children, confirmed = confirmed_order(client, parent, children)
     ranked = children[:top_k]
     folder = config_paths(list(range(1, len(ranked) + 1)), fmt, out, name)[0].parent
     plugins = fetch_plugins(client, parent, folder)
     load_plugins(resolve_entries(plugins, folder))
     configs = [
-        config_from_runs(parent, child, rank, tracking_uri, plugins)
+        config_from_runs(
+            parent, child, rank, tracking_uri, plugins, confirmed.get(child.info.run_id)
+        )
         for rank, child in enumerate(ranked, start=1)
     ]
     return write_configs(configs, fmt, out, name)
@@ -213,6 +238,36 @@ def export_pareto(
 def safe_name(name: str) -> str:
     """A study name as a file name's start: never a path."""
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name).lstrip(".") or "study"
+
+
+def finalists_from_runs(client, parent) -> Finalists | None:
+    """A study's finalists as its re-runs' MLflow runs tell (None: it had none)."""
+    runs = finalist_runs(client, parent)
+    if not runs:
+        return None
+    metric, mode = schema.decode_objective(parent.data.tags)
+    reruns = pd.DataFrame([rerun_from_run(run, metric) for run in runs])
+    reruns = reruns.sort_values(["trial", "seed"]).reset_index(drop=True)
+    return Finalists(metric, mode, reruns, finalists_table(reruns, metric, mode))
+
+
+def confirmed_order(client, parent, ranked: list) -> tuple[list, dict[str, dict[str, Any]]]:
+    """The trial runs ranked by confirmed score: the finalists first, by their re-runs' mean
+    (the winner first), then the other trials by their tuned score; and, by run id, what each
+    finalist's re-runs measured."""
+    finalists = finalists_from_runs(client, parent)
+    if finalists is None:
+        return ranked, {}
+    confirmed = {
+        row["run_id"]: confirmed_metrics(row, finalists.metric)
+        for _, row in finalists.table.iterrows()
+        if row["run_id"]
+    }
+    order = {run_id: i for i, run_id in enumerate(confirmed)}
+    first = sorted(
+        (r for r in ranked if r.info.run_id in order), key=lambda r: order[r.info.run_id]
+    )
+    return first + [r for r in ranked if r.info.run_id not in order], confirmed
 
 
 def config_paths(ranks: list[int], fmt: str, out: Path | None, name: str) -> list[Path]:

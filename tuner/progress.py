@@ -20,11 +20,19 @@ from rich.live import Live
 from rich.text import Text
 
 from trainables import metrics as m
-from trainables.trainable import DEVICE, GPU_IDS, NODE_ID
+from trainables.trainable import DEVICE, FINALIST, GPU_IDS, NODE_ID
 from tuner import outcomes
-from tuner.journal import append_event, read_journal
+from tuner.journal import append_event, read_journal, relocated
 
-REPORTED = (m.EPOCH, *m.CURVES, m.COMPILE_TIME_S, m.DIVERGED, *m.MODEL_COSTS)
+REPORTED = (
+    m.EPOCH,
+    *m.CURVES,
+    m.COMPILE_TIME_S,
+    m.DIVERGED,
+    m.TEST_LOSS,
+    m.TEST_ACC,
+    *m.MODEL_COSTS,
+)
 
 
 @dataclass
@@ -90,6 +98,7 @@ class StudyRecorder(Callback):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+        self.journal = relocated(self.journal)
         self.trials = {}
         for event in read_journal(self.journal):
             self._apply(event)
@@ -231,3 +240,17 @@ class LiveProgress:
             )
         text.append(f"{time.monotonic() - self.started:.0f}s")
         return text
+
+
+class FinalistRecorder(StudyRecorder):
+    """The finalists' recorder: also keeps each re-run's plan (`trainables.trainable.FINALIST`:
+    the tuned trial, the seed, the epochs), which the records' configs leave out. A re-run that
+    trained the epochs it was given counts as completed."""
+
+    def __init__(self, metric: str, mode: str, journal: Path | None = None):
+        super().__init__(metric, mode, max_epochs=1, journal=journal)
+        self.plans: dict[str, dict[str, Any]] = {}
+
+    def _event(self, trial, kind: str, **fields: Any) -> None:
+        self.plans.setdefault(trial.trial_id, dict(trial.config.get(FINALIST, {})))
+        super()._event(trial, kind, **fields)

@@ -22,6 +22,7 @@ from tuner.pareto import pareto_front
 from tuner.spec import JobSpec
 
 if TYPE_CHECKING:
+    from tuner.finalists import Finalists
     from tuner.progress import TrialRecord
 
 #: the metrics each row carries at the trial's best epoch
@@ -137,6 +138,8 @@ class StudyResult:
     parent_run_id: str | None = None  # the MLflow parent run (None with tracking disabled)
     interrupted: bool = False  # stopped by Ctrl-C before every trial finished
     tracking_buffered: int = 0  # MLflow writes left in the study folder for `tuner sync`
+    finalists: Finalists | None = None  # the re-runs of `selection`, when the spec asks for them
+    results_uri: str | None = None  # where a remote `storage` keeps them (results_path: a copy)
 
     @property
     def best(self) -> pd.Series | None:
@@ -149,6 +152,16 @@ class StudyResult:
         if schema.PARETO not in self.trials:
             return self.trials.iloc[0:0]
         return self.trials[self.trials[schema.PARETO].astype(bool)]
+
+    @property
+    def winner(self) -> pd.Series | None:
+        """The study's result: the finalist with the best re-run mean when there are finalists
+        (its row of the trials table), else the best trial."""
+        finalist = self.finalists.winner if self.finalists is not None else None
+        if finalist is None:
+            return self.best
+        rows = self.trials[self.trials["trial_id"] == finalist["trial_id"]]
+        return rows.iloc[0] if len(rows) else self.best
 
     def status_counts(self) -> dict[str, int]:
         return self.trials["status"].value_counts().to_dict() if len(self.trials) else {}

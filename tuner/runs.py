@@ -67,13 +67,25 @@ def find_study_run(client, study: str):
     return runs[0]
 
 
-def trial_runs(client, parent) -> list:
-    """Every child run of a study's parent run."""
+def child_runs(client, experiment_id: str, parent_run_id: str) -> list:
+    """Every child run of a study's parent run: its trials' and its finalists' re-runs."""
     return client.search_runs(
-        [parent.info.experiment_id],
-        filter_string=f"tags.`{schema.PARENT_TAG}` = '{parent.info.run_id}'",
+        [experiment_id],
+        filter_string=f"tags.`{schema.PARENT_TAG}` = '{parent_run_id}'",
         max_results=MAX_RUNS,
     )
+
+
+def trial_runs(client, parent) -> list:
+    """Every trial run of a study's parent run (its finalists' re-runs left out)."""
+    runs = child_runs(client, parent.info.experiment_id, parent.info.run_id)
+    return [r for r in runs if r.data.tags.get(schema.ROLE_TAG) != schema.FINALIST_ROLE]
+
+
+def finalist_runs(client, parent) -> list:
+    """The finalists' re-runs of a study (none without `selection`)."""
+    runs = child_runs(client, parent.info.experiment_id, parent.info.run_id)
+    return [r for r in runs if r.data.tags.get(schema.ROLE_TAG) == schema.FINALIST_ROLE]
 
 
 def run_row(run, epochs: int | None = None) -> dict[str, Any]:

@@ -47,6 +47,16 @@ TRIAL_STATUS_TAG = "trial_status"
 DIAGNOSIS_TAG = "diagnosis"
 ERROR_TAG = "error"
 
+# a finalist's re-run (`selection`): a child run of the study's parent, like a trial's
+FINALIST_ROLE = "finalist"
+CONFIRMS_TRIAL_TAG = "tuner.confirms_trial"  # the number of the tuned trial it re-runs
+CONFIRMS_RUN_TAG = "tuner.confirms_run"  # that trial's run id
+# SEED_TAG: the re-run's own seed; TRIAL_ID_TAG, CONFIG_TAG: the tuned trial's
+TUNED_PREFIX = "tuned_"  # tuned_<objective>: the tuned trial's best-epoch score, on each re-run
+# the parent run of a study with finalists
+WINNER_TRIAL_TAG = "tuner.winner_trial"  # the winning finalist's trial number
+WINNER_RUN_TAG = "tuner.winner_run_id"  # its tuned trial's run id
+
 # a `tuner train` run
 SOURCE_RUN_TAG = "tuner.source_run_id"
 DEVICE_TAG = "tuner.device"  # cpu or cuda: where it trained

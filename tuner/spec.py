@@ -73,6 +73,9 @@ class DatasetSpec(Section):
     window: int | None = Field(None, ge=2)  # vector data: rows per sliding window (sequences)
     val_fraction: float = Field(0.2, gt=0, lt=1)  # share held out for validation
     seed: int = Field(0, ge=0, lt=2**32)  # seeds the train/validation split
+    #: share held out as the test split before the train/validation split, never seen by the
+    #: search; only `selection`'s finalists are scored on it (0: no test split)
+    test_fraction: float = Field(0.0, ge=0, lt=1)
     #: images: [height, width] every image is resized to (default: the first image's size)
     image_size: list[ImageSide] | None = Field(None, min_length=2, max_length=2)
     grayscale: bool = False  # images: one channel (L) instead of three (RGB)
@@ -90,6 +93,17 @@ class DatasetSpec(Section):
             )
         check_plain(options, "dataset.options")
         return options
+
+    @model_validator(mode="after")
+    def _rows_left_to_train(self) -> DatasetSpec:
+        if self.test_fraction + self.val_fraction >= 1:
+            raise ValueError(
+                f"dataset.test_fraction: {self.test_fraction} with dataset.val_fraction "
+                f"{self.val_fraction} holds out {self.test_fraction + self.val_fraction:g} of the "
+                "rows; test_fraction + val_fraction must be below 1, so that rows are left to "
+                "train on"
+            )
+        return self
 
 
 PLAIN_TYPES = (str, int, float, bool, type(None))
@@ -188,6 +202,14 @@ class SearchSpec(Section):
     storage: str | None = None  # Optuna RDB URL; default: optuna.db beside the tracking store
 
 
+class SelectionSpec(Section):
+    """After the search: the `finalists` best configs trained again from scratch, `seeds` times
+    each with new seeds, to their best epoch; the winner is the best mean (first objective)."""
+
+    finalists: int = Field(ge=1)  # configs re-run: the best `finalists` trials of the search
+    seeds: int = Field(3, ge=1, le=100)  # re-runs of each, seeded search.seed + 1, + 2, ...
+
+
 class OverfitStopSpec(Section):
     patience: int = Field(ge=1)  # epochs without a new best val_loss before the trial stops
     min_delta: float = Field(0.0, ge=0)  # how much lower counts as a new best
@@ -279,6 +301,18 @@ class JobSpec(Section):
     storage: str = "./tuner-results"  # Ray results and checkpoints
     failure: FailureSpec = FailureSpec()
     diagnostics: DiagnosticsSpec = DiagnosticsSpec()
+    #: finalists re-run after the search (None: the search's best trial is the result)
+    selection: SelectionSpec | None = None
+
+    @model_validator(mode="after")
+    def _finalists_within_trials(self) -> JobSpec:
+        if self.selection and self.selection.finalists > self.search.num_samples:
+            raise ValueError(
+                f"selection.finalists: {self.selection.finalists} is above "
+                f"search.num_samples {self.search.num_samples}; the finalists are chosen among "
+                "the study's trials, so there can be at most as many"
+            )
+        return self
 
     _objectives: list[ObjectiveSpec] = PrivateAttr(default_factory=list)
 
@@ -550,8 +584,8 @@ def _describe_error(err: dict[str, Any], model: type[BaseModel]) -> str:
     if err["type"] == "missing":
         return f"{key} is required and has no default"
     msg = str(err["msg"]).removeprefix("Value error, ")
-    if msg.startswith(key):  # validator messages that already name their key
-        return msg
+    if msg.startswith(key) or (not loc and err["type"] == "value_error"):
+        return msg  # validator messages name their keys (across sections, at the top level)
     msg = msg.replace("Input should be", "must be").replace("String should", "must")
     return f"{key} {msg[0].lower()}{msg[1:]} but got {show(value)}"
 

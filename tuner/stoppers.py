@@ -9,7 +9,7 @@ from ray.tune.stopper import Stopper
 
 from trainables import metrics as m
 from tuner import outcomes
-from tuner.journal import read_journal, results
+from tuner.journal import read_journal, relocated, results
 
 
 class OverfitStopper(Stopper):
@@ -31,6 +31,7 @@ class OverfitStopper(Stopper):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+        self.journal = relocated(self.journal)
         for event in results(read_journal(self.journal)):
             if outcomes.is_finite(event["row"].get(self.metric)):
                 self._improved(event["trial_id"], event["row"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import threading
 import time
 import traceback
@@ -32,13 +33,20 @@ from trainables.loop import TrainingOptions, check_trainable
 from trainables.memory import GIB
 from trainables.models import MODELS
 from trainables.plugins import PluginCode
-from trainables.trainable import TrialSettings, train_trial
+from trainables.trainable import FINALIST, TrialSettings, train_trial
 from tuner import outcomes, schema
 from tuner.buffer import HTTP_SETTINGS, BufferedWriter, is_transient
 from tuner.dashboard_data import REPORT_FILE, from_study
 from tuner.errors import SpecError, StudyError
+from tuner.finalists import (
+    Finalists,
+    finalist_seeds,
+    finalists_table,
+    plan_finalists,
+    rerun_row,
+)
 from tuner.inputs import dataset_inputs
-from tuner.journal import JOURNAL_FILE
+from tuner.journal import JOURNAL_FILE, restoring_into
 from tuner.placement import (
     PROBE_TIMEOUT_S,
     alive_nodes,
@@ -47,7 +55,7 @@ from tuner.placement import (
     training_options,
 )
 from tuner.plugin_files import copy_plugins
-from tuner.progress import LiveProgress, StudyRecorder, trial_dirname
+from tuner.progress import FinalistRecorder, LiveProgress, StudyRecorder, trial_dirname
 from tuner.ray_internals import loopback_node, restored_callbacks, stop_local_daemons
 from tuner.results import StudyResult, trials_table
 from tuner.runs import client_for, default_tracking_uri, find_study_run
@@ -57,11 +65,22 @@ from tuner.searcher import TruthfulOptunaSearch
 from tuner.spaces import CategoricalParam, SearchSpace, load_space
 from tuner.spec import JobSpec, load_plugins, read_yaml_file, spec_from_dict
 from tuner.stoppers import OverfitStopper
+from tuner.storage import (
+    StagingMirror,
+    StudyFolder,
+    download,
+    has_file,
+    is_remote,
+    study_folder,
+    upload,
+    working_folder,
+)
 from tuner.summary import best_config, param_importances, save_results, study_note
 from tuner.tracking import (
     RUN_IDS_FILE,
     MlflowTracking,
     finish_parent_run,
+    log_finalists,
     redact,
     resolve_saved_run_ids,
     start_parent_run,
@@ -69,6 +88,7 @@ from tuner.tracking import (
 )
 
 LOG_FILE = "tuner.log"
+FINALISTS_FOLDER = "finalists"  # the finalists' Ray run, inside the study's Ray run folder
 SPEC_FILE = "spec.yaml"  # the resolved spec, beside Ray's state: what `tuner resume` reads
 DRAIN_AT_END_S = 30.0  # how long a finished study waits for an unreachable MLflow server
 #: Tune's own console output off (the live line replaces it); its warnings go to LOG_FILE.
@@ -311,14 +331,14 @@ def run_study(
     `train_trial`'s signature; the scale benchmark passes one that trains nothing."""
     prepared = prepare(spec)
     execution = execution_name(spec)
-    results_path = Path(spec.storage) / execution
+    folder = study_folder(spec.storage, execution)
+    results_path = folder.local
     results_path.mkdir(parents=True, exist_ok=True)
     save_spec(prepared, results_path)
+    publish(folder)  # a remote study's spec and plug-ins are in the bucket before any trial
     with study_environment(results_path, spec), ray_session(address, num_cpus) as session:
         training = place_trials(prepared)
-        study = StudyRun.start(
-            prepared, execution, results_path, show_progress, trainable, training
-        )
+        study = StudyRun.start(prepared, execution, folder, show_progress, trainable, training)
         return study.run(after_fit=session.release)
 
 
@@ -330,21 +350,24 @@ def resume_study(
     num_cpus: int | None = None,
     show_progress: bool = True,
 ) -> StudyResult:
-    """Continue an interrupted study (its results folder, or its name or run id in MLflow)."""
-    results_path = find_results(study, tracking_uri)
+    """Continue an interrupted study (its results folder or URI, or its name or run id in
+    MLflow)."""
+    folder = find_results(study, tracking_uri)
+    results_path = folder.local
     prepared = prepare(study_spec(results_path))
     with (
         study_environment(results_path, prepared.spec),
         ray_session(address, num_cpus) as session,
     ):
         training = place_trials(prepared)
-        run = StudyRun.restore(prepared, results_path, show_progress, training)
+        run = StudyRun.restore(prepared, folder, show_progress, training)
         return run.run(after_fit=session.release)
 
 
 def sync_study(study: str, tracking_uri: str | None = None) -> tuple[int, int]:
     """`tuner sync`: send the MLflow writes a study buffered; returns (sent, still buffered)."""
-    results_path = find_results(study, tracking_uri)
+    folder = find_results(study, tracking_uri)
+    results_path = folder.local
     os.environ.update(HTTP_SETTINGS)
     writer = BufferedWriter(client_for(study_spec(results_path).tracking.uri), results_path)
     writer.on_resolve = lambda placeholders: resolve_saved_run_ids(
@@ -352,6 +375,7 @@ def sync_study(study: str, tracking_uri: str | None = None) -> tuple[int, int]:
     )
     queued = len(writer.queue)
     writer.drain()
+    publish(folder)
     return queued - len(writer.queue), len(writer.queue)
 
 
@@ -374,18 +398,48 @@ def first_line(exc: Exception) -> str:
     return text[0][:200] if text else type(exc).__name__
 
 
-def find_results(study: str, tracking_uri: str | None) -> Path:
-    """A study's Ray run folder: given directly, or found through its MLflow parent run."""
-    folder = Path(study).resolve()
-    if not (folder / SPEC_FILE).is_file():
+def find_results(study: str, tracking_uri: str | None) -> StudyFolder:
+    """A study's Ray run folder: given directly (a path or a storage URI), or found through its
+    MLflow parent run. A remote study's driver files are downloaded into its working folder."""
+    location = study
+    if not is_remote(study) and not (Path(study).resolve() / SPEC_FILE).is_file():
         parent = find_study_run(client_for(tracking_uri or default_tracking_uri()), study)
-        folder = Path(parent.data.tags.get(schema.RESULTS_PATH_TAG, "")).resolve()
-    if not (folder / SPEC_FILE).is_file() or not tune.Tuner.can_restore(str(folder)):
+        location = parent.data.tags.get(schema.RESULTS_PATH_TAG, "")
+    if is_remote(location):
+        folder = fetch_remote_results(location.rstrip("/"))
+    else:
+        folder = StudyFolder(Path(location).resolve())
+    if not (folder.local / SPEC_FILE).is_file() or not tune.Tuner.can_restore(folder.location):
         raise SpecError(
-            f"STUDY: {study!r} has no restorable Ray run folder ({folder}); resume takes a "
-            "results folder, or a study name or run id from the tracking store"
+            f"STUDY: {study!r} has no restorable Ray run folder ({folder.location}); resume "
+            "takes a results folder or URI, or a study name or run id from the tracking store"
         )
     return folder
+
+
+def fetch_remote_results(uri: str) -> StudyFolder:
+    """The driver's files of a remote execution, downloaded (nothing when it has no spec)."""
+    try:
+        return download(uri) if has_file(uri, SPEC_FILE) else StudyFolder(working_folder(uri), uri)
+    except OSError as exc:
+        raise StudyError(
+            f"storage: {redact(uri)} cannot be read ({first_line(exc)}); check the storage's "
+            "endpoint and credentials (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
+            "AWS_DEFAULT_REGION for s3://)"
+        ) from None
+
+
+def publish(folder: StudyFolder) -> None:
+    """Upload a remote study's driver files to its URI (nothing for a local study)."""
+    try:
+        upload(folder)
+    except OSError as exc:
+        raise StudyError(
+            f"storage: the study's files could not be uploaded to {redact(folder.uri)} "
+            f"({first_line(exc)}); they are in {folder.local}. Check the storage's endpoint and "
+            "credentials (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
+            "AWS_DEFAULT_REGION for s3://)"
+        ) from None
 
 
 def snapshot_period_s(num_samples: int) -> float:
@@ -411,7 +465,7 @@ def study_environment(results_path: Path, spec: JobSpec) -> Iterator[None]:
 def open_tracking(
     spec: JobSpec,
     execution: str,
-    results_path: Path,
+    results_path: Path | str,
     plugins: tuple[PluginCode, ...] = (),
     inputs: list[dict] = (),
 ) -> tuple[str, str]:
@@ -452,13 +506,15 @@ def make_trainable(
     prepared: PreparedStudy,
     trainable: Callable[..., None] = train_trial,
     training: TrainingOptions | None = None,
+    with_test: bool = False,
 ):
     """The function trainable with its data (object store, once), its resources and its
-    settings."""
+    settings. The search's data holds no test split; the finalists' (`with_test`) does."""
     spec = prepared.spec
     settings = trial_settings(spec, training, prepared.plugins)
+    data = prepared.dataset if with_test else prepared.dataset.without_test()
     return tune.with_resources(
-        tune.with_parameters(trainable, data=prepared.dataset, settings=settings),
+        tune.with_parameters(trainable, data=data, settings=settings),
         {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
     )
 
@@ -469,14 +525,20 @@ class StudyRun:
     def __init__(
         self,
         prepared: PreparedStudy,
-        results_path: Path,
+        folder: StudyFolder,
         tuner: tune.Tuner,
         recorder: StudyRecorder,
         tracking: MlflowTracking | None,
         show_progress: bool,
+        trainable: Callable[..., None] = train_trial,
+        training: TrainingOptions | None = None,
     ):
         self.prepared, self.spec = prepared, prepared.spec
-        self.results_path, self.execution = results_path, results_path.name
+        self.trainable, self.training = trainable, training  # the finalists train the same way
+        self.finalists: Finalists | None = None
+        self.finalist_records: FinalistRecorder | None = None
+        self.folder, self.results_path = folder, folder.local
+        self.execution = folder.local.name
         self.tuner, self.recorder, self.tracking = tuner, recorder, tracking
         self.progress = (
             LiveProgress(self.spec.name, self.spec.search.num_samples, self.spec.scheduler.name)
@@ -495,12 +557,13 @@ class StudyRun:
         cls,
         prepared: PreparedStudy,
         execution: str,
-        results_path: Path,
+        folder: StudyFolder,
         show_progress: bool,
         trainable: Callable[..., None] = train_trial,
         training: TrainingOptions | None = None,
     ) -> StudyRun:
         spec = prepared.spec
+        results_path = folder.local
         journal = results_path / JOURNAL_FILE
         overfit = spec.scheduler.stop_on_overfit
         stopper = (
@@ -516,7 +579,7 @@ class StudyRun:
             # described once per study (a hash of the arrays), logged on the parent and each trial
             inputs = dataset_inputs(prepared.dataset, DataOptions(**spec.dataset.model_dump()))
             experiment_id, parent_id = open_tracking(
-                spec, execution, results_path, prepared.plugins, inputs
+                spec, execution, folder.location, prepared.plugins, inputs
             )
             tracking = MlflowTracking(
                 spec,
@@ -547,30 +610,34 @@ class StudyRun:
                 # 2, not 1: Ray's saved experiment state can lag one checkpoint behind a trial;
                 # keeping one deleted the file a restore then asked for
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-                callbacks=[recorder] + ([tracking] if tracking else []),
+                callbacks=[recorder]
+                + ([tracking] if tracking else [])
+                + ([StagingMirror(results_path)] if folder.uri else []),
                 verbose=0,
                 log_to_file=True,
             ),
         )
-        return cls(prepared, results_path, tuner, recorder, tracking, show_progress)
+        return cls(prepared, folder, tuner, recorder, tracking, show_progress, trainable, training)
 
     @classmethod
     def restore(
         cls,
         prepared: PreparedStudy,
-        results_path: Path,
+        folder: StudyFolder,
         show_progress: bool,
         training: TrainingOptions | None = None,
     ) -> StudyRun:
         """Ray restores the Tuner with the callbacks it pickled when the study started; they
-        replay the journal and reload the MLflow run ids themselves (see their __setstate__)."""
-        known = {t.trial_id for t in tune.ExperimentAnalysis(str(results_path)).trials}
-        tuner = tune.Tuner.restore(
-            str(results_path),
-            trainable=make_trainable(prepared, training=training),
-            resume_unfinished=True,
-            resume_errored=True,
-        )
+        replay the journal and reload the MLflow run ids themselves (see their __setstate__),
+        from the folder the study is in now."""
+        with restoring_into(folder.local):
+            known = {t.trial_id for t in tune.ExperimentAnalysis(folder.location).trials}
+            tuner = tune.Tuner.restore(
+                folder.location,
+                trainable=make_trainable(prepared, training=training),
+                resume_unfinished=True,
+                resume_errored=True,
+            )
         callbacks = restored_callbacks(tuner)
         recorder = next(c for c in callbacks if isinstance(c, StudyRecorder))
         tracking = next((c for c in callbacks if isinstance(c, MlflowTracking)), None)
@@ -578,17 +645,27 @@ class StudyRun:
         recorder.forget(unknown)
         if tracking:
             tracking.writer.update_run(tracking.parent_run_id, status="RUNNING")
+            tracking.claim_orphans()
             tracking.supersede(unknown)
             tracking.reconcile()
-        return cls(prepared, results_path, tuner, recorder, tracking, show_progress)
+        return cls(prepared, folder, tuner, recorder, tracking, show_progress, training=training)
 
     def run(self, after_fit: Callable[[], None] | None = None) -> StudyResult:
-        """Fit, then rank, save, report and close the MLflow runs (Ray is no longer needed
-        then: `after_fit` may stop it meanwhile)."""
-        self.fit()
+        """Fit (and re-run the finalists), then rank, save, report and close the MLflow runs
+        (Ray is no longer needed then: `after_fit` may stop it meanwhile); a remote study's
+        files are uploaded last."""
+        try:
+            self.fit()
+            trials = trials_table(self.recorder.trials.values(), self.spec)
+            interrupted = self.interrupted()
+            if self.spec.selection is not None and not interrupted:
+                self.guarded(lambda: self.run_finalists(trials))
+        except BaseException:
+            with contextlib.suppress(Exception):
+                upload(self.folder)
+            raise
         if after_fit:
             after_fit()
-        trials = trials_table(self.recorder.trials.values(), self.spec)
         result = StudyResult(
             self.spec,
             self.execution,
@@ -596,28 +673,110 @@ class StudyRun:
             trials,
             time.monotonic() - self.started,
             self.parent_run_id,
-            interrupted=self.interrupted(),
+            interrupted=interrupted,
+            finalists=self.finalists,
+            results_uri=self.folder.uri,
         )
         save_results(result)
         importances = param_importances(result, self.prepared.space)
         report = write_report(
-            from_study(self.spec, self.execution, trials, self.recorder, importances),
+            from_study(
+                self.spec,
+                self.execution,
+                trials,
+                self.recorder,
+                importances,
+                result.finalists.table if result.finalists is not None else None,
+            ),
             self.results_path / REPORT_FILE,
         )
         self.finish(result, importances, report)
+        publish(self.folder)
         return result
 
     def fit(self) -> None:
         """Run every trial; on Ctrl-C or a crash, leave no MLflow run RUNNING."""
-        try:
+
+        def fit() -> None:
             with self.progress or contextlib.nullcontext():
                 self.tuner.fit()
+
+        self.guarded(fit)
+
+    def guarded(self, work: Callable[[], None]) -> None:
+        """Run `work`; on Ctrl-C or a crash, leave no MLflow run RUNNING."""
+        try:
+            work()
         except BaseException:
             if self.tracking:
                 self.tracking.close_open_runs("KILLED")
                 self.tracking.writer.set_terminated(self.parent_run_id, status="KILLED")
                 self.tracking.writer.drain_until(DRAIN_AT_END_S)
             raise
+
+    def run_finalists(self, trials: pd.DataFrame) -> None:
+        """Train the best `selection.finalists` trials again, `selection.seeds` times each with
+        new seeds, to their best epoch: Ray Tune trials of the same trainable, on the same
+        cluster, with the test split in their data. A finalists run left by an earlier execution
+        (an interrupted or extended study) is replaced."""
+        spec, selection = self.spec, self.spec.selection
+        metric, mode = spec.objective.metric, spec.objective.mode
+        configs = {t.trial_id: t.config for t in self.recorder.trials.values()}
+        plans, note = plan_finalists(
+            trials,
+            configs,
+            metric,
+            selection.finalists,
+            finalist_seeds(spec.search.seed, selection.seeds),
+        )
+        empty = pd.DataFrame()
+        self.finalists = Finalists(metric, mode, empty, finalists_table(empty, metric, mode), note)
+        if not plans:
+            return
+        if self.progress:
+            print(
+                f"Finalists: {len(plans) // selection.seeds} configs trained again, "
+                f"{selection.seeds} seeds each, to their best epoch"
+            )
+        folder = self.results_path / FINALISTS_FOLDER
+        shutil.rmtree(folder, ignore_errors=True)
+        recorder = FinalistRecorder(metric, mode)
+        tuner = tune.Tuner(
+            make_trainable(self.prepared, self.trainable, self.training, with_test=True),
+            param_space={FINALIST: tune.grid_search([plan.as_config() for plan in plans])},
+            tune_config=tune.TuneConfig(
+                max_concurrent_trials=spec.search.max_concurrent,
+                reuse_actors=True,
+                trial_dirname_creator=trial_dirname,
+            ),
+            run_config=tune.RunConfig(
+                name=FINALISTS_FOLDER,
+                storage_path=self.folder.location,  # shared storage: finalists run on any node
+                failure_config=tune.FailureConfig(max_failures=spec.failure.max_retries),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                callbacks=[recorder],
+                verbose=0,
+                log_to_file=True,
+            ),
+        )
+        tuner.fit()
+        run_ids = self.tracking.run_ids if self.tracking else {}
+        reruns = [
+            {
+                **rerun_row(
+                    recorder.plans[trial_id],
+                    record.history[-1] if record.history else None,
+                    metric,
+                    run_ids.get(recorder.plans[trial_id]["trial_id"]),
+                ),
+                "rerun_id": trial_id,
+                "status": record.status or outcomes.INTERRUPTED,
+            }
+            for trial_id, record in recorder.trials.items()
+        ]
+        frame = pd.DataFrame(reruns).sort_values(["trial", "seed"]).reset_index(drop=True)
+        self.finalists = Finalists(metric, mode, frame, finalists_table(frame, metric, mode), note)
+        self.finalist_records = recorder
 
     def interrupted(self) -> bool:
         """Ray Tune returns normally after Ctrl-C; unfinished or unstarted trials tell."""
@@ -637,6 +796,20 @@ class StudyRun:
         config = best_config(result)
         finish_parent_run(writer, self.parent_run_id, result, config, importances, note)
         tag_pareto(writer, self.tracking.run_ids, result.trials)
+        if result.finalists is not None:
+            log_finalists(
+                writer,
+                self.tracking.experiment_id,
+                self.parent_run_id,
+                self.spec,
+                result.finalists,
+                {
+                    trial_id: record.history
+                    for trial_id, record in (
+                        self.finalist_records.trials if self.finalist_records else {}
+                    ).items()
+                },
+            )
         writer.log_artifact(self.parent_run_id, report)
         writer.set_terminated(
             self.parent_run_id, status="KILLED" if result.interrupted else "FINISHED"

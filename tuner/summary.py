@@ -10,6 +10,7 @@ from rich.table import Table
 from trainables import metrics as m
 from tuner import outcomes, schema
 from tuner.exporting import exported_config
+from tuner.finalists import confirmed_metrics
 from tuner.results import StudyResult, plain
 from tuner.spaces import IntParam, SearchSpace
 
@@ -20,8 +21,18 @@ BEST_CONFIG_FILE = "best-config.yaml"
 
 
 def best_config(result: StudyResult) -> dict[str, Any] | None:
-    best = result.best
-    return None if best is None else exported_config(result.spec, best, 1, result.execution)
+    """The study's result as an exported config: the winning finalist (with what its re-runs
+    measured) when there are finalists, else the best trial."""
+    winner = result.winner
+    if winner is None:
+        return None
+    return exported_config(result.spec, winner, 1, result.execution, winner_confirmed(result))
+
+
+def winner_confirmed(result: StudyResult) -> dict[str, Any] | None:
+    finalists = result.finalists
+    winner = finalists.winner if finalists is not None else None
+    return None if winner is None else confirmed_metrics(winner, finalists.metric)
 
 
 def save_results(result: StudyResult) -> None:
@@ -58,7 +69,7 @@ def summary_lines(result: StudyResult) -> list[str]:
         f"val_loss {best[schema.best(m.VAL_LOSS)]:.4f}{acc} ({metric} is the objective, "
         f"{spec.objective.mode}imised at each trial's best epoch)"
     )
-    return lines + pareto_lines(result)
+    return lines + pareto_lines(result) + finalist_lines(result)
 
 
 def objective_value(value: Any) -> str:
@@ -89,6 +100,59 @@ def pareto_lines(result: StudyResult) -> list[str]:
         )
         lines.append(f"  trial {int(row['trial'])} (epoch {int(row[schema.BEST_EPOCH])}): {values}")
     return lines
+
+
+def finalist_lines(result: StudyResult) -> list[str]:
+    """The winner among the finalists (and why fewer were re-run than asked), when any."""
+    finalists = result.finalists
+    if finalists is None:
+        return []
+    lines = [finalists.note] if finalists.note else []
+    winner = finalists.winner
+    if winner is None:
+        return [*lines, "No finalist re-run produced a finite score."]
+    metric = finalists.metric
+    test = m.TEST_OF.get(metric)
+    on_test = (
+        f", test {test} {_number(winner.get(test))}" if plain(winner.get(test)) is not None else ""
+    )
+    lines.append(
+        f"Winner: trial {int(winner['trial'])}, the best of {len(finalists.table)} finalists by "
+        f"its re-runs' mean {metric} {_number(winner['mean'])} ± {_number(winner['std'])} over "
+        f"{int(winner['runs'])} seeds{on_test} (tuned {_number(winner['tuned'])}, optimism "
+        f"{_number(winner['optimism'])})"
+    )
+    return lines
+
+
+def finalists_table(result: StudyResult) -> Table | None:
+    """The finalists: tuned score, re-runs' mean ± std, test mean, optimism (tuned - mean, and
+    tuned - test)."""
+    finalists = result.finalists
+    if finalists is None or finalists.table.empty:
+        return None
+    metric = finalists.metric
+    test = m.TEST_OF.get(metric)
+    columns = ["rank", "trial", "epochs", f"tuned {metric}", "re-runs mean ± std"]
+    columns += [f"test {test}", "optimism", "test optimism"] if test else ["optimism"]
+    table = Table(
+        *columns, title=f"Finalists: trained again with new seeds ({metric}, winner first)"
+    )
+    for _, row in finalists.table.iterrows():
+        cells = [
+            str(int(row["rank"])),
+            str(int(row["trial"])),
+            str(int(row["epochs"])),
+            _number(row["tuned"]),
+            f"{_number(row['mean'])} ± {_number(row['std'])} (n={int(row['runs'])})",
+        ]
+        if test:
+            cells += [_number(row.get(test)), _number(row["optimism"])]
+            cells.append(_number(row.get("test_optimism")))
+        else:
+            cells.append(_number(row["optimism"]))
+        table.add_row(*cells)
+    return table
 
 
 def top_table(result: StudyResult, rows: int = 5) -> Table:
@@ -156,6 +220,33 @@ def _number(value: Any, digits: int = 4) -> str:
     return "-" if value is None else f"{float(value):.{digits}f}"
 
 
+def finalist_note_lines(result: StudyResult) -> list[str]:
+    """The winner and the finalists table, for the parent run's description."""
+    finalists = result.finalists
+    if finalists is None:
+        return []
+    lines = [""]
+    for line in finalist_lines(result):
+        winner = line.startswith("Winner: ")
+        lines.append(f"**Winner:** {line.removeprefix('Winner: ')}" if winner else line)
+    test = m.TEST_OF.get(finalists.metric)
+    rows = [
+        [
+            str(int(row["rank"])),
+            f"trial-{int(row['trial']):04d}",
+            _number(row["tuned"]),
+            f"{_number(row['mean'])} ± {_number(row['std'])}",
+            _number(row.get(test)) if test else "-",
+            _number(row["optimism"]),
+        ]
+        for _, row in finalists.table.iterrows()
+    ]
+    if rows:
+        header = ["rank", "tuned run", "tuned", "re-runs mean ± std", "test", "optimism"]
+        lines += ["", "### Finalists", "", markdown_table(header, rows)]
+    return lines
+
+
 def counts_line(counts: dict[str, int]) -> str:
     return ", ".join(f"{n} {name}" for name, n in counts.items()) or "none"
 
@@ -183,6 +274,7 @@ def study_note(result: StudyResult, report_artifact: str, rows: int = 5) -> str:
             f"{_number(best[schema.best(metric)])}, val_acc "
             f"{_number(best.get(schema.best(m.VAL_ACC)))}"
         )
+    lines += finalist_note_lines(result)
     lines += ["", f"**Statuses:** {counts_line(result.status_counts())}"]
     if "diagnosis" in trials:
         diagnoses = trials["diagnosis"].value_counts().to_dict() if len(trials) else {}

@@ -29,15 +29,18 @@ from trainables.plugins import PluginCode
 from tuner import diagnostics, outcomes, schema
 from tuner.buffer import PENDING, BufferedWriter
 from tuner.figures import FigureProcess, learning_curve_figure
+from tuner.finalists import confirmed_metrics
 from tuner.inputs import as_dataset_inputs
+from tuner.journal import relocated
 from tuner.plugin_files import log_plugins, plugins_tag
 from tuner.progress import StudyRecorder, TrialRecord
-from tuner.runs import client_for
+from tuner.runs import child_runs, client_for
 from tuner.spec import DiagnosticsSpec, JobSpec, ObjectiveSpec
 
 if TYPE_CHECKING:
     import pandas as pd
 
+    from tuner.finalists import Finalists
     from tuner.results import StudyResult
 
 RUN_IDS_FILE = "mlflow_runs.json"
@@ -234,6 +237,7 @@ class MlflowTracking(Callback):
     def __setstate__(self, state: dict[str, Any]) -> None:
         """Restored by Ray from a snapshot: take the run ids written since."""
         self.__dict__.update({"inputs": [], **state})  # a study started before inputs were logged
+        self.run_ids_path = relocated(self.run_ids_path)
         self.run_ids = load_run_ids(self.run_ids_path)
         self._init_runtime()
 
@@ -405,6 +409,32 @@ class MlflowTracking(Callback):
                 self.writer.delete_run(run_id)
         save_run_ids(self.run_ids_path, self.parent_run_id, self.run_ids)
 
+    def claim_orphans(self) -> int:
+        """After a restore: this study's trial runs that the saved run ids do not name (created
+        after the last copy of the ids that reached a remote storage, or just before a crash).
+        A trial the recorder knows takes its run back; a run of a trial it does not know is
+        superseded, as `supersede` does (Ray runs that trial's slot again). Returns how many."""
+        self.wait()
+        known = set(self.run_ids.values())
+        query = f"tags.{schema.PARENT_TAG} = '{self.parent_run_id}'"
+        runs = self.writer.read(
+            lambda: self.client.search_runs([self.experiment_id], query, max_results=50_000)
+        )
+        orphans = [r for r in runs if r.info.run_id not in known]
+        for run in orphans:
+            run_id, trial_id = run.info.run_id, run.data.tags.get(schema.TRIAL_ID_TAG)
+            saved = self.run_ids.get(trial_id)
+            if saved is not None and saved.startswith(PENDING):
+                continue  # created during an outage: the queue resolves it
+            if saved is None and trial_id in self.recorder.trials:
+                self.run_ids[trial_id] = run_id
+            else:
+                self.writer.set_tag(run_id, schema.TRIAL_STATUS_TAG, "superseded_by_restore")
+                self.writer.set_terminated(run_id, status="KILLED")
+                self.writer.delete_run(run_id)
+        save_run_ids(self.run_ids_path, self.parent_run_id, self.run_ids)
+        return len(orphans)
+
     def reconcile(self) -> None:
         """After a restore: finish the runs of trials that ended before the crash but whose
         MLflow run was not closed, or not even created (the driver died in between, its queued
@@ -568,7 +598,7 @@ def start_parent_run(
     client,
     spec: JobSpec,
     execution: str,
-    results_path: Path,
+    results_path: Path | str,
     plugins: Sequence[PluginCode] = (),
     inputs: Sequence[dict[str, Any]] = (),
 ) -> tuple[str, str]:
@@ -658,3 +688,98 @@ def finish_parent_run(
         client.log_text(run_id, yaml.safe_dump(best_config, sort_keys=False), "best_config.yaml")
     if importances:
         client.log_dict(run_id, importances, "param_importances.json")
+
+
+# --------------------------------------------------------------------------- finalists
+
+
+def finalist_note(row: dict[str, Any], metric: str) -> str:
+    """A re-run's description in MLflow (Markdown)."""
+    test = f", test_loss {row[m.TEST_LOSS]:.4f}" if outcomes.is_finite(row.get(m.TEST_LOSS)) else ""
+    return (
+        f"Finalist re-run of trial {row['trial']} (run `trial-{row['trial']:04d}`) with seed "
+        f"{row['seed']}, {row['epochs']} epochs: {metric} {row['score']:.4f} (tuned "
+        f"{row['tuned']:.4f}){test}"
+    )
+
+
+def log_finalists(
+    client: BufferedWriter,
+    experiment_id: str,
+    parent_run_id: str,
+    spec: JobSpec,
+    finalists: Finalists,
+    histories: dict[str, list[dict[str, float]]],
+) -> None:
+    """One child run of the parent per re-run, tagged as a finalist (the tuned trial and run it
+    confirms, its seed): its curves, its last epoch's scores and test metrics. The parent gets the
+    winner, its confirmed score, test metrics and optimism, and the finalists table. Re-runs an
+    earlier execution of the study logged (before it was extended) are deleted first."""
+    from mlflow.entities import Metric, RunTag
+
+    metric = finalists.metric
+    earlier = client.read(child_runs, client.client, experiment_id, parent_run_id)
+    for run in earlier:
+        if run.data.tags.get(schema.ROLE_TAG) == schema.FINALIST_ROLE:
+            client.delete_run(run.info.run_id)
+    for row in finalists.reruns.to_dict("records"):
+        confirms = client.real_id(row["run_id"]) if row.get("run_id") else ""
+        run_id = client.create_run(
+            experiment_id,
+            f"finalist-{row['trial']:04d}-seed{row['seed']}",
+            {
+                schema.PARENT_TAG: parent_run_id,
+                schema.ROLE_TAG: schema.FINALIST_ROLE,
+                schema.STUDY_TAG: spec.name,
+                schema.CONFIRMS_TRIAL_TAG: str(row["trial"]),
+                schema.CONFIRMS_RUN_TAG: confirms,
+                schema.TRIAL_ID_TAG: str(row["trial_id"]),
+                schema.SEED_TAG: str(row["seed"]),
+            },
+        )
+        ts = now_ms()
+        history = histories.get(row["rerun_id"], [])
+        points = [p for epoch in history for p in epoch_metrics(epoch, ts)]
+        last = int(history[-1][m.EPOCH]) if history else 0
+        values = {
+            m.EPOCH: row["epochs"],
+            f"{schema.TUNED_PREFIX}{metric}": row["tuned"],
+            **{k: row.get(k) for k in (m.TEST_LOSS, m.TEST_ACC)},
+        }
+        points += [
+            Metric(k, float(v), ts, last) for k, v in values.items() if outcomes.is_finite(v)
+        ]
+        tags = [
+            RunTag(schema.TRIAL_STATUS_TAG, str(row["status"])),
+            RunTag(schema.NOTE_TAG, finalist_note(row, metric)),
+        ]
+        log_batch(client, run_id, metrics=points, tags=tags)
+        status = "FAILED" if row["status"] == outcomes.ERRORED else "FINISHED"
+        client.set_terminated(run_id, status=status)
+    log_winner(client, parent_run_id, finalists)
+
+
+def log_winner(client: BufferedWriter, parent_run_id: str, finalists: Finalists) -> None:
+    """The winner (trial, run), its confirmed score, test metrics and optimism on the parent,
+    with the finalists table as an artifact."""
+    from mlflow.entities import Metric, RunTag
+
+    winner = finalists.winner
+    tags = []
+    if finalists.note:
+        tags.append(RunTag("tuner.finalists_note", finalists.note[:MAX_TAG_LENGTH]))
+    metrics = []
+    if winner is not None:
+        ts = now_ms()
+        values = {
+            "winner_trial": int(winner["trial"]),
+            **confirmed_metrics(winner, finalists.metric),
+        }
+        metrics = [Metric(k, float(v), ts, 0) for k, v in values.items() if outcomes.is_finite(v)]
+        tags += [
+            RunTag(schema.WINNER_TRIAL_TAG, str(int(winner["trial"]))),
+            RunTag(schema.WINNER_RUN_TAG, client.real_id(winner["run_id"] or "")),
+        ]
+    log_batch(client, parent_run_id, metrics=metrics, tags=tags)
+    table = finalists.table
+    client.log_file(parent_run_id, "finalists.csv", lambda path: table.to_csv(path, index=False))

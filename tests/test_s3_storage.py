@@ -1,0 +1,309 @@
+"""`storage: s3://bucket/prefix` on a real S3 server (moto's, `object_store`): a killed study
+resumed from the bucket alone, and a two-node cluster whose only shared storage is the bucket.
+
+Studies run in their own processes (`python -m tuner run`), with the S3 endpoint and credentials
+in their environment as on a cluster: the session's local Ray (`ray_local`) started without them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+import yaml
+
+from tests.conftest import free_port
+from tests.servers import BUCKET, ObjectStore
+from tests.test_jobs import CLUSTER_MARKER, RAY, kill_cluster, ray_start
+from tests.test_resume import NUM_TRIALS, run_counts
+from tests.test_tracking import EPOCH_1, callbacks, drive, fake_trial
+from tuner import outcomes, schema
+from tuner.journal import JOURNAL_FILE, read_journal
+from tuner.storage import WORK_DIR, is_remote, study_folder, working_folder
+from tuner.study import SPEC_FILE, find_results
+from tuner.summary import TRIALS_FILE
+from tuner.tracking import RUN_IDS_FILE, MlflowTracking, load_run_ids, save_run_ids
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_a_remote_storage_keeps_a_local_working_folder_per_execution(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert is_remote("s3://bucket/runs") and is_remote("gs://b/p")
+    assert not is_remote("/data/runs") and not is_remote("runs") and not is_remote("file:///x")
+    folder = study_folder("s3://bucket/team/runs/", "digits-20250101-120000")
+    assert folder.uri == "s3://bucket/team/runs/digits-20250101-120000"
+    assert folder.local == tmp_path / WORK_DIR / "s3/bucket/team/runs/digits-20250101-120000"
+    assert folder.location == folder.uri
+    local = study_folder(str(tmp_path / "runs"), "x-1")
+    assert (local.local, local.uri, local.location) == (tmp_path / "runs/x-1", None, local.location)
+    assert working_folder("s3://b/x-1") == tmp_path / WORK_DIR / "s3/b/x-1"
+
+
+def s3_env(store: ObjectStore) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    return {**env, **store.env}
+
+
+def bucket_journal(store: ObjectStore, prefix: str) -> list[dict]:
+    keys = [k for k in store.keys(BUCKET, prefix) if k.endswith(f"/{JOURNAL_FILE}")]
+    if not keys:
+        return []
+    body = store.client().get_object(Bucket=BUCKET, Key=keys[0])["Body"].read().decode()
+    return [json.loads(line) for line in body.splitlines() if line.strip()]
+
+
+def test_driver_killed_then_resumed_from_the_bucket_after_its_folder_is_deleted(
+    object_store: ObjectStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    prefix = f"resume-{uuid.uuid4().hex[:8]}"
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        yaml.safe_dump(
+            {
+                "name": "crash-s3",
+                "model": "mlp",
+                "dataset": {"name": "digits"},
+                "search": {"num_samples": NUM_TRIALS, "max_concurrent": 2},
+                "scheduler": {"name": "asha", "max_epochs": 12, "grace_period": 2},
+                "storage": f"s3://{BUCKET}/{prefix}",
+            }
+        )
+    )
+    env = s3_env(object_store)
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "tuner", "run", str(spec)],
+        cwd=tmp_path,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and driver.poll() is None:
+        if sum(e["event"] == "end" for e in bucket_journal(object_store, prefix)) >= 3:
+            break
+        time.sleep(0.5)
+    assert driver.poll() is None, "the study ended before it could be killed"
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started
+    driver.wait()
+    before = run_counts(tmp_path / "mlflow.db")
+    assert before["RUNNING"] >= 1, before
+
+    work = tmp_path / WORK_DIR
+    (local,) = work.glob(f"s3/{BUCKET}/{prefix}/*")
+    execution = local.name
+    shutil.rmtree(work)  # the driver's machine is gone: only the bucket is left
+    keys = object_store.keys(BUCKET, f"{prefix}/{execution}/")
+    names = {k.removeprefix(f"{prefix}/{execution}/") for k in keys}
+    assert {SPEC_FILE, JOURNAL_FILE, "tuner.pkl"} <= names, sorted(names)
+    assert any(n.startswith("experiment_state-") for n in names), sorted(names)
+    assert any("/checkpoint_" in n for n in names), sorted(names)  # trials wrote to the bucket
+
+    # found by name in MLflow (the parent run records the URI), from another directory: the
+    # working folder the callbacks pickled is gone, their files are downloaded elsewhere
+    resumer = tmp_path / "resumer"
+    resumer.mkdir()
+    tracking = ["--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
+    resumed = subprocess.run(
+        [sys.executable, "-m", "tuner", "resume", "crash-s3", *tracking],
+        cwd=resumer,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "Best: trial" in resumed.stdout
+    uri = f"s3://{BUCKET}/{prefix}/{execution}"
+    assert uri in " ".join(resumed.stdout.split())
+
+    after = run_counts(tmp_path / "mlflow.db")
+    assert after == Counter({"FINISHED": NUM_TRIALS + 1}), after  # the parent + one per trial
+    assert (resumer / WORK_DIR / f"s3/{BUCKET}/{prefix}/{execution}/{TRIALS_FILE}").is_file()
+    assert not work.exists()
+    monkeypatch.chdir(tmp_path)
+    for name, value in object_store.env.items():
+        monkeypatch.setenv(name, value)
+    folder = find_results(uri, None)  # by the URI itself, downloaded again
+    assert (
+        folder.uri == uri
+        and folder.local == tmp_path / WORK_DIR / f"s3/{BUCKET}/{prefix}/{execution}"
+    )
+    trials = pd.read_csv(folder.local / TRIALS_FILE)
+    assert sorted(trials["trial"]) == list(range(1, NUM_TRIALS + 1))
+    assert set(trials["status"]) <= {outcomes.COMPLETED, outcomes.STOPPED_BY_SCHEDULER}
+    assert not list(folder.local.rglob("checkpoint_*")), "the driver downloads no checkpoints"
+    with sqlite3.connect(tmp_path / "mlflow.db") as db:
+        names = [
+            n
+            for (n,) in db.execute(
+                "select t.value from tags t join runs r on r.run_uuid = t.run_uuid "
+                "where r.lifecycle_stage = 'active' and t.key = 'mlflow.runName' "
+                "and t.value like 'trial-%'"
+            )
+        ]
+        assert sorted(names) == [f"trial-{n:04d}" for n in range(1, NUM_TRIALS + 1)]
+        (location,) = db.execute(
+            "select value from tags where key = ?", (schema.RESULTS_PATH_TAG,)
+        ).fetchone()
+        assert location == uri
+        for _, row in trials.iterrows():
+            steps = [
+                s
+                for (s,) in db.execute(
+                    "select m.step from metrics m join tags t on t.run_uuid = m.run_uuid "
+                    "where t.key = 'tuner.trial_id' and t.value = ? and m.key = 'val_loss' "
+                    "order by m.step",
+                    (row["trial_id"],),
+                )
+            ]
+            assert steps == list(range(1, int(row["epochs"]) + 1)), (row["trial"], steps)
+
+    study = optuna.load_study(study_name=execution, storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    states = Counter(t.state for t in study.trials)
+    ran = states[optuna.trial.TrialState.COMPLETE] + states[optuna.trial.TrialState.PRUNED]
+    events = read_journal(folder.local / JOURNAL_FILE)
+    superseded = {e["trial_id"] for e in events if e["event"] == "superseded"}
+    told = {
+        t.user_attrs[schema.TRIAL_ID_TAG]
+        for t in study.trials
+        if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    }
+    assert len(told) == ran
+    assert len(superseded) < NUM_TRIALS // 2, superseded
+    assert ran == NUM_TRIALS + len(superseded & told)
+    assert states[optuna.trial.TrialState.RUNNING] == 0
+    assert states[optuna.trial.TrialState.FAIL] <= 2
+    figures = {
+        "mlflow_before": dict(before),
+        "mlflow_after": dict(after),
+        "optuna": {s.name: n for s, n in states.items()},
+        "superseded": len(superseded),
+        "bucket_keys_at_kill": len(keys),
+    }
+    print(figures)
+
+
+def test_two_nodes_share_only_the_bucket(object_store: ObjectStore, tmp_path: Path) -> None:
+    """Head and worker node, each with its own temp dir, the driver in a third folder: no folder
+    is shared, so trials on the worker node could only checkpoint to the bucket."""
+    temp_dir = Path(tempfile.mkdtemp(prefix="rs-", dir="/tmp"))  # short: Ray's socket paths
+    prefix = f"nodes-{uuid.uuid4().hex[:8]}"
+    env = s3_env(object_store)
+    env.update(
+        PATH=f"{RAY.parent}{os.pathsep}{env.get('PATH', '')}",
+        PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p),
+        RAY_AUTH_MODE="token",  # as the project's other clusters (and a real one) run
+        RAY_AUTH_TOKEN=secrets.token_hex(32),
+        **{CLUSTER_MARKER: str(temp_dir)},
+    )
+    common = ["--num-cpus", "1", "--num-gpus", "0", "--node-ip-address", "127.0.0.1"]
+    common += ["--object-store-memory", str(100 * 1024**2), "--disable-usage-stats"]
+    gcs_port = free_port()
+    driver_dir = tmp_path / "driver"
+    driver_dir.mkdir()
+    spec = driver_dir / "spec.yaml"
+    spec.write_text(
+        yaml.safe_dump(
+            {
+                "name": "s3-nodes",
+                "model": "mlp",
+                "dataset": {"name": "digits"},
+                # a few seconds a trial: the two start together, one on each 1-CPU node
+                "search_space": {"hidden_units": 512, "num_layers": 3, "batch_size": 16},
+                "search": {"num_samples": 2, "max_concurrent": 2},
+                "scheduler": {"name": "fifo", "max_epochs": 6},
+                "storage": f"s3://{BUCKET}/{prefix}",
+            }
+        )
+    )
+    try:
+        ray_start(
+            ["--head", "--port", str(gcs_port), "--temp-dir", str(temp_dir / "h"), *common]
+            + ["--include-dashboard", "false", "--ray-client-server-port", str(free_port())]
+            + ["--dashboard-agent-listen-port", str(free_port())],
+            env,
+            temp_dir,
+        )
+        ray_start(
+            ["--address", f"127.0.0.1:{gcs_port}", "--temp-dir", str(temp_dir / "w"), *common]
+            + ["--dashboard-agent-listen-port", str(free_port())],
+            env,
+            temp_dir,
+        )
+        run = subprocess.run(
+            [sys.executable, "-m", "tuner", "run", str(spec), "--address", f"127.0.0.1:{gcs_port}"],
+            cwd=driver_dir,
+            env={**env, "COLUMNS": "200"},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    finally:
+        kill_cluster(temp_dir)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+    (local,) = (driver_dir / WORK_DIR).glob(f"s3/{BUCKET}/{prefix}/*")
+    trials = pd.read_csv(local / TRIALS_FILE)
+    assert list(trials["status"]) == [outcomes.COMPLETED] * 2, trials.to_dict("records")
+    assert trials["node"].nunique() == 2, trials["node"].tolist()  # both nodes ran trials
+    assert not list(local.rglob("checkpoint_*")), "checkpoints belong in the bucket"
+
+    root = f"{prefix}/{local.name}/"
+    names = [k.removeprefix(root) for k in object_store.keys(BUCKET, root)]
+    for trial_id in trials["trial_id"]:
+        checkpoints = {n.split("/")[1] for n in names if n.split("/")[0].endswith(trial_id)}
+        checkpoints = {c for c in checkpoints if c.startswith("checkpoint_")}
+        assert checkpoints, (trial_id, names)  # every trial's checkpoints are in the bucket
+    for name in (SPEC_FILE, JOURNAL_FILE, TRIALS_FILE, "best-config.yaml", "report.html"):
+        assert name in names, (name, sorted(names))
+    journal = [e for e in read_journal(local / JOURNAL_FILE) if e["event"] == "result"]
+    bucket = [e for e in bucket_journal(object_store, root) if e["event"] == "result"]
+    assert len(bucket) == len(journal) == 12  # 2 trials x 6 epochs, the same in the bucket
+
+
+def test_restored_tracking_claims_runs_its_saved_ids_lack(study_dir: Path) -> None:
+    """The bucket's copy of the run ids can lag the journal: a run of a trial the journal knows
+    is taken back (no duplicate run), one of a trial it does not know is superseded."""
+    recorder, tracking, client = callbacks(study_dir)
+    known, unknown = fake_trial("t1", 1), fake_trial("t2", 2)
+    for trial in (known, unknown):
+        drive([recorder, tracking], "on_trial_start", trial)
+        drive([recorder, tracking], "on_trial_result", trial, result=EPOCH_1)
+    tracking.close_open_runs("KILLED")
+    runs = dict(tracking.run_ids)
+    save_run_ids(study_dir / RUN_IDS_FILE, tracking.parent_run_id, {})  # the stale copy
+    recorder.forget({"t2"})  # the journal as it reached the bucket: t1 only
+
+    restored = MlflowTracking(
+        tracking.spec,
+        recorder,
+        tracking.parent_run_id,
+        tracking.experiment_id,
+        study_dir / RUN_IDS_FILE,
+    )
+    assert restored.claim_orphans() == 2
+    restored.writer.drain()
+    assert restored.run_ids == {"t1": runs["t1"]}
+    assert load_run_ids(study_dir / RUN_IDS_FILE) == {"t1": runs["t1"]}
+    dropped = client.get_run(runs["t2"])
+    assert (dropped.info.lifecycle_stage, dropped.info.status) == ("deleted", "KILLED")
+    assert dropped.data.tags[schema.TRIAL_STATUS_TAG] == "superseded_by_restore"
+    assert client.get_run(runs["t1"]).info.lifecycle_stage == "active"
