@@ -619,3 +619,11 @@ def test_bad_objective_lists(objective: list, algorithm: str, expected: str) -> 
 
 def test_cmaes_stays_fine_for_one_objective() -> None:
     assert spec_from_dict(with_(search={"algorithm": "cmaes"})).search.algorithm == "cmaes"
+
+
+def test_finalists_of_several_objectives_are_judged_on_the_first() -> None:
+    """The rule README states: with several objectives, the first objective decides the winner
+    (finalists included), so an objective list with `selection` is valid as it is."""
+    spec = spec_from_dict(with_(objective=TWO_OBJECTIVES, selection={"finalists": 2, "seeds": 2}))
+    assert spec.selection.finalists == 2
+    assert spec.objective.metric == "val_acc" and len(spec.objectives) == 2
