@@ -59,6 +59,9 @@ class ReportData:
     importances: dict[str, float] | None = None
     subtitle: str = ""
     top_k: int = 10
+    #: several objectives: every (metric, mode), `objective` first; `trials` then has the
+    #: `pareto` column. Empty: one objective
+    objectives: list[tuple[str, str]] = field(default_factory=list)
     #: the finalists table (`tuner.finalists.finalists_table`: trial, tuned, mean, std,
     #: test_loss/test_acc, optimism, ...), winner first; None without `selection`
     finalists: pd.DataFrame | None = None
@@ -131,6 +134,61 @@ def optimization_history(data: ReportData) -> Section:
         f"the best so far ({'lower' if data.mode == 'min' else 'higher'} is better)."
     )
     return Section(fig, "Optimization history", caption)
+
+
+PARETO_COLOR, OFF_FRONT_COLOR = "#d62728", "#9e9e9e"
+
+
+def pareto_scatter(data: ReportData) -> Section:
+    """Several objectives: every finished trial at its best epoch on the first two objectives,
+    the Pareto front highlighted and joined."""
+    (x_metric, x_mode), (y_metric, y_mode) = data.objectives[:2]
+    x, y = schema.best(x_metric), schema.best(y_metric)
+    trials = data.trials.dropna(subset=[c for c in (x, y) if c in data.trials])
+    if x not in trials or y not in trials or schema.PARETO not in trials:
+        trials = trials.iloc[0:0].assign(**{x: [], y: [], schema.PARETO: []})
+    on_front = trials[schema.PARETO].astype(bool)
+    # two objectives: the front's staircase bounds what it dominates (sorted by x, it runs
+    # across first when lower x is better, up or down first when higher is); more: plain lines
+    staircase = ("hv" if x_mode == "min" else "vh") if len(data.objectives) == 2 else "linear"
+    fig = go.Figure()
+    for label, group, color, size in (
+        ("other trials", trials[~on_front], OFF_FRONT_COLOR, 8),
+        ("Pareto front", trials[on_front].sort_values(x), PARETO_COLOR, 12),
+    ):
+        fig.add_trace(
+            go.Scatter(
+                x=group[x],
+                y=group[y],
+                mode="lines+markers" if label == "Pareto front" else "markers",
+                line={"color": color, "shape": staircase},
+                marker={"color": color, "size": size},
+                name=f"{label} ({len(group)})",
+                text=[
+                    f"trial {t} ({s})" for t, s in zip(group["trial"], group["status"], strict=True)
+                ],
+                hovertemplate=f"%{{text}}<br>{x_metric} %{{x:.4g}}<br>{y_metric} %{{y:.4g}}",
+            )
+        )
+    _layout(
+        fig,
+        f"Pareto front: {x_metric} ({x_mode}) against {y_metric} ({y_mode})",
+        f"{x_metric} at the best epoch ({'lower' if x_mode == 'min' else 'higher'} is better)",
+        f"{y_metric} ({'lower' if y_mode == 'min' else 'higher'} is better)",
+    )
+    more = (
+        f" The front is computed on all {len(data.objectives)} objectives, so some of its points "
+        "may look beaten in these two."
+        if len(data.objectives) > 2
+        else ""
+    )
+    caption = (
+        f"{int(on_front.sum())} trials are on the front: no other trial is at least as good on "
+        f"every objective and better on one. Trials the scheduler stopped early are grey (their "
+        f"curves were cut short). The first objective, {x_metric}, ranks the trials and picks "
+        f"the winner; `tuner export STUDY --pareto` writes every config on the front.{more}"
+    )
+    return Section(fig, "Pareto front", caption)
 
 
 def learning_curves(data: ReportData) -> Section:
@@ -420,11 +478,9 @@ def finalists_chart(data: ReportData) -> Section:
 
 def top_table(data: ReportData) -> Section:
     ranked = data.ranked.head(data.top_k)
-    metric_columns = [
-        c
-        for c in ("best_val_loss", "best_val_acc", "best_train_loss", "best_generalization_gap")
-        if c in ranked
-    ]
+    objectives = [schema.best(metric) for metric, _ in data.objectives]
+    shown = ("best_val_loss", "best_val_acc", "best_train_loss", "best_generalization_gap")
+    metric_columns = [c for c in dict.fromkeys((*shown, *objectives)) if c in ranked]
     config_columns = [c for c in ranked.columns if c.startswith(CONFIG_PREFIX)]
     head = [
         "rank",
@@ -434,6 +490,7 @@ def top_table(data: ReportData) -> Section:
         "epochs",
         "best epoch",
         *[c.removeprefix("best_") for c in metric_columns],
+        *(["Pareto front"] if schema.PARETO in ranked else []),
         "config",
     ]
     rows = []
@@ -451,6 +508,7 @@ def top_table(data: ReportData) -> Section:
             _fmt(row["epochs"]),
             _fmt(row[schema.BEST_EPOCH]),
             *[_fmt(row[c]) for c in metric_columns],
+            *((["yes" if row[schema.PARETO] else ""]) if schema.PARETO in ranked else []),
             config,
         ]
         rows.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
@@ -493,9 +551,11 @@ table.top td:last-child { font-family: monospace; font-size: 0.85em; }
 
 
 def build_sections(data: ReportData) -> list[Section]:
+    several = [pareto_scatter(data)] if len(data.objectives) > 1 else []
     finalists = data.finalists is not None and not data.finalists.empty
     return [
         optimization_history(data),
+        *several,
         learning_curves(data),
         gap_scatter(data),
         asha_at_work(data),

@@ -237,6 +237,33 @@ CASES = [
         ("objective.mode", "'max'", "must be 'min' for val_loss"),
     ),
     Case(
+        "objective-list-unknown-metric",
+        run_spec(objective=[{"metric": "val_loss"}, {"metric": "flops"}]),
+        ("objective.1.metric", "'flops'", "must be one of", "params"),
+    ),
+    Case(
+        "objective-list-duplicate-metric",
+        run_spec(objective=[{"metric": "val_loss"}, {"metric": "params"}, {"metric": "params"}]),
+        ("objective.2.metric", "'params'", "each metric may appear once"),
+    ),
+    Case(
+        "objective-list-mode-contrary-to-metric",
+        run_spec(objective=[{"metric": "val_loss"}, {"metric": "params", "mode": "max"}]),
+        ("objective.1.mode", "'max'", "must be 'min' for params"),
+    ),
+    Case(
+        "objective-list-led-by-a-model-cost",
+        run_spec(objective=[{"metric": "inference_ms"}, {"metric": "val_loss"}]),
+        ("objective.0.metric", "'inference_ms'", "once per trial", "first objective"),
+    ),
+    Case(
+        "objective-list-with-a-single-objective-sampler",
+        run_spec(
+            objective=[{"metric": "val_loss"}, {"metric": "params"}], search={"algorithm": "cmaes"}
+        ),
+        ("search.algorithm", "'cmaes'", "cannot optimise several objectives", "nsgaii"),
+    ),
+    Case(
         "val-acc-objective-on-a-regression-table",
         table_spec(REGRESSION, objective={"metric": "val_acc"}),
         ("objective.metric", "'val_acc'", "classification"),

@@ -244,3 +244,46 @@ def test_restore_from_a_searcher_checkpoint_keeps_curves(
     assert trial.state == TrialState.COMPLETE
     assert trial.value == pytest.approx(0.2)
     assert trial.intermediate_values == {1: 0.5, 2: 0.2, 3: 0.4, 4: 0.45, 5: 0.5}
+
+
+# --------------------------------------------------------------------------- several objectives
+
+
+@pytest.mark.parametrize("algorithm", ["tpe", "nsgaii"])
+def test_several_objectives_are_told_at_the_first_ones_best_epoch(
+    storage_url: str, algorithm: str
+) -> None:
+    """val_loss is best at epoch 2: Optuna gets [val_loss, params] of epoch 2, not the last."""
+    searcher = TruthfulOptunaSearch(
+        load_space("mlp", "mlp"),
+        metric=["val_loss", "params"],
+        mode=["min", "min"],
+        sampler=make_sampler(algorithm, 0),
+        storage=optuna.storages.RDBStorage(storage_url),
+        study_name=STUDY,
+        max_epochs=3,
+    )
+    assert searcher.suggest("t0")
+    for epoch, loss in enumerate([0.9, 0.4, 0.6], start=1):
+        searcher.on_trial_result("t0", {"epoch": epoch, "val_loss": loss, "params": 1000 + epoch})
+    searcher.on_trial_complete("t0", result={"epoch": 3, "val_loss": 0.6, "params": 1003})
+    [trial] = stored_trials(storage_url)
+    assert trial.state == TrialState.COMPLETE
+    assert trial.values == [0.4, 1002.0]
+    assert trial.intermediate_values == {}  # Optuna keeps none for several objectives
+    assert len(optuna.load_study(study_name=STUDY, storage=storage_url).directions) == 2
+    assert searcher.suggest("t1")  # the sampler asks again with a told multi-objective trial
+
+
+def test_several_objectives_without_a_reported_one_fail(storage_url: str) -> None:
+    searcher = TruthfulOptunaSearch(
+        load_space("mlp", "mlp"),
+        metric=["val_loss", "inference_ms"],
+        mode=["min", "min"],
+        sampler=make_sampler("tpe", 0),
+        storage=optuna.storages.RDBStorage(storage_url),
+        study_name=STUDY,
+        max_epochs=1,
+    )
+    run_trial(searcher, "t0", [0.5], stop_result_hidden=False)
+    assert stored_trials(storage_url)[0].state == TrialState.FAIL

@@ -547,3 +547,83 @@ def test_load_spec_reads_the_example(cwd: Path) -> None:
     spec = load_spec(demo)
     assert spec.name
     assert spec.model in {"mlp", "cnn", "lstm"}
+
+
+# --------------------------------------------------------------------------- several objectives
+
+TWO_OBJECTIVES = [{"metric": "val_acc"}, {"metric": "params"}]
+
+
+def test_a_single_objective_stays_a_mapping() -> None:
+    spec = spec_from_dict(with_(objective={"metric": "val_acc"}))
+    assert (spec.objective.metric, spec.objective.mode) == ("val_acc", "max")
+    assert spec.objectives == [spec.objective] and not spec.multi_objective
+    assert yaml.safe_load(spec.to_yaml())["objective"] == {"metric": "val_acc", "mode": "max"}
+
+
+def test_an_objective_list_keeps_the_first_as_objective() -> None:
+    spec = spec_from_dict(with_(objective=TWO_OBJECTIVES))
+    assert spec.multi_objective
+    assert (spec.objective.metric, spec.objective.mode) == ("val_acc", "max")
+    assert [(o.metric, o.mode) for o in spec.objectives] == [("val_acc", "max"), ("params", "min")]
+    assert spec.objectives[0] is spec.objective
+
+
+def test_an_objective_list_round_trips_through_the_saved_spec(tmp_path: Path) -> None:
+    spec = spec_from_dict(with_(objective=TWO_OBJECTIVES, search={"algorithm": "nsgaii"}))
+    saved = write_spec(tmp_path, yaml.safe_load(spec.to_yaml()))
+    again = load_spec(saved)
+    assert again.objectives == spec.objectives and again.to_yaml() == spec.to_yaml()
+    copied = spec.model_copy(update={"plugins": []})  # what save_spec writes
+    assert yaml.safe_load(copied.to_yaml())["objective"] == [
+        {"metric": "val_acc", "mode": "max"},
+        {"metric": "params", "mode": "min"},
+    ]
+
+
+def test_a_one_item_list_is_a_single_objective() -> None:
+    spec = spec_from_dict(with_(objective=[{"metric": "val_loss"}]))
+    assert not spec.multi_objective
+    assert yaml.safe_load(spec.to_yaml())["objective"] == {"metric": "val_loss", "mode": "min"}
+
+
+def test_set_override_of_an_objective_list() -> None:
+    spec = spec_from_dict(
+        MINIMAL, overrides=["objective=[{metric: val_loss}, {metric: inference_ms}]"]
+    )
+    assert [o.metric for o in spec.objectives] == ["val_loss", "inference_ms"]
+
+
+@pytest.mark.parametrize(
+    ("objective", "algorithm", "expected"),
+    [
+        ([], "tpe", "objective must be a mapping {metric, mode} or a non-empty list"),
+        ([{"metric": "params"}], "tpe", "objective.metric 'params' is measured once per trial"),
+        (
+            [{"metric": "val_loss"}, {"metric": "val_loss"}],
+            "tpe",
+            "objective.1.metric 'val_loss' is already objective 0",
+        ),
+        (
+            [{"metric": "val_loss"}, {"metric": "inference_ms", "mode": "max"}],
+            "tpe",
+            "objective.1.mode must be 'min' for inference_ms but got 'max'",
+        ),
+        ([{"metric": "val_loss"}, {"mode": "min", "metrc": "x"}], "tpe", "objective.1.metrc"),
+        (TWO_OBJECTIVES, "cmaes", "search.algorithm 'cmaes' cannot optimise several objectives"),
+    ],
+)
+def test_bad_objective_lists(objective: list, algorithm: str, expected: str) -> None:
+    assert expected in spec_error(with_(objective=objective, search={"algorithm": algorithm}))
+
+
+def test_cmaes_stays_fine_for_one_objective() -> None:
+    assert spec_from_dict(with_(search={"algorithm": "cmaes"})).search.algorithm == "cmaes"
+
+
+def test_finalists_of_several_objectives_are_judged_on_the_first() -> None:
+    """The rule README states: with several objectives, the first objective decides the winner
+    (finalists included), so an objective list with `selection` is valid as it is."""
+    spec = spec_from_dict(with_(objective=TWO_OBJECTIVES, selection={"finalists": 2, "seeds": 2}))
+    assert spec.selection.finalists == 2
+    assert spec.objective.metric == "val_acc" and len(spec.objectives) == 2

@@ -24,6 +24,7 @@ from trainables import accel
 from trainables import metrics as m
 from trainables.accel import PRECISIONS
 from trainables.batches import Batch, place
+from trainables.costs import LATENCY_BATCH, model_costs
 from trainables.data import Dataset
 from trainables.models import build_model
 
@@ -323,6 +324,14 @@ class TrainingRun:
         if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
             result[m.DIVERGED] = 1
         return result
+
+    def costs(self, latency: bool = False) -> dict[str, float]:
+        """What the model costs (`trainables.costs`): its parameter count, and with `latency`
+        its per-sample inference time on this run's device, on the first validation rows."""
+        if not latency:
+            return model_costs(self.model)
+        xb, _ = next(iter(self._formatted(self.val_data.batches(LATENCY_BATCH))))
+        return model_costs(self.model, xb.clone(), self.autocast())
 
     def test_metrics(self, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
         """test_loss (and test_acc) of the model as it is now on the held-out test split, in eval

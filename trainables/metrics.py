@@ -33,5 +33,11 @@ OBJECTIVES = {
     TRAIN_ACC: "max",
     GENERALIZATION_GAP: "min",
 }
+#: What a trained model costs, measured once per trial (not per epoch) and reported with every
+#: epoch: its trainable parameters and its per-sample inference latency in milliseconds. A study
+#: may list them as further objectives after a per-epoch one.
+PARAMS = "params"
+INFERENCE_MS = "inference_ms"
+MODEL_COSTS = {PARAMS: "min", INFERENCE_MS: "min"}
 #: Metrics only classification datasets report.
 CLASSIFICATION_ONLY = {TRAIN_ACC, VAL_ACC}

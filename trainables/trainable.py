@@ -49,6 +49,9 @@ class TrialSettings:
     training: TrainingOptions = TrainingOptions()
     #: the study's plug-ins, imported by each trial before it builds its model
     plugins: tuple[PluginCode, ...] = ()
+    #: measure the model's inference latency once (an objective names it); `params` is always
+    #: reported, it costs nothing
+    measure_latency: bool = False
 
 
 def trial_device() -> torch.device:
@@ -92,9 +95,10 @@ def train_trial(config: dict[str, Any], data: Dataset, settings: TrialSettings) 
         GPU_IDS: ",".join(str(i) for i in ray.get_gpu_ids()),
         DEVICE: str(device),
     }
+    costs = run.costs(latency=settings.measure_latency)  # once: the architecture is fixed
     last_checkpoint = -math.inf
     while run.epoch < epochs:
-        result = {**run.run_epoch(), **placement}
+        result = {**run.run_epoch(), **costs, **placement}
         if run.epoch == epochs and data.has_test and not result.get(m.DIVERGED):
             result.update(run.test_metrics(data.x_test, data.y_test))
         if result.get(m.DIVERGED):

@@ -401,12 +401,21 @@ def export(
     format: Annotated[str, typer.Option("--format", help="yaml or json.")] = "yaml",
     out_path: OutOption = None,
     tracking_uri: TrackingOption = None,
+    pareto: Annotated[
+        bool,
+        typer.Option(
+            "--pareto",
+            help="Several objectives: every config on the Pareto front, one file each "
+            "(instead of --top-k).",
+        ),
+    ] = False,
 ) -> None:
     """The best config(s) of a study as files `tuner train` accepts (ranked by best epoch)."""
     from tuner.exporting import export_study
     from tuner.runs import default_tracking_uri
 
-    paths = export_study(study, tracking_uri or default_tracking_uri(), top_k, format, out_path)
+    uri = tracking_uri or default_tracking_uri()
+    paths = export_study(study, uri, top_k, format, out_path, pareto=pareto)
     for path in paths:
         out.print(str(path), highlight=False, soft_wrap=True)
 

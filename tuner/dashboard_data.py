@@ -13,6 +13,7 @@ from trainables import metrics as m
 from tuner import schema
 from tuner.exporting import finalists_from_runs
 from tuner.progress import StudyRecorder
+from tuner.results import objective_pairs, with_pareto
 from tuner.runs import client_for, find_study_run, run_row, trial_runs
 from tuner.schedulers import SCHEDULERS
 from tuner.spec import JobSpec, SchedulerSpec
@@ -61,6 +62,7 @@ def from_study(
         curves=curves,
         rungs=milestones(s),
         importances=importances,
+        objectives=objective_pairs(spec) if spec.multi_objective else [],
         finalists=finalists,
     )
 
@@ -91,7 +93,8 @@ def from_mlflow(study: str, tracking_uri: str) -> ReportData:
     client = client_for(tracking_uri)
     parent = find_study_run(client, study)
     params = parent.data.params
-    metric, mode = schema.decode_objective(parent.data.tags)
+    objectives = schema.decode_objectives(parent.data.tags)
+    metric, mode = objectives[0]
     children = trial_runs(client, parent)
     children.sort(key=lambda r: (r.info.end_time is None, r.info.end_time or 0))
     curves, rows = [], []
@@ -121,10 +124,11 @@ def from_mlflow(study: str, tracking_uri: str) -> ReportData:
         objective=metric,
         mode=mode,
         max_epochs=max_epochs,
-        trials=pd.DataFrame(rows),  # in completion order
+        trials=with_pareto(pd.DataFrame(rows), objectives),  # in completion order
         curves=pd.DataFrame(curves, columns=["trial", m.EPOCH, *CURVE_KEYS]),
         rungs=milestones(section),
         importances=importances or None,
+        objectives=objectives if len(objectives) > 1 else [],
         finalists=finalists.table if finalists is not None else None,
     )
 

@@ -136,7 +136,8 @@ def summary_metrics(history: list[dict[str, float]], metric: str, mode: str) -> 
     summary: dict[str, float] = {}
     if best:
         summary[schema.BEST_EPOCH] = float(best[m.EPOCH])
-        for key in (m.VAL_LOSS, m.VAL_ACC, m.TRAIN_LOSS, m.TRAIN_ACC, m.GENERALIZATION_GAP):
+        keys = (m.VAL_LOSS, m.VAL_ACC, m.TRAIN_LOSS, m.TRAIN_ACC, m.GENERALIZATION_GAP)
+        for key in (*keys, *m.MODEL_COSTS):
             if outcomes.is_finite(best.get(key)):
                 summary[schema.best(key)] = float(best[key])
         if outcomes.is_finite(best.get(m.TRAIN_LOSS)):

@@ -2,7 +2,8 @@
 
 The exported format is SPEC.md's "Exported config": model, dataset, hyperparameters, the epoch
 count to train (the trial's best epoch), the metrics it reached and where it came from. Trials
-are ranked by their best-epoch objective, as everywhere else.
+are ranked by their best-epoch objective, as everywhere else. With several objectives,
+`--pareto` writes every config on the Pareto front instead, one file each.
 """
 
 from __future__ import annotations
@@ -22,7 +23,13 @@ from tuner.errors import SpecError
 from tuner.finalists import Finalists, confirmed_metrics, finalists_table, rerun_from_run
 from tuner.plugin_files import fetch_plugins, relative_entries, resolve_entries
 from tuner.results import plain
-from tuner.runs import client_for, finalist_runs, find_study_run, ranked_trial_runs
+from tuner.runs import (
+    client_for,
+    finalist_runs,
+    find_study_run,
+    pareto_trial_runs,
+    ranked_trial_runs,
+)
 from tuner.spec import (
     DatasetSpec,
     JobSpec,
@@ -94,7 +101,8 @@ def exported_config(
 ) -> dict[str, Any]:
     """One ranked row of a study's trials table as an exported config; `confirmed`: what its
     finalist re-runs measured (`tuner.finalists.confirmed_metrics`), when it was a finalist."""
-    metrics = {k: plain(row.get(schema.best(k))) for k in (m.VAL_LOSS, m.VAL_ACC, m.TRAIN_LOSS)}
+    keys = (m.VAL_LOSS, m.VAL_ACC, m.TRAIN_LOSS, *m.MODEL_COSTS)
+    metrics = {k: plain(row.get(schema.best(k))) for k in keys}
     metrics["diagnosis"] = plain(row.get("diagnosis"))
     metrics.update(confirmed or {})
     return ExportedConfig(
@@ -131,6 +139,7 @@ def config_from_runs(
         m.VAL_LOSS: metrics.get(schema.best(m.VAL_LOSS)),
         m.VAL_ACC: metrics.get(schema.best(m.VAL_ACC)),
         m.TRAIN_LOSS: metrics.get(f"{m.TRAIN_LOSS}_at_best"),
+        **{k: metrics.get(schema.best(k)) for k in m.MODEL_COSTS},
         "diagnosis": tags.get(schema.DIAGNOSIS_TAG),
         **(confirmed or {}),
     }
@@ -142,6 +151,8 @@ def config_from_runs(
         "trial_id": tags.get(schema.TRIAL_ID_TAG),
         "rank": rank,
     }
+    if schema.PARETO_TAG in tags:
+        source["pareto"] = tags[schema.PARETO_TAG] == "true"
     if redact(tracking_uri) == tracking_uri:  # never write a password into a file
         source["tracking_uri"] = tracking_uri
     return ExportedConfig(
@@ -158,16 +169,24 @@ def config_from_runs(
 
 
 def export_study(
-    study: str, tracking_uri: str, top_k: int = 1, fmt: str = "yaml", out: Path | None = None
+    study: str,
+    tracking_uri: str,
+    top_k: int = 1,
+    fmt: str = "yaml",
+    out: Path | None = None,
+    pareto: bool = False,
 ) -> list[Path]:
     """Write the top-k configs of a study; `out` is a file for one config, a folder for several.
-    The study's plug-in files, fetched from its parent run, go to `plugins/` beside them."""
+    The study's plug-in files, fetched from its parent run, go to `plugins/` beside them. With
+    `pareto`, every config on the Pareto front instead (`export_pareto`)."""
     if top_k < 1:
         raise SpecError(f"--top-k must be at least 1 but got {top_k}")
     if fmt not in FORMATS:
         raise SpecError(f"--format must be one of {list(FORMATS)} but got {fmt!r}")
     client = client_for(tracking_uri)
     parent = find_study_run(client, study)
+    if pareto:
+        return export_pareto(client, parent, study, tracking_uri, fmt, out)
     children = [r for r in ranked_trial_runs(client, parent) if schema.BEST_EPOCH in r.data.metrics]
     if not children:
         raise SpecError(f"STUDY: {study!r} has no trial with a finite objective to export")
@@ -184,6 +203,41 @@ def export_study(
         for rank, child in enumerate(ranked, start=1)
     ]
     return write_configs(configs, fmt, out, name)
+
+
+def export_pareto(
+    client, parent, study: str, tracking_uri: str, fmt: str, out: Path | None
+) -> list[Path]:
+    """Every config on the study's Pareto front, one file each named by its trial
+    (`<name>-pareto-trial0007.yaml`), ranked (`source.rank`) by the first objective; `out` is a
+    folder."""
+    objectives = schema.decode_objectives(parent.data.tags)
+    if len(objectives) < 2:
+        raise SpecError(
+            f"--pareto: study {study!r} has one objective ({objectives[0][0]}), so no Pareto "
+            "front; export its best with --top-k"
+        )
+    front = [r for r in pareto_trial_runs(client, parent) if schema.BEST_EPOCH in r.data.metrics]
+    if not front:
+        raise SpecError(f"STUDY: {study!r} has no finished trial on its Pareto front to export")
+    if out is not None and out.suffix in (".yaml", ".yml", ".json"):
+        raise SpecError(f"--out {str(out)!r}: with --pareto it must be a folder (one file each)")
+    name = parent.data.tags.get(schema.STUDY_TAG, "study")
+    folder = out if out is not None else Path.cwd()
+    plugins = fetch_plugins(client, parent, folder)
+    load_plugins(resolve_entries(plugins, folder))
+    paths = []
+    for rank, child in enumerate(front, start=1):
+        number = int(child.data.tags.get(schema.TRIAL_NUMBER_TAG, 0))
+        path = folder / f"{safe_name(name)}-pareto-trial{number:04d}.{fmt}"
+        write_config(path, config_from_runs(parent, child, rank, tracking_uri, plugins))
+        paths.append(path)
+    return paths
+
+
+def safe_name(name: str) -> str:
+    """A study name as a file name's start: never a path."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name).lstrip(".") or "study"
 
 
 def finalists_from_runs(client, parent) -> Finalists | None:
@@ -221,8 +275,7 @@ def config_paths(ranks: list[int], fmt: str, out: Path | None, name: str) -> lis
     if len(ranks) == 1 and out is not None and out.suffix in (".yaml", ".yml", ".json"):
         return [out]
     folder = out if out is not None else Path.cwd()
-    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name).lstrip(".") or "study"  # never a path
-    return [folder / f"{safe}-rank{rank}.{fmt}" for rank in ranks]
+    return [folder / f"{safe_name(name)}-rank{rank}.{fmt}" for rank in ranks]
 
 
 def write_configs(
@@ -231,14 +284,19 @@ def write_configs(
     """One file per config (see `config_paths`)."""
     paths = config_paths([int(c["source"]["rank"]) for c in configs], fmt, out, name)
     for path, config in zip(paths, configs, strict=True):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        text = (
-            json.dumps(config, indent=2)
-            if path.suffix == ".json"
-            else yaml.safe_dump(config, sort_keys=False)
-        )
-        path.write_text(text)
+        write_config(path, config)
     return paths
+
+
+def write_config(path: Path, config: dict[str, Any]) -> None:
+    """One exported config, as JSON or YAML by the file's suffix."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = (
+        json.dumps(config, indent=2)
+        if path.suffix == ".json"
+        else yaml.safe_dump(config, sort_keys=False)
+    )
+    path.write_text(text)
 
 
 def load_exported(path: Path) -> ExportedConfig:

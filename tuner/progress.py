@@ -24,7 +24,15 @@ from trainables.trainable import DEVICE, FINALIST, GPU_IDS, NODE_ID
 from tuner import outcomes
 from tuner.journal import append_event, read_journal, relocated
 
-REPORTED = (m.EPOCH, *m.CURVES, m.COMPILE_TIME_S, m.DIVERGED, m.TEST_LOSS, m.TEST_ACC)
+REPORTED = (
+    m.EPOCH,
+    *m.CURVES,
+    m.COMPILE_TIME_S,
+    m.DIVERGED,
+    m.TEST_LOSS,
+    m.TEST_ACC,
+    *m.MODEL_COSTS,
+)
 
 
 @dataclass

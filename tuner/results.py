@@ -18,6 +18,7 @@ import pandas as pd
 
 from trainables import metrics as m
 from tuner import diagnostics, outcomes, schema
+from tuner.pareto import pareto_front
 from tuner.spec import JobSpec
 
 if TYPE_CHECKING:
@@ -25,7 +26,14 @@ if TYPE_CHECKING:
     from tuner.progress import TrialRecord
 
 #: the metrics each row carries at the trial's best epoch
-SUMMARY_METRICS = (m.VAL_LOSS, m.VAL_ACC, m.TRAIN_LOSS, m.TRAIN_ACC, m.GENERALIZATION_GAP)
+SUMMARY_METRICS = (
+    m.VAL_LOSS,
+    m.VAL_ACC,
+    m.TRAIN_LOSS,
+    m.TRAIN_ACC,
+    m.GENERALIZATION_GAP,
+    *m.MODEL_COSTS,  # the same at every epoch; absent from runs of earlier versions
+)
 
 
 def plain(value: Any) -> Any:
@@ -71,6 +79,28 @@ def rank_trials(rows: Iterable[dict[str, Any]], metric: str, mode: str) -> pd.Da
     ).reset_index(drop=True)
 
 
+#: trials that ran their course; a trial the scheduler stopped early has a cut-short curve (Optuna
+#: holds it PRUNED), an errored or interrupted one no verdict: none of them is on the front
+ON_FRONT_STATUSES = (outcomes.COMPLETED, outcomes.STOPPED_ON_OVERFIT)
+
+
+def with_pareto(table: pd.DataFrame, objectives: list[tuple[str, str]]) -> pd.DataFrame:
+    """The trials table with the `pareto` column (several objectives only; one: unchanged)."""
+    if len(objectives) < 2 or table.empty:
+        return table
+    columns = [schema.best(metric) for metric, _ in objectives]
+    eligible = table["status"].isin(ON_FRONT_STATUSES)
+    points = [
+        [plain(row.get(c)) if ok else None for c in columns]
+        for ok, (_, row) in zip(eligible, table.iterrows(), strict=True)
+    ]
+    return table.assign(**{schema.PARETO: pareto_front(points, [mode for _, mode in objectives])})
+
+
+def objective_pairs(spec: JobSpec) -> list[tuple[str, str]]:
+    return [(o.metric, o.mode) for o in spec.objectives]
+
+
 def trials_table(records: Iterable[TrialRecord], spec: JobSpec) -> pd.DataFrame:
     """The trials table of a study the driver ran (its records hold every curve)."""
     metric, mode = spec.objective.metric, spec.objective.mode
@@ -93,7 +123,7 @@ def trials_table(records: Iterable[TrialRecord], spec: JobSpec) -> pd.DataFrame:
                 node=record.node,
             )
         )
-    return rank_trials(rows, metric, mode)
+    return with_pareto(rank_trials(rows, metric, mode), objective_pairs(spec))
 
 
 @dataclass
@@ -117,6 +147,13 @@ class StudyResult:
     def best(self) -> pd.Series | None:
         ranked = self.trials.dropna(subset=[schema.best(self.spec.objective.metric)])
         return None if ranked.empty else ranked.iloc[0]
+
+    @property
+    def pareto(self) -> pd.DataFrame:
+        """The trials on the Pareto front, best first objective first (none: one objective)."""
+        if schema.PARETO not in self.trials:
+            return self.trials.iloc[0:0]
+        return self.trials[self.trials[schema.PARETO].astype(bool)]
 
     @property
     def winner(self) -> pd.Series | None:

@@ -15,7 +15,7 @@ import pandas as pd
 
 from tuner import outcomes, schema
 from tuner.errors import SpecError
-from tuner.results import rank_trials, trial_row
+from tuner.results import rank_trials, trial_row, with_pareto
 
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -115,6 +115,20 @@ def ranked_trial_runs(client, parent) -> list:
     metric, mode = schema.decode_objective(parent.data.tags)
     table = rank_trials((run_row(run) for run in runs.values()), metric, mode)
     return [runs[run_id] for run_id in table.get("run_id", [])]
+
+
+def pareto_trial_runs(client, parent) -> list:
+    """The child runs on the Pareto front of a study with several objectives, best first
+    objective first; empty for a single objective."""
+    runs = {run.info.run_id: run for run in trial_runs(client, parent)}
+    objectives = schema.decode_objectives(parent.data.tags)
+    metric, mode = objectives[0]
+    table = with_pareto(
+        rank_trials((run_row(run) for run in runs.values()), metric, mode), objectives
+    )
+    if schema.PARETO not in table:
+        return []
+    return [runs[run_id] for run_id in table.loc[table[schema.PARETO], "run_id"]]
 
 
 def list_studies(tracking_uri: str) -> pd.DataFrame:

@@ -1,4 +1,5 @@
-"""Optuna samplers by name (`search.algorithm`), each seeded by `search.seed`."""
+"""Optuna samplers by name (`search.algorithm`), each seeded by `search.seed`; which of them can
+optimise several objectives."""
 
 from __future__ import annotations
 
@@ -19,6 +20,14 @@ def tpe(seed: int) -> optuna.samplers.BaseSampler:
     import optuna
 
     return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True)
+
+
+@SAMPLERS.register("nsgaii")
+def nsgaii(seed: int) -> optuna.samplers.BaseSampler:
+    """NSGA-II, the genetic algorithm for several objectives (one objective works too)."""
+    import optuna
+
+    return optuna.samplers.NSGAIISampler(seed=seed)
 
 
 @SAMPLERS.register("random")
@@ -45,6 +54,10 @@ def qmc(seed: int) -> optuna.samplers.BaseSampler:
     import optuna
 
     return optuna.samplers.QMCSampler(seed=seed, warn_independent_sampling=False)
+
+
+#: the samplers that can optimise several objectives (CMA-ES cannot: Optuna refuses it)
+MULTI_OBJECTIVE_SAMPLERS = ("tpe", "nsgaii", "random", "qmc")
 
 
 def make_sampler(algorithm: str, seed: int) -> optuna.samplers.BaseSampler:

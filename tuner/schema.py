@@ -28,7 +28,8 @@ STUDY_TAG = "tuner.study"
 EXECUTION_TAG = "tuner.execution"
 MODEL_TAG = "tuner.model"
 DATASET_TAG = "tuner.dataset"  # JSON: the dataset section
-OBJECTIVE_TAG = "tuner.objective"  # "metric:mode", see encode_objective
+OBJECTIVE_TAG = "tuner.objective"  # "metric:mode", see encode_objective (the first objective)
+OBJECTIVES_TAG = "tuner.objectives"  # several objectives: "val_loss:min,params:min"
 SEED_TAG = "tuner.seed"
 TRAINING_TAG = "tuner.training"  # JSON: the training section (precision, compile, ...)
 RESULTS_PATH_TAG = "tuner.results_path"
@@ -44,6 +45,7 @@ TRIAL_ID_TAG = "tuner.trial_id"
 TRIAL_NUMBER_TAG = "tuner.trial_number"
 GPU_IDS_TAG = "tuner.gpu_ids"  # the GPU ids Ray assigned the trial ("" for none)
 DEVICE_TAG = "tuner.device"  # what the trial trained on: "cuda:0" or "cpu"
+PARETO_TAG = "tuner.pareto"  # several objectives: "true" on the Pareto front, else "false"
 TRIAL_STATUS_TAG = "trial_status"
 DIAGNOSIS_TAG = "diagnosis"
 ERROR_TAG = "error"
@@ -66,6 +68,7 @@ DEVICE_TAG = "tuner.device"  # cpu or cuda: where it trained
 CONFIG_PREFIX = "config."
 BEST_PREFIX = "best_"
 BEST_EPOCH = "best_epoch"
+PARETO = "pareto"  # several objectives: the trials table's column, True on the Pareto front
 IMPORTANCE_PREFIX = "importance."
 STATUS_COUNT_PREFIX = "trials_"  # a parent run's count of trials per status: trials_completed
 DIAGNOSIS_COUNT_PREFIX = "diagnosis_"
@@ -89,6 +92,20 @@ def decode_objective(tags: Mapping[str, str]) -> tuple[str, str]:
         return DEFAULT_OBJECTIVE
     metric, mode = text.split(":", 1)
     return metric, mode
+
+
+def encode_objectives(objectives: list[tuple[str, str]]) -> str:
+    return ",".join(encode_objective(metric, mode) for metric, mode in objectives)
+
+
+def decode_objectives(tags: Mapping[str, str]) -> list[tuple[str, str]]:
+    """Every (metric, mode) of a study's parent run, the first leading; one for single-objective
+    studies (and runs written before the tag existed)."""
+    text = tags.get(OBJECTIVES_TAG)
+    if not text:
+        return [decode_objective(tags)]
+    pairs = [item.split(":", 1) for item in text.split(",") if ":" in item]
+    return [(metric, mode) for metric, mode in pairs] or [decode_objective(tags)]
 
 
 def config_columns(config: Mapping[str, Any]) -> dict[str, Any]:

@@ -13,6 +13,10 @@ TPE then learns from values that mean different things. Here:
 With a `StudyStop` (search.time_budget_s, search.patience_trials) it suggests nothing more once
 that says stop (Ray then starts no new trial and lets the running ones finish); with
 `points_to_evaluate` (search.warm_start) those configs are Optuna's first trials.
+
+With several objectives (`metric` and `mode` lists, the first one leading) Optuna keeps no
+intermediate values; a COMPLETE trial is valued at its best epoch on the first objective, every
+objective read at that epoch.
 """
 
 from __future__ import annotations
@@ -39,8 +43,16 @@ class TruthfulOptunaSearch(OptunaSearch):
     ):
         super().__init__(*args, **kwargs)
         self._max_epochs = max_epochs
-        self._curves: dict[str, dict[int, float]] = {}
+        #: each trial's objectives by epoch: {epoch: {"epoch": e, metric: value, ...}}
+        self._curves: dict[str, dict[int, dict[str, float]]] = {}
         self._study_stop = study_stop
+
+    @property
+    def objectives(self) -> list[tuple[str, str]]:
+        """(metric, mode) of each objective, the first leading."""
+        if isinstance(self.metric, list):
+            return list(zip(self.metric, self.mode, strict=True))
+        return [(self.metric, self.mode)]
 
     def restore(self, checkpoint_path: str) -> None:
         """Ray's restore, then close Optuna trials the crashed driver asked for but never ran."""
@@ -84,16 +96,19 @@ class TruthfulOptunaSearch(OptunaSearch):
 
     def _report(self, trial_id: str, result: dict) -> None:
         curve = self._curves.setdefault(trial_id, {})
-        step, value = result.get(m.EPOCH), result.get(self.metric)
+        metrics = [metric for metric, _ in self.objectives]
+        step, value = result.get(m.EPOCH), result.get(metrics[0])
         if step is None or step in curve or not outcomes.is_finite(value):
             return
-        curve[step] = float(value)
+        curve[step] = {m.EPOCH: step, **{k: result.get(k) for k in metrics}}
+        if len(metrics) > 1:
+            return  # Optuna keeps intermediate values for one objective only
         with contextlib.suppress(UpdateFinishedTrialError):  # told before a crash (see below)
             optuna_trials(self)[trial_id].report(float(value), int(step))
 
     def _verdict(
         self, trial_id: str, result: dict | None, error: bool
-    ) -> tuple[TrialState, float | None]:
+    ) -> tuple[TrialState, float | list[float] | None]:
         curve = self._curves.get(trial_id, {})
         if error:
             return TrialState.FAIL, None
@@ -104,11 +119,17 @@ class TruthfulOptunaSearch(OptunaSearch):
         status = outcomes.trial_status(result, self._max_epochs)
         if status == outcomes.STOPPED_BY_SCHEDULER:
             return TrialState.PRUNED, None
-        return TrialState.COMPLETE, self._best(trial_id)
+        (first, mode), *others = self.objectives
+        best = outcomes.best_epoch(curve.values(), first, mode)
+        values = [best[metric] for metric, _ in self.objectives]
+        if not all(outcomes.is_finite(v) for v in values):
+            return TrialState.FAIL, None  # an objective the trial never reported
+        return TrialState.COMPLETE, (values if others else values[0])
 
     def _best(self, trial_id: str) -> float | None:
-        """The trial's best reported objective (None: it reported none)."""
+        """The trial's best reported first objective (None: it reported none)."""
         curve = self._curves.get(trial_id)
         if not curve:
             return None
-        return min(curve.values()) if self.mode == "min" else max(curve.values())
+        first, mode = self.objectives[0]
+        return outcomes.best_epoch(curve.values(), first, mode)[first]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import math
 import re
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -19,8 +20,13 @@ from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
+    PrivateAttr,
+    Tag,
     ValidationError,
+    ValidationInfo,
+    field_serializer,
     field_validator,
     model_validator,
 )
@@ -32,7 +38,7 @@ from trainables.models import MODELS
 from trainables.plugins import PluginCode, is_file_entry
 from trainables.registry import Registry
 from tuner.errors import SpecError
-from tuner.samplers import SAMPLERS
+from tuner.samplers import MULTI_OBJECTIVE_SAMPLERS, SAMPLERS
 from tuner.schedulers import SCHEDULERS
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
@@ -125,23 +131,67 @@ def check_plain(value: Any, key: str, seen: tuple[int, ...] = ()) -> None:
 
 class ObjectiveSpec(Section):
     metric: str = m.VAL_LOSS  # what the search optimises, at each trial's best epoch
-    mode: Literal["min", "max"] | None = None  # default: the metric's natural direction
+    #: default: the metric's natural direction
+    mode: Literal["min", "max"] | None = Field(None, validate_default=True)
 
-    @model_validator(mode="after")
-    def _direction(self) -> ObjectiveSpec:
-        if self.metric not in m.OBJECTIVES:
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, metric: str) -> str:
+        if metric not in OBJECTIVE_METRICS:
+            raise ValueError(f"must be one of {list(OBJECTIVE_METRICS)}")
+        return metric
+
+    @field_validator("mode")
+    @classmethod
+    def _direction(cls, mode: str | None, info: ValidationInfo) -> str | None:
+        natural = OBJECTIVE_METRICS.get(info.data.get("metric"))
+        if natural is None:  # the metric itself is wrong, and said so
+            return mode
+        if mode is not None and mode != natural:
+            raise ValueError(f"must be {natural!r} for {info.data['metric']}")
+        return natural
+
+
+#: every metric an objective may name: per-epoch ones, then what a model costs
+OBJECTIVE_METRICS = {**m.OBJECTIVES, **m.MODEL_COSTS}
+
+
+def _objective_form(value: Any) -> str:
+    return OBJECTIVE_LIST if isinstance(value, list) else OBJECTIVE_MAPPING
+
+
+#: the two forms of `objective` (pydantic's tags for them, never shown: see _describe_error)
+OBJECTIVE_MAPPING, OBJECTIVE_LIST = "one objective", "objective list"
+#: `objective`: a mapping, or a list of them (several objectives, the first one leading)
+Objectives = Annotated[
+    Annotated[ObjectiveSpec, Tag(OBJECTIVE_MAPPING)]
+    | Annotated[list[ObjectiveSpec], Tag(OBJECTIVE_LIST)],
+    Discriminator(_objective_form),
+]
+
+
+def check_objectives(objectives: list[ObjectiveSpec]) -> None:
+    """Raise ValueError (naming `objective`) for a list whose first metric is not measured every
+    epoch, or that names a metric twice."""
+    if not objectives:
+        raise ValueError("objective must be a mapping {metric, mode} or a non-empty list of them")
+    first = objectives[0].metric
+    if first in m.MODEL_COSTS:
+        key = "objective.0.metric" if len(objectives) > 1 else "objective.metric"
+        raise ValueError(
+            f"{key} {first!r} is measured once per trial, not per epoch, so it cannot pick a "
+            "trial's best epoch or stop trials early: the first objective must be one of "
+            f"{list(m.OBJECTIVES)}; list {first} after it, e.g. "
+            f"[{{metric: val_loss}}, {{metric: {first}}}]"
+        )
+    seen: dict[str, int] = {}
+    for index, objective in enumerate(objectives):
+        if objective.metric in seen:
             raise ValueError(
-                f"objective.metric must be one of {list(m.OBJECTIVES)} but got {self.metric!r}"
+                f"objective.{index}.metric {objective.metric!r} is already objective "
+                f"{seen[objective.metric]}: each metric may appear once in the objective list"
             )
-        natural = m.OBJECTIVES[self.metric]
-        if self.mode is None:
-            self.mode = natural
-        elif self.mode != natural:
-            raise ValueError(
-                f"objective.mode must be {natural!r} for {self.metric} but got {self.mode!r} "
-                "(that would search for the worst model)"
-            )
-        return self
+        seen[objective.metric] = index
 
 
 class WarmStartSpec(Section):
@@ -252,7 +302,10 @@ class JobSpec(Section):
     model: ModelName  # mlp | cnn | lstm
     dataset: DatasetSpec
     search_space: str | dict[str, Any] | None = None  # name, YAML path or mapping; default: model
-    objective: ObjectiveSpec = ObjectiveSpec()
+    #: one objective, or a list of several (the first picks each trial's best epoch, drives the
+    #: scheduler and ranks the trials). After validation `objective` is always the first one, an
+    #: ObjectiveSpec; `objectives` holds them all
+    objective: Objectives = ObjectiveSpec()
     search: SearchSpec = SearchSpec()
     scheduler: SchedulerSpec = SchedulerSpec()
     resources: ResourcesSpec = ResourcesSpec()
@@ -273,6 +326,51 @@ class JobSpec(Section):
                 "the study's trials, so there can be at most as many"
             )
         return self
+
+    _objectives: list[ObjectiveSpec] = PrivateAttr(default_factory=list)
+
+    @field_validator("objective")
+    @classmethod
+    def _objective_list(
+        cls, objective: ObjectiveSpec | list[ObjectiveSpec]
+    ) -> ObjectiveSpec | list[ObjectiveSpec]:
+        check_objectives(objective if isinstance(objective, list) else [objective])
+        return objective
+
+    @field_validator("search")
+    @classmethod
+    def _sampler_for_objectives(cls, search: SearchSpec, info: ValidationInfo) -> SearchSpec:
+        objective = info.data.get("objective")
+        several = isinstance(objective, list) and len(objective) > 1
+        if several and search.algorithm not in MULTI_OBJECTIVE_SAMPLERS:
+            raise ValueError(
+                f"search.algorithm {search.algorithm!r} cannot optimise several objectives "
+                f"(objective lists {len(objective)}); use one of {list(MULTI_OBJECTIVE_SAMPLERS)}"
+            )
+        return search
+
+    @model_validator(mode="after")
+    def _first_objective(self) -> JobSpec:
+        objective = self.objective
+        self._objectives = list(objective) if isinstance(objective, list) else [objective]
+        self.objective = self._objectives[0]
+        return self
+
+    @property
+    def objectives(self) -> list[ObjectiveSpec]:
+        """Every objective, the first (`objective`) leading."""
+        return list(self._objectives) or [self.objective]
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objectives) > 1
+
+    @field_serializer("objective")
+    def _dump_objectives(self, objective: ObjectiveSpec) -> Any:
+        """The saved spec keeps the list form when there are several, so it loads back alike."""
+        if len(self._objectives) > 1:
+            return [o.model_dump() for o in self._objectives]
+        return objective.model_dump()
 
     @model_validator(mode="after")
     def _defaults_from_name(self) -> JobSpec:
@@ -463,13 +561,20 @@ def default_optuna_storage(tracking_uri: str) -> str:
 # --------------------------------------------------------------------------- error messages
 
 
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The pydantic models an annotation names, through unions, lists and Annotated."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [model for arg in typing.get_args(annotation) for model in _models_in(arg)]
+
+
 def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
     """The valid keys of the section at `loc` of `model`, for 'unknown key' messages."""
     for part in loc:
+        if isinstance(part, int):  # an item of a list of sections
+            continue
         field = model.model_fields.get(str(part))
-        annotation = getattr(field, "annotation", None)
-        candidates = [annotation, *getattr(annotation, "__args__", ())]
-        nested = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
+        nested = _models_in(getattr(field, "annotation", None))
         if not nested:
             return []
         model = nested[0]
@@ -480,7 +585,7 @@ _UNION_MEMBER = re.compile(r"^([a-z-]+\[|(str|int|float|bool|none)$)")
 
 
 def _describe_error(err: dict[str, Any], model: type[BaseModel]) -> str:
-    loc = tuple(err["loc"])
+    loc = tuple(p for p in err["loc"] if p not in (OBJECTIVE_MAPPING, OBJECTIVE_LIST))
     if err["type"] != "extra_forbidden":  # an unknown key is a real name, whatever it looks like
         loc = tuple(p for p in loc if not (isinstance(p, str) and _UNION_MEMBER.match(p)))
     key = ".".join(str(p) for p in loc) or "spec"

@@ -97,6 +97,7 @@ from tuner.tracking import (
     redact,
     resolve_saved_run_ids,
     start_parent_run,
+    tag_pareto,
 )
 from tuner.warm_start import WarmStart, plan_warm_start
 
@@ -290,10 +291,12 @@ def make_searcher(
             search.patience_trials,
             journal,
         )
+    metrics = [o.metric for o in spec.objectives]
+    modes = [o.mode for o in spec.objectives]
     return TruthfulOptunaSearch(
         space,
-        metric=spec.objective.metric,
-        mode=spec.objective.mode,
+        metric=metrics if spec.multi_objective else metrics[0],
+        mode=modes if spec.multi_objective else modes[0],
         points_to_evaluate=points or None,
         sampler=make_sampler(spec.search.algorithm, spec.search.seed),
         storage=optuna_storage(storage_url),
@@ -581,6 +584,7 @@ def trial_settings(
         cpus=spec.resources.cpu,
         training=training or training_options(spec),
         plugins=plugins,
+        measure_latency=any(o.metric == m.INFERENCE_MS for o in spec.objectives),
     )
 
 
@@ -902,6 +906,7 @@ class StudyRun:
         note = study_note(result, report.name)
         config = best_config(result)
         finish_parent_run(writer, self.parent_run_id, result, config, importances, note)
+        tag_pareto(writer, self.tracking.run_ids, result.trials)
         if result.finalists is not None:
             log_finalists(
                 writer,

@@ -71,7 +71,37 @@ def summary_lines(result: StudyResult) -> list[str]:
         f"val_loss {best[schema.best(m.VAL_LOSS)]:.4f}{acc} ({metric} is the objective, "
         f"{spec.objective.mode}imised at each trial's best epoch)"
     )
-    return lines + finalist_lines(result)
+    return lines + pareto_lines(result) + finalist_lines(result)
+
+
+def objective_value(value: Any) -> str:
+    """A metric for the front's listing: counts whole, the rest to 4 significant digits."""
+    value = plain(value)
+    if value is None:
+        return "-"
+    return f"{value:,.0f}" if float(value).is_integer() and abs(value) >= 100 else f"{value:.4g}"
+
+
+def pareto_lines(result: StudyResult) -> list[str]:
+    """Several objectives: the trials on the Pareto front, one line each (the first objective,
+    which ranks the trials and picks the winner, first)."""
+    spec = result.spec
+    if not spec.multi_objective:
+        return []
+    names = ", ".join(f"{o.metric} ({o.mode})" for o in spec.objectives)
+    front = result.pareto
+    if front.empty:
+        return [f"Pareto front ({names}): no trial ran its course with every objective."]
+    lines = [
+        f"Pareto front ({names}): {len(front)} of {len(result.trials)} trials; export them "
+        f"with: tuner export {spec.name} --pareto"
+    ]
+    for _, row in front.iterrows():
+        values = ", ".join(
+            f"{o.metric} {objective_value(row.get(schema.best(o.metric)))}" for o in spec.objectives
+        )
+        lines.append(f"  trial {int(row['trial'])} (epoch {int(row[schema.BEST_EPOCH])}): {values}")
+    return lines
 
 
 def finalist_lines(result: StudyResult) -> list[str]:
@@ -288,6 +318,9 @@ def study_note(result: StudyResult, report_artifact: str, rows: int = 5) -> str:
     if table_rows:
         header = ["rank", "run", "status", "diagnosis", "best epoch", m.VAL_LOSS, m.VAL_ACC]
         lines += ["", f"### Top {len(table_rows)}", "", markdown_table(header, table_rows)]
+    front = pareto_lines(result)
+    if front:
+        lines += ["", f"### {front[0]}", "", *(f"- {line.strip()}" for line in front[1:])]
     lines += [
         "",
         f"**Report:** the artifact `{report_artifact}` (Artifacts tab): learning curves, "

@@ -38,6 +38,8 @@ from tuner.runs import child_runs, client_for
 from tuner.spec import DiagnosticsSpec, JobSpec, ObjectiveSpec
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from tuner.finalists import Finalists
     from tuner.results import StudyResult
 
@@ -573,6 +575,25 @@ def training_tag(spec: JobSpec) -> dict[str, str]:
     return {schema.TRAINING_TAG: json.dumps(spec.training.model_dump(mode="json"))}
 
 
+def objectives_tag(spec: JobSpec) -> dict[str, str]:
+    """Several objectives: all of them as the parent's tag (`tuner.objective` is the first)."""
+    if not spec.multi_objective:
+        return {}
+    pairs = [(o.metric, o.mode) for o in spec.objectives]
+    return {schema.OBJECTIVES_TAG: schema.encode_objectives(pairs)}
+
+
+def tag_pareto(client, run_ids: dict[str, str], trials: pd.DataFrame) -> int:
+    """Tag every trial's run `tuner.pareto` true or false (several objectives only); returns how
+    many are on the front."""
+    if schema.PARETO not in trials:
+        return 0
+    for trial_id, on_front in zip(trials["trial_id"], trials[schema.PARETO], strict=True):
+        if trial_id in run_ids:
+            client.set_tag(run_ids[trial_id], schema.PARETO_TAG, "true" if on_front else "false")
+    return int(trials[schema.PARETO].sum())
+
+
 def start_parent_run(
     client,
     spec: JobSpec,
@@ -598,6 +619,7 @@ def start_parent_run(
             schema.OBJECTIVE_TAG: schema.encode_objective(
                 spec.objective.metric, spec.objective.mode
             ),
+            **objectives_tag(spec),
             schema.SEED_TAG: str(spec.search.seed),
             **training_tag(spec),
             schema.RESULTS_PATH_TAG: str(results_path),
@@ -643,6 +665,8 @@ def finish_parent_run(
                 values[f"{prefix}{name}"] = int(count)
     if len(trials):
         values["epochs_trained"] = int(trials["epochs"].sum())
+    if schema.PARETO in trials:
+        values["pareto_trials"] = int(trials[schema.PARETO].sum())
     best = result.best
     if best is not None:
         objective = schema.best(spec.objective.metric)
