@@ -161,7 +161,7 @@ def test_export_and_train_work_against_the_server(
     train = tuner(stack_study, "train", str(config_path), "--device", "cpu")
     assert train.returncode == 0, train.stdout + train.stderr
     assert "Registered as model 'stack-best'" in train.stdout
-    version = MlflowClient(stack_study.tracking_uri).get_latest_versions("stack-best")[0]
+    [version] = MlflowClient(stack_study.tracking_uri).search_model_versions("name='stack-best'")
     trained = client.get_run(version.run_id)
     assert trained.info.status == "FINISHED"
     assert len(client.get_metric_history(trained.info.run_id, "val_loss")) == config["epochs"]
