@@ -261,3 +261,37 @@ def test_a_refused_password_is_reported_without_it(
     assert "password authentication failed" in text
     assert wrong not in result.output and quote(wrong, safe="") not in result.output
     assert ray_starts == []  # refused before Ray, and before any MLflow run
+
+
+def test_tuner_list_on_a_postgresql_store_takes_plain_urls_and_hides_the_password(
+    postgres: Postgres,
+) -> None:
+    """A plain postgresql:// URL (SQLAlchemy's default driver, psycopg2, is not installed) opens
+    with psycopg; the listing names the store without its password."""
+    from typer.testing import CliRunner
+
+    from tuner.cli import app
+
+    url = postgres.create_database("mlflow_list").replace("postgresql+psycopg://", "postgresql://")
+    result = CliRunner().invoke(app, ["list", "--tracking-uri", url], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert f"No studies in postgresql://postgres:***@{postgres.host}:{postgres.port}/" in text
+    assert postgres.password not in result.output
+    assert quote(postgres.password, safe="") not in result.output
+
+
+def test_a_missing_postgresql_driver_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tuner import databases
+    from tuner.errors import SpecError
+
+    monkeypatch.setattr(databases, "is_installed", lambda module: False)
+    for url in ("postgresql://u:pw-123456@db/optuna", "postgresql+psycopg://u:pw-123456@db/x"):
+        with pytest.raises(SpecError) as failure:
+            databases.sqlalchemy_url(url, "search.storage")
+        message = str(failure.value)
+        assert message.startswith("search.storage: postgresql")
+        assert "pip install 'tuner[cluster]'" in message and "pw-123456" not in message
+    monkeypatch.setattr(databases, "is_installed", lambda module: module == "psycopg")
+    assert databases.sqlalchemy_url("postgresql://u@db/x", "k") == "postgresql+psycopg://u@db/x"
+    assert databases.sqlalchemy_url("sqlite:////tmp/x.db", "k") == "sqlite:////tmp/x.db"
