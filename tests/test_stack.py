@@ -295,3 +295,12 @@ def test_a_missing_postgresql_driver_says_what_to_install(monkeypatch: pytest.Mo
     monkeypatch.setattr(databases, "is_installed", lambda module: module == "psycopg")
     assert databases.sqlalchemy_url("postgresql://u@db/x", "k") == "postgresql+psycopg://u@db/x"
     assert databases.sqlalchemy_url("sqlite:////tmp/x.db", "k") == "sqlite:////tmp/x.db"
+
+
+def test_a_sqlite_storage_in_a_new_folder_is_created_before_ray(tmp_path: Path) -> None:
+    from tests.conftest import tiny_spec
+    from tuner.study import open_optuna_storage
+
+    db = tmp_path / "new" / "folder" / "optuna.db"
+    open_optuna_storage(tiny_spec(search={"storage": f"sqlite:///{db}"}))
+    assert db.is_file()

@@ -239,15 +239,12 @@ def probe_gpu_memory(gpu: float, timeout_s: float = PROBE_TIMEOUT_S) -> int | No
 
 
 def make_searcher(spec: JobSpec, space: SearchSpace, execution: str) -> TruthfulOptunaSearch:
-    storage_url = spec.search.storage
-    if storage_url.startswith("sqlite:///"):
-        Path(storage_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     return TruthfulOptunaSearch(
         space,
         metric=spec.objective.metric,
         mode=spec.objective.mode,
         sampler=make_sampler(spec.search.algorithm, spec.search.seed),
-        storage=optuna_storage(storage_url),
+        storage=optuna_storage(spec.search.storage),
         study_name=execution,
         max_epochs=spec.scheduler.max_epochs,
     )
@@ -260,6 +257,8 @@ def optuna_storage(url: str) -> optuna.storages.RDBStorage:
     `postgresql://` takes whichever driver is installed) is pinged before each use. A storage
     that cannot be opened is a StudyError that shows the URL without its password."""
     url = sqlalchemy_url(remember(reveal(url)), "search.storage")
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     try:
         storage = OptunaStorage(url, engine_kwargs=engine_options(url))
     except sqlalchemy.exc.SQLAlchemyError as exc:
