@@ -317,6 +317,21 @@ def test_tuner_run_without_token_mode_says_what_to_set(cluster: Cluster, tmp_pat
     assert not (tmp_path / "mlflow.db").exists()  # refused before any MLflow run
 
 
+def test_a_driver_address_where_nothing_listens_is_told_apart_from_a_refusal() -> None:
+    """Ray says the same "Failed to connect" for both; a port nobody listens on is not a token
+    problem."""
+    from tuner.errors import ClusterError
+    from tuner.jobs import driver_connection_errors
+
+    address = f"127.0.0.1:{free_port()}"
+    with (
+        pytest.raises(ClusterError, match="nothing answers there") as failure,
+        driver_connection_errors(address),
+    ):
+        raise ConnectionError(f"Failed to connect to Ray cluster at {address}")
+    assert "RAY_AUTH_MODE" not in str(failure.value)
+
+
 def test_unknown_job_exits_1(jobs_env: Cluster) -> None:
     for command in (["status"], ["logs"], ["logs", "--follow"], ["stop"]):
         result = runner.invoke(app, [*command, "no-such-job", "--address", jobs_env.address])
