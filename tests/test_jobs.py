@@ -46,6 +46,7 @@ class Cluster:
     address: str  # the Jobs server, http://127.0.0.1:PORT
     token: str
     temp_dir: Path
+    gcs_address: str = ""  # 127.0.0.1:PORT, what `tuner run --address` takes
 
 
 def ray_start(args: list[str], env: dict[str, str], cwd: Path) -> None:
@@ -134,7 +135,7 @@ def cluster() -> Iterator[Cluster]:
         )
         address = f"http://127.0.0.1:{dashboard_port}"
         wait_for_two_nodes(address, token)
-        yield Cluster(address, token, temp_dir)
+        yield Cluster(address, token, temp_dir, f"127.0.0.1:{gcs_port}")
     finally:
         kill_cluster(temp_dir)
         shutil.rmtree(temp_dir, ignore_errors=True)
@@ -292,6 +293,43 @@ def test_missing_or_wrong_token_exits_1_and_never_prints_it(
     )
     assert proc.returncode == 1, proc.stderr
     assert "got no token" in flat(proc.stderr) and "Traceback" not in proc.stderr
+
+
+def test_tuner_run_without_token_mode_says_what_to_set(cluster: Cluster, tmp_path: Path) -> None:
+    """A driver with the cluster's token but without RAY_AUTH_MODE=token is refused by the GCS
+    as if nothing listened there: `tuner run --address` names what to set, not Ray's raw error."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    root = str(Path(__file__).resolve().parents[1])  # this checkout's tuner, as the test's
+    env.update(HOME=str(tmp_path), RAY_AUTH_TOKEN=cluster.token, PYTHONPATH=root)
+    spec = write_spec(tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tuner", "run", str(spec), "--address", cluster.gcs_address],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    text = flat(proc.stderr)
+    assert f"the Ray cluster at {cluster.gcs_address} refused this driver" in text, text
+    assert "set RAY_AUTH_MODE=token in this environment" in text and "RAY_AUTH_TOKEN" in text
+    assert "Traceback" not in proc.stderr and cluster.token not in proc.stdout + proc.stderr
+    assert not (tmp_path / "mlflow.db").exists()  # refused before any MLflow run
+
+
+def test_a_driver_address_where_nothing_listens_is_told_apart_from_a_refusal() -> None:
+    """Ray says the same "Failed to connect" for both; a port nobody listens on is not a token
+    problem."""
+    from tuner.errors import ClusterError
+    from tuner.jobs import driver_connection_errors
+
+    address = f"127.0.0.1:{free_port()}"
+    with (
+        pytest.raises(ClusterError, match="nothing answers there") as failure,
+        driver_connection_errors(address),
+    ):
+        raise ConnectionError(f"Failed to connect to Ray cluster at {address}")
+    assert "RAY_AUTH_MODE" not in str(failure.value)
 
 
 def test_unknown_job_exits_1(jobs_env: Cluster) -> None:

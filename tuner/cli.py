@@ -73,7 +73,9 @@ def handle_errors(command: Callable) -> Callable:
             raise typer.Exit(1) from None
         except Exception as exc:  # an unexpected failure: one line, the traceback on request
             if os.environ.get("TUNER_DEBUG"):
-                traceback.print_exc()
+                from tuner.redaction import redact
+
+                sys.stderr.write(redact(traceback.format_exc()))
             report_error(f"{type(exc).__name__}: {exc} (TUNER_DEBUG=1: traceback)")
             raise typer.Exit(1) from None
 
@@ -81,8 +83,11 @@ def handle_errors(command: Callable) -> Callable:
 
 
 def report_error(message: object) -> None:
-    """'error: ...' on stderr; the message is plain text, never read as rich markup."""
-    err.print(Text.assemble(("error:", "bold red"), " ", str(message)), soft_wrap=True)
+    """'error: ...' on stderr; the message is plain text, never read as rich markup, and shows
+    no password (a driver's error may quote the URL it was given)."""
+    from tuner.redaction import redact
+
+    err.print(Text.assemble(("error:", "bold red"), " ", redact(str(message))), soft_wrap=True)
 
 
 # --------------------------------------------------------------------------- studies
@@ -155,7 +160,7 @@ def print_summary(result) -> None:
     out.print(
         f"\nResults, per-trial checkpoints and logs: {where}\n"
         f"  trials.csv (every trial, best first), best-config.yaml, tuner.log\n"
-        f"Optuna study {result.execution!r}: {result.spec.search.storage}",
+        f"Optuna study {result.execution!r}: {redact(result.spec.search.storage)}",
         highlight=False,
         soft_wrap=True,
     )
@@ -168,7 +173,11 @@ def print_summary(result) -> None:
         )
     if result.parent_run_id:
         uri = result.spec.tracking.uri
-        ui = "tuner ui" if uri == default_tracking_uri() else f"tuner ui --tracking-uri {uri}"
+        ui = (
+            "tuner ui"
+            if uri == default_tracking_uri()
+            else f"tuner ui --tracking-uri {redact(uri)}"
+        )
         out.print(
             f"MLflow: experiment {result.spec.tracking.experiment!r}, parent run "
             f"{result.parent_run_id} with one nested run per trial, in {redact(uri)}\n"
@@ -375,7 +384,7 @@ def list_studies(tracking_uri: TrackingOption = None) -> None:
     uri = tracking_uri or default_tracking_uri()
     studies = read_studies(uri)
     if studies.empty:
-        out.print(f"No studies in {uri} (run `tuner demo` or `tuner run SPEC`).")
+        out.print(f"No studies in {redact(uri)} (run `tuner demo` or `tuner run SPEC`).")
         return
     table = Table(
         "execution",
@@ -432,6 +441,7 @@ def train(
 ) -> None:
     """Train one fixed config to completion and log it, with the model, to MLflow."""
     from tuner.exporting import load_exported
+    from tuner.redaction import redact
     from tuner.retrain import train_config
     from tuner.runs import default_tracking_uri
 
@@ -443,7 +453,7 @@ def train(
     out.print(
         f"Trained {len(result.history)} epochs on {result.device}: "
         f"val_loss {final['val_loss']:.4f}{acc}; "
-        f"diagnosis {result.diagnosis}; MLflow run {result.run_id} in {uri}",
+        f"diagnosis {result.diagnosis}; MLflow run {result.run_id} in {redact(uri)}",
         highlight=False,
         soft_wrap=True,
     )
@@ -492,14 +502,15 @@ def ui(
     """The MLflow UI on the study's tracking store, bound to 127.0.0.1 by default."""
     import subprocess
 
+    from tuner.redaction import redact
     from tuner.runs import default_tracking_uri
     from tuner.tracking import UI_SERVER_ENV, ui_server_command
 
     uri = tracking_uri or default_tracking_uri()
     if uri.startswith(("http://", "https://")):
-        out.print(f"The tracking store is a server already: open {uri}")
+        out.print(f"The tracking store is a server already: open {redact(uri)}")
         return
-    out.print(f"MLflow UI on {uri}: http://{host}:{port} (Ctrl-C to stop)", highlight=False)
+    out.print(f"MLflow UI on {redact(uri)}: http://{host}:{port} (Ctrl-C to stop)", highlight=False)
     command = ui_server_command(uri, host, port)
     raise typer.Exit(subprocess.call(command, env={**os.environ, **UI_SERVER_ENV}))
 

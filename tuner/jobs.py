@@ -168,6 +168,52 @@ def _cluster_errors(address: str, job_id: str | None = None) -> Iterator[None]:
         ) from None
 
 
+def listens(address: str, timeout_s: float = 3.0) -> bool:
+    """Whether something accepts TCP connections at HOST:PORT (a ray:// address too)."""
+    import socket
+
+    parsed = urlparse(address if "://" in address else f"ray://{address}")
+    try:
+        port = parsed.port
+    except ValueError:
+        return False
+    if not parsed.hostname or port is None:
+        return False
+    try:
+        socket.create_connection((parsed.hostname, port), timeout=timeout_s).close()
+    except OSError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def driver_connection_errors(address: str) -> Iterator[None]:
+    """`tuner run --address`: Ray's bare "Failed to connect to Ray cluster" -> what to set. A
+    cluster with token authentication refuses a driver that has no RAY_AUTH_MODE=token (or no
+    valid token) exactly like an unreachable one, after retrying for about 20 s."""
+    try:
+        yield
+    except ConnectionError as exc:
+        detail = _scrub(str(exc).splitlines()[0] if str(exc) else "", _token_or_none())
+        token_mode = os.environ.get("RAY_AUTH_MODE", "").lower() == "token"
+        if not listens(address) and address != "auto":
+            raise ClusterError(
+                f"cannot connect to the Ray cluster at {address} ({detail}): nothing answers "
+                "there. Is the cluster running (`ray status` on the head node), and is this its "
+                "GCS address, HEAD:6379 by default (or ray://HEAD:10001)?"
+            ) from None
+        if not token_mode:
+            raise ClusterError(
+                f"the Ray cluster at {address} refused this driver ({detail}). A cluster with "
+                "token authentication needs it on the driver too: set RAY_AUTH_MODE=token in "
+                f"this environment, and the token: {_TOKEN_HELP}."
+            ) from None
+        raise ClusterError(
+            f"the Ray cluster at {address} refused this driver ({detail}) although "
+            f"RAY_AUTH_MODE=token is set: the token is missing or wrong. {_TOKEN_HELP}."
+        ) from None
+
+
 @contextlib.contextmanager
 def _client(address: str, job_id: str | None = None) -> Iterator[JobSubmissionClient]:
     """A JobSubmissionClient on exactly `address`, sending the token if there is one."""

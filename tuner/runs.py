@@ -28,9 +28,13 @@ def default_tracking_uri() -> str:
 
 
 def client_for(uri: str):
+    """A client of the tracking store; a database URL gets an installed driver, a URL whose
+    password was redacted its real one (see tuner.databases)."""
     from mlflow.tracking import MlflowClient
 
-    return MlflowClient(tracking_uri=uri)
+    from tuner.databases import remember, reveal, sqlalchemy_url
+
+    return MlflowClient(tracking_uri=sqlalchemy_url(remember(reveal(uri)), "tracking.uri"))
 
 
 def find_study_run(client, study: str):

@@ -38,6 +38,7 @@ from trainables.trainable import FINALIST, TrialSettings, train_trial
 from tuner import outcomes, schema
 from tuner.buffer import HTTP_SETTINGS, BufferedWriter, is_transient
 from tuner.dashboard_data import REPORT_FILE, from_study
+from tuner.databases import OptunaStorage, engine_options, remember, reveal, sqlalchemy_url
 from tuner.errors import SpecError, StudyError
 from tuner.finalists import (
     Finalists,
@@ -47,6 +48,7 @@ from tuner.finalists import (
     rerun_row,
 )
 from tuner.inputs import dataset_inputs
+from tuner.jobs import driver_connection_errors
 from tuner.journal import JOURNAL_FILE, append_event, read_journal, restoring_into
 from tuner.placement import (
     PROBE_TIMEOUT_S,
@@ -63,6 +65,7 @@ from tuner.ray_internals import (
     restored_callbacks,
     stop_local_daemons,
 )
+from tuner.redaction import RedactingFormatter, has_password, without_passwords
 from tuner.results import StudyResult, trials_table
 from tuner.runs import client_for, default_tracking_uri, find_study_run
 from tuner.samplers import make_sampler
@@ -218,7 +221,8 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
         )
     quiet = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
     if address:
-        ray.init(address=address, **quiet)
+        with driver_connection_errors(address):
+            ray.init(address=address, **quiet)
     else:
         with loopback_node():
             ray.init(address="local", num_cpus=num_cpus, **quiet)
@@ -278,9 +282,6 @@ def make_searcher(
     points: list[dict[str, Any]] | None = None,
 ) -> TruthfulOptunaSearch:
     """The Optuna searcher; `points` (a warm start) are enqueued as Optuna's first trials."""
-    storage_url = spec.search.storage
-    if storage_url.startswith("sqlite:///"):
-        Path(storage_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     search = spec.search
     study_stop = None
     if search.time_budget_s is not None or search.patience_trials is not None:
@@ -299,7 +300,7 @@ def make_searcher(
         mode=modes if spec.multi_objective else modes[0],
         points_to_evaluate=points or None,
         sampler=make_sampler(spec.search.algorithm, spec.search.seed),
-        storage=optuna_storage(storage_url),
+        storage=optuna_storage(spec.search.storage),
         study_name=execution,
         max_epochs=spec.scheduler.max_epochs,
         study_stop=study_stop,
@@ -309,8 +310,16 @@ def make_searcher(
 def optuna_storage(url: str) -> optuna.storages.RDBStorage:
     """The Optuna study's storage. A SQLite file runs in WAL mode with normal syncs: every epoch
     writes an intermediate value, and that halves what each write costs the driver (about 1 ms
-    instead of 2). Like any SQLite file, keep it off network filesystems."""
-    storage = optuna.storages.RDBStorage(url)
+    instead of 2). Like any SQLite file, keep it off network filesystems. A server (PostgreSQL:
+    `postgresql://` takes whichever driver is installed) is pinged before each use. A storage
+    that cannot be opened is a StudyError that shows the URL without its password."""
+    url = sqlalchemy_url(remember(reveal(url)), "search.storage")
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        storage = OptunaStorage(url, engine_kwargs=engine_options(url))
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        raise StudyError(storage_failure(url, exc)) from None
     if url.startswith("sqlite:"):
 
         @sqlalchemy.event.listens_for(storage.engine, "connect")
@@ -324,6 +333,24 @@ def optuna_storage(url: str) -> optuna.storages.RDBStorage:
     return storage
 
 
+def storage_failure(url: str, exc: Exception) -> str:
+    """Why the Optuna storage did not open (the driver's own words, redacted), and what to do."""
+    detail = " ".join(str(getattr(exc, "orig", None) or exc).split())[:300]
+    message = f"search.storage: cannot open the Optuna storage {redact(url)} ({redact(detail)})"
+    if url.startswith("postgresql") and not has_password(url):
+        message += (
+            "; the URL has no password, so the driver looks for it in PGPASSWORD or ~/.pgpass "
+            "(a study's results folder keeps none: `tuner resume` needs it there)"
+        )
+    return message
+
+
+def open_optuna_storage(spec: JobSpec) -> None:
+    """Connect to the study's Optuna storage once, before Ray starts: a wrong URL, a missing
+    driver or a refused password fail here, with no MLflow run opened yet."""
+    optuna_storage(spec.search.storage).engine.dispose()
+
+
 def execution_name(spec: JobSpec) -> str:
     return f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
@@ -334,7 +361,7 @@ def logs_to_file(path: Path) -> Iterator[None]:
     warnings to the study's log file, not the terminal."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(path)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     import mlflow  # noqa: F401  (its import sets the mlflow logger's handler: do it first)
 
     names = ("ray", "optuna", "mlflow", "alembic", "py.warnings", "tuner")
@@ -364,6 +391,7 @@ def run_study(
     """Run a whole study in the foreground and return its ranked trials. `trainable` has
     `train_trial`'s signature; the scale benchmark passes one that trains nothing."""
     prepared = prepare(spec)
+    open_optuna_storage(spec)
     prepared.warm_start = plan_warm_start(spec, prepared.space)
     for line in prepared.warm_start.lines() if prepared.warm_start else []:
         print(line)
@@ -401,6 +429,7 @@ def resume_study(
             update={"search": spec.search.model_copy(update={"num_samples": extended})}
         )
     prepared = prepare(spec)
+    open_optuna_storage(prepared.spec)
     if extended is not None:
         extend_study(results_path, extended)
         upload(folder)  # Ray restores a remote study from its URI: the new count goes there
@@ -469,7 +498,7 @@ def save_spec(prepared: PreparedStudy, results_path: Path) -> None:
     """The resolved spec beside Ray's state, naming copies of its plug-in files kept there, so
     that `tuner resume` imports the code the study ran even if the originals changed or moved."""
     entries = copy_plugins(prepared.plugins, results_path)
-    saved = prepared.spec.model_copy(update={"plugins": entries})
+    saved = without_passwords(prepared.spec).model_copy(update={"plugins": entries})
     (results_path / SPEC_FILE).write_text(saved.to_yaml())
 
 

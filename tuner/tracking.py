@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import queue
-import re
 import sys
 import threading
 import time
@@ -34,6 +33,7 @@ from tuner.inputs import as_dataset_inputs
 from tuner.journal import relocated
 from tuner.plugin_files import log_plugins, plugins_tag
 from tuner.progress import StudyRecorder, TrialRecord
+from tuner.redaction import redact, without_passwords
 from tuner.runs import child_runs, client_for
 from tuner.spec import DiagnosticsSpec, JobSpec, ObjectiveSpec
 
@@ -66,11 +66,6 @@ def ui_server_command(
     return [*command, "--host", host, "--port", str(port), "--workers", "1"]
 
 
-def redact(text: str) -> str:
-    """Hide passwords in URLs (scheme://user:secret@host -> scheme://user:***@host)."""
-    return re.sub(r"(://[^/:@\s]+):[^@/\s]+@", r"\1:***@", text)
-
-
 def flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """{"a": {"b": 1}} -> {"a.b": 1}."""
     flat: dict[str, Any] = {}
@@ -95,8 +90,12 @@ def as_params(mapping: dict[str, Any]) -> list:
 
 
 def log_batch(client, run_id: str, metrics=(), params=(), tags=()) -> None:
-    """log_batch in chunks of MLflow's per-call limit."""
-    metrics, params, tags = list(metrics), list(params), list(tags)
+    """log_batch in chunks of MLflow's per-call limit; tag values redacted (an error message
+    may quote a URL)."""
+    from mlflow.entities import RunTag
+
+    metrics, params = list(metrics), list(params)
+    tags = [RunTag(tag.key, redact(tag.value)) for tag in tags]
     while metrics or params or tags:
         room = BATCH_LIMIT
         chunk_p, params = params[:100], params[100:]  # at most 100 params per call
@@ -232,7 +231,8 @@ class MlflowTracking(Callback):
     def __getstate__(self) -> dict[str, Any]:
         """Ray snapshots callbacks every few seconds: keep only what a restore needs (the run ids
         are re-read from their file)."""
-        return {k: v for k, v in self.__dict__.items() if k not in self._NOT_PICKLED}
+        state = {k: v for k, v in self.__dict__.items() if k not in self._NOT_PICKLED}
+        return {**state, "spec": without_passwords(self.spec)}  # Ray saves it in the results
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         """Restored by Ray from a snapshot: take the run ids written since."""
