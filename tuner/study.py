@@ -235,15 +235,12 @@ def probe_gpu_memory(gpu: float, timeout_s: float = PROBE_TIMEOUT_S) -> int | No
 
 
 def make_searcher(spec: JobSpec, space: SearchSpace, execution: str) -> TruthfulOptunaSearch:
-    storage_url = spec.search.storage
-    if storage_url.startswith("sqlite:///"):
-        Path(storage_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     return TruthfulOptunaSearch(
         space,
         metric=spec.objective.metric,
         mode=spec.objective.mode,
         sampler=make_sampler(spec.search.algorithm, spec.search.seed),
-        storage=optuna_storage(storage_url),
+        storage=optuna_storage(optuna_url(spec.search.storage)),
         study_name=execution,
         max_epochs=spec.scheduler.max_epochs,
     )
@@ -253,7 +250,7 @@ def optuna_storage(url: str) -> optuna.storages.RDBStorage:
     """The Optuna study's storage. A SQLite file runs in WAL mode with normal syncs: every epoch
     writes an intermediate value, and that halves what each write costs the driver (about 1 ms
     instead of 2). Like any SQLite file, keep it off network filesystems."""
-    storage = optuna.storages.RDBStorage(url)
+    storage = new_rdb_storage(url)
     if url.startswith("sqlite:"):
 
         @sqlalchemy.event.listens_for(storage.engine, "connect")
@@ -267,8 +264,61 @@ def optuna_storage(url: str) -> optuna.storages.RDBStorage:
     return storage
 
 
+def new_rdb_storage(url: str, attempts: int = 5) -> optuna.storages.RDBStorage:
+    """Optuna's RDBStorage, which creates its tables in a new database: two drivers doing that
+    at once on PostgreSQL collide (a duplicate type or table), and the loser finds them made."""
+    for attempt in range(1, attempts):
+        try:
+            return optuna.storages.RDBStorage(url)
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+            time.sleep(0.2 * attempt)
+    return optuna.storages.RDBStorage(url)
+
+
 def execution_name(spec: JobSpec) -> str:
     return f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+MAX_SAME_SECOND = 100  # executions of one study name started in the same second
+
+
+def claim_execution(spec: JobSpec, stamp: str | None = None) -> str:
+    """A new execution's name, claimed by creating its Optuna study in the study's storage.
+
+    Executions are `NAME-YYYYmmdd-HHMMSS`, so two drivers starting a study of the same name in
+    the same second (two submissions of one spec) would share an Optuna study, a results folder
+    and a parent run's name. The storage's unique study names make the claim atomic across
+    machines: the second driver gets `NAME-...-2`, its own execution, never the first's."""
+    base = f"{spec.name}-{stamp or time.strftime('%Y%m%d-%H%M%S')}"
+    storage = optuna_storage(optuna_url(spec.search.storage))
+    direction = optuna.study.StudyDirection
+    directions = [direction.MAXIMIZE if spec.objective.mode == "max" else direction.MINIMIZE]
+    for n in range(1, MAX_SAME_SECOND + 1):
+        execution = base if n == 1 else f"{base}-{n}"
+        try:
+            storage.create_new_study(directions, execution)
+        except optuna.exceptions.DuplicatedStudyError:
+            continue
+        finally:
+            storage.engine.dispose()
+        if n > 1:
+            print(
+                f"Execution {base} of study {spec.name!r} already exists in its Optuna storage "
+                f"(started this second by another driver): this one is {execution}, with its "
+                "own Optuna study, results folder and MLflow run"
+            )
+        return execution
+    raise StudyError(
+        f"study {spec.name!r}: {MAX_SAME_SECOND} executions named {base} already exist in its "
+        "Optuna storage; start it again in a second"
+    )
+
+
+def optuna_url(url: str) -> str:
+    """The storage URL, its SQLite file's folder created."""
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    return url
 
 
 @contextlib.contextmanager
@@ -307,7 +357,7 @@ def run_study(
     """Run a whole study in the foreground and return its ranked trials. `trainable` has
     `train_trial`'s signature; the scale benchmark passes one that trains nothing."""
     prepared = prepare(spec)
-    execution = execution_name(spec)
+    execution = claim_execution(spec)
     results_path = Path(spec.storage) / execution
     results_path.mkdir(parents=True, exist_ok=True)
     save_spec(prepared, results_path)
