@@ -6,6 +6,7 @@ the unprivileged user PostgreSQL runs as; a missing part fails the test that nee
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import pwd
@@ -256,3 +257,77 @@ def stack_mlflow(
     finally:
         stop(process)
         log.close()
+
+
+@dataclass(frozen=True)
+class RayHead:
+    """A one-node Ray cluster with token authentication and its Jobs API on 127.0.0.1."""
+
+    address: str  # the Jobs server, http://127.0.0.1:PORT
+    gcs: str  # 127.0.0.1:PORT, what other nodes (`ray start --address`) join
+    token: str
+    temp_dir: Path
+
+
+@contextlib.contextmanager
+def ray_head(num_cpus: int, env: dict[str, str] | None = None) -> Iterator[RayHead]:
+    """`ray start --head` as a team starts it (token auth on, dashboard = Jobs API), killed by
+    its processes at the end (see tests/test_jobs.py: `ray stop` would stop everybody's Ray).
+    `env` joins the nodes' environment (what every job driver and trial inherits)."""
+    from tests.test_jobs import CLUSTER_MARKER, RAY, kill_cluster, ray_start
+
+    temp_dir = Path(tempfile.mkdtemp(prefix="rh-", dir="/tmp"))  # short: Ray's unix sockets
+    token = secrets.token_hex(32)
+    node_env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    node_env.update(
+        PATH=f"{RAY.parent}{os.pathsep}{node_env.get('PATH', '')}",  # `python` for job drivers
+        RAY_AUTH_MODE="token",
+        RAY_AUTH_TOKEN=token,
+        **(env or {}),
+        **{CLUSTER_MARKER: str(temp_dir)},
+    )
+    gcs_port, dashboard_port = free_port(), free_port()
+    try:
+        ray_start(
+            ["--head", "--port", str(gcs_port), "--temp-dir", str(temp_dir)]
+            + ["--num-cpus", str(num_cpus), "--num-gpus", "0", "--node-ip-address", "127.0.0.1"]
+            + ["--object-store-memory", str(150 * 1024**2), "--disable-usage-stats"]
+            + ["--include-dashboard", "true", "--dashboard-host", "127.0.0.1"]
+            + ["--dashboard-port", str(dashboard_port), "--ray-client-server-port"]
+            + [str(free_port()), "--dashboard-agent-listen-port", str(free_port())],
+            node_env,
+            temp_dir,
+        )
+        head = RayHead(
+            f"http://127.0.0.1:{dashboard_port}", f"127.0.0.1:{gcs_port}", token, temp_dir
+        )
+        wait_for_jobs(head)
+        yield head
+    finally:
+        kill_cluster(temp_dir)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def wait_for_jobs(head: RayHead, timeout_s: float = 90) -> None:
+    """Until the Jobs API runs a probe job (its agent is up a while after `ray start`)."""
+    from ray.job_submission import JobSubmissionClient
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with pytest.MonkeyPatch.context() as env:  # Ray prefers these to its argument
+                env.delenv("RAY_ADDRESS", raising=False)
+                env.delenv("RAY_API_SERVER_ADDRESS", raising=False)
+                client = JobSubmissionClient(
+                    head.address, headers={"Authorization": f"Bearer {head.token}"}
+                )
+            job = client.submit_job(entrypoint="python -c 'print(1 + 1)'")
+        except (ConnectionError, RuntimeError):  # "No available agent to submit job" at first
+            time.sleep(1)
+            continue
+        while not client.get_job_status(job).is_terminal():
+            time.sleep(0.5)
+        if client.get_job_status(job).value == "SUCCEEDED":
+            return
+        time.sleep(1)
+    raise TimeoutError(f"the Ray head at {head.address} ran no job within {timeout_s} s")

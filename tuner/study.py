@@ -317,7 +317,7 @@ def optuna_storage(url: str) -> optuna.storages.RDBStorage:
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     try:
-        storage = OptunaStorage(url, engine_kwargs=engine_options(url))
+        storage = new_rdb_storage(url)
     except sqlalchemy.exc.SQLAlchemyError as exc:
         raise StudyError(storage_failure(url, exc)) from None
     if url.startswith("sqlite:"):
@@ -351,8 +351,57 @@ def open_optuna_storage(spec: JobSpec) -> None:
     optuna_storage(spec.search.storage).engine.dispose()
 
 
+def new_rdb_storage(url: str, attempts: int = 5) -> OptunaStorage:
+    """Optuna's RDBStorage, which creates its tables in a new database: two drivers doing that
+    at once on PostgreSQL collide (a duplicate type or table), and the loser finds them made."""
+    for attempt in range(1, attempts):
+        try:
+            return OptunaStorage(url, engine_kwargs=engine_options(url))
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+            time.sleep(0.2 * attempt)
+    return OptunaStorage(url, engine_kwargs=engine_options(url))
+
+
 def execution_name(spec: JobSpec) -> str:
     return f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+MAX_SAME_SECOND = 100  # executions of one study name started in the same second
+
+
+def claim_execution(spec: JobSpec, stamp: str | None = None) -> str:
+    """A new execution's name, claimed by creating its Optuna study in the study's storage.
+
+    Executions are `NAME-YYYYmmdd-HHMMSS`, so two drivers starting a study of the same name in
+    the same second (two submissions of one spec) would share an Optuna study, a results folder
+    and a parent run's name. The storage's unique study names make the claim atomic across
+    machines: the second driver gets `NAME-...-2`, its own execution, never the first's."""
+    base = f"{spec.name}-{stamp or time.strftime('%Y%m%d-%H%M%S')}"
+    storage = optuna_storage(spec.search.storage)
+    direction = optuna.study.StudyDirection
+    directions = [
+        direction.MAXIMIZE if objective.mode == "max" else direction.MINIMIZE
+        for objective in spec.objectives
+    ]
+    for n in range(1, MAX_SAME_SECOND + 1):
+        execution = base if n == 1 else f"{base}-{n}"
+        try:
+            storage.create_new_study(directions, execution)
+        except optuna.exceptions.DuplicatedStudyError:
+            continue
+        finally:
+            storage.engine.dispose()
+        if n > 1:
+            print(
+                f"Execution {base} of study {spec.name!r} already exists in its Optuna storage "
+                f"(started this second by another driver): this one is {execution}, with its "
+                "own Optuna study, results folder and MLflow run"
+            )
+        return execution
+    raise StudyError(
+        f"study {spec.name!r}: {MAX_SAME_SECOND} executions named {base} already exist in its "
+        "Optuna storage; start it again in a second"
+    )
 
 
 @contextlib.contextmanager
@@ -395,7 +444,7 @@ def run_study(
     prepared.warm_start = plan_warm_start(spec, prepared.space)
     for line in prepared.warm_start.lines() if prepared.warm_start else []:
         print(line)
-    execution = execution_name(spec)
+    execution = claim_execution(spec)
     folder = study_folder(spec.storage, execution)
     results_path = folder.local
     results_path.mkdir(parents=True, exist_ok=True)

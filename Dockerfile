@@ -1,0 +1,31 @@
+# The image a cluster runs studies in: every Ray node (KubeRay's head and workers, see
+# docs/cluster.md) starts from it, and Ray Jobs run `python -m tuner run` with its `python`.
+#   docker build -t REGISTRY/tuner:0.1.0 . && docker push REGISTRY/tuner:0.1.0
+#
+# CUDA: PyPI's torch wheel for Linux x86_64 is a CUDA build; torch 2.13.0's is CUDA 13.0 (it
+# requires cuda-toolkit==13.0.3 and cuDNN 9 as pip packages, which it installs), so the base is
+# CUDA 13.0's runtime. constraints.txt pins torch==2.13.0: on this project's CPU-only machines
+# that resolves to the local 2.13.0+cpu wheel, here (PyPI only) to the CUDA 13.0 one. Changing
+# the torch pin means checking which CUDA its PyPI wheel needs (tests/test_image.py holds it).
+ARG CUDA=13.0.0
+FROM nvidia/cuda:${CUDA}-runtime-ubuntu24.04
+
+ENV DEBIAN_FRONTEND=noninteractive PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1
+# wget: KubeRay's health probes call it in the Ray containers
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3 python3-venv wget ca-certificates \
+    && rm -rf /var/lib/apt/lists/*
+
+# `python`, `ray` and `tuner` first on PATH, for `ray start` and for Ray Jobs' entrypoints
+RUN python3 -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+
+WORKDIR /opt/tuner
+COPY pyproject.toml constraints.txt README.md ./
+COPY tuner tuner
+COPY trainables trainables
+COPY search_spaces search_spaces
+COPY dashboards dashboards
+# the `cluster` extra: the PostgreSQL driver and boto3 for S3
+RUN pip install -c constraints.txt '.[cluster]' \
+    && python -c "import torch, ray, tuner; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
