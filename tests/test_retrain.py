@@ -127,3 +127,42 @@ def test_the_training_tag_of_a_study_becomes_the_exported_training_section() -> 
     tag = '{"precision": "bf16", "compile": true, "data_on_device": null}'
     assert training_from_tag(tag).model_dump() == {"precision": "bf16", "compile": True}
     assert training_from_tag(None).model_dump() == {"precision": "fp32", "compile": False}
+
+
+def test_train_scores_the_held_out_test_split_once_when_the_study_kept_one(
+    study_dir: Path,
+) -> None:
+    """A config from a study with `dataset.test_fraction` trains on the same rows and ends with
+    the test split's scores: logged once on the run, printed, and equal to scoring the trained
+    model on exactly those rows."""
+    dataset = {"name": "digits", "val_fraction": 0.2, "test_fraction": 0.2, "seed": 0}
+    path = write_config(study_dir, dataset=dataset)
+    uri = f"sqlite:///{study_dir / 'mlflow.db'}"
+    result = runner.invoke(app, ["train", str(path), "--device", "cpu", "--tracking-uri", uri])
+    assert result.exit_code == 0, result.output
+    run = only_run(uri)
+    client = client_for(uri)
+    (test_loss,) = client.get_metric_history(run.info.run_id, "test_loss")
+    (test_acc,) = client.get_metric_history(run.info.run_id, "test_acc")
+    assert test_loss.step == 2 and 0 < test_loss.value < 5
+    assert 0.5 < test_acc.value <= 1.0
+    assert f"On the held-out test split: test_loss {test_loss.value:.4f}" in result.output
+    data = load_dataset(DataOptions(**dataset))
+    assert len(data.x_test) == 360  # 20% of 1,797 digits, never in train or val
+    assert len(data.x_train) + len(data.x_val) + len(data.x_test) == 1797
+
+    import mlflow.pytorch
+
+    model = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model")
+    with torch.no_grad():
+        logits = model(torch.as_tensor(data.x_test))
+        loss = torch.nn.functional.cross_entropy(logits, torch.as_tensor(data.y_test).long())
+        acc = (logits.argmax(1).numpy() == data.y_test).mean()
+    assert math.isclose(test_loss.value, loss.item(), rel_tol=1e-4)
+    assert math.isclose(test_acc.value, acc, rel_tol=1e-6)
+
+    (study_dir / "plain").mkdir()
+    plain = write_config(study_dir / "plain", dataset={"name": "digits"})
+    trained = runner.invoke(app, ["train", str(plain), "--device", "cpu", "--tracking-uri", uri])
+    assert trained.exit_code == 0, trained.output
+    assert "held-out test split" not in trained.output

@@ -457,6 +457,9 @@ def train(
         highlight=False,
         soft_wrap=True,
     )
+    if result.test:
+        scores = ", ".join(f"{key} {value:.4f}" for key, value in result.test.items())
+        out.print(f"On the held-out test split: {scores}", highlight=False)
     if result.registered_model:
         out.print(f"Registered as model {result.registered_model!r}", highlight=False)
 

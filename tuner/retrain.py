@@ -3,11 +3,13 @@
 The config is rebuilt on the same data and split, with the study's seed and training options
 (precision, compile); the run carries the same curves, summary and diagnosis as a trial's, the
 device it trained on, and rank 1 is registered as `<study>-best`. The model is logged on CPU.
+When the study held out a test split (`dataset.test_fraction`), the trained model is scored on it
+once, at the end: `test_loss` (and `test_acc`), the figures to ship it on.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from trainables import metrics as m
@@ -30,6 +32,7 @@ class TrainResult:
     diagnosis: str
     registered_model: str | None
     device: str = "cpu"
+    test: dict[str, float] = field(default_factory=dict)  # test_loss, test_acc: with a test split
 
     @property
     def final(self) -> dict[str, float]:
@@ -84,11 +87,19 @@ def train_config(
         history.append(run.run_epoch())
         if history[-1].get(m.DIVERGED):
             break
+    test = run.test_metrics(data.x_test, data.y_test) if data.has_test else {}
     example = data.x_val[:4]
-    result = log_trained_model(
-        config, run.model, example, history, tracking_uri, register, device=where, inputs=inputs
+    return log_trained_model(
+        config,
+        run.model,
+        example,
+        history,
+        tracking_uri,
+        register,
+        device=where,
+        inputs=inputs,
+        test=test,
     )
-    return result
 
 
 def log_trained_model(
@@ -100,12 +111,15 @@ def log_trained_model(
     register: bool,
     device: str = "cpu",
     inputs: list[dict] = (),
+    test: dict[str, float] | None = None,
 ) -> TrainResult:
-    """An MLflow run with the curves, diagnosis, device, dataset inputs (`tuner.inputs`) and the
-    model (moved to CPU); rank 1 goes to the registry."""
+    """An MLflow run with the curves, diagnosis, device, dataset inputs (`tuner.inputs`), the
+    test split's scores (`test`, logged once) and the model (moved to CPU); rank 1 goes to the
+    registry."""
     import mlflow
     import mlflow.pytorch
     import torch
+    from mlflow.entities import Metric
 
     client = client_for(tracking_uri)
     study = config.source.get("study") or "tuner-train"
@@ -129,7 +143,8 @@ def log_trained_model(
     log_batch(
         client,
         run_id,
-        metrics=[p for row in history for p in epoch_metrics(row, ts)],
+        metrics=[p for row in history for p in epoch_metrics(row, ts)]
+        + [Metric(key, float(value), ts, len(history)) for key, value in (test or {}).items()],
         params=as_params(
             {
                 "model": config.model,
@@ -169,4 +184,4 @@ def log_trained_model(
             code_paths=code_paths(plugins) or None,
         )
     client.set_terminated(run_id, status="FINISHED")
-    return TrainResult(run_id, history, verdict.diagnosis, registered, device)
+    return TrainResult(run_id, history, verdict.diagnosis, registered, device, dict(test or {}))
