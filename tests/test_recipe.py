@@ -134,3 +134,6 @@ def check_what_the_recipe_made(
     assert any(k.endswith("/report.html") for k in artifacts), artifacts[:20]
     results = store.keys(BUCKET, f"tuner-results/{executions[0]}/")
     assert any("checkpoint" in k for k in results), results[:20]
+    prefix = f"tuner-results/{executions[0]}/"
+    for driver_file in ("spec.yaml", "trials.jsonl", "trials.csv", "report.html"):
+        assert prefix + driver_file in results, (driver_file, results[:20])
