@@ -462,7 +462,7 @@ def test_unknown_algorithm() -> None:
     msg = str(info.value)
     assert "search.algorithm" in msg
     assert "'grid'" in msg
-    assert "cmaes, qmc, random, tpe" in msg
+    assert "cmaes, nsgaii, qmc, random, tpe" in msg
 
 
 def test_warm_start_misfit_names_why_a_config_is_not_a_point_of_the_space() -> None:
