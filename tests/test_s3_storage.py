@@ -21,7 +21,6 @@ import uuid
 from collections import Counter
 from pathlib import Path
 
-import optuna
 import pandas as pd
 import pytest
 import yaml
@@ -29,7 +28,7 @@ import yaml
 from tests.conftest import free_port
 from tests.servers import BUCKET, ObjectStore
 from tests.test_jobs import CLUSTER_MARKER, RAY, kill_cluster, ray_start
-from tests.test_resume import NUM_TRIALS, run_counts
+from tests.test_resume import NUM_TRIALS, assert_every_trial_once, run_counts
 from tests.test_tracking import EPOCH_1, callbacks, drive, fake_trial
 from tuner import outcomes, schema
 from tuner.journal import JOURNAL_FILE, read_journal
@@ -151,46 +150,13 @@ def test_driver_killed_then_resumed_from_the_bucket_after_its_folder_is_deleted(
     assert set(trials["status"]) <= {outcomes.COMPLETED, outcomes.STOPPED_BY_SCHEDULER}
     assert not list(folder.local.rglob("checkpoint_*")), "the driver downloads no checkpoints"
     with sqlite3.connect(tmp_path / "mlflow.db") as db:
-        names = [
-            n
-            for (n,) in db.execute(
-                "select t.value from tags t join runs r on r.run_uuid = t.run_uuid "
-                "where r.lifecycle_stage = 'active' and t.key = 'mlflow.runName' "
-                "and t.value like 'trial-%'"
-            )
-        ]
-        assert sorted(names) == [f"trial-{n:04d}" for n in range(1, NUM_TRIALS + 1)]
         (location,) = db.execute(
             "select value from tags where key = ?", (schema.RESULTS_PATH_TAG,)
         ).fetchone()
-        assert location == uri
-        for _, row in trials.iterrows():
-            steps = [
-                s
-                for (s,) in db.execute(
-                    "select m.step from metrics m join tags t on t.run_uuid = m.run_uuid "
-                    "where t.key = 'tuner.trial_id' and t.value = ? and m.key = 'val_loss' "
-                    "order by m.step",
-                    (row["trial_id"],),
-                )
-            ]
-            assert steps == list(range(1, int(row["epochs"]) + 1)), (row["trial"], steps)
-
-    study = optuna.load_study(study_name=execution, storage=f"sqlite:///{tmp_path / 'optuna.db'}")
-    states = Counter(t.state for t in study.trials)
-    ran = states[optuna.trial.TrialState.COMPLETE] + states[optuna.trial.TrialState.PRUNED]
-    events = read_journal(folder.local / JOURNAL_FILE)
-    superseded = {e["trial_id"] for e in events if e["event"] == "superseded"}
-    told = {
-        t.user_attrs[schema.TRIAL_ID_TAG]
-        for t in study.trials
-        if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    }
-    assert len(told) == ran
-    assert len(superseded) < NUM_TRIALS // 2, superseded
-    assert ran == NUM_TRIALS + len(superseded & told)
-    assert states[optuna.trial.TrialState.RUNNING] == 0
-    assert states[optuna.trial.TrialState.FAIL] <= 2
+    assert location == uri
+    states, superseded = assert_every_trial_once(
+        tmp_path, execution, folder.local / JOURNAL_FILE, trials
+    )
     figures = {
         "mlflow_before": dict(before),
         "mlflow_after": dict(after),
