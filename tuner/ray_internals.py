@@ -104,7 +104,7 @@ def report_curve(trial, values: dict[int, float]) -> None:
     storage = getattr(trial.storage, "_backend", trial.storage)  # _CachedStorage wraps an RDB
     if not isinstance(storage, RDBStorage):
         for step, value in values.items():
-            trial.report(value, step)
+            storage.set_trial_intermediate_value(trial._trial_id, step, value)
         return
     with _create_scoped_session(storage.scoped_session, True) as session:
         for step, value in values.items():
