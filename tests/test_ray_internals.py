@@ -23,6 +23,7 @@ from tuner.ray_internals import (
     loopback_node,
     optuna_study,
     optuna_trials,
+    report_curve,
     restored_callbacks,
     stop_local_daemons,
 )
@@ -190,3 +191,14 @@ def test_extend_search_raises_the_count_ray_restores(tmp_path: Path) -> None:
     restored = SearchGenerator(_NoState(metric="val_loss", mode="min"))
     restored.restore_from_dir(str(tmp_path))
     assert restored.total_samples == 5 and not restored.is_finished()
+
+
+@pytest.mark.parametrize("in_rdb", [True, False])
+def test_report_curve_stores_every_step_of_a_running_trial(tmp_path: Path, in_rdb: bool):
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}" if in_rdb else None
+    study = optuna.create_study(storage=storage)
+    trial = study.ask()
+    report_curve(trial, {1: 0.5})
+    report_curve(trial, {1: 0.4, 2: 0.3})  # a value stored before is overwritten
+    study.tell(trial, 0.3)
+    assert study.trials[0].intermediate_values == {1: 0.4, 2: 0.3}

@@ -33,6 +33,7 @@ REPORTED = (
     m.TEST_ACC,
     *m.MODEL_COSTS,
 )
+UPDATE_EVERY_S = 0.25  # the live line's refresh period (rich redraws it 4 times a second)
 
 
 @dataclass
@@ -89,17 +90,18 @@ class StudyRecorder(Callback):
         self.journal = journal
         self.on_change = on_change
         self.trials: dict[str, TrialRecord] = {}
+        self.finished = 0  # trials that have ended: counted, not recounted at every end
 
     def __getstate__(self) -> dict[str, Any]:
         """Ray pickles callbacks into every experiment snapshot. The records stay behind (a
         restore replays the journal), so a snapshot costs the same at trial 10 and trial 1,000;
         so does the live display."""
-        return {**self.__dict__, "on_change": None, "trials": {}}
+        return {**self.__dict__, "on_change": None, "trials": {}, "finished": 0}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self.journal = relocated(self.journal)
-        self.trials = {}
+        self.trials, self.finished = {}, 0
         for event in read_journal(self.journal):
             self._apply(event)
 
@@ -112,7 +114,9 @@ class StudyRecorder(Callback):
         if trial_id is None:
             return None
         if event["event"] == "superseded":
-            return self.trials.pop(trial_id, None)
+            gone = self.trials.pop(trial_id, None)
+            self.finished -= gone is not None and gone.finished is not None
+            return gone
         if trial_id not in self.trials:
             self.trials[trial_id] = TrialRecord(trial_id, event["number"], event["config"])
         record = self.trials[trial_id]
@@ -123,7 +127,11 @@ class StudyRecorder(Callback):
             record.device = event.get(DEVICE) or record.device
         elif event["event"] == "end":
             record.status, record.error = event["status"], event.get("error")
-            record.finished = sum(t.finished is not None for t in self.trials.values()) + 1
+            if record.finished is None:
+                self.finished += 1
+                record.finished = self.finished
+            else:  # ended again (a restore): after every other
+                record.finished = self.finished + 1
         return record
 
     def _event(self, trial, kind: str, **fields: Any) -> None:
@@ -206,19 +214,28 @@ class LiveProgress:
         self.console = console or Console()
         self.started = time.monotonic()
         self._live = Live(Text(""), console=self.console, refresh_per_second=4, transient=False)
-        self._last_update = 0.0
+        self._last_update = float("-inf")
+        self._recorder: StudyRecorder | None = None
 
     def __enter__(self) -> LiveProgress:
         self._live.__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
+        if self._recorder is not None:  # the last events, which a throttled update skipped
+            self._live.update(self.render(self._recorder))
         self._live.__exit__(*exc)
         if not self.console.is_terminal:  # rich ends a terminal's line itself, not a pipe's
             self.console.line()
 
     def update(self, recorder: StudyRecorder) -> None:
-        self._live.update(self.render(recorder))
+        """At most as often as the line is redrawn: rendering reads every trial, and an update
+        per result made a study of thousands of trials quadratic."""
+        self._recorder = recorder
+        now = time.monotonic()
+        if now - self._last_update >= UPDATE_EVERY_S:
+            self._last_update = now
+            self._live.update(self.render(recorder))
 
     def render(self, recorder: StudyRecorder) -> Text:
         c = recorder.counts()

@@ -1,4 +1,5 @@
-"""Every use of Ray's private API, one function each (tests/test_ray_internals.py checks each).
+"""Every use of Ray's private API (and one of Optuna's), one function each
+(tests/test_ray_internals.py checks each).
 
 Ray has no public way to do these; pyproject pins Ray to the versions they were tested on. When
 Ray changes, the test of the function that broke says which one, and only it needs a new body.
@@ -91,6 +92,25 @@ def completed_trials(searcher) -> set[str]:
 
 
 # --------------------------------------------------------------------------- extending a study
+
+
+def report_curve(trial, values: dict[int, float]) -> None:
+    """Optuna's `Trial.report` of every (step, value) at once: one transaction on an RDB storage
+    (Optuna's public API writes one per value: a SQLite commit each) through its private
+    per-value write; any other storage value by value. Values already stored are overwritten."""
+    from optuna.storages import RDBStorage
+    from optuna.storages._rdb.storage import _create_scoped_session
+
+    storage = getattr(trial.storage, "_backend", trial.storage)  # _CachedStorage wraps an RDB
+    if not isinstance(storage, RDBStorage):
+        for step, value in values.items():
+            storage.set_trial_intermediate_value(trial._trial_id, step, value)
+        return
+    with _create_scoped_session(storage.scoped_session, True) as session:
+        for step, value in values.items():
+            storage._set_trial_intermediate_value_without_commit(
+                session, trial._trial_id, step, value
+            )
 
 
 def extend_search(results_path, num_samples: int) -> int:

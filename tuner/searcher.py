@@ -4,7 +4,8 @@ Ray's stock searcher never reports the result on which a scheduler stops a trial
 Optuna the trial COMPLETED with that truncated value, as if a 2-epoch curve were a finished run.
 TPE then learns from values that mean different things. Here:
 
-- every epoch's objective is reported as an intermediate value (step = epoch), the last one too;
+- every epoch's objective is reported as an intermediate value (step = epoch), the last one too,
+  all in one write when the trial ends (a write per result was a SQLite commit per epoch);
 - a trial that ran its whole budget (or was stopped for overfitting) is COMPLETE, valued at its
   best epoch;
 - a trial stopped early by the scheduler is PRUNED, keeping its partial curve;
@@ -31,7 +32,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from trainables import metrics as m
 from tuner import outcomes, schema
-from tuner.ray_internals import completed_trials, optuna_study, optuna_trials
+from tuner.ray_internals import completed_trials, optuna_study, optuna_trials, report_curve
 from tuner.stoppers import StudyStop
 
 
@@ -85,6 +86,7 @@ class TruthfulOptunaSearch(OptunaSearch):
             return
         if result:
             self._report(trial_id, result)  # the stopping result never went through on_trial_result
+        self._write_curve(trial_id)
         state, value = self._verdict(trial_id, result, error)
         # skip_if_finished: a driver that crashed after telling Optuna but before Ray saved this
         # searcher tells again on resume; the stored verdict stands
@@ -95,16 +97,23 @@ class TruthfulOptunaSearch(OptunaSearch):
         self._curves.pop(trial_id, None)
 
     def _report(self, trial_id: str, result: dict) -> None:
+        """Keep the epoch's objectives; Optuna gets the curve when the trial ends."""
         curve = self._curves.setdefault(trial_id, {})
         metrics = [metric for metric, _ in self.objectives]
         step, value = result.get(m.EPOCH), result.get(metrics[0])
         if step is None or step in curve or not outcomes.is_finite(value):
             return
         curve[step] = {m.EPOCH: step, **{k: result.get(k) for k in metrics}}
-        if len(metrics) > 1:
+
+    def _write_curve(self, trial_id: str) -> None:
+        """The trial's intermediate values (first objective by epoch) in one write."""
+        metric = self.objectives[0][0]
+        curve = self._curves.get(trial_id)
+        if not curve or len(self.objectives) > 1:
             return  # Optuna keeps intermediate values for one objective only
+        values = {int(step): float(row[metric]) for step, row in sorted(curve.items())}
         with contextlib.suppress(UpdateFinishedTrialError):  # told before a crash (see below)
-            optuna_trials(self)[trial_id].report(float(value), int(step))
+            report_curve(optuna_trials(self)[trial_id], values)
 
     def _verdict(
         self, trial_id: str, result: dict | None, error: bool

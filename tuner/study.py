@@ -606,12 +606,16 @@ def publish(folder: StudyFolder) -> None:
         ) from None
 
 
-def snapshot_period_s(num_samples: int) -> float:
+def snapshot_period_s(num_samples: int) -> float | str:
     """How often Ray saves the experiment state that `tuner resume` restores. Ray's default is
     10 s or more; a trial that starts after the last snapshot runs again on resume, so small
     studies snapshot twice a second. A snapshot costs about half a millisecond per trial (every
     trial's state as JSON), so large studies snapshot less often, keeping it to a few per cent of
-    the driver's time (1,000 trials: every 10 s)."""
+    the driver's time (1,000 trials: every 10 s). Beyond 1,000 trials a snapshot takes seconds
+    and Ray's "auto" period (19 times the last snapshot's duration, at least 10 s) keeps it to
+    5 per cent however many trials have accumulated."""
+    if num_samples > 1000:
+        return "auto"
     return min(10.0, max(0.5, num_samples / 100))
 
 

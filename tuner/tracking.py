@@ -50,6 +50,16 @@ log = logging.getLogger(__name__)
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
 MAX_TAG_LENGTH = 8000
 BATCH_LIMIT = 1000  # MLflow's limit on entities per log_batch call
+#: the run ids file is rewritten whole: at every new run up to this many runs, then at most every
+#: RUN_IDS_SAVE_EVERY_S and at every flush (a restore claims runs the file lacks: claim_orphans)
+RUN_IDS_SAVED_EVERY_RUN = 100
+RUN_IDS_SAVE_EVERY_S = 5.0
+#: studies of more trials log no learning-curve PNG per trial: drawing one costs ~90 ms of CPU
+#: and an upload, and the writer thread waits for both, so at hundreds of trials the figures
+#: held every later write back (400 trials at 16 slots: the last results reached MLflow 105 s
+#: after the last trial ended). MLflow's own charts show each run's curves from its metrics, and
+#: the study's report.html every trial's
+CURVE_FIGURES_UP_TO = 200
 #: the environment of the server `tuner ui` starts: MLflow 3's job runner (about ten huey worker
 #: processes for GenAI jobs: ~20 s of CPU as they start, ~1 GB) does nothing for tuning studies
 UI_SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
@@ -145,10 +155,11 @@ def log_trial_end(
     tags: list | None = None,
     figures: FigureProcess | None = None,
     headline: str | None = None,
+    figure: bool = True,
 ) -> diagnostics.Diagnosis:
     """One batch (the summary at the best epoch, the diagnosis, the run's note under `headline`
     when given, and the caller's `metrics` and `tags`), then the learning-curve figure, drawn by
-    `figures` when given."""
+    `figures` when given (none when not `figure`)."""
     from mlflow.entities import Metric, RunTag
 
     verdict = diagnostics.diagnose(history, thresholds)
@@ -164,7 +175,7 @@ def log_trial_end(
         metrics=[*(metrics or []), *(Metric(k, v, ts, 0) for k, v in summary.items())],
         tags=tags,
     )
-    if not history:
+    if not history or not figure:
         return verdict
     title = f"{title}: {verdict.diagnosis}"
     if figures is None:
@@ -211,6 +222,7 @@ class MlflowTracking(Callback):
     #: rebuilt by `_init_runtime` (and the run ids re-read) when Ray restores the callback
     _NOT_PICKLED = frozenset(
         {"_pending", "_logged", "_last_flush", "_client", "_writer", "_jobs", "_thread"}
+        | {"_ids_saved_at", "_ids_unsaved"}
         | {"_error", "_figures", "open_runs", "run_ids", "_placements"}
     )
 
@@ -220,6 +232,7 @@ class MlflowTracking(Callback):
         self._logged: dict[str, set[int]] = {}  # run -> epochs already sent
         self._placements: dict[str, tuple] = {}  # run -> (gpu ids, device) tagged
         self._last_flush = time.monotonic()
+        self._ids_saved_at, self._ids_unsaved = time.monotonic(), False
         self._client = None
         self._writer: BufferedWriter | None = None
         self._jobs: queue.Queue = queue.Queue()
@@ -353,7 +366,7 @@ class MlflowTracking(Callback):
         if run_id is None:
             run_id = self._create_child(record)
             self.run_ids[record.trial_id] = run_id
-            save_run_ids(self.run_ids_path, self.parent_run_id, self.run_ids)
+            self._save_run_ids(soon=len(self.run_ids) > RUN_IDS_SAVED_EVERY_RUN)
             # a new run holds no epoch: no need to ask MLflow which ones it lacks. The trial may
             # have reported some before this thread got here, or be a restored trial whose run
             # was lost with a killed driver's queue
@@ -451,7 +464,6 @@ class MlflowTracking(Callback):
             self._end_trial(trial_id, "FAILED" if record.status == outcomes.ERRORED else "FINISHED")
 
     def _create_child(self, record: TrialRecord) -> str:
-        from mlflow.entities import RunTag
 
         name = f"trial-{record.number:04d}"
         run_id = self.writer.create_run(
@@ -464,22 +476,29 @@ class MlflowTracking(Callback):
                 schema.TRIAL_ID_TAG: record.trial_id,
                 schema.TRIAL_NUMBER_TAG: str(record.number),
                 schema.CONFIG_TAG: json.dumps(record.config)[:MAX_TAG_LENGTH],
+                schema.TRIAL_STATUS_TAG: "running",
             },
         )
-        log_batch(
-            self.writer,
-            run_id,
-            params=as_params(record.config),
-            tags=[RunTag(schema.TRIAL_STATUS_TAG, "running")],
-        )
+        log_batch(self.writer, run_id, params=as_params(record.config))
         self.writer.log_inputs(run_id, self.inputs)
         return run_id
 
+    def _save_run_ids(self, soon: bool = False) -> None:
+        """Write the run ids file; `soon`: only if RUN_IDS_SAVE_EVERY_S have passed (rewriting
+        it at every run of a 10,000-trial study wrote gigabytes)."""
+        self._ids_unsaved = True
+        if soon and time.monotonic() - self._ids_saved_at < RUN_IDS_SAVE_EVERY_S:
+            return
+        save_run_ids(self.run_ids_path, self.parent_run_id, self.run_ids)
+        self._ids_saved_at, self._ids_unsaved = time.monotonic(), False
+
     def flush(self) -> None:
-        """Send every buffered epoch in one batch per run."""
+        """Send every buffered epoch in one batch per run (and the run ids not yet saved)."""
         pending, self._pending = self._pending, {}
         for run_id, metrics in pending.items():
             log_batch(self.writer, run_id, metrics=metrics)
+        if self._ids_unsaved:
+            self._save_run_ids()
         self._last_flush = time.monotonic()
 
     def _end_trial(self, trial_id: str, run_status: str) -> None:
@@ -507,6 +526,7 @@ class MlflowTracking(Callback):
             tags=tags,
             figures=self._figures,
             headline=f"Trial {record.number}: **{status}**",
+            figure=self.spec.search.num_samples <= CURVE_FIGURES_UP_TO,
         )
         self.writer.set_terminated(run_id, status=run_status)
         # a placeholder may have got its real id during these writes (`_resolved`)
