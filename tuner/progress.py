@@ -159,6 +159,13 @@ class StudyRecorder(Callback):
         for trial_id in trial_ids & set(self.trials):
             self._log({"event": "superseded", "trial_id": trial_id})
 
+    def forget_unseen(self, trial_ids: set[str]) -> None:
+        """Journal as superseded trials the journal never saw, whose MLflow runs a restore found
+        and superseded: they started after the journal's last copy reached a remote storage, and
+        may have ended (told to Optuna) before the crash. The journal stays the full record."""
+        for trial_id in trial_ids - set(self.trials):
+            self._log({"event": "superseded", "trial_id": trial_id})
+
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         self._event(trial, "start")
 

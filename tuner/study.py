@@ -821,7 +821,7 @@ class StudyRun:
         recorder.forget(unknown)
         if tracking:
             tracking.writer.update_run(tracking.parent_run_id, status="RUNNING")
-            tracking.claim_orphans()
+            recorder.forget_unseen(tracking.claim_orphans() - unknown)
             if prepared.spec.search.num_samples > tracking.spec.search.num_samples:  # extended
                 tracking.writer.set_tag(
                     tracking.parent_run_id,

@@ -422,11 +422,12 @@ class MlflowTracking(Callback):
                 self.writer.delete_run(run_id)
         save_run_ids(self.run_ids_path, self.parent_run_id, self.run_ids)
 
-    def claim_orphans(self) -> int:
+    def claim_orphans(self) -> set[str]:
         """After a restore: this study's trial runs that the saved run ids do not name (created
         after the last copy of the ids that reached a remote storage, or just before a crash).
         A trial the recorder knows takes its run back; a run of a trial it does not know is
-        superseded, as `supersede` does (Ray runs that trial's slot again). Returns how many."""
+        superseded, as `supersede` does (Ray runs that trial's slot again). Returns the trial ids
+        of the runs it superseded."""
         self.wait()
         known = set(self.run_ids.values())
         query = f"tags.{schema.PARENT_TAG} = '{self.parent_run_id}'"
@@ -434,6 +435,7 @@ class MlflowTracking(Callback):
             lambda: self.client.search_runs([self.experiment_id], query, max_results=50_000)
         )
         orphans = [r for r in runs if r.info.run_id not in known]
+        superseded = set()
         for run in orphans:
             run_id, trial_id = run.info.run_id, run.data.tags.get(schema.TRIAL_ID_TAG)
             saved = self.run_ids.get(trial_id)
@@ -445,8 +447,9 @@ class MlflowTracking(Callback):
                 self.writer.set_tag(run_id, schema.TRIAL_STATUS_TAG, "superseded_by_restore")
                 self.writer.set_terminated(run_id, status="KILLED")
                 self.writer.delete_run(run_id)
+                superseded.add(trial_id)
         save_run_ids(self.run_ids_path, self.parent_run_id, self.run_ids)
-        return len(orphans)
+        return superseded
 
     def reconcile(self) -> None:
         """After a restore: finish the runs of trials that ended before the crash but whose
