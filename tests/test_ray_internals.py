@@ -10,12 +10,14 @@ from types import SimpleNamespace
 import optuna
 import psutil
 import pytest
+from optuna.storages import RDBStorage
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from tuner.journal import JOURNAL_FILE, append_event
 from tuner.ray_internals import (
+    SoleWriterCache,
     asha_objective,
     asha_rungs,
     completed_trials,
@@ -202,3 +204,83 @@ def test_report_curve_stores_every_step_of_a_running_trial(tmp_path: Path, in_rd
     report_curve(trial, {1: 0.4, 2: 0.3})  # a value stored before is overwritten
     study.tell(trial, 0.3)
     assert study.trials[0].intermediate_values == {1: 0.4, 2: 0.3}
+
+
+def test_report_curve_refuses_a_finished_trial(tmp_path: Path) -> None:
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    trial = study.ask()
+    study.tell(trial, 0.3)
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+        report_curve(trial, {1: 0.5})
+    assert study.trials[0].intermediate_values == {}
+
+
+class CountingReads(optuna.storages.RDBStorage):
+    """An RDBStorage that records the trial ids each cache read asks for."""
+
+    def __init__(self, url: str):
+        super().__init__(url)
+        self.reads: list[tuple[set[int], int]] = []
+
+    def _get_trials(self, study_id, states, included_trial_ids, trial_id_greater_than):
+        self.reads.append((set(included_trial_ids), trial_id_greater_than))
+        return super()._get_trials(study_id, states, included_trial_ids, trial_id_greater_than)
+
+
+def run_trials(study: optuna.Study, running: int, told: int) -> list[optuna.Trial]:
+    """Ask `running + told` trials (each with a param, a user attribute and a curve) and tell
+    `told` of them; returns the ones left running."""
+    trials = [
+        study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+        for _ in range(running + told)
+    ]
+    for trial in trials:
+        trial.set_user_attr("tuner.trial_id", f"t{trial.number}")
+        report_curve(trial, {1: trial.params["x"], 2: trial.params["x"] / 2})
+    for trial in trials[running:]:
+        study.tell(trial, trial.params["x"] / 2)
+    return trials[:running]
+
+
+def test_the_sole_writer_cache_sees_what_optuna_s_own_cache_sees(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    ours = optuna.create_study(storage=SoleWriterCache(RDBStorage(url)), study_name="s")
+    running = run_trials(ours, running=5, told=7)
+    ours.tell(running[0], state=optuna.trial.TrialState.PRUNED)
+    fresh = optuna.load_study(study_name="s", storage=url)  # Optuna's cache, reading anew
+
+    def seen(study):
+        return [
+            (t.number, t.state, t.params, t.values, t.intermediate_values, t.user_attrs)
+            for t in study.get_trials(deepcopy=False)
+        ]
+
+    assert seen(ours) == seen(fresh)
+    assert [t.state for t in ours.get_trials()].count(optuna.trial.TrialState.RUNNING) == 4
+    enqueued = optuna.load_study(study_name="s", storage=url)
+    enqueued.enqueue_trial({"x": 0.25})  # another process's new trial: read by its id
+    assert ours.ask({"x": optuna.distributions.FloatDistribution(0, 1)}).params == {"x": 0.25}
+
+
+def test_the_sole_writer_cache_rereads_only_the_trials_it_wrote(tmp_path: Path) -> None:
+    backend = CountingReads(f"sqlite:///{tmp_path / 'optuna.db'}")
+    study = optuna.create_study(storage=SoleWriterCache(backend), study_name="s")
+    run_trials(study, running=64, told=0)
+    study.get_trials(deepcopy=False)  # as the driver's next ask would, after those writes
+    backend.reads.clear()
+    trial = study.ask()  # Optuna's own cache re-reads all 64 running trials here
+    assert backend.reads[0][0] == set()
+    study.tell(trial, 0.5)
+    study.ask()
+    assert set().union(*(ids for ids, _ in backend.reads)) <= {trial._trial_id}
+    assert study.trials[trial.number].value == 0.5
+
+
+def test_the_sole_writer_cache_pickles_without_its_trials(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.create_study(storage=SoleWriterCache(RDBStorage(url)), study_name="s")
+    run_trials(study, running=0, told=20)
+    restored = pickle.loads(pickle.dumps(study._storage))
+    assert restored._studies == {} and len(pickle.dumps(study._storage)) < 2_000
+    again = optuna.load_study(study_name="s", storage=restored)
+    assert [t.value for t in again.trials] == [t.value for t in study.trials]

@@ -60,6 +60,7 @@ from tuner.placement import (
 from tuner.plugin_files import copy_plugins
 from tuner.progress import FinalistRecorder, LiveProgress, StudyRecorder, trial_dirname
 from tuner.ray_internals import (
+    SoleWriterCache,
     extend_search,
     loopback_node,
     restored_callbacks,
@@ -300,7 +301,7 @@ def make_searcher(
         mode=modes if spec.multi_objective else modes[0],
         points_to_evaluate=points or None,
         sampler=make_sampler(spec.search.algorithm, spec.search.seed),
-        storage=optuna_storage(spec.search.storage),
+        storage=SoleWriterCache(optuna_storage(spec.search.storage)),
         study_name=execution,
         max_epochs=spec.scheduler.max_epochs,
         study_stop=study_stop,
