@@ -10,16 +10,18 @@ from ray.tune.schedulers import ASHAScheduler
 from trainables import metrics as m
 from tuner import outcomes
 from tuner.journal import read_journal, relocated, results
+from tuner.live_trials import LiveTrialsFirst
 from tuner.ray_internals import asha_objective, asha_rungs
 
 
-class ResumableASHA(ASHAScheduler):
+class ResumableASHA(LiveTrialsFirst, ASHAScheduler):
     """ASHA that rebuilds its rungs from the study journal when Ray restores the experiment.
 
     Ray pickles the scheduler with the Tuner when the study starts and restores that empty copy,
     so a resumed study would otherwise compare new arrivals at a rung with nobody: every trial
     would pass. On the first result after a restore, each journaled trial's value at each rung it
-    reached is recorded again, in the bracket the trial belongs to.
+    reached is recorded again, in the bracket the trial belongs to. The next trial to run is
+    chosen from the live trials (LiveTrialsFirst).
     """
 
     def __init__(self, *args: Any, journal: Path | None = None, **kwargs: Any):

@@ -74,9 +74,9 @@ SCHEDULERS.register("asha")(
 
 
 def build_fifo(section: SchedulerSpec, journal: Path | None) -> TrialScheduler:
-    from ray.tune.schedulers import FIFOScheduler  # nothing to resume: it never stops a trial
+    from tuner.live_trials import LiveFIFO  # nothing to resume: it never stops a trial
 
-    return FIFOScheduler()
+    return LiveFIFO()
 
 
 SCHEDULERS.register("fifo")(
