@@ -60,6 +60,14 @@ RUN_IDS_SAVE_EVERY_S = 5.0
 #: after the last trial ended). MLflow's own charts show each run's curves from its metrics, and
 #: the study's report.html every trial's
 CURVE_FIGURES_UP_TO = 200
+#: the writer thread may fall this far behind the trials (its queue times the seconds each of its
+#: jobs takes) before Tune's event loop, and with it every trial's next report, waits for it:
+#: what bounds the tracking lag at a study's end and the queue the driver holds (with 64 slots
+#: of sub-second trials the writer fell minutes behind, and its queue grew with the study). A
+#: write that hangs longer than STUCK_WRITE_S (a server that stopped answering) is waited for
+#: by the writer alone
+MAX_WRITER_LAG_S = 5.0
+STUCK_WRITE_S = 30.0
 #: the environment of the server `tuner ui` starts: MLflow 3's job runner (about ten huey worker
 #: processes for GenAI jobs: ~20 s of CPU as they start, ~1 GB) does nothing for tuning studies
 UI_SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
@@ -156,10 +164,11 @@ def log_trial_end(
     figures: FigureProcess | None = None,
     headline: str | None = None,
     figure: bool = True,
+    params: list | None = None,
 ) -> diagnostics.Diagnosis:
     """One batch (the summary at the best epoch, the diagnosis, the run's note under `headline`
-    when given, and the caller's `metrics` and `tags`), then the learning-curve figure, drawn by
-    `figures` when given (none when not `figure`)."""
+    when given, and the caller's `metrics`, `tags` and `params`), then the learning-curve
+    figure, drawn by `figures` when given (none when not `figure`)."""
     from mlflow.entities import Metric, RunTag
 
     verdict = diagnostics.diagnose(history, thresholds)
@@ -173,6 +182,7 @@ def log_trial_end(
         client,
         run_id,
         metrics=[*(metrics or []), *(Metric(k, v, ts, 0) for k, v in summary.items())],
+        params=params or [],
         tags=tags,
     )
     if not history or not figure:
@@ -195,8 +205,13 @@ class MlflowTracking(Callback):
 
     With `background` (as a study runs it), the Tune hooks only queue work and one thread does
     every MLflow write, in order, so the driver's event loop (and with it the next epoch of every
-    trial) never waits on the tracking server, SQLite or a figure. `wait` blocks until the queue
-    is done; the methods called from outside the hooks wait first.
+    trial) does not wait on the tracking server, SQLite or a figure, unless the thread falls
+    MAX_WRITER_LAG_S behind. `wait` blocks until the queue is done; the methods called from
+    outside the hooks wait first.
+
+    A trial that ended before the thread created its run (the thread was behind) gets its run
+    in four requests: created, its dataset inputs, one batch (params, every epoch, the summary,
+    the tags), closed.
     """
 
     def __init__(
@@ -221,7 +236,8 @@ class MlflowTracking(Callback):
 
     #: rebuilt by `_init_runtime` (and the run ids re-read) when Ray restores the callback
     _NOT_PICKLED = frozenset(
-        {"_pending", "_logged", "_last_flush", "_client", "_writer", "_jobs", "_thread"}
+        {"_pending", "_pending_params", "_logged", "_last_flush", "_client", "_writer"}
+        | {"_jobs", "_thread", "_job_started", "_seconds_per_job", "_held_back"}
         | {"_ids_saved_at", "_ids_unsaved"}
         | {"_error", "_figures", "open_runs", "run_ids", "_placements"}
     )
@@ -229,6 +245,7 @@ class MlflowTracking(Callback):
     def _init_runtime(self) -> None:
         """What lives only in this process: queues, the writer thread, runs open right now."""
         self._pending: dict[str, list] = {}  # run -> curve points not sent yet
+        self._pending_params: dict[str, list] = {}  # run -> params not sent yet
         self._logged: dict[str, set[int]] = {}  # run -> epochs already sent
         self._placements: dict[str, tuple] = {}  # run -> (gpu ids, device) tagged
         self._last_flush = time.monotonic()
@@ -237,6 +254,9 @@ class MlflowTracking(Callback):
         self._writer: BufferedWriter | None = None
         self._jobs: queue.Queue = queue.Queue()
         self._thread: threading.Thread | None = None
+        self._job_started: float | None = None  # monotonic start of the job in progress
+        self._seconds_per_job = 0.0  # the writer's recent pace (a moving average)
+        self._held_back = False  # the event loop has waited for the writer (logged once)
         self._error: BaseException | None = None
         self._figures = FigureProcess()
         self.open_runs: set[str] = set()
@@ -274,6 +294,8 @@ class MlflowTracking(Callback):
         self.run_ids = {t: placeholders.get(r, r) for t, r in self.run_ids.items()}
         self.open_runs = {placeholders.get(r, r) for r in self.open_runs}
         self._logged = {placeholders.get(r, r): e for r, e in self._logged.items()}
+        self._pending = {placeholders.get(r, r): p for r, p in self._pending.items()}
+        self._pending_params = {placeholders.get(r, r): p for r, p in self._pending_params.items()}
         save_run_ids(self.run_ids_path, self.parent_run_id, self.run_ids)
 
     # ------------------------------------------------------------------ the writer thread
@@ -291,6 +313,29 @@ class MlflowTracking(Callback):
             self._thread = threading.Thread(target=self._work, name="mlflow-tracking", daemon=True)
             self._thread.start()
         self._jobs.put((job, args))
+        self._hold_back()
+
+    def _behind_s(self) -> float:
+        """How long a job queued now would wait: the queue at the writer's pace (at least as
+        slow as the job in progress has been so far); 0 while that job hangs (STUCK_WRITE_S)."""
+        started = self._job_started
+        running_s = 0.0 if started is None else time.monotonic() - started
+        if running_s > STUCK_WRITE_S:
+            return 0.0
+        return self._jobs.qsize() * max(self._seconds_per_job, running_s)
+
+    def _hold_back(self) -> None:
+        """Wait while the writer is more than MAX_WRITER_LAG_S behind: the trials then go no
+        faster than MLflow takes their writes."""
+        while (behind_s := self._behind_s()) > MAX_WRITER_LAG_S:
+            if not self._held_back:
+                self._held_back = True
+                log.warning(
+                    "MLflow writes are %.0f s behind the trials: the study waits for them "
+                    "(the tracking server takes fewer writes than the trials make)",
+                    behind_s,
+                )
+            time.sleep(0.02)
 
     def _work(self) -> None:
         while True:
@@ -299,6 +344,7 @@ class MlflowTracking(Callback):
                 self._jobs.task_done()
                 return
             job, args = item
+            self._job_started = started = time.monotonic()
             try:
                 if self._error is None:
                     job(*args)
@@ -306,6 +352,9 @@ class MlflowTracking(Callback):
                 log.warning("MLflow tracking failed: %s", exc)
                 self._error = exc
             finally:
+                took = time.monotonic() - started
+                self._seconds_per_job = 0.8 * self._seconds_per_job + 0.2 * took
+                self._job_started = None
                 self._jobs.task_done()
 
     def _stop_writing(self) -> None:
@@ -370,7 +419,13 @@ class MlflowTracking(Callback):
             # a new run holds no epoch: no need to ask MLflow which ones it lacks. The trial may
             # have reported some before this thread got here, or be a restored trial whose run
             # was lost with a killed driver's queue
-            self._send_missing(run_id, record, self._logged.setdefault(run_id, set()))
+            logged = self._logged.setdefault(run_id, set())
+            if record.status is None:
+                log_batch(self.writer, run_id, params=as_params(record.config))
+                self._send_missing(run_id, record, logged)
+            else:  # it ended before this thread got here: all of it goes with its end's batch
+                self._pending_params[run_id] = as_params(record.config)
+                self._pending.setdefault(run_id, []).extend(self._missing(record, logged))
         elif run_id not in self.open_runs:
             self.writer.update_run(run_id, status="RUNNING")
             self._resync(run_id, record)
@@ -403,12 +458,17 @@ class MlflowTracking(Callback):
 
     def _send_missing(self, run_id: str, record: TrialRecord, logged: set[int]) -> None:
         """Send the record's epochs that are not in `logged` (the epochs MLflow has)."""
-        missing = [e for e in sorted(record.epochs) if e not in logged]
-        if missing:
-            ts = now_ms()
-            points = [p for e in missing for p in epoch_metrics(record.epochs[e], ts)]
+        points = self._missing(record, logged)
+        if points:
             log_batch(self.writer, run_id, metrics=points)
-            logged.update(missing)
+
+    @staticmethod
+    def _missing(record: TrialRecord, logged: set[int]) -> list:
+        """The curve points of the record's epochs not in `logged`, which now holds them."""
+        missing = [e for e in sorted(record.epochs) if e not in logged]
+        logged.update(missing)
+        ts = now_ms()
+        return [p for e in missing for p in epoch_metrics(record.epochs[e], ts)]
 
     def supersede(self, trial_ids: set[str]) -> None:
         """Delete the runs of trials a restore will run again under new ids (see
@@ -482,7 +542,6 @@ class MlflowTracking(Callback):
                 schema.TRIAL_STATUS_TAG: "running",
             },
         )
-        log_batch(self.writer, run_id, params=as_params(record.config))
         self.writer.log_inputs(run_id, self.inputs)
         return run_id
 
@@ -498,8 +557,11 @@ class MlflowTracking(Callback):
     def flush(self) -> None:
         """Send every buffered epoch in one batch per run (and the run ids not yet saved)."""
         pending, self._pending = self._pending, {}
-        for run_id, metrics in pending.items():
-            log_batch(self.writer, run_id, metrics=metrics)
+        params, self._pending_params = self._pending_params, {}
+        for run_id in pending.keys() | params.keys():
+            log_batch(
+                self.writer, run_id, metrics=pending.get(run_id, []), params=params.get(run_id, [])
+            )
         if self._ids_unsaved:
             self._save_run_ids()
         self._last_flush = time.monotonic()
@@ -526,6 +588,7 @@ class MlflowTracking(Callback):
             self.spec.diagnostics,
             f"trial {record.number}",
             metrics=self._pending.pop(run_id, []),
+            params=self._pending_params.pop(run_id, []),
             tags=tags,
             figures=self._figures,
             headline=f"Trial {record.number}: **{status}**",
@@ -534,6 +597,9 @@ class MlflowTracking(Callback):
         self.writer.set_terminated(run_id, status=run_status)
         # a placeholder may have got its real id during these writes (`_resolved`)
         self.open_runs -= {run_id, self.writer.real_id(run_id)}
+        # a retried trial's run is reopened and re-read (`_resync`): nothing to keep per run
+        self._logged.pop(run_id, None)
+        self._placements.pop(run_id, None)
 
     def close_open_runs(self, status: str = "KILLED") -> None:
         """Leave no run RUNNING (Ctrl-C, a crash): flush, then end whatever is still open."""
