@@ -863,11 +863,37 @@ def scale_run(quick: bool) -> ScaleRun:
     return ScaleRun(trials, base.slots, marks, base.epochs)
 
 
+SLOTS_BARRIER_ENV = "TUNER_BENCH_SLOTS_BARRIER"  # "FOLDER:SLOTS", set by scale_study
+SLOTS_BARRIER_TIMEOUT_S = 600.0
+_slot_taken = False  # this worker process has passed the barrier
+
+
+def wait_for_every_slot() -> None:
+    """Hold a worker's first trial until a worker has started for every slot (or the timeout).
+
+    Starting 64 worker processes that import Ray Tune and torch takes minutes on 2 cores; a
+    first trial that ended meanwhile gave its actor to the next trial, whose own actor request
+    Ray Tune then cancelled, so the raylet churned and 3 or 4 of the 64 slots ran every trial.
+    Once every slot's worker is up, Tune hands each finished trial's actor to the next one."""
+    global _slot_taken
+    setting = os.environ.get(SLOTS_BARRIER_ENV)
+    if _slot_taken or not setting:
+        return
+    _slot_taken = True
+    folder, slots = Path(setting.rsplit(":", 1)[0]), int(setting.rsplit(":", 1)[1])
+    (folder / str(os.getpid())).touch()
+    deadline = time.monotonic() + SLOTS_BARRIER_TIMEOUT_S
+    while len(os.listdir(folder)) < slots and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
 def trivial_trial(config: dict[str, Any], data, settings) -> None:
     """A trial that trains nothing: `max_epochs` results of made-up curves, one every
-    REPORT_EVERY_S, no checkpoint."""
+    REPORT_EVERY_S, no checkpoint (the first trial of each worker first waits for every slot's
+    worker to start)."""
     from ray import tune
 
+    wait_for_every_slot()
     for epoch in range(1, settings.max_epochs + 1):
         time.sleep(REPORT_EVERY_S)
         loss = 1.0 / epoch + config["lr"]
@@ -946,10 +972,18 @@ def scale_study(run: ScaleRun, folder: Path, uri: str | None) -> dict[str, Any]:
     if uri is None:
         spec_dict["tracking"] = {"enabled": False}
     spec = spec_from_dict(spec_dict)
-    with DriverSamples() as driver:
-        began = time.time()
-        result = run_study(spec, num_cpus=run.slots, show_progress=False, trainable=trivial_trial)
-        wall = time.time() - began
+    barrier = folder / ("barrier-tracked" if uri else "barrier")
+    barrier.mkdir()
+    os.environ[SLOTS_BARRIER_ENV] = f"{barrier}:{run.slots}"  # the local Ray's workers inherit it
+    try:
+        with DriverSamples() as driver:
+            began = time.time()
+            result = run_study(
+                spec, num_cpus=run.slots, show_progress=False, trainable=trivial_trial
+            )
+            wall = time.time() - began
+    finally:
+        del os.environ[SLOTS_BARRIER_ENV]
     events = journal(folder / "results")
     result_times = sorted(e["time"] for e in events if e["event"] == "result")
     ends = sorted(e["time"] for e in events if e["event"] == "end")
@@ -960,6 +994,7 @@ def scale_study(run: ScaleRun, folder: Path, uri: str | None) -> dict[str, Any]:
     growth_kib = (peaks[high] - peaks[low]) / (high - low) * 1024 if high > low else 0.0
     return {
         "tracking": uri is not None,
+        "workers": len(os.listdir(barrier)),  # the trial worker processes that ran
         "trials": len(result.trials),
         "results": len(result_times),
         "wall_s": wall,
