@@ -25,6 +25,7 @@ from tuner.ray_internals import (
     loopback_node,
     optuna_study,
     optuna_trials,
+    release_ended_trial,
     report_curve,
     restored_callbacks,
     stop_local_daemons,
@@ -284,3 +285,17 @@ def test_the_sole_writer_cache_pickles_without_its_trials(tmp_path: Path) -> Non
     assert restored._studies == {} and len(pickle.dumps(study._storage)) < 2_000
     again = optuna.load_study(study_name="s", storage=restored)
     assert [t.value for t in again.trials] == [t.value for t in study.trials]
+
+
+def test_an_ended_trial_keeps_its_averages_not_their_windows() -> None:
+    from ray.tune.experiment import Trial
+
+    trial = Trial("trainable", stub=True)
+    for step, value in enumerate([0.9, 0.5, 0.4], start=1):
+        trial.run_metadata.update_metric("val_loss", value, step=step)
+    before = len(trial.run_metadata.get_json_state())
+    release_ended_trial(trial)
+    assert trial.run_metadata.metric_n_steps == {}
+    assert trial.run_metadata.metric_analysis["val_loss"]["last-5-avg"] == pytest.approx(0.6)
+    assert len(trial.run_metadata.get_json_state()) < before
+    release_ended_trial(SimpleNamespace(trial_id="a stand-in"))  # nothing to release

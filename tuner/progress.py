@@ -23,6 +23,7 @@ from trainables import metrics as m
 from trainables.trainable import DEVICE, FINALIST, GPU_IDS, NODE_ID
 from tuner import outcomes
 from tuner.journal import append_event, read_journal, relocated
+from tuner.ray_internals import release_ended_trial
 
 REPORTED = (
     m.EPOCH,
@@ -178,6 +179,7 @@ class StudyRecorder(Callback):
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         status = outcomes.trial_status(trial.last_result, self.max_epochs)
         self._event(trial, "end", status=status)
+        release_ended_trial(trial)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         self._event(trial, "end", status=outcomes.ERRORED, error=trial_error(trial))
