@@ -946,6 +946,21 @@ class DriverSamples:
         return next((c for t, _, c in self.samples if t >= moment), self.samples[-1][2])
 
 
+def mlflow_server_cpu_s() -> float:
+    """CPU seconds used so far by this process's `mlflow server` (its uvicorn worker included)."""
+    import psutil
+
+    total = 0.0
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if "mlflow" in " ".join(child.cmdline()):
+                cpu = child.cpu_times()
+                total += cpu.user + cpu.system
+        except psutil.Error:
+            continue
+    return total
+
+
 def tracking_lag_s(uri: str, experiment: str, last_end: float) -> float:
     """How long after the last trial ended its MLflow run was closed: the newest trial run's
     end time (set by the writer thread after the run's last batch) less the journal's last end."""
@@ -975,6 +990,7 @@ def scale_study(run: ScaleRun, folder: Path, uri: str | None) -> dict[str, Any]:
     barrier = folder / ("barrier-tracked" if uri else "barrier")
     barrier.mkdir()
     os.environ[SLOTS_BARRIER_ENV] = f"{barrier}:{run.slots}"  # the local Ray's workers inherit it
+    server_cpu_before = mlflow_server_cpu_s()
     try:
         with DriverSamples() as driver:
             began = time.time()
@@ -984,6 +1000,7 @@ def scale_study(run: ScaleRun, folder: Path, uri: str | None) -> dict[str, Any]:
             wall = time.time() - began
     finally:
         del os.environ[SLOTS_BARRIER_ENV]
+    server_cpu_s = mlflow_server_cpu_s() - server_cpu_before
     events = journal(folder / "results")
     result_times = sorted(e["time"] for e in events if e["event"] == "result")
     ends = sorted(e["time"] for e in events if e["event"] == "end")
@@ -1007,6 +1024,8 @@ def scale_study(run: ScaleRun, folder: Path, uri: str | None) -> dict[str, Any]:
         "peak_rss_mib": peaks,
         "growth_kib_per_trial": growth_kib,
         "tracking_lag_s": tracking_lag_s(uri, spec.name, last) if uri else None,
+        # the whole study, start-up and end included: what the server spent per trial
+        "server_cpu_ms_per_trial": server_cpu_s / len(ends) * 1000 if uri else None,
     }
 
 
@@ -1042,7 +1061,13 @@ def scale_text(run: ScaleRun, on: dict[str, Any], off: dict[str, Any], rows: lis
             f"{side['cpu_ms_per_result']:.2f} ms/result; peak RSS "
             + ", ".join(f"{v:.0f} MiB at {n}" for n, v in side["peak_rss_mib"].items())
             + f" ({side['growth_kib_per_trial']:.0f} KiB/trial)"
-            + (f"; tracking lag {side['tracking_lag_s']:.1f} s" if side["tracking"] else "")
+            + (
+                f"; tracking lag {side['tracking_lag_s']:.1f} s; MLflow server CPU "
+                f"{side['server_cpu_ms_per_trial']:.1f} ms/trial"
+                if side["tracking"]
+                else ""
+            )
+            + f"; {side['workers']} trial worker processes"
         )
     lines += [
         f"  {r['figure']:<28} {r['value']:>9.1f}  {r['target']:<8} "

@@ -353,7 +353,8 @@ class MlflowTracking(Callback):
                 self._error = exc
             finally:
                 took = time.monotonic() - started
-                self._seconds_per_job = 0.8 * self._seconds_per_job + 0.2 * took
+                pace = self._seconds_per_job
+                self._seconds_per_job = 0.8 * pace + 0.2 * took if pace else took
                 self._job_started = None
                 self._jobs.task_done()
 
