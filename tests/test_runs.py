@@ -3,10 +3,7 @@ runs, listing studies, and runs written by earlier versions."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,15 +12,7 @@ from mlflow.entities import Metric
 from tuner import outcomes, schema
 from tuner.dashboard_data import from_mlflow
 from tuner.errors import SpecError
-from tuner.runs import (
-    DATABRICKS_PROBES,
-    client_for,
-    find_study_run,
-    list_studies,
-    ranked_trial_runs,
-)
-
-ROOT = Path(__file__).resolve().parent.parent
+from tuner.runs import client_for, find_study_run, list_studies, ranked_trial_runs
 
 
 def make_study(client, name: str, objective: str, values: dict[int, float | None], **extra):
@@ -118,24 +107,3 @@ def test_a_parent_without_an_objective_tag_ranks_by_val_loss(store: str) -> None
     parent = make_study(client, "untagged", "val_loss:min", {1: 0.9, 2: 0.1})
     client.delete_tag(parent.info.run_id, schema.OBJECTIVE_TAG)
     assert numbers(ranked_trial_runs(client, client.get_run(parent.info.run_id))) == [2, 1]
-
-
-def test_mlflow_s_databricks_probes_are_marked_absent_once() -> None:
-    """In a fresh process: the probe modules that are not installed are marked missing, MLflow's
-    request headers are what they were, and an installed module is never marked."""
-    script = (
-        "import importlib.util, json, sys\n"
-        "from mlflow.tracking.request_header.registry import resolve_request_headers\n"
-        "before = resolve_request_headers()\n"
-        "from tuner import runs\n"
-        "runs.DATABRICKS_PROBES = (*runs.DATABRICKS_PROBES, 'json')\n"
-        "marked = runs.mark_absent_probes()\n"
-        "after = resolve_request_headers()\n"
-        "print(json.dumps([marked, before == after, runs.mark_absent_probes()]))\n"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=ROOT
-    )
-    marked, same_headers, again = json.loads(done.stdout.splitlines()[-1])
-    absent = [name for name in DATABRICKS_PROBES if importlib.util.find_spec(name) is None]
-    assert marked == absent and "json" not in marked and same_headers and again == []

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -28,28 +27,6 @@ def default_tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
-#: modules MLflow's client tries to import at every request to a tracking server, to tell
-#: whether it runs on Databricks
-DATABRICKS_PROBES = ("dbruntime", "pyspark", "IPython")
-
-
-def mark_absent_probes() -> list[str]:
-    """Record the DATABRICKS_PROBES that are not installed as missing (None in `sys.modules`,
-    Python's own mark): Python does not remember a failed import, so each request searched
-    every folder of `sys.path` for them again (13% of a driver's MLflow writer thread at 64
-    slots). Returns the modules marked."""
-    import importlib.util
-
-    absent = [
-        name
-        for name in DATABRICKS_PROBES
-        if name not in sys.modules and importlib.util.find_spec(name) is None
-    ]
-    for name in absent:
-        sys.modules[name] = None
-    return absent
-
-
 def client_for(uri: str):
     """A client of the tracking store; a database URL gets an installed driver, a URL whose
     password was redacted its real one (see tuner.databases)."""
@@ -57,7 +34,6 @@ def client_for(uri: str):
 
     from tuner.databases import remember, reveal, sqlalchemy_url
 
-    mark_absent_probes()
     return MlflowClient(tracking_uri=sqlalchemy_url(remember(reveal(uri)), "tracking.uri"))
 
 
