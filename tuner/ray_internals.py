@@ -104,7 +104,7 @@ def completed_trials(searcher) -> set[str]:
     return searcher._completed_trials
 
 
-# --------------------------------------------------------------------------- extending a study
+# --------------------------------------------------------------------------- Optuna's storage
 
 
 def report_curve(trial, values: dict[int, float]) -> None:
@@ -190,19 +190,15 @@ class SoleWriterCache(_CachedStorage):
             changed = study.unfinished_trial_ids & self._written
             newest = self._newest_read.get(study_id, -1)
             trials = self._backend._get_trials(study_id, None, changed, newest)
-            self._written -= changed | {trial._trial_id for trial in trials}
+            read = {trial._trial_id for trial in trials}
+            self._written -= changed | read
+            self._newest_read[study_id] = max(read, default=newest)
             self._add_trials_to_cache(study_id, trials)
-            for trial in trials:
-                self._newest_read[study_id] = max(
-                    self._newest_read.get(study_id, -1), trial._trial_id
-                )
-                if trial.state.is_finished():
-                    study.unfinished_trial_ids.discard(trial._trial_id)
-                    study.last_finished_trial_id = max(
-                        study.last_finished_trial_id, trial._trial_id
-                    )
-                else:
-                    study.unfinished_trial_ids.add(trial._trial_id)
+            finished = {trial._trial_id for trial in trials if trial.state.is_finished()}
+            study.unfinished_trial_ids = (study.unfinished_trial_ids | read) - finished
+
+
+# --------------------------------------------------------------------------- extending a study
 
 
 def extend_search(results_path, num_samples: int) -> int:
