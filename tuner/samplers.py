@@ -25,9 +25,9 @@ def tpe(seed: int) -> optuna.samplers.BaseSampler:
 @SAMPLERS.register("nsgaii")
 def nsgaii(seed: int) -> optuna.samplers.BaseSampler:
     """NSGA-II, the genetic algorithm for several objectives (one objective works too)."""
-    import optuna
+    from tuner.picklable_samplers import NSGAIISampler
 
-    return optuna.samplers.NSGAIISampler(seed=seed)
+    return NSGAIISampler(seed=seed)
 
 
 @SAMPLERS.register("random")

@@ -1,0 +1,91 @@
+"""tuner/samplers.py: every sampler of the registry survives Ray's pickling and a resume's restore
+on the locked Optuna (NSGA-II holds a lock since Optuna 5.1), and keeps its place in the search."""
+
+from __future__ import annotations
+
+import pickle
+import threading
+from pathlib import Path
+
+import optuna
+import pytest
+import ray.cloudpickle
+from ray import tune
+
+from tuner.picklable_samplers import WithoutLocks
+from tuner.samplers import SAMPLERS, make_sampler
+from tuner.searcher import TruthfulOptunaSearch
+from tuner.spaces import load_space
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+pytestmark = pytest.mark.filterwarnings(
+    "ignore::optuna.exceptions.ExperimentalWarning", "ignore::UserWarning"
+)
+
+ALGORITHMS = SAMPLERS.names()
+
+
+def searcher_after_trials(algorithm: str, trials: int = 8) -> TruthfulOptunaSearch:
+    """A study's searcher (Optuna in memory, so that a copy is independent) that told `trials`."""
+    searcher = TruthfulOptunaSearch(
+        load_space("mlp", "mlp"),
+        metric="val_loss",
+        mode="min",
+        sampler=make_sampler(algorithm, 0),
+        study_name="samplers",
+        max_epochs=1,
+    )
+    for number in range(trials):
+        config = searcher.suggest(f"t{number}")
+        searcher.on_trial_complete(f"t{number}", {"epoch": 1, "val_loss": config["lr"]})
+    return searcher
+
+
+def test_the_registry_holds_the_built_in_samplers() -> None:
+    assert set(ALGORITHMS) == {"tpe", "nsgaii", "random", "cmaes", "qmc"}
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_a_searcher_restored_from_its_checkpoint_asks_what_it_would_have(
+    algorithm: str, tmp_path: Path
+) -> None:
+    """`tuner resume`: Ray restores the searcher from the file `save` wrote."""
+    searcher = searcher_after_trials(algorithm)
+    searcher.save(str(tmp_path / "searcher.pkl"))
+    restored = searcher_after_trials(algorithm, trials=0)
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    assert type(restored._sampler) is type(searcher._sampler)
+    assert [restored.suggest(f"t{n}") for n in (8, 9)] == [
+        searcher.suggest(f"t{n}") for n in (8, 9)
+    ]
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_a_searcher_pickled_as_ray_does_asks_what_it_would_have(algorithm: str) -> None:
+    """Ray pickles the searcher with the Tuner and into every experiment snapshot."""
+    searcher = searcher_after_trials(algorithm)
+    copy = ray.cloudpickle.loads(ray.cloudpickle.dumps(searcher))
+    assert copy.suggest("t8") == searcher.suggest("t8")
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_a_tuner_can_be_made_with_each_sampler(algorithm: str) -> None:
+    """Where Optuna 5.1's NSGA-II crashed: tune.Tuner pickles its search algorithm."""
+    searcher = searcher_after_trials(algorithm, trials=0)
+    tuner = tune.Tuner(lambda config: None, tune_config=tune.TuneConfig(search_alg=searcher))
+    assert tuner is not None
+
+
+class Holder(WithoutLocks):
+    def __init__(self) -> None:
+        self.lock, self.rlock, self.value = threading.Lock(), threading.RLock(), 3
+
+
+def test_a_sampler_without_locks_makes_new_ones_when_unpickled() -> None:
+    holder = Holder()
+    holder.lock.acquire()  # a held lock is not carried over: the copy's is free
+    copy = pickle.loads(pickle.dumps(holder))
+    assert copy.value == 3
+    assert copy.lock.acquire(blocking=False) and copy.rlock.acquire(blocking=False)
+    assert copy.lock is not holder.lock
+    assert type(copy.rlock) is type(threading.RLock())
