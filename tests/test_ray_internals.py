@@ -277,6 +277,19 @@ def test_the_sole_writer_cache_rereads_only_the_trials_it_wrote(tmp_path: Path) 
     assert study.trials[trial.number].value == 0.5
 
 
+def test_the_sole_writer_cache_never_reads_a_trial_again_as_new(tmp_path: Path) -> None:
+    backend = CountingReads(f"sqlite:///{tmp_path / 'optuna.db'}")
+    study = optuna.create_study(storage=SoleWriterCache(backend), study_name="s")
+    running = run_trials(study, running=10, told=0)
+    study.get_trials(deepcopy=False)
+    newest = running[-1]._trial_id
+    running[0].set_user_attr("note", "written")  # an old trial, re-read by its id alone
+    study.get_trials(deepcopy=False)
+    study.get_trials(deepcopy=False)
+    assert backend.reads[-2:] == [({running[0]._trial_id}, newest), (set(), newest)]
+    assert study.trials[0].user_attrs["note"] == "written"
+
+
 def test_the_sole_writer_cache_pickles_without_its_trials(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     study = optuna.create_study(storage=SoleWriterCache(RDBStorage(url)), study_name="s")

@@ -192,7 +192,7 @@ class SoleWriterCache(_CachedStorage):
             trials = self._backend._get_trials(study_id, None, changed, newest)
             read = {trial._trial_id for trial in trials}
             self._written -= changed | read
-            self._newest_read[study_id] = max(read, default=newest)
+            self._newest_read[study_id] = max(read | {newest})  # a re-read old trial: no step back
             self._add_trials_to_cache(study_id, trials)
             finished = {trial._trial_id for trial in trials if trial.state.is_finished()}
             study.unfinished_trial_ids = (study.unfinished_trial_ids | read) - finished
