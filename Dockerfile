@@ -2,11 +2,12 @@
 # docs/cluster.md) starts from it, and Ray Jobs run `python -m tuner run` with its `python`.
 #   docker build -t REGISTRY/tuner:0.1.0 . && docker push REGISTRY/tuner:0.1.0
 #
+# Every package comes at the version requirements.lock pins, the lock `make test` installs from.
 # CUDA: PyPI's torch wheel for Linux x86_64 is a CUDA build; torch 2.13.0's is CUDA 13.0 (it
-# requires cuda-toolkit==13.0.3 and cuDNN 9 as pip packages, which it installs), so the base is
-# CUDA 13.0's runtime. constraints.txt pins torch==2.13.0: on this project's CPU-only machines
-# that resolves to the local 2.13.0+cpu wheel, here (PyPI only) to the CUDA 13.0 one. Changing
-# the torch pin means checking which CUDA its PyPI wheel needs (tests/test_image.py holds it).
+# requires cuda-toolkit==13.0.3 and cuDNN 9 as pip packages, pinned exactly by torch itself),
+# so the base is CUDA 13.0's runtime. The lock pins torch==2.13.0: on this project's CPU-only
+# machines that resolves to the local 2.13.0+cpu wheel, here (PyPI only) to the CUDA 13.0 one.
+# Changing the torch pin means checking which CUDA its PyPI wheel needs (tests/test_image.py).
 ARG CUDA=13.0.0
 FROM nvidia/cuda:${CUDA}-runtime-ubuntu24.04
 
@@ -21,11 +22,11 @@ RUN python3 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 
 WORKDIR /opt/tuner
-COPY pyproject.toml constraints.txt README.md ./
+COPY pyproject.toml requirements.lock README.md ./
 COPY tuner tuner
 COPY trainables trainables
 COPY search_spaces search_spaces
 COPY dashboards dashboards
 # the `cluster` extra: the PostgreSQL driver and boto3 for S3
-RUN pip install -c constraints.txt '.[cluster]' \
+RUN pip install -c requirements.lock '.[cluster]' \
     && python -c "import torch, ray, tuner; print('torch', torch.__version__, 'cuda', torch.version.cuda)"

@@ -1,10 +1,13 @@
 # The two quick-start commands. Each creates .venv/ and installs what it needs on first use
-# (again only when pyproject.toml or constraints.txt change).
+# (again only when pyproject.toml or requirements.lock change), every package at the version
+# requirements.lock pins: the versions the suite passed on.
 PYTHON ?= python3
 VENV := .venv
 INSTALLED := $(VENV)/.installed
+LOCK := requirements.lock
+PIP_TOOLS := pip-tools==7.7.0
 
-.PHONY: demo test lint chromium services
+.PHONY: demo test test-latest lint lock chromium services
 
 demo: $(INSTALLED)
 	$(VENV)/bin/tuner demo
@@ -40,9 +43,31 @@ services:
 lint: $(INSTALLED)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
-$(INSTALLED): pyproject.toml constraints.txt
-	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "tuner needs Python 3.10+"'
+$(INSTALLED): pyproject.toml $(LOCK)
+	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "tuner needs Python 3.11+"'
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check \
-		-c constraints.txt -e '.[dev,cluster]'
+		-c $(LOCK) -e '.[dev,cluster]'
 	touch $@
+
+# Re-resolve requirements.lock from pyproject.toml (both extras) with pip-tools, in a venv of its
+# own so that its packages never reach .venv/. The torch pin loses its local label (+cpu): here
+# torch==2.13.0 takes the CPU wheel on disk, on a PyPI-only machine the CUDA build of the same
+# release. The lock is resolved for Linux x86_64 and Python 3.11 (these machines and CI). Then
+# `make test`.
+lock:
+	test -x .venv-lock/bin/pip-compile || { $(PYTHON) -m venv .venv-lock \
+		&& .venv-lock/bin/python -m pip install --quiet --disable-pip-version-check $(PIP_TOOLS); }
+	CUSTOM_COMPILE_COMMAND='make lock' .venv-lock/bin/pip-compile --quiet --upgrade \
+		--strip-extras --allow-unsafe --no-emit-index-url --no-emit-find-links \
+		--extra dev --extra cluster --output-file $(LOCK) pyproject.toml
+	sed -i 's/^torch==\(.*\)+cpu$$/torch==\1/' $(LOCK)
+
+# The early warning, not part of CI: the newest versions that pyproject.toml's windows allow, in
+# a venv of their own (.venv-latest/, made anew each time), then the whole suite.
+test-latest: chromium services
+	rm -rf .venv-latest && $(PYTHON) -m venv .venv-latest
+	.venv-latest/bin/python -m pip install --quiet --disable-pip-version-check \
+		--upgrade --upgrade-strategy eager -e '.[dev,cluster]'
+	.venv-latest/bin/python -m pip list --format=freeze > .venv-latest/versions.txt
+	.venv-latest/bin/python -m pytest --ignore=tests/test_lock.py

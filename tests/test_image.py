@@ -1,5 +1,5 @@
 """The Dockerfile, checked without a container builder (none runs on these machines): what it
-copies exists and reaches the build, what it pins agrees with constraints.txt and pyproject, and
+copies exists and reaches the build, what it pins agrees with requirements.lock and pyproject, and
 its CUDA base is the CUDA that the pinned torch's wheel is built for."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from tuner.jobs import PACKAGES
 
 ROOT = Path(__file__).resolve().parent.parent
 #: the CUDA (major.minor) of PyPI's Linux x86_64 torch wheel, from its metadata (torch 2.13.0
-#: requires cuda-toolkit==13.0.3): check it again when constraints.txt's torch pin changes
+#: requires cuda-toolkit==13.0.3): check it again when requirements.lock's torch pin changes
 TORCH_WHEEL_CUDA = {"2.13.0": "13.0"}
 
 
@@ -32,12 +32,12 @@ def instructions(path: Path) -> list[tuple[str, str]]:
 
 
 def pinned(requirement: str) -> str:
-    """The version constraints.txt pins `requirement` to (name==VERSION)."""
-    for line in (ROOT / "constraints.txt").read_text().splitlines():
+    """The version requirements.lock pins `requirement` to (name==VERSION)."""
+    for line in (ROOT / "requirements.lock").read_text().splitlines():
         match = re.fullmatch(rf"{requirement}==(\S+)", line.split("#")[0].strip())
         if match:
             return match.group(1)
-    raise AssertionError(f"constraints.txt pins no {requirement}")
+    raise AssertionError(f"requirements.lock pins no {requirement}")
 
 
 def included(path: str, patterns: list[str]) -> bool:
@@ -79,7 +79,7 @@ def test_copied_files_exist_and_reach_the_build(dockerfile) -> None:
         if line.strip() and not line.startswith("#")
     ]
     sources = [src for word, a in dockerfile if word == "COPY" for src in a.split()[:-1]]
-    assert {"pyproject.toml", "constraints.txt", "README.md"} <= set(sources)
+    assert {"pyproject.toml", "requirements.lock", "README.md"} <= set(sources)
     assert set(PACKAGES) <= set(sources)  # the packages pyproject installs and jobs ship
     tracked = subprocess.run(
         ["git", "ls-files", *sources], cwd=ROOT, capture_output=True, text=True, check=True
@@ -99,7 +99,7 @@ def test_installs_the_pinned_project_with_the_cluster_extra_and_python_on_path(
 ) -> None:
     runs = [a for word, a in dockerfile if word == "RUN"]
     (install,) = [r for r in runs if "pip install" in r]
-    assert "-c constraints.txt" in install and "'.[cluster]'" in install
+    assert "-c requirements.lock" in install and "'.[cluster]'" in install
     extras = (ROOT / "pyproject.toml").read_text().split("[project.optional-dependencies]")[1]
     assert re.search(r"^cluster = \[", extras, re.MULTILINE)
     (venv,) = [re.search(r"python3 -m venv (\S+)", r).group(1) for r in runs if "-m venv" in r]
