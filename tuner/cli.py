@@ -7,7 +7,7 @@ import os
 import sys
 import traceback
 from collections.abc import Callable
-from enum import Enum
+from enum import StrEnum
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
@@ -41,7 +41,7 @@ TrackingOption = Annotated[
 ]
 
 
-class Device(str, Enum):
+class Device(StrEnum):
     """`tuner train --device` (tuner.retrain.DEVICES)."""
 
     auto = "auto"
@@ -62,6 +62,8 @@ def handle_errors(command: Callable) -> Callable:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
+        except typer.Exit:  # the command chose its exit code
+            raise
         except SpecError as exc:
             report_error(exc)
             raise typer.Exit(2) from None
@@ -101,6 +103,7 @@ def run_and_report(spec_path: Path, overrides: list[str] | None, address: str | 
     from tuner.spec import load_spec
     from tuner.study import require_success, run_study
 
+    warn_outside_tested_versions()
     spec = load_spec(spec_path, overrides)
     out.print(
         f"[bold]{spec.name}[/]: {spec.model} on {spec.dataset.name}, "
@@ -109,6 +112,15 @@ def run_and_report(spec_path: Path, overrides: list[str] | None, address: str | 
     result = run_study(spec, address=address, show_progress=True)
     print_summary(result)
     require_success(result)
+
+
+def warn_outside_tested_versions() -> None:
+    """One line on stderr when ray, torch, optuna or mlflow is outside its tested window."""
+    from tuner.versions import outside_window_warning
+
+    warning = outside_window_warning()
+    if warning:
+        err.print(Text(warning, style="yellow"), soft_wrap=True)
 
 
 @app.command()
@@ -516,6 +528,40 @@ def ui(
     out.print(f"MLflow UI on {redact(uri)}: http://{host}:{port} (Ctrl-C to stop)", highlight=False)
     command = ui_server_command(uri, host, port)
     raise typer.Exit(subprocess.call(command, env={**os.environ, **UI_SERVER_ENV}))
+
+
+@app.command()
+@handle_errors
+def doctor(
+    spec: Annotated[
+        Path | None, typer.Argument(help="A job spec: check its tracking store and storage.")
+    ] = None,
+    address: Annotated[
+        str | None,
+        typer.Option(help="Ray cluster: auto, ray://HEAD:10001 or a Jobs server http://HEAD:8265."),
+    ] = None,
+    tracking_uri: TrackingOption = None,
+) -> None:
+    """Versions against the tested ones, the GPUs torch sees, and whether the Ray cluster, the
+    tracking store and the Optuna storage answer. Exit 1 when something is wrong."""
+    from tuner.doctor import examine
+    from tuner.runs import default_tracking_uri
+    from tuner.spec import default_optuna_storage, load_spec
+
+    if spec is not None:
+        loaded = load_spec(spec)
+        uri, storage = tracking_uri or loaded.tracking.uri, loaded.search.storage
+    else:
+        uri = tracking_uri or default_tracking_uri()
+        storage = default_optuna_storage(uri)
+    findings = examine(address, uri, storage)
+    table = Table("", "", "", box=None, show_header=False, pad_edge=False)
+    marks = {True: "[green]ok[/]", False: "[red]problem[/]", None: ""}
+    for finding in findings:
+        table.add_row(finding.topic, Text(finding.detail), marks[finding.ok])
+    out.print(table)
+    if any(finding.ok is False for finding in findings):
+        raise typer.Exit(1)
 
 
 def main() -> None:  # pragma: no cover - the console script calls `app`

@@ -296,6 +296,23 @@ def submit_study(spec_path: Path, address: str, overrides: list[str] | None = No
 # --------------------------------------------------------------------------- lifecycle
 
 
+def cluster_ray_version(address: str) -> str:
+    """The Ray version of the cluster whose Jobs server is at `address` (`tuner doctor`): the
+    Jobs client checks the connection and the token; the REST API's /api/version names Ray's
+    version, which the client reads but does not return."""
+    import json
+    import urllib.request
+
+    address = resolve_address(address)
+    with _client(address):
+        pass
+    token = auth_token()
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    request = urllib.request.Request(f"{address}/api/version", headers=headers)
+    with _cluster_errors(address), urllib.request.urlopen(request, timeout=10) as response:
+        return str(json.loads(response.read())["ray_version"])
+
+
 def job_status(job_id: str, address: str) -> str:
     """PENDING, RUNNING, STOPPED, SUCCEEDED or FAILED."""
     return str(job_info(job_id, address)["status"])
