@@ -120,7 +120,7 @@ def trial_epochs_per_s(data, epochs: int, folder: Path) -> float:
     from ray import tune
 
     from trainables.trainable import TrialSettings, train_trial
-    from tuner.study import QUIET_RAY, logs_to_file, ray_session
+    from tuner.driver.study import QUIET_RAY, logs_to_file, ray_session
 
     os.environ.update(QUIET_RAY)
     clock = ReportClock()
@@ -234,7 +234,7 @@ def study_spec(work: Workload, folder: Path, tracking_uri: str | None = None, **
 
 
 def journal(results: Path) -> list[dict]:
-    from tuner.journal import JOURNAL_FILE, read_journal
+    from tuner.driver.journal import JOURNAL_FILE, read_journal
 
     return read_journal(next(results.glob(f"*/{JOURNAL_FILE}")))
 
@@ -248,10 +248,10 @@ def run_tuner(spec_dict: dict, **kwargs) -> tuple[float, float, Any]:
     """(wall, start-up, result) of `run_study` in this process, which has imported tuner, Ray,
     Optuna and MLflow already; its stores do not exist yet (creating an MLflow SQLite store runs
     its migrations: about 2 s). Start-up is the time until a trial trains."""
-    import mlflow.tracking  # noqa: F401  (imported here before the span, as tuner.study is)
+    import mlflow.tracking  # noqa: F401  (imported here before the span, as tuner.driver.study is)
 
-    from tuner.spec import spec_from_dict
-    from tuner.study import run_study
+    from tuner.driver.study import run_study
+    from tuner.spec.job import spec_from_dict
 
     spec = spec_from_dict(spec_dict)
     began = time.time()
@@ -483,7 +483,7 @@ def mlflow_server(folder: Path) -> Iterator[str]:
     MLflow's job runner off), warmed up."""
     import signal
 
-    from tuner.tracking import UI_SERVER_ENV, ui_server_command
+    from tuner.tracking.callback import UI_SERVER_ENV, ui_server_command
 
     port = free_port()
     command = ui_server_command(
@@ -520,7 +520,7 @@ def warm_up(uri: str, folder: Path) -> None:
     requests (lazy imports, its store's set-up), which a long-running server has behind it."""
     from mlflow.entities import Metric, Param
 
-    from tuner.runs import client_for
+    from tuner.tracking.runs import client_for
 
     client = client_for(uri)
     experiment = client.create_experiment("warm-up")
@@ -675,8 +675,8 @@ def stock_searcher(spec, space, execution: str):
     trial reaches Optuna as COMPLETE, valued at its last result before the stop."""
     from ray.tune.search.optuna import OptunaSearch
 
-    from tuner.samplers import make_sampler
-    from tuner.study import optuna_storage
+    from tuner.driver.samplers import make_sampler
+    from tuner.driver.study import optuna_storage
 
     return OptunaSearch(
         space,
@@ -693,15 +693,15 @@ def search_until_target(problem: SearchProblem, arm: str, seed: int) -> dict[str
     and scheduler; tracking off) but stopped once a trial reaches the target."""
     from ray import tune
 
-    from tuner.schedulers import make_scheduler
-    from tuner.spec import spec_from_dict
-    from tuner.study import (
+    from tuner.driver.schedulers import make_scheduler
+    from tuner.driver.study import (
         execution_name,
         make_searcher,
         make_trainable,
         prepare,
         study_environment,
     )
+    from tuner.spec.job import spec_from_dict
 
     algorithm, scheduler, stock = ARMS[arm]
     start = time.perf_counter()
@@ -768,7 +768,7 @@ def shown(run: dict[str, Any]) -> str:
 def search_efficiency_on(problem: SearchProblem, name: str, target: str, quick: bool):
     """Epochs until the first trial reaches the target, for every arm over seeds (the arms
     alternate within each seed), all in one Ray session."""
-    from tuner.study import logs_to_file, ray_session
+    from tuner.driver.study import logs_to_file, ray_session
 
     seeds = range(3 if quick else 7)
     runs: dict[str, list[dict[str, Any]]] = {arm: [] for arm in ARMS}
@@ -965,8 +965,8 @@ def tracking_lag_s(uri: str, experiment: str, last_end: float) -> float:
     """How long after the last trial ended its MLflow run was closed: the newest trial run's end
     time (set by the writer thread after the run's last batch) less the journal's last end.
     Asks the server for the 10 newest-ended runs only (searching all 10,000 timed out)."""
-    from tuner import schema
-    from tuner.runs import client_for
+    from tuner.tracking import schema
+    from tuner.tracking.runs import client_for
 
     client = client_for(uri)
     experiment_id = client.get_experiment_by_name(experiment).experiment_id
@@ -982,8 +982,8 @@ def tracking_lag_s(uri: str, experiment: str, last_end: float) -> float:
 
 def scale_study(run: ScaleRun, folder: Path, uri: str | None) -> dict[str, Any]:
     """One scale study in this process; the driver's figures from its journal and samples."""
-    from tuner.spec import spec_from_dict
-    from tuner.study import run_study
+    from tuner.driver.study import run_study
+    from tuner.spec.job import spec_from_dict
 
     work = Workload("mlp", "digits", {"hidden_units": 8, "lr": LR}, run.trials, run.epochs)
     spec_dict = study_spec(work, folder, uri)
@@ -1140,8 +1140,8 @@ def gpu_packing(quick: bool) -> dict[str, Any]:
     if not torch.cuda.is_available():
         return skipped("gpu_packing", NO_GPU)
     try:
-        from tuner.spec import spec_from_dict
-        from tuner.study import ray_session, run_study
+        from tuner.driver.study import ray_session, run_study
+        from tuner.spec.job import spec_from_dict
     except ImportError as exc:
         return skipped("gpu_packing", f"skipped: {exc.name} is not installed on this machine")
     dataset = mnist_dataset()

@@ -4,8 +4,8 @@ The page opens offline and inside the MLflow UI's artifact viewer. plotly.js (4.
 gzipped and base64-encoded (about 1.9 MB); the page inflates it with the browser's
 DecompressionStream (Chromium 80+, Firefox 113+, Safari 16.4+), runs it, then draws the
 figures, whose scripts wait meanwhile as `FIGURE_SCRIPT` blocks. It knows nothing about Ray,
-Optuna or MLflow: `tuner.dashboard_data` hands it a `ReportData` of plain tables, in the trials
-table's vocabulary (`tuner.schema`, `tuner.results`).
+Optuna or MLflow: `tuner.results.dashboard_data` hands it a `ReportData` of plain tables, in the
+trials table's vocabulary (`tuner.tracking.schema`, `tuner.results.trials`).
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
-from tuner import outcomes, schema
-from tuner.results import rank_trials
+from tuner.results import outcomes
+from tuner.results.trials import rank_trials
+from tuner.tracking import schema
 
 DIAGNOSIS_COLORS = {
     "good_fit": "#2ca02c",
@@ -62,7 +63,7 @@ class ReportData:
     #: several objectives: every (metric, mode), `objective` first; `trials` then has the
     #: `pareto` column. Empty: one objective
     objectives: list[tuple[str, str]] = field(default_factory=list)
-    #: the finalists table (`tuner.finalists.finalists_table`: trial, tuned, mean, std,
+    #: the finalists table (`tuner.results.finalists.finalists_table`: trial, tuned, mean, std,
     #: test_loss/test_acc, optimism, ...), winner first; None without `selection`
     finalists: pd.DataFrame | None = None
 

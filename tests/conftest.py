@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tuner.spec import JobSpec, spec_from_dict
+from tuner.spec.job import JobSpec, spec_from_dict
 
 # the production stack's servers (PostgreSQL, S3, an MLflow server on both): tests/servers.py
 pytest_plugins = ["tests.servers"]
@@ -67,8 +67,8 @@ def ray_local() -> Iterator[None]:
     """A real local Ray with 2 CPUs, started once; `run_study` reuses it instead of its own."""
     import ray
 
-    from tuner.ray_internals import loopback_node
-    from tuner.study import QUIET_RAY
+    from tuner.driver.ray_internals import loopback_node
+    from tuner.driver.study import QUIET_RAY
 
     os.environ.update(QUIET_RAY)
     with loopback_node():  # listening on 127.0.0.1 only, as a study's own Ray
@@ -181,7 +181,7 @@ def wait_for_http(url: str, process: subprocess.Popen, timeout_s: float = 90) ->
 def server_env() -> dict[str, str]:
     """An `mlflow server`'s environment without its GenAI job runner (as `tuner ui` runs it):
     starting its workers took 24 s instead of 6 on a busy 2-core machine."""
-    from tuner.tracking import UI_SERVER_ENV
+    from tuner.tracking.callback import UI_SERVER_ENV
 
     return {**os.environ, **UI_SERVER_ENV}
 

@@ -29,9 +29,8 @@ from hypothesis import strategies as st
 from trainables.loop import OPTIMIZER_DEFAULTS
 from trainables.models import MODELS
 from tuner.errors import SpecError
-from tuner.exporting import ExportedConfig, load_exported
-from tuner.spaces import SearchSpace, load_space
-from tuner.spec import (
+from tuner.results.exporting import ExportedConfig, load_exported
+from tuner.spec.job import (
     DatasetSpec,
     JobSpec,
     ResourcesSpec,
@@ -40,6 +39,7 @@ from tuner.spec import (
     load_spec,
     spec_from_dict,
 )
+from tuner.spec.spaces import SearchSpace, load_space
 
 PROPERTY = settings(
     max_examples=200,

@@ -15,7 +15,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import free_port
-from tuner.buffer import BUFFER_FILE, HTTP_SETTINGS, PENDING, SKIPPED_FILE, BufferedWriter
+from tuner.tracking.buffer import BUFFER_FILE, HTTP_SETTINGS, PENDING, SKIPPED_FILE, BufferedWriter
 
 
 class Server:
@@ -213,7 +213,7 @@ def test_a_corrupt_queue_file_keeps_the_readable_writes_and_says_what_it_skipped
     lines = [create, garbled[0], first, garbled[1], garbled[2], second, garbled[3], end]
     (folder / BUFFER_FILE).write_bytes(b"\n".join([*lines, torn_last]))
 
-    with caplog.at_level(logging.WARNING, logger="tuner.buffer"):
+    with caplog.at_level(logging.WARNING, logger="tuner.tracking.buffer"):
         reopened = writer_for(server, folder)
     assert [op["op"] for op in reopened.queue] == [
         "create_run",
@@ -266,7 +266,7 @@ def test_dataset_inputs_of_a_run_created_in_an_outage_wait_and_arrive(
     server: Server, experiment: str, folder: Path
 ) -> None:
     from trainables.data import DataOptions, load_dataset
-    from tuner.inputs import dataset_inputs, digests
+    from tuner.tracking.inputs import dataset_inputs, digests
 
     options = DataOptions(name="digits")
     inputs = dataset_inputs(load_dataset(options), options)

@@ -11,7 +11,7 @@ import yaml
 from typer.testing import CliRunner
 
 from tuner.cli import app
-from tuner.summary import BEST_CONFIG_FILE, TRIALS_FILE
+from tuner.results.summary import BEST_CONFIG_FILE, TRIALS_FILE
 
 runner = CliRunner()
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"

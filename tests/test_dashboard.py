@@ -11,10 +11,10 @@ from typer.testing import CliRunner
 
 from tests.conftest import tiny_spec, tuner_ui
 from tuner.cli import app
-from tuner.dashboard_data import REPORT_FILE
-from tuner.results import StudyResult
-from tuner.runs import client_for
-from tuner.study import run_study
+from tuner.driver.study import run_study
+from tuner.results.dashboard_data import REPORT_FILE
+from tuner.results.trials import StudyResult
+from tuner.tracking.runs import client_for
 
 runner = CliRunner()
 FIGURES = 6  # history, curves, gap, ASHA, parallel coordinates, importances (+ the top-k table)

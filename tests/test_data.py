@@ -803,7 +803,7 @@ def test_a_name_registered_twice_names_both_modules(plugin) -> None:
 
 
 def spec_with(dataset: dict, overrides: list[str] | None = None):
-    from tuner.spec import spec_from_dict
+    from tuner.spec.job import spec_from_dict
 
     return spec_from_dict({"name": "d", "model": "mlp", "dataset": dataset}, overrides=overrides)
 
@@ -824,8 +824,8 @@ def test_spec_options_reach_the_loader(plugin) -> None:
 
 
 def test_a_plugin_dataset_s_bad_data_is_a_spec_error_before_ray(plugin) -> None:
+    from tuner.driver.study import prepare
     from tuner.errors import SpecError
-    from tuner.study import prepare
 
     @plugin("blobs", layout="vector")
     def blobs(options: dict):

@@ -1,4 +1,5 @@
-"""tuner/diagnostics.py: one verdict per trial from its per-epoch curves, and the run summary."""
+"""tuner/results/diagnostics.py: one verdict per trial from its per-epoch curves, and the run
+summary."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from tuner import diagnostics as d
-from tuner.spec import DiagnosticsSpec
+from tuner.results import diagnostics as d
+from tuner.spec.job import DiagnosticsSpec
 
 Row = dict[str, Any]
 NAN = float("nan")

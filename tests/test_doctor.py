@@ -17,8 +17,8 @@ from tests.conftest import free_port
 from tests.servers import Postgres, ray_head
 from tuner.cli import app
 from tuner.doctor import examine, gpus, optuna_storage, tracking_store
-from tuner.runs import default_tracking_uri
-from tuner.spec import default_optuna_storage
+from tuner.spec.job import default_optuna_storage
+from tuner.tracking.runs import default_tracking_uri
 
 runner = CliRunner()
 

@@ -13,12 +13,12 @@ from typer.testing import CliRunner
 
 from tests.conftest import tiny_spec, tuner_ui
 from tuner.cli import app
+from tuner.driver.study import run_study
 from tuner.errors import SpecError
-from tuner.exporting import export_study, load_exported
-from tuner.results import StudyResult
-from tuner.retrain import train_config
-from tuner.runs import client_for
-from tuner.study import run_study
+from tuner.results.exporting import export_study, load_exported
+from tuner.results.retrain import train_config
+from tuner.results.trials import StudyResult
+from tuner.tracking.runs import client_for
 
 runner = CliRunner()
 
@@ -167,7 +167,7 @@ def test_ui_serves_the_store_on_loopback_only(study: StudyResult) -> None:
 
 def test_exported_file_names_cannot_leave_the_chosen_folder(tmp_path: Path) -> None:
     """A study name read back from the tracking store is reduced to a plain file name."""
-    from tuner.exporting import write_configs
+    from tuner.results.exporting import write_configs
 
     config = {"model": "mlp", "source": {"rank": 1}}
     out = tmp_path / "exports"

@@ -21,13 +21,13 @@ from tests.conftest import tiny_spec
 from tests.test_dashboard import CHROMIUM_FLAGS, browser, open_report  # noqa: F401 (fixture)
 from trainables import metrics as m
 from trainables.trainable import FINALIST
-from tuner import schema
 from tuner.cli import app, print_summary
-from tuner.dashboard_data import REPORT_FILE
-from tuner.exporting import export_study
-from tuner.results import StudyResult
-from tuner.runs import client_for, finalist_runs, find_study_run, trial_runs
-from tuner.study import prepare, run_study
+from tuner.driver.study import prepare, run_study
+from tuner.results.dashboard_data import REPORT_FILE
+from tuner.results.exporting import export_study
+from tuner.results.trials import StudyResult
+from tuner.tracking import schema
+from tuner.tracking.runs import client_for, finalist_runs, find_study_run, trial_runs
 
 runner = CliRunner()
 

@@ -29,8 +29,8 @@ from mlflow.tracking import MlflowClient
 
 from tests.conftest import free_port
 from tests.test_jobs import CLUSTER_MARKER, RAY, kill_cluster, ray_start
-from tuner import schema
-from tuner.journal import JOURNAL_FILE, read_journal
+from tuner.driver.journal import JOURNAL_FILE, read_journal
+from tuner.tracking import schema
 
 ROOT = Path(__file__).resolve().parents[1]
 NODE_CPUS, NODE_GPUS = 8, 2

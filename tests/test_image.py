@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tuner.jobs import PACKAGES
+from tuner.cluster.jobs import PACKAGES
 
 ROOT = Path(__file__).resolve().parent.parent
 #: the CUDA (major.minor) of PyPI's Linux x86_64 torch wheel, from its metadata (torch 2.13.0

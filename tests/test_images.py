@@ -289,9 +289,9 @@ def test_bad_image_size_from_python(tmp_path: Path, size) -> None:
 
 
 def test_the_cnn_tunes_on_an_image_folder(ray_local, study_dir: Path, mnist_digits) -> None:
-    from tuner.exporting import export_study
-    from tuner.retrain import train_config
-    from tuner.study import require_success, resume_study, run_study
+    from tuner.driver.study import require_success, resume_study, run_study
+    from tuner.results.exporting import export_study
+    from tuner.results.retrain import train_config
 
     x, y = take(mnist_digits, [0, 1, 2, 3], 50)
     vx, vy = take(mnist_digits, [0, 1, 2, 3], 15, start=200)

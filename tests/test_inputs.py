@@ -10,9 +10,9 @@ import numpy as np
 
 from tests.conftest import tiny_spec
 from trainables.data import DataOptions, load_dataset, register_dataset
-from tuner.inputs import dataset_inputs, digests
-from tuner.runs import client_for
-from tuner.tracking import start_parent_run
+from tuner.tracking.callback import start_parent_run
+from tuner.tracking.inputs import dataset_inputs, digests
+from tuner.tracking.runs import client_for
 
 
 def logged_inputs(client, run_id: str) -> dict[str, dict]:

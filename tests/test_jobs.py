@@ -31,10 +31,10 @@ from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 from tests.conftest import free_port
-from tuner import outcomes
 from tuner.cli import app
-from tuner.jobs import auth_token, resolve_address
-from tuner.summary import TRIALS_FILE
+from tuner.cluster.jobs import auth_token, resolve_address
+from tuner.results import outcomes
+from tuner.results.summary import TRIALS_FILE
 
 runner = CliRunner()
 RAY = Path(sys.executable).with_name("ray")  # the venv's `ray` CLI, next to its python
@@ -320,8 +320,8 @@ def test_tuner_run_without_token_mode_says_what_to_set(cluster: Cluster, tmp_pat
 def test_a_driver_address_where_nothing_listens_is_told_apart_from_a_refusal() -> None:
     """Ray says the same "Failed to connect" for both; a port nobody listens on is not a token
     problem."""
+    from tuner.cluster.jobs import driver_connection_errors
     from tuner.errors import ClusterError
-    from tuner.jobs import driver_connection_errors
 
     address = f"127.0.0.1:{free_port()}"
     with (

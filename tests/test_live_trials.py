@@ -8,8 +8,8 @@ import random
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler
 
-from tuner.asha import ResumableASHA
-from tuner.live_trials import LiveFIFO
+from tuner.driver.asha import ResumableASHA
+from tuner.driver.live_trials import LiveFIFO
 
 STATUSES = [Trial.PENDING, Trial.RUNNING, Trial.PAUSED, Trial.TERMINATED, Trial.ERROR]
 

@@ -17,15 +17,15 @@ from tests.test_runs import make_study
 from trainables import metrics as m
 from trainables.data import DataOptions, load_dataset
 from trainables.loop import TrainingRun
-from tuner import schema
 from tuner.cli import app
-from tuner.dashboard_data import REPORT_FILE
-from tuner.exporting import load_exported
-from tuner.pareto import dominates
-from tuner.results import ON_FRONT_STATUSES, StudyResult
-from tuner.runs import client_for, trial_runs
-from tuner.study import run_study
-from tuner.summary import summary_lines
+from tuner.driver.study import run_study
+from tuner.results.dashboard_data import REPORT_FILE
+from tuner.results.exporting import load_exported
+from tuner.results.pareto import dominates
+from tuner.results.summary import summary_lines
+from tuner.results.trials import ON_FRONT_STATUSES, StudyResult
+from tuner.tracking import schema
+from tuner.tracking.runs import client_for, trial_runs
 
 runner = CliRunner()
 OBJECTIVES = [("val_loss", "min"), ("params", "min")]
@@ -196,7 +196,7 @@ def test_tuner_report_from_mlflow_draws_the_same_front(study: StudyResult, tmp_p
 
 
 def test_trials_time_inference_only_when_an_objective_names_it() -> None:
-    from tuner.study import trial_settings
+    from tuner.driver.study import trial_settings
 
     assert not trial_settings(tiny_spec()).measure_latency
     timed = tiny_spec(objective=[{"metric": "val_loss"}, {"metric": "inference_ms"}])

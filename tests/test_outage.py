@@ -20,25 +20,25 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
-import tuner.study
-import tuner.tracking
+import tuner.driver.study
+import tuner.tracking.callback
 from tests.conftest import free_port, server_env, spawn, stop, tiny_spec, wait_for_http
 from tests.test_tracking import EPOCH_1, drive, fake_trial
-from tuner.buffer import BUFFER_FILE, HTTP_SETTINGS, BufferedWriter
 from tuner.cli import app
+from tuner.driver.journal import JOURNAL_FILE, read_journal
+from tuner.driver.progress import StudyRecorder
+from tuner.driver.study import LOG_FILE, require_success, run_study
 from tuner.errors import StudyError
-from tuner.journal import JOURNAL_FILE, read_journal
-from tuner.progress import StudyRecorder
-from tuner.results import StudyResult
-from tuner.runs import client_for
-from tuner.schema import PARENT_TAG
-from tuner.study import LOG_FILE, require_success, run_study
-from tuner.tracking import (
+from tuner.results.trials import StudyResult
+from tuner.tracking.buffer import BUFFER_FILE, HTTP_SETTINGS, BufferedWriter
+from tuner.tracking.callback import (
     RUN_IDS_FILE,
     MlflowTracking,
     load_run_ids,
     start_parent_run,
 )
+from tuner.tracking.runs import client_for
+from tuner.tracking.schema import PARENT_TAG
 
 OUTAGE_S = 15
 SLOW_EPOCHS = {"hidden_units": 512, "num_layers": 3, "batch_size": 16}  # ~0.3 s an epoch
@@ -178,7 +178,7 @@ def test_server_down_for_15_s_mid_study_loses_nothing(server: MlflowServer, stud
 def test_buffer_left_behind_is_sent_by_tuner_sync(
     server: MlflowServer, study_dir: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    monkeypatch.setattr(tuner.study, "DRAIN_AT_END_S", 1.0)  # don't wait for the server
+    monkeypatch.setattr(tuner.driver.study, "DRAIN_AT_END_S", 1.0)  # don't wait for the server
     spec = outage_spec(server, "sync-later", trials=6)
     events = cut_server(server, study_dir, restart_after_s=None)
     result = run_study(spec, show_progress=False)
@@ -316,7 +316,7 @@ def place_outage(phase: str, proxy: OutageProxy, monkeypatch, study_dir: Path, t
             proxy.outage(OUTAGE_MIN_S)
 
     if phase == "start":
-        on_call(monkeypatch, tuner.study, "open_tracking", outage, after=True)
+        on_call(monkeypatch, tuner.driver.study, "open_tracking", outage, after=True)
     elif phase == "mid_training":
         on_call(monkeypatch, MlflowTracking, "on_trial_result", outage)
     elif phase == "writer_behind":
@@ -337,9 +337,9 @@ def place_outage(phase: str, proxy: OutageProxy, monkeypatch, study_dir: Path, t
 
         on_call(monkeypatch, MlflowTracking, "on_trial_complete", if_last)
     elif phase == "parent_closing":
-        on_call(monkeypatch, tuner.study, "finish_parent_run", outage)
+        on_call(monkeypatch, tuner.driver.study, "finish_parent_run", outage)
     elif phase == "report":
-        on_call(monkeypatch, tuner.study, "write_report", outage)
+        on_call(monkeypatch, tuner.driver.study, "write_report", outage)
     else:
         raise ValueError(f"phase must be one of {PHASES} but got {phase!r}")
 
@@ -362,7 +362,7 @@ def test_an_outage_at_any_phase_of_a_study_loses_nothing(
         tracking={"uri": proxy.uri},
     )
     quick = functools.partial(BufferedWriter, retry_every_s=RETRY_EVERY_S)
-    monkeypatch.setattr(tuner.tracking, "BufferedWriter", quick)
+    monkeypatch.setattr(tuner.tracking.callback, "BufferedWriter", quick)
     place_outage(phase, proxy, monkeypatch, study_dir, trials)
     result = run_study(spec, show_progress=False)
 

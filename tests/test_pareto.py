@@ -1,4 +1,4 @@
-"""tuner/pareto.py: which trials are on the Pareto front of several objectives."""
+"""tuner/results/pareto.py: which trials are on the Pareto front of several objectives."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from tuner.pareto import dominates, pareto_front
+from tuner.results.pareto import dominates, pareto_front
 
 
 def test_dominates_needs_one_strictly_better_value() -> None:

@@ -1,4 +1,5 @@
-"""tuner/placement.py: trials fit one node; the largest trial of a space; the GPU memory check."""
+"""tuner/driver/placement.py: trials fit one node; the largest trial of a space; the GPU memory
+check."""
 
 from __future__ import annotations
 
@@ -7,8 +8,7 @@ import pytest
 from tests.conftest import tiny_spec
 from trainables.loop import TrainingOptions
 from trainables.memory import GIB
-from tuner.errors import SpecError
-from tuner.placement import (
+from tuner.driver.placement import (
     alive_nodes,
     check_fits_one_node,
     largest_config,
@@ -16,8 +16,9 @@ from tuner.placement import (
     trials_per_gpu,
     worst_case_estimate,
 )
-from tuner.spaces import parse_space
-from tuner.study import prepare, trial_settings
+from tuner.driver.study import prepare, trial_settings
+from tuner.errors import SpecError
+from tuner.spec.spaces import parse_space
 
 
 def ray_node(cpu: float, gpu: float = 0, alive: bool = True, ip: str = "10.0.0.1") -> dict:

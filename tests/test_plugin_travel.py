@@ -28,11 +28,12 @@ from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 from trainables.plugins import PluginCode
-from tuner import outcomes, schema
 from tuner.cli import app
+from tuner.driver.journal import JOURNAL_FILE, read_journal
 from tuner.errors import SpecError
-from tuner.journal import JOURNAL_FILE, read_journal
-from tuner.plugin_files import code_paths, fetch_plugins, local_module_path
+from tuner.results import outcomes
+from tuner.spec.plugin_files import code_paths, fetch_plugins, local_module_path
+from tuner.tracking import schema
 
 runner = CliRunner()
 NUM_TRIALS = 3

@@ -319,7 +319,7 @@ def test_two_files_with_one_stem_in_a_spec(workdir: Path) -> None:
     for folder in ("a", "b"):
         (workdir / folder).mkdir()
         write(workdir / folder, "plug_same.py", TINY_MODEL.format(name=f"same_{folder}"))
-    from tuner.spec import spec_from_dict
+    from tuner.spec.job import spec_from_dict
 
     with pytest.raises(tuner.SpecError, match="would both be imported as 'plug_same'"):
         spec_from_dict(base_spec(plugins=["a/plug_same.py", "b/plug_same.py"]))
@@ -330,7 +330,7 @@ def test_a_module_plugin(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None
     package.mkdir()
     write(package, "plugmod_tiny.py", TINY_MODEL.format(name="module_tiny"))
     monkeypatch.syspath_prepend(str(package))
-    from tuner.spec import spec_from_dict
+    from tuner.spec.job import spec_from_dict
 
     spec = spec_from_dict(base_spec(plugins=["plugmod_tiny"], model="module_tiny"))
     assert spec.plugins == ["plugmod_tiny"]
@@ -408,7 +408,7 @@ def test_public_surface() -> None:
     for name in tuner.__all__:
         assert getattr(tuner, name) is not None, name
     assert tuner.register_model is register_model
-    importlib.import_module("tuner.exporting")  # the module behind it
+    importlib.import_module("tuner.results.exporting")  # the module behind it
     assert callable(tuner.export)
     assert tuner.export.__doc__.startswith("Write the best configs of a study")
     assert issubclass(tuner.SpecError, tuner.TunerError)

@@ -1,4 +1,4 @@
-"""Each use of Ray's private API (tuner/ray_internals.py) against the installed Ray: when Ray
+"""Each use of Ray's private API (tuner/driver/ray_internals.py) against the installed Ray: when Ray
 changes, the test of the function that broke names it."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from tuner.journal import JOURNAL_FILE, append_event
-from tuner.ray_internals import (
+from tuner.driver.journal import JOURNAL_FILE, append_event
+from tuner.driver.ray_internals import (
     SoleWriterCache,
     asha_objective,
     asha_rungs,
@@ -30,8 +30,8 @@ from tuner.ray_internals import (
     restored_callbacks,
     stop_local_daemons,
 )
-from tuner.schedulers import make_scheduler
-from tuner.spec import SchedulerSpec
+from tuner.driver.schedulers import make_scheduler
+from tuner.spec.job import SchedulerSpec
 
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 

@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 from tests.conftest import free_port, spawn, stop
 from tests.servers import BUCKET, ObjectStore, Postgres, postgres_bin
 from tests.test_jobs import CLUSTER_MARKER, kill_cluster
-from tuner import schema
+from tuner.tracking import schema
 
 ROOT = Path(__file__).resolve().parent.parent
 HEADING = "## 7. The production recipe, end to end"

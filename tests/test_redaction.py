@@ -1,4 +1,4 @@
-"""Secrets out of what tuner prints, logs and stores (tuner/redaction.py)."""
+"""Secrets out of what tuner prints, logs and stores (tuner/cluster/redaction.py)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,7 @@ import logging
 
 import pytest
 
-from tuner.redaction import RedactingFormatter, has_password, redact, redact_url
-from tuner.tracking import redact as tracking_redact
+from tuner.cluster.redaction import RedactingFormatter, has_password, redact, redact_url
 
 
 @pytest.mark.parametrize(
@@ -45,7 +44,6 @@ def test_urls_in_free_text_and_quotes_are_found() -> None:
     assert "postgresql://u:***@db:5432/optuna," in hidden
     assert "'redis://:***@cache:6379/0'" in hidden
     assert '"mysql://a:***@c/d"' in hidden
-    assert tracking_redact is redact  # the name tracking has always exported
 
 
 def test_secret_environment_values_are_hidden(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -21,9 +21,10 @@ import pytest
 import yaml
 
 from tests.conftest import tiny_spec
-from tuner import outcomes, schema
-from tuner.journal import JOURNAL_FILE, read_journal
-from tuner.study import run_study
+from tuner.driver.journal import JOURNAL_FILE, read_journal
+from tuner.driver.study import run_study
+from tuner.results import outcomes
+from tuner.tracking import schema
 
 NUM_TRIALS = 10
 
@@ -173,8 +174,8 @@ def test_a_trial_failing_past_its_retries_is_errored_and_the_study_goes_on(
 ) -> None:
     """Trial 1's worker dies twice with max_retries 1: errored with its message; trial 2 is
     unaffected and the study succeeds, saying what failed."""
-    from tuner.study import require_success
-    from tuner.summary import summary_lines
+    from tuner.driver.study import require_success
+    from tuner.results.summary import summary_lines
 
     spec = tiny_spec(
         name="fail-past-retries",

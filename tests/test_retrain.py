@@ -18,10 +18,10 @@ from typer.testing import CliRunner
 from trainables.data import DataOptions, load_dataset
 from tuner.cli import app
 from tuner.errors import SpecError
-from tuner.exporting import load_exported, training_from_tag
-from tuner.inputs import dataset_inputs, digests
-from tuner.retrain import train_config
-from tuner.runs import client_for
+from tuner.results.exporting import load_exported, training_from_tag
+from tuner.results.retrain import train_config
+from tuner.tracking.inputs import dataset_inputs, digests
+from tuner.tracking.runs import client_for
 
 REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()

@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 from mlflow.entities import Metric
 
-from tuner import outcomes, schema
-from tuner.dashboard_data import from_mlflow
 from tuner.errors import SpecError
-from tuner.runs import client_for, find_study_run, list_studies, ranked_trial_runs
+from tuner.results import outcomes
+from tuner.results.dashboard_data import from_mlflow
+from tuner.tracking import schema
+from tuner.tracking.runs import client_for, find_study_run, list_studies, ranked_trial_runs
 
 
 def make_study(client, name: str, objective: str, values: dict[int, float | None], **extra):

@@ -30,12 +30,13 @@ from tests.servers import BUCKET, ObjectStore
 from tests.test_jobs import CLUSTER_MARKER, RAY, kill_cluster, ray_start
 from tests.test_resume import NUM_TRIALS, assert_every_trial_once, run_counts
 from tests.test_tracking import EPOCH_1, callbacks, drive, fake_trial
-from tuner import outcomes, schema
-from tuner.journal import JOURNAL_FILE, read_journal
-from tuner.storage import WORK_DIR, is_remote, study_folder, working_folder
-from tuner.study import SPEC_FILE, find_results
-from tuner.summary import TRIALS_FILE
-from tuner.tracking import RUN_IDS_FILE, MlflowTracking, load_run_ids, save_run_ids
+from tuner.cluster.storage import WORK_DIR, is_remote, study_folder, working_folder
+from tuner.driver.journal import JOURNAL_FILE, read_journal
+from tuner.driver.study import SPEC_FILE, find_results
+from tuner.results import outcomes
+from tuner.results.summary import TRIALS_FILE
+from tuner.tracking import schema
+from tuner.tracking.callback import RUN_IDS_FILE, MlflowTracking, load_run_ids, save_run_ids
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,5 +1,6 @@
-"""tuner/samplers.py: every sampler of the registry survives Ray's pickling and a resume's restore
-on the locked Optuna (NSGA-II holds a lock since Optuna 5.1), and keeps its place in the search."""
+"""tuner/driver/samplers.py: every sampler of the registry survives Ray's pickling and a resume's
+restore on the locked Optuna (NSGA-II holds a lock since Optuna 5.1), and keeps its place in the
+search."""
 
 from __future__ import annotations
 
@@ -12,10 +13,10 @@ import pytest
 import ray.cloudpickle
 from ray import tune
 
-from tuner.picklable_samplers import WithoutLocks
-from tuner.samplers import SAMPLERS, make_sampler
-from tuner.searcher import TruthfulOptunaSearch
-from tuner.spaces import load_space
+from tuner.driver.picklable_samplers import WithoutLocks
+from tuner.driver.samplers import SAMPLERS, make_sampler
+from tuner.driver.searcher import TruthfulOptunaSearch
+from tuner.spec.spaces import load_space
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 pytestmark = pytest.mark.filterwarnings(

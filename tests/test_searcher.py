@@ -1,4 +1,5 @@
-"""tuner/searcher.py: what TruthfulOptunaSearch tells Optuna, driven by hand as Ray would (no Ray).
+"""tuner/driver/searcher.py: what TruthfulOptunaSearch tells Optuna, driven by hand as Ray would
+(no Ray).
 
 Ray calls `on_trial_result` for every reported epoch except the one on which a scheduler stops the
 trial; that last result reaches the searcher only through `on_trial_complete`.
@@ -14,9 +15,9 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tuner.samplers import make_sampler
-from tuner.searcher import TruthfulOptunaSearch
-from tuner.spaces import load_space
+from tuner.driver.samplers import make_sampler
+from tuner.driver.searcher import TruthfulOptunaSearch
+from tuner.spec.spaces import load_space
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")

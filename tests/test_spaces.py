@@ -1,4 +1,5 @@
-"""tuner/spaces.py: YAML -> space -> sampled config, `when` conditions, validation, samplers."""
+"""tuner/spec/spaces.py: YAML -> space -> sampled config, `when` conditions, validation,
+samplers."""
 
 from __future__ import annotations
 
@@ -15,9 +16,9 @@ import search_spaces
 from trainables.loop import OPTIMIZER_DEFAULTS
 from trainables.models import MODELS
 from trainables.registry import UnknownNameError
+from tuner.driver.samplers import SAMPLERS, make_sampler
 from tuner.errors import SpecError
-from tuner.samplers import SAMPLERS, make_sampler
-from tuner.spaces import SearchSpace, load_space, parse_space
+from tuner.spec.spaces import SearchSpace, load_space, parse_space
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
@@ -466,7 +467,7 @@ def test_unknown_algorithm() -> None:
 
 
 def test_warm_start_misfit_names_why_a_config_is_not_a_point_of_the_space() -> None:
-    from tuner.warm_start import misfit
+    from tuner.driver.warm_start import misfit
 
     space = parse_space(
         {

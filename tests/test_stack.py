@@ -220,8 +220,8 @@ def test_a_pickled_storage_keeps_no_password_and_finds_it_in_pgpassword(
     in a new process connects with the password from libpq's environment."""
     import pickle
 
-    from tuner import databases
-    from tuner.study import optuna_storage
+    from tuner.cluster import databases
+    from tuner.driver.study import optuna_storage
 
     url = postgres.create_database("optuna_pickle")
     saved = pickle.dumps(optuna_storage(url))
@@ -282,7 +282,7 @@ def test_tuner_list_on_a_postgresql_store_takes_plain_urls_and_hides_the_passwor
 
 
 def test_a_missing_postgresql_driver_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
-    from tuner import databases
+    from tuner.cluster import databases
     from tuner.errors import SpecError
 
     monkeypatch.setattr(databases, "is_installed", lambda module: False)
@@ -299,7 +299,7 @@ def test_a_missing_postgresql_driver_says_what_to_install(monkeypatch: pytest.Mo
 
 def test_a_sqlite_storage_in_a_new_folder_is_created_before_ray(tmp_path: Path) -> None:
     from tests.conftest import tiny_spec
-    from tuner.study import open_optuna_storage
+    from tuner.driver.study import open_optuna_storage
 
     db = tmp_path / "new" / "folder" / "optuna.db"
     open_optuna_storage(tiny_spec(search={"storage": f"sqlite:///{db}"}))

@@ -1,4 +1,5 @@
-"""tuner/stoppers.py: OverfitStopper stops a trial after `patience` epochs without improvement."""
+"""tuner/driver/stoppers.py: OverfitStopper stops a trial after `patience` epochs without
+improvement."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import math
 
 import pytest
 
-from tuner.stoppers import OverfitStopper
+from tuner.driver.stoppers import OverfitStopper
 
 
 def feed(stopper: OverfitStopper, trial_id: str, curve: list[float]) -> list[bool]:
@@ -128,8 +129,8 @@ def test_study_stop_replays_patience_from_the_journal_and_an_extension_resets_it
     """StudyStop, as Ray restores it: the plateau and the stop come back from the journal."""
     import pickle
 
-    from tuner.journal import append_event
-    from tuner.stoppers import PATIENCE, SEARCH_EXTENDED, StudyStop
+    from tuner.driver.journal import append_event
+    from tuner.driver.stoppers import PATIENCE, SEARCH_EXTENDED, StudyStop
 
     journal = tmp_path / "trials.jsonl"
     for trial, curve in (("a", [0.9, 0.5]), ("b", [0.7, 0.6]), ("c", [0.8, float("nan")])):

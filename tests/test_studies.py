@@ -22,10 +22,10 @@ from tests.conftest import tiny_spec
 from tests.servers import Postgres, RayHead, ray_head
 from tests.test_gpu_cluster import max_concurrency
 from tests.test_jobs import runner, submit, wait_for_status
-from tuner import schema
 from tuner.cli import app
-from tuner.journal import JOURNAL_FILE, read_journal
-from tuner.study import SPEC_FILE, claim_execution
+from tuner.driver.journal import JOURNAL_FILE, read_journal
+from tuner.driver.study import SPEC_FILE, claim_execution
+from tuner.tracking import schema
 
 #: trials of a few seconds, so that the studies overlap and a trial is running when one stops
 SLOW = {"hidden_units": 512, "num_layers": 3, "batch_size": 16}

@@ -17,11 +17,11 @@ from optuna.trial import TrialState
 
 from tests.conftest import is_loopback, listening_sockets, tiny_spec
 from trainables import metrics as m
-from tuner import outcomes
+from tuner.driver.study import require_success, run_study
 from tuner.errors import SpecError, StudyError
-from tuner.spec import JobSpec
-from tuner.study import require_success, run_study
-from tuner.summary import BEST_CONFIG_FILE, TRIALS_FILE
+from tuner.results import outcomes
+from tuner.results.summary import BEST_CONFIG_FILE, TRIALS_FILE
+from tuner.spec.job import JobSpec
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
@@ -193,7 +193,7 @@ def test_accuracy_objective_on_regression_is_refused(study_dir: Path) -> None:
 LOCAL_RAY_SOCKETS = """
 import json, psutil, ray
 from tests.conftest import listening_sockets
-from tuner.study import ray_session
+from tuner.driver.study import ray_session
 
 with ray_session(num_cpus=1):
     ray.get(ray.remote(lambda: 0).remote())  # a worker, beside the GCS, raylet and agents

@@ -13,12 +13,13 @@ from typer.testing import CliRunner
 
 from tests.conftest import tiny_spec
 from trainables import metrics as m
-from tuner import schema, stoppers
 from tuner.cli import app
-from tuner.results import StudyResult
-from tuner.runs import ranked_trial_runs
-from tuner.study import resume_study, run_study
-from tuner.summary import summary_lines
+from tuner.driver import stoppers
+from tuner.driver.study import resume_study, run_study
+from tuner.results.summary import summary_lines
+from tuner.results.trials import StudyResult
+from tuner.tracking import schema
+from tuner.tracking.runs import ranked_trial_runs
 
 pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("ray_local")]
 
@@ -94,7 +95,7 @@ def test_warm_start_runs_the_earlier_best_configs_first_and_skips_the_misfits(
 def test_warm_start_from_a_missing_study_or_another_model_exits_2_before_ray(
     study_dir: Path, ray_starts: list
 ) -> None:
-    from tuner.tracking import start_parent_run
+    from tuner.tracking.callback import start_parent_run
 
     uri = f"sqlite:///{study_dir / 'mlflow.db'}"
     cnn = tiny_spec(name="cnn-study", model="cnn", search_space=None)

@@ -12,20 +12,20 @@ from mlflow.tracking import MlflowClient
 
 from tests.conftest import tiny_spec
 from trainables.data import DataOptions, load_dataset
-from tuner import diagnostics, outcomes
-from tuner import tracking as tracking_module
-from tuner.inputs import dataset_inputs, digests
-from tuner.journal import JOURNAL_FILE, read_journal
-from tuner.progress import StudyRecorder
-from tuner.runs import client_for
-from tuner.schema import PARENT_TAG, ROLE_TAG
-from tuner.study import run_study
-from tuner.tracking import (
+from tuner.driver.journal import JOURNAL_FILE, read_journal
+from tuner.driver.progress import StudyRecorder
+from tuner.driver.study import run_study
+from tuner.results import diagnostics, outcomes
+from tuner.tracking import callback as tracking_module
+from tuner.tracking.callback import (
     RUN_IDS_FILE,
     MlflowTracking,
     load_run_ids,
     start_parent_run,
 )
+from tuner.tracking.inputs import dataset_inputs, digests
+from tuner.tracking.runs import client_for
+from tuner.tracking.schema import PARENT_TAG, ROLE_TAG
 
 NUM_TRIALS = 6
 

@@ -12,12 +12,12 @@ import pytest
 
 from tests.conftest import tiny_spec, tuner_ui
 from tests.test_dashboard import CHROMIUM_FLAGS, system_chromium
-from tuner.dashboard_data import REPORT_FILE
-from tuner.results import StudyResult
-from tuner.runs import client_for
-from tuner.schema import CONFIG_PREFIX, DIAGNOSIS_TAG, TRIAL_NUMBER_TAG
-from tuner.study import run_study
-from tuner.tracking import LEARNING_CURVE
+from tuner.driver.study import run_study
+from tuner.results.dashboard_data import REPORT_FILE
+from tuner.results.trials import StudyResult
+from tuner.tracking.callback import LEARNING_CURVE
+from tuner.tracking.runs import client_for
+from tuner.tracking.schema import CONFIG_PREFIX, DIAGNOSIS_TAG, TRIAL_NUMBER_TAG
 
 COMPARED = (1, 2, 3)  # the trial numbers selected for the comparison
 TAB_STOPS = 20  # about as many metrics as a trial logs

@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from tuner.results import StudyResult
-    from tuner.spec import JobSpec
+    from tuner.results.trials import StudyResult
+    from tuner.spec.job import JobSpec
 
 __all__ = [
     "ExportedConfig",
@@ -47,9 +47,9 @@ _LAZY = {
     "register_model": ("trainables.models", "register_model"),
     "register_dataset": ("trainables.data", "register_dataset"),
     "Split": ("trainables.data", "Split"),
-    "JobSpec": ("tuner.spec", "JobSpec"),
-    "StudyResult": ("tuner.results", "StudyResult"),
-    "ExportedConfig": ("tuner.exporting", "ExportedConfig"),
+    "JobSpec": ("tuner.spec.job", "JobSpec"),
+    "StudyResult": ("tuner.results.trials", "StudyResult"),
+    "ExportedConfig": ("tuner.results.exporting", "ExportedConfig"),
     "PluginError": ("trainables.plugins", "PluginError"),
     "TunerError": ("tuner.errors", "TunerError"),
     "SpecError": ("tuner.errors", "SpecError"),
@@ -127,8 +127,8 @@ def run(
             )
             print(result.trials[["trial", "best_val_loss"]])
     """
-    from tuner.spec import JobSpec, load_spec, spec_from_dict
-    from tuner.study import require_success, run_study
+    from tuner.driver.study import require_success, run_study
+    from tuner.spec.job import JobSpec, load_spec, spec_from_dict
 
     if isinstance(spec, JobSpec):
         if overrides:
@@ -191,8 +191,8 @@ def export(
     """
     import yaml
 
-    from tuner.exporting import export_study
-    from tuner.runs import default_tracking_uri
+    from tuner.results.exporting import export_study
+    from tuner.tracking.runs import default_tracking_uri
 
     uri = tracking_uri or default_tracking_uri()
     paths = export_study(study, uri, top_k, "yaml", Path(out) if out is not None else None)

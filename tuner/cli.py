@@ -42,7 +42,7 @@ TrackingOption = Annotated[
 
 
 class Device(StrEnum):
-    """`tuner train --device` (tuner.retrain.DEVICES)."""
+    """`tuner train --device` (tuner.results.retrain.DEVICES)."""
 
     auto = "auto"
     cpu = "cpu"
@@ -75,7 +75,7 @@ def handle_errors(command: Callable) -> Callable:
             raise typer.Exit(1) from None
         except Exception as exc:  # an unexpected failure: one line, the traceback on request
             if os.environ.get("TUNER_DEBUG"):
-                from tuner.redaction import redact
+                from tuner.cluster.redaction import redact
 
                 sys.stderr.write(redact(traceback.format_exc()))
             report_error(f"{type(exc).__name__}: {exc} (TUNER_DEBUG=1: traceback)")
@@ -87,7 +87,7 @@ def handle_errors(command: Callable) -> Callable:
 def report_error(message: object) -> None:
     """'error: ...' on stderr; the message is plain text, never read as rich markup, and shows
     no password (a driver's error may quote the URL it was given)."""
-    from tuner.redaction import redact
+    from tuner.cluster.redaction import redact
 
     err.print(Text.assemble(("error:", "bold red"), " ", redact(str(message))), soft_wrap=True)
 
@@ -100,8 +100,8 @@ def demo_spec_path() -> Path:
 
 
 def run_and_report(spec_path: Path, overrides: list[str] | None, address: str | None) -> None:
-    from tuner.spec import load_spec
-    from tuner.study import require_success, run_study
+    from tuner.driver.study import require_success, run_study
+    from tuner.spec.job import load_spec
 
     warn_outside_tested_versions()
     spec = load_spec(spec_path, overrides)
@@ -143,9 +143,9 @@ def demo(set_: SetOption = None, address: AddressOption = None) -> None:
 
 def print_summary(result) -> None:
     """The best trial (its best epoch), the ranking, and where everything is."""
-    from tuner.runs import default_tracking_uri
-    from tuner.summary import best_config, finalists_table, summary_lines, top_table
-    from tuner.tracking import redact
+    from tuner.cluster.redaction import redact
+    from tuner.results.summary import best_config, finalists_table, summary_lines, top_table
+    from tuner.tracking.runs import default_tracking_uri
 
     out.print()
     for line in summary_lines(result):
@@ -214,7 +214,7 @@ PluginOption = Annotated[
 def import_plugins(entries: list[Path] | None) -> None:
     """Import `--plugin` entries (files relative to the working directory); errors exit 2."""
     from trainables.plugins import is_file_entry
-    from tuner.spec import load_plugins
+    from tuner.spec.job import load_plugins
 
     names = [str(e) for e in entries or []]
     load_plugins([str(Path(e).resolve()) if is_file_entry(e) else e for e in names])
@@ -292,7 +292,7 @@ def submit(
     set_: SetOption = None,
 ) -> None:
     """Submit the study to a Ray cluster as a Ray Job; prints the job id."""
-    from tuner.jobs import resolve_address, submit_study
+    from tuner.cluster.jobs import resolve_address, submit_study
 
     address = resolve_address(address)
     job_id = submit_study(spec, address, set_)
@@ -315,7 +315,7 @@ def status(
     ] = None,
 ) -> None:
     """Status of a submitted study (Ray Job): PENDING, RUNNING, SUCCEEDED, FAILED or STOPPED."""
-    from tuner.jobs import job_info, resolve_address
+    from tuner.cluster.jobs import job_info, resolve_address
 
     info = job_info(job, resolve_address(address))
     message = f" ({info['message']})" if info["message"] else ""
@@ -332,7 +332,7 @@ def logs(
     ] = None,
 ) -> None:
     """Logs of a submitted study (Ray Job): the driver's output, with the study's summary."""
-    from tuner.jobs import follow_logs, job_logs, resolve_address
+    from tuner.cluster.jobs import follow_logs, job_logs, resolve_address
 
     address = resolve_address(address)
     if not follow:
@@ -352,7 +352,7 @@ def stop(
     ] = None,
 ) -> None:
     """Stop a submitted study (Ray Job)."""
-    from tuner.jobs import job_status, resolve_address, stop_job
+    from tuner.cluster.jobs import job_status, resolve_address, stop_job
 
     address = resolve_address(address)
     if stop_job(job, address):
@@ -377,7 +377,7 @@ def resume(
 ) -> None:
     """Continue an interrupted study: same trials, checkpoints, Optuna study and MLflow runs;
     with --set search.num_samples=N, extend a finished one to N trials."""
-    from tuner.study import require_success, resume_study
+    from tuner.driver.study import require_success, resume_study
 
     result = resume_study(study, overrides=set_, tracking_uri=tracking_uri, address=address)
     print_summary(result)
@@ -388,10 +388,10 @@ def resume(
 @handle_errors
 def list_studies(tracking_uri: TrackingOption = None) -> None:
     """The studies in the tracking store: status, trial counts, best objective."""
-    from tuner.results import plain
-    from tuner.runs import default_tracking_uri
-    from tuner.runs import list_studies as read_studies
-    from tuner.tracking import redact
+    from tuner.cluster.redaction import redact
+    from tuner.results.trials import plain
+    from tuner.tracking.runs import default_tracking_uri
+    from tuner.tracking.runs import list_studies as read_studies
 
     uri = tracking_uri or default_tracking_uri()
     studies = read_studies(uri)
@@ -432,8 +432,8 @@ def export(
     ] = False,
 ) -> None:
     """The best config(s) of a study as files `tuner train` accepts (ranked by best epoch)."""
-    from tuner.exporting import export_study
-    from tuner.runs import default_tracking_uri
+    from tuner.results.exporting import export_study
+    from tuner.tracking.runs import default_tracking_uri
 
     uri = tracking_uri or default_tracking_uri()
     paths = export_study(study, uri, top_k, format, out_path, pareto=pareto)
@@ -452,10 +452,10 @@ def train(
     ] = Device.auto,
 ) -> None:
     """Train one fixed config to completion and log it, with the model, to MLflow."""
-    from tuner.exporting import load_exported
-    from tuner.redaction import redact
-    from tuner.retrain import train_config
-    from tuner.runs import default_tracking_uri
+    from tuner.cluster.redaction import redact
+    from tuner.results.exporting import load_exported
+    from tuner.results.retrain import train_config
+    from tuner.tracking.runs import default_tracking_uri
 
     source_uri = load_exported(config).source.get("tracking_uri")
     uri = tracking_uri or source_uri or default_tracking_uri()
@@ -484,8 +484,8 @@ def report(
     tracking_uri: TrackingOption = None,
 ) -> None:
     """The study's HTML dashboard (one self-contained file), for a finished or running study."""
-    from tuner.dashboard_data import report_study
-    from tuner.runs import default_tracking_uri
+    from tuner.results.dashboard_data import report_study
+    from tuner.tracking.runs import default_tracking_uri
 
     path = report_study(study, tracking_uri or default_tracking_uri(), out_path)
     size = path.stat().st_size / 1e6
@@ -499,7 +499,7 @@ def sync(
     tracking_uri: TrackingOption = None,
 ) -> None:
     """Send to MLflow what tracking buffered while the server was unreachable."""
-    from tuner.study import sync_study
+    from tuner.driver.study import sync_study
 
     sent, left = sync_study(study, tracking_uri)
     out.print(f"Sent {sent} buffered MLflow writes; {left} still buffered.", highlight=False)
@@ -517,9 +517,9 @@ def ui(
     """The MLflow UI on the study's tracking store, bound to 127.0.0.1 by default."""
     import subprocess
 
-    from tuner.redaction import redact
-    from tuner.runs import default_tracking_uri
-    from tuner.tracking import UI_SERVER_ENV, ui_server_command
+    from tuner.cluster.redaction import redact
+    from tuner.tracking.callback import UI_SERVER_ENV, ui_server_command
+    from tuner.tracking.runs import default_tracking_uri
 
     uri = tracking_uri or default_tracking_uri()
     if uri.startswith(("http://", "https://")):
@@ -545,8 +545,8 @@ def doctor(
     """Versions against the tested ones, the GPUs torch sees, and whether the Ray cluster, the
     tracking store and the Optuna storage answer. Exit 1 when something is wrong."""
     from tuner.doctor import examine
-    from tuner.runs import default_tracking_uri
-    from tuner.spec import default_optuna_storage, load_spec
+    from tuner.spec.job import default_optuna_storage, load_spec
+    from tuner.tracking.runs import default_tracking_uri
 
     if spec is not None:
         loaded = load_spec(spec)

@@ -16,9 +16,9 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from tuner.cluster.jobs import cluster_ray_version
+from tuner.cluster.redaction import redact
 from tuner.errors import TunerError
-from tuner.jobs import cluster_ray_version
-from tuner.redaction import redact
 from tuner.versions import key_packages
 
 TIMEOUT_S = 5.0
@@ -85,8 +85,8 @@ def ray_version() -> str:
 def cluster_size(address: str) -> str:
     import ray
 
-    from tuner.jobs import ClusterError, listens
-    from tuner.study import ray_session
+    from tuner.cluster.jobs import ClusterError, listens
+    from tuner.driver.study import ray_session
 
     if address != "auto" and not listens(address, TIMEOUT_S):
         raise ClusterError(f"{address}: nothing answers there")
@@ -127,7 +127,7 @@ def database(topic: str, url: str, key: str) -> Finding:
         return Finding(topic, f"{redact(url)}: not a database or server URL; not checked")
     import sqlalchemy
 
-    from tuner.databases import remember, reveal, sqlalchemy_url
+    from tuner.cluster.databases import remember, reveal, sqlalchemy_url
 
     try:
         real = sqlalchemy_url(remember(reveal(url)), key)

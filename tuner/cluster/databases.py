@@ -1,0 +1,94 @@
+"""The databases a study connects to by URL: a driver that is installed for `postgresql://`, and
+Optuna's storage as Ray pickles it into the results folder (without its password).
+
+Passwords never reach the results folder: what tuner and Ray save there names the URL with
+`***`. In the process that was given the real URL, `reveal` maps it back; in a later one (`tuner
+resume`) the password is dropped from the URL, so the driver takes it from its own environment
+(PostgreSQL: PGPASSWORD or ~/.pgpass).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any
+
+from optuna.storages import RDBStorage
+
+from tuner.cluster.redaction import MASK, redact, redact_url
+from tuner.errors import SpecError
+
+#: the driver SQLAlchemy takes for a `postgresql://` URL, in order of preference, with its module
+POSTGRES_DRIVERS = {"psycopg2": "psycopg2", "psycopg": "psycopg"}
+POSTGRES_SCHEMES = ("postgresql", "postgres")
+INSTALL_HINT = "pip install 'tuner[cluster]' (it brings psycopg, PostgreSQL's driver)"
+#: real URLs this process was given, by their redacted form
+_REAL_URLS: dict[str, str] = {}
+
+
+def remember(url: str) -> str:
+    """Note a URL with its password, so that its redacted form maps back to it here."""
+    _REAL_URLS[redact_url(url)] = url
+    return url
+
+
+def reveal(url: str) -> str:
+    """A URL as it was given to this process; else, when its password was redacted, the URL
+    without it (the driver finds the password in its own environment)."""
+    if url in _REAL_URLS:
+        return _REAL_URLS[url]
+    if f":{MASK}@" not in url and f"={MASK}" not in url:
+        return url
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    query = {k: v for k, v in parsed.query.items() if v != MASK}
+    password = None if parsed.password == MASK else parsed.password
+    bare = parsed._replace(password=password).set(query=query)  # set() ignores None
+    return bare.render_as_string(hide_password=False)
+
+
+def is_installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def sqlalchemy_url(url: str, key: str) -> str:
+    """`url` with an installed driver named: `postgresql://` takes psycopg2 when it is installed,
+    else psycopg (3); a named driver that is missing is an error naming `key` and what to
+    install. Other URLs are returned as they are."""
+    scheme = url.partition("://")[0]
+    dialect, _, driver = scheme.partition("+")
+    if dialect not in POSTGRES_SCHEMES:
+        return url
+    installed = [name for name, module in POSTGRES_DRIVERS.items() if is_installed(module)]
+    if driver and not is_installed(POSTGRES_DRIVERS.get(driver, driver)):
+        raise SpecError(
+            f"{key}: {redact(url)} names the PostgreSQL driver {driver!r}, which is not "
+            f"installed here; {INSTALL_HINT}, then use postgresql+psycopg://"
+        )
+    if not driver and not installed:
+        raise SpecError(
+            f"{key}: {redact(url)} needs a PostgreSQL driver and none is installed; {INSTALL_HINT}"
+        )
+    rest = url.partition("://")[2]
+    return f"postgresql+{driver or installed[0]}://{rest}"
+
+
+def engine_options(url: str) -> dict[str, Any]:
+    """A server's connections can drop between a study's writes (idle timeouts, a restart):
+    test each before use. SQLite files need nothing."""
+    return {} if url.startswith("sqlite:") else {"pool_pre_ping": True}
+
+
+class OptunaStorage(RDBStorage):
+    """Optuna's RDB storage, pickled (by Ray, into the results folder) without its password."""
+
+    def __init__(self, url: str, **kwargs: Any):
+        super().__init__(remember(url), **kwargs)
+
+    def __getstate__(self) -> dict[Any, Any]:
+        state = super().__getstate__()
+        state["url"] = redact_url(state["url"])
+        return state
+
+    def __setstate__(self, state: dict[Any, Any]) -> None:
+        super().__setstate__({**state, "url": reveal(state["url"])})

@@ -1,0 +1,156 @@
+"""Where a study's results live: a local folder, or object storage (`storage: s3://bucket/prefix`).
+
+With a local `storage`, the driver writes its files (the journal, spec.yaml, plug-in copies, MLflow
+run ids, the log, trials.csv, report.html) into Ray's run folder `<storage>/<execution>`, beside
+Ray's state and the trials' checkpoints. With a remote one, Ray writes its state and every
+checkpoint to `<storage>/<execution>` itself; the driver works in a local working folder,
+`.tuner/<scheme>/<bucket>/<prefix>/<execution>` under its working directory, whose files reach the
+same prefix: copied into Ray's staging folder at every experiment snapshot (`StagingMirror`, so
+Ray uploads them with, and after, the state they belong to), and uploaded whole when the study
+starts and ends. `tuner resume` downloads them again (`download`), so a study resumes from the
+bucket alone. Endpoints and credentials come from the standard variables (`AWS_ENDPOINT_URL`,
+`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_DEFAULT_REGION` for S3), read by pyarrow.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+from urllib.parse import urlparse
+
+from ray.tune import Callback
+
+from tuner.driver.journal import relocated_folder
+
+WORK_DIR = ".tuner"  # under the driver's working directory: remote studies' working folders
+TRIAL_PREFIX = "trial_"  # the trials' folders (checkpoints): never downloaded by the driver
+
+
+def is_remote(location: str) -> bool:
+    """A URI pyarrow opens (s3://, gs://, ...), not a local path or a file:// URI."""
+    return urlparse(location).scheme not in ("", "file")
+
+
+@dataclass(frozen=True)
+class StudyFolder:
+    """One execution's results: the driver's local folder, and its URI when `storage` is remote."""
+
+    local: Path
+    uri: str | None = None
+
+    @property
+    def location(self) -> str:
+        """What Ray is given (and the parent run records): the URI, else the local path."""
+        return self.uri or str(self.local)
+
+
+def working_folder(uri: str) -> Path:
+    """The local folder a driver works in for the remote execution `uri`."""
+    parsed = urlparse(uri)
+    parts = PurePosixPath(parsed.path).parts[1:]
+    return Path.cwd() / WORK_DIR / parsed.scheme / parsed.netloc / Path(*parts)
+
+
+def study_folder(storage: str, execution: str) -> StudyFolder:
+    """Where an execution of a study with this `storage` keeps its results."""
+    if not is_remote(storage):
+        return StudyFolder(Path(storage) / execution)
+    uri = f"{storage.rstrip('/')}/{execution}"
+    return StudyFolder(working_folder(uri), uri)
+
+
+def _filesystem(uri: str):
+    import pyarrow.fs
+
+    return pyarrow.fs.FileSystem.from_uri(uri)
+
+
+def upload(folder: StudyFolder) -> None:
+    """Every file of the local folder to its URI (nothing for a local study)."""
+    if folder.uri is None:
+        return
+    import pyarrow.fs
+
+    fs, path = _filesystem(folder.uri)
+    pyarrow.fs.copy_files(str(folder.local), path, destination_filesystem=fs)
+
+
+def remote_files(uri: str) -> list[str]:
+    """The driver's files at `uri`, relative to it: all but the trials' folders."""
+    import pyarrow.fs
+
+    fs, root = _filesystem(uri)
+    infos = fs.get_file_info(pyarrow.fs.FileSelector(root, recursive=True, allow_not_found=True))
+    names = [PurePosixPath(i.path).relative_to(root) for i in infos if i.is_file]
+    return [str(n) for n in names if not n.parts[0].startswith(TRIAL_PREFIX)]
+
+
+def has_file(uri: str, name: str) -> bool:
+    import pyarrow.fs
+
+    fs, root = _filesystem(uri)
+    return fs.get_file_info(f"{root}/{name}").type == pyarrow.fs.FileType.File
+
+
+def download(uri: str) -> StudyFolder:
+    """The driver's files of the remote execution `uri` into its working folder, replacing what
+    is there: the bucket is what a resume continues from."""
+    fs, root = _filesystem(uri)
+    folder = StudyFolder(working_folder(uri), uri)
+    for name in remote_files(uri):
+        target = folder.local / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with fs.open_input_stream(f"{root}/{name}") as source, open(target, "wb") as out:
+            shutil.copyfileobj(source, out)
+    return folder
+
+
+def mirror_files(source: Path, target: Path, copied: dict[str, tuple[int, int]]) -> list[str]:
+    """Copy the files of `source` that changed since `copied` recorded them into `target`;
+    returns their names."""
+    changed = []
+    for path in sorted(p for p in source.rglob("*") if p.is_file()):
+        name = path.relative_to(source).as_posix()
+        stat = path.stat()
+        if copied.get(name) == (stat.st_size, stat.st_mtime_ns):
+            continue
+        destination = target / name
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, destination)
+        copied[name] = (stat.st_size, stat.st_mtime_ns)
+        changed.append(name)
+    return changed
+
+
+class StagingMirror(Callback):
+    """The driver's working files into Ray's experiment staging folder at every snapshot.
+
+    Ray saves its experiment state into that folder, then asks the callbacks for their state
+    (`get_state`, here: copy what changed), then uploads the folder to the storage. So each upload
+    carries a journal at least as new as the state it carries: what `tuner resume` needs to replay
+    every trial Ray's state knows (except in the one upload a slow previous upload overlaps).
+    """
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.staging: Path | None = None
+        self._copied: dict[str, tuple[int, int]] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"folder": self.folder}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Restored by `tuner resume`: its working folder may be elsewhere; Ray's staging folder
+        is new, so everything is copied again."""
+        self.__init__(relocated_folder(state["folder"]))
+
+    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        if self.staging is None and trials:
+            self.staging = Path(trials[0].local_experiment_path)
+
+    def get_state(self) -> None:
+        if self.staging is not None and self.folder.is_dir():
+            mirror_files(self.folder, self.staging, self._copied)
+        return None

@@ -1,0 +1,1042 @@
+"""Builds and runs a study: spec -> data and space -> Ray Tune (Optuna searcher + ASHA) -> results.
+
+Everything that can be wrong with a spec is found in `prepare`, before Ray starts. The dataset is
+loaded once on the driver and reaches every trial through the object store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import threading
+import time
+import traceback
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pandas as pd
+import ray
+import sqlalchemy
+import yaml
+from ray import tune
+
+from dashboards.render import write_report
+from trainables import metrics as m
+from trainables import plugins
+from trainables.data import DataOptions, Dataset, DatasetError, load_dataset
+from trainables.loop import TrainingOptions, check_trainable
+from trainables.memory import GIB
+from trainables.models import MODELS
+from trainables.plugins import PluginCode
+from trainables.trainable import FINALIST, TrialSettings, train_trial
+from tuner.cluster.databases import OptunaStorage, engine_options, remember, reveal, sqlalchemy_url
+from tuner.cluster.jobs import driver_connection_errors
+from tuner.cluster.redaction import RedactingFormatter, has_password, without_passwords
+from tuner.cluster.storage import (
+    StagingMirror,
+    StudyFolder,
+    download,
+    has_file,
+    is_remote,
+    study_folder,
+    upload,
+    working_folder,
+)
+from tuner.driver.journal import JOURNAL_FILE, append_event, read_journal, restoring_into
+from tuner.driver.placement import (
+    PROBE_TIMEOUT_S,
+    alive_nodes,
+    check_fits_one_node,
+    plan_gpu_memory,
+    training_options,
+)
+from tuner.driver.progress import FinalistRecorder, LiveProgress, StudyRecorder, trial_dirname
+from tuner.driver.ray_internals import (
+    SoleWriterCache,
+    extend_search,
+    loopback_node,
+    restored_callbacks,
+    stop_local_daemons,
+)
+from tuner.driver.samplers import make_sampler
+from tuner.driver.schedulers import make_scheduler
+from tuner.driver.searcher import TruthfulOptunaSearch
+from tuner.driver.stoppers import (
+    COMPLETED,
+    INTERRUPTED,
+    SEARCH_EXTENDED,
+    OverfitStopper,
+    StudyStop,
+    stop_reason,
+)
+from tuner.driver.warm_start import WarmStart, plan_warm_start
+from tuner.errors import SpecError, StudyError
+from tuner.results import outcomes
+from tuner.results.dashboard_data import REPORT_FILE, from_study
+from tuner.results.finalists import (
+    finalist_seeds,
+    finalists_table,
+    plan_finalists,
+    rerun_row,
+)
+from tuner.results.summary import best_config, param_importances, save_results, study_note
+from tuner.results.trials import Finalists, StudyResult, trials_table
+from tuner.spec.job import (
+    JobSpec,
+    load_plugins,
+    parse_override,
+    read_yaml_file,
+    show,
+    spec_from_dict,
+)
+from tuner.spec.plugin_files import copy_plugins
+from tuner.spec.spaces import CategoricalParam, SearchSpace, load_space
+from tuner.tracking import schema
+from tuner.tracking.buffer import HTTP_SETTINGS, BufferedWriter, is_transient
+from tuner.tracking.callback import (
+    RUN_IDS_FILE,
+    MlflowTracking,
+    finish_parent_run,
+    log_finalists,
+    redact,
+    resolve_saved_run_ids,
+    start_parent_run,
+    tag_pareto,
+)
+from tuner.tracking.inputs import dataset_inputs
+from tuner.tracking.runs import client_for, default_tracking_uri, find_study_run
+
+LOG_FILE = "tuner.log"
+FINALISTS_FOLDER = "finalists"  # the finalists' Ray run, inside the study's Ray run folder
+SPEC_FILE = "spec.yaml"  # the resolved spec, beside Ray's state: what `tuner resume` reads
+DRAIN_AT_END_S = 30.0  # how long a finished study waits for an unreachable MLflow server
+#: Tune's own console output off (the live line replaces it); its warnings go to LOG_FILE.
+QUIET_RAY = {
+    "RAY_AIR_NEW_OUTPUT": "0",
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+    # Ray's CSV, JSON and TensorBoard result files: the journal and MLflow already hold every
+    # result, and writing them cost the driver about a millisecond per epoch
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
+}
+
+
+@dataclass
+class PreparedStudy:
+    """A spec with its data loaded and its search space compiled: ready for Ray."""
+
+    spec: JobSpec
+    dataset: Dataset
+    space: SearchSpace
+    plugins: tuple[PluginCode, ...] = ()
+    warm_start: WarmStart | None = None  # the earlier study's configs to run first
+
+
+# --------------------------------------------------------------------------- before Ray
+
+
+def prepare(spec: JobSpec) -> PreparedStudy:
+    """Load the data, compile the space and build the model once; any problem is a SpecError."""
+    plugins = tuple(load_plugins(spec.plugins))  # imported already: this names their code
+    try:
+        dataset = load_dataset(DataOptions(**spec.dataset.model_dump()))
+    except DatasetError as exc:
+        raise SpecError(str(exc)) from None
+    if spec.objective.metric in m.CLASSIFICATION_ONLY and dataset.task == "regression":
+        raise SpecError(
+            f"objective.metric: {spec.objective.metric!r} needs a classification dataset, but "
+            f"dataset {dataset.name!r} has a regression target; use val_loss"
+        )
+    space = load_space(spec.search_space, spec.model)
+    check_model_builds(spec.model, space, dataset)
+    return PreparedStudy(spec, dataset, space, plugins)
+
+
+def check_model_builds(model: str, space: SearchSpace, dataset: Dataset) -> None:
+    """Build the model with each categorical choice and constant of the space, on 2 samples."""
+    probes: list[dict[str, Any]] = [dict(space.constants)]
+    for name, param in space.params.items():
+        if isinstance(param, CategoricalParam):
+            probes += [{**space.constants, name: choice} for choice in param.choices]
+    for hparams in probes:
+        try:
+            check_trainable(model, hparams, dataset)
+        except Exception as exc:  # a plug-in's builder or forward can raise anything
+            raise SpecError(model_build_failure(model, hparams, dataset, exc)) from None
+
+
+def model_build_failure(
+    model: str, hparams: dict[str, Any], dataset: Dataset, exc: Exception
+) -> str:
+    """What the probe says: the model (and its plug-in file, at the failing line), the data, the
+    hyperparameters and the error's last line."""
+    file = None
+    if model in MODELS:  # what the builder received: the family's defaults, overridden
+        hparams = {**MODELS.get(model).defaults, **hparams}
+        file = plugins.module_file(MODELS.owner(model))
+    origin = ""
+    if file is not None:
+        frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == file]
+        origin = f" (plug-in {file}" + (f", line {frames[-1].lineno})" if frames else ")")
+    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+    message = f"{type(exc).__name__}: {lines[-1].strip() if lines else ''}".rstrip(": ")
+    return (
+        f"search_space: model {model!r}{origin} cannot be built and trained one step on dataset "
+        f"{dataset.name!r} ({dataset.layout} {dataset.sample_shape}) with {hparams}: {message}"
+    )
+
+
+# --------------------------------------------------------------------------- Ray
+
+
+class RaySession:
+    """The Ray a study runs on; `release` stops a local one that this process started."""
+
+    def __init__(self, owned: bool):
+        self.owned = owned
+        self._stopping: threading.Thread | None = None
+
+    def release(self) -> None:
+        """Stop the local Ray in the background: its processes take a second or more to exit,
+        which the study spends writing its results, report and MLflow summary."""
+        if self.owned and self._stopping is None:
+            self._stopping = threading.Thread(target=ray.shutdown, name="ray-shutdown")
+            self._stopping.start()
+
+    def close(self) -> None:
+        if self._stopping is not None:
+            self._stopping.join()
+        elif self.owned:
+            ray.shutdown()
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iterator[RaySession]:
+    """Start a local Ray (or attach to `address`), unless this process already has one; on exit
+    the Ray this started is stopped."""
+    if ray.is_initialized():
+        yield RaySession(owned=False)
+        return
+    if address and address.startswith(("http://", "https://")):
+        raise SpecError(
+            f"--address {address!r} is a Ray Jobs server; `tuner run` needs 'auto' or a "
+            "ray://HEAD:10001 address (use `tuner submit` for the Jobs server)"
+        )
+    quiet = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
+    if address:
+        with driver_connection_errors(address):
+            ray.init(address=address, **quiet)
+    else:
+        with loopback_node():
+            ray.init(address="local", num_cpus=num_cpus, **quiet)
+        stop_local_daemons()
+    session = RaySession(owned=True)
+    try:
+        yield session
+    finally:
+        session.close()
+
+
+def check_cluster_resources(spec: JobSpec) -> None:
+    """Refuse a trial size no node can place (a trial runs on one node), instead of pending
+    forever."""
+    check_fits_one_node(spec.resources.cpu, spec.resources.gpu, alive_nodes(ray.nodes()))
+
+
+def place_trials(prepared: PreparedStudy) -> TrainingOptions:
+    """Check that trials fit a node, and as many as share a GPU fit its memory; the options
+    trials train with (where the data lives decided here). Prints what it could not check."""
+    spec = prepared.spec
+    check_cluster_resources(spec)
+    memory, source = None, ""
+    if spec.resources.gpu_memory_gb is not None:
+        memory, source = int(spec.resources.gpu_memory_gb * GIB), "resources.gpu_memory_gb"
+    elif spec.resources.gpu > 0:
+        memory, source = probe_gpu_memory(spec.resources.gpu), "probed"
+    packing = plan_gpu_memory(spec, prepared.space, prepared.dataset, memory, source)
+    for note in packing.notes:
+        print(note)
+    return packing.training
+
+
+def probe_gpu_memory(gpu: float, timeout_s: float = PROBE_TIMEOUT_S) -> int | None:
+    """The total memory of a GPU Ray would give a trial (a task asking for `gpu` GPU), or None
+    where that task finds no CUDA or does not answer within `timeout_s`."""
+
+    @ray.remote(num_gpus=gpu, num_cpus=0, max_retries=0)
+    def total_memory() -> int | None:
+        import torch
+
+        return torch.cuda.mem_get_info()[1] if torch.cuda.is_available() else None
+
+    ref = total_memory.remote()
+    try:
+        return ray.get(ref, timeout=timeout_s)
+    except (ray.exceptions.GetTimeoutError, ray.exceptions.RayError):
+        ray.cancel(ref, force=True)
+        return None
+
+
+def make_searcher(
+    spec: JobSpec,
+    space: SearchSpace,
+    execution: str,
+    journal: Path | None = None,
+    points: list[dict[str, Any]] | None = None,
+) -> TruthfulOptunaSearch:
+    """The Optuna searcher; `points` (a warm start) are enqueued as Optuna's first trials."""
+    search = spec.search
+    study_stop = None
+    if search.time_budget_s is not None or search.patience_trials is not None:
+        study_stop = StudyStop(
+            spec.objective.metric,
+            spec.objective.mode,
+            search.time_budget_s,
+            search.patience_trials,
+            journal,
+        )
+    metrics = [o.metric for o in spec.objectives]
+    modes = [o.mode for o in spec.objectives]
+    return TruthfulOptunaSearch(
+        space,
+        metric=metrics if spec.multi_objective else metrics[0],
+        mode=modes if spec.multi_objective else modes[0],
+        points_to_evaluate=points or None,
+        sampler=make_sampler(spec.search.algorithm, spec.search.seed),
+        storage=SoleWriterCache(optuna_storage(spec.search.storage)),
+        study_name=execution,
+        max_epochs=spec.scheduler.max_epochs,
+        study_stop=study_stop,
+    )
+
+
+def optuna_storage(url: str) -> optuna.storages.RDBStorage:
+    """The Optuna study's storage. A SQLite file runs in WAL mode with normal syncs: every epoch
+    writes an intermediate value, and that halves what each write costs the driver (about 1 ms
+    instead of 2). Like any SQLite file, keep it off network filesystems. A server (PostgreSQL:
+    `postgresql://` takes whichever driver is installed) is pinged before each use. A storage
+    that cannot be opened is a StudyError that shows the URL without its password."""
+    url = sqlalchemy_url(remember(reveal(url)), "search.storage")
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        storage = new_rdb_storage(url)
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        raise StudyError(storage_failure(url, exc)) from None
+    if url.startswith("sqlite:"):
+
+        @sqlalchemy.event.listens_for(storage.engine, "connect")
+        def _pragmas(connection, _record) -> None:
+            cursor = connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.close()
+
+        storage.engine.dispose()  # reconnect, with the pragmas
+    return storage
+
+
+def storage_failure(url: str, exc: Exception) -> str:
+    """Why the Optuna storage did not open (the driver's own words, redacted), and what to do."""
+    detail = " ".join(str(getattr(exc, "orig", None) or exc).split())[:300]
+    message = f"search.storage: cannot open the Optuna storage {redact(url)} ({redact(detail)})"
+    if url.startswith("postgresql") and not has_password(url):
+        message += (
+            "; the URL has no password, so the driver looks for it in PGPASSWORD or ~/.pgpass "
+            "(a study's results folder keeps none: `tuner resume` needs it there)"
+        )
+    return message
+
+
+def open_optuna_storage(spec: JobSpec) -> None:
+    """Connect to the study's Optuna storage once, before Ray starts: a wrong URL, a missing
+    driver or a refused password fail here, with no MLflow run opened yet."""
+    optuna_storage(spec.search.storage).engine.dispose()
+
+
+def new_rdb_storage(url: str, attempts: int = 5) -> OptunaStorage:
+    """Optuna's RDBStorage, which creates its tables in a new database: two drivers doing that
+    at once on PostgreSQL collide (a duplicate type or table), and the loser finds them made."""
+    for attempt in range(1, attempts):
+        try:
+            return OptunaStorage(url, engine_kwargs=engine_options(url))
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+            time.sleep(0.2 * attempt)
+    return OptunaStorage(url, engine_kwargs=engine_options(url))
+
+
+def execution_name(spec: JobSpec) -> str:
+    return f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+MAX_SAME_SECOND = 100  # executions of one study name started in the same second
+
+
+def claim_execution(spec: JobSpec, stamp: str | None = None) -> str:
+    """A new execution's name, claimed by creating its Optuna study in the study's storage.
+
+    Executions are `NAME-YYYYmmdd-HHMMSS`, so two drivers starting a study of the same name in
+    the same second (two submissions of one spec) would share an Optuna study, a results folder
+    and a parent run's name. The storage's unique study names make the claim atomic across
+    machines: the second driver gets `NAME-...-2`, its own execution, never the first's."""
+    base = f"{spec.name}-{stamp or time.strftime('%Y%m%d-%H%M%S')}"
+    storage = optuna_storage(spec.search.storage)
+    direction = optuna.study.StudyDirection
+    directions = [
+        direction.MAXIMIZE if objective.mode == "max" else direction.MINIMIZE
+        for objective in spec.objectives
+    ]
+    for n in range(1, MAX_SAME_SECOND + 1):
+        execution = base if n == 1 else f"{base}-{n}"
+        try:
+            storage.create_new_study(directions, execution)
+        except optuna.exceptions.DuplicatedStudyError:
+            continue
+        finally:
+            storage.engine.dispose()
+        if n > 1:
+            print(
+                f"Execution {base} of study {spec.name!r} already exists in its Optuna storage "
+                f"(started this second by another driver): this one is {execution}, with its "
+                "own Optuna study, results folder and MLflow run"
+            )
+        return execution
+    raise StudyError(
+        f"study {spec.name!r}: {MAX_SAME_SECOND} executions named {base} already exist in its "
+        "Optuna storage; start it again in a second"
+    )
+
+
+@contextlib.contextmanager
+def logs_to_file(path: Path) -> Iterator[None]:
+    """Send Ray's, Optuna's, MLflow's (its database set-up, alembic's migrations) and Python's
+    warnings to the study's log file, not the terminal."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    import mlflow  # noqa: F401  (its import sets the mlflow logger's handler: do it first)
+
+    names = ("ray", "optuna", "mlflow", "alembic", "py.warnings", "tuner")
+    loggers = [logging.getLogger(n) for n in names]
+    saved = [(lg.handlers[:], lg.propagate) for lg in loggers]
+    for lg in loggers:
+        lg.handlers, lg.propagate = [handler], False
+    logging.captureWarnings(True)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.captureWarnings(False)
+        for lg, (handlers, propagate) in zip(loggers, saved, strict=True):
+            lg.handlers, lg.propagate = handlers, propagate
+        handler.close()
+
+
+def run_study(
+    spec: JobSpec,
+    *,
+    address: str | None = None,
+    num_cpus: int | None = None,
+    show_progress: bool = True,
+    trainable: Callable[..., None] = train_trial,
+) -> StudyResult:
+    """Run a whole study in the foreground and return its ranked trials. `trainable` has
+    `train_trial`'s signature; the scale benchmark passes one that trains nothing."""
+    prepared = prepare(spec)
+    open_optuna_storage(spec)
+    prepared.warm_start = plan_warm_start(spec, prepared.space)
+    for line in prepared.warm_start.lines() if prepared.warm_start else []:
+        print(line)
+    execution = claim_execution(spec)
+    folder = study_folder(spec.storage, execution)
+    results_path = folder.local
+    results_path.mkdir(parents=True, exist_ok=True)
+    save_spec(prepared, results_path)
+    publish(folder)  # a remote study's spec and plug-ins are in the bucket before any trial
+    with study_environment(results_path, spec), ray_session(address, num_cpus) as session:
+        training = place_trials(prepared)
+        study = StudyRun.start(prepared, execution, folder, show_progress, trainable, training)
+        return study.run(after_fit=session.release)
+
+
+def resume_study(
+    study: str,
+    *,
+    overrides: list[str] | None = None,
+    tracking_uri: str | None = None,
+    address: str | None = None,
+    num_cpus: int | None = None,
+    show_progress: bool = True,
+) -> StudyResult:
+    """Continue an interrupted study (its results folder or URI, or its name or run id in
+    MLflow); `overrides` may only be `search.num_samples=N` with N above the study's count: the
+    study is extended to N trials, in the same Ray experiment, Optuna study and MLflow parent
+    run."""
+    folder = find_results(study, tracking_uri)
+    results_path = folder.local
+    spec = study_spec(results_path)
+    extended = extension(spec, overrides or [])
+    if extended is not None:
+        spec = spec.model_copy(
+            update={"search": spec.search.model_copy(update={"num_samples": extended})}
+        )
+    prepared = prepare(spec)
+    open_optuna_storage(prepared.spec)
+    if extended is not None:
+        extend_study(results_path, extended)
+        upload(folder)  # Ray restores a remote study from its URI: the new count goes there
+    with (
+        study_environment(results_path, prepared.spec),
+        ray_session(address, num_cpus) as session,
+    ):
+        training = place_trials(prepared)
+        run = StudyRun.restore(prepared, folder, show_progress, training)
+        return run.run(after_fit=session.release)
+
+
+def extension(spec: JobSpec, overrides: list[str]) -> int | None:
+    """The trial count `tuner resume --set` asks for (None: no --set); anything but a larger
+    `search.num_samples` is a SpecError."""
+    count = None
+    for text in overrides:
+        keys, value = parse_override(text)
+        if keys != ["search", "num_samples"]:
+            raise SpecError(
+                f"--set {text}: tuner resume takes only search.num_samples (to add trials to the "
+                "study); every other key stays as the study saved it"
+            )
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise SpecError(
+                f"--set search.num_samples: must be a whole number of trials but got {show(value)}"
+            )
+        if value <= spec.search.num_samples:
+            raise SpecError(
+                f"--set search.num_samples={value}: must be above the study's "
+                f"{spec.search.num_samples} trials (resume --set adds trials to a study)"
+            )
+        count = value
+    return count
+
+
+def extend_study(results_path: Path, num_samples: int) -> None:
+    """Let the saved study run up to `num_samples` trials: Ray's saved trial count, the saved
+    spec, and a journal event after which `search.patience_trials` counts afresh."""
+    extend_search(results_path, num_samples)
+    raw = read_yaml_file(results_path / SPEC_FILE, "study spec")
+    raw["search"]["num_samples"] = num_samples
+    (results_path / SPEC_FILE).write_text(yaml.safe_dump(raw, sort_keys=False))
+    append_event(
+        results_path / JOURNAL_FILE,
+        {"event": SEARCH_EXTENDED, "num_samples": num_samples, "time": time.time()},
+    )
+
+
+def sync_study(study: str, tracking_uri: str | None = None) -> tuple[int, int]:
+    """`tuner sync`: send the MLflow writes a study buffered; returns (sent, still buffered)."""
+    folder = find_results(study, tracking_uri)
+    results_path = folder.local
+    os.environ.update(HTTP_SETTINGS)
+    writer = BufferedWriter(client_for(study_spec(results_path).tracking.uri), results_path)
+    writer.on_resolve = lambda placeholders: resolve_saved_run_ids(
+        results_path / RUN_IDS_FILE, placeholders
+    )
+    queued = len(writer.queue)
+    writer.drain()
+    publish(folder)
+    return queued - len(writer.queue), len(writer.queue)
+
+
+def save_spec(prepared: PreparedStudy, results_path: Path) -> None:
+    """The resolved spec beside Ray's state, naming copies of its plug-in files kept there, so
+    that `tuner resume` imports the code the study ran even if the originals changed or moved."""
+    entries = copy_plugins(prepared.plugins, results_path)
+    saved = without_passwords(prepared.spec).model_copy(update={"plugins": entries})
+    (results_path / SPEC_FILE).write_text(saved.to_yaml())
+
+
+def study_spec(results_path: Path) -> JobSpec:
+    """The resolved spec a study saved beside Ray's state (its plug-ins relative to it)."""
+    raw = read_yaml_file(results_path / SPEC_FILE, "study spec")
+    return spec_from_dict(raw, base_dir=results_path)
+
+
+def first_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__
+
+
+def find_results(study: str, tracking_uri: str | None) -> StudyFolder:
+    """A study's Ray run folder: given directly (a path or a storage URI), or found through its
+    MLflow parent run. A remote study's driver files are downloaded into its working folder."""
+    location = study
+    if not is_remote(study) and not (Path(study).resolve() / SPEC_FILE).is_file():
+        parent = find_study_run(client_for(tracking_uri or default_tracking_uri()), study)
+        location = parent.data.tags.get(schema.RESULTS_PATH_TAG, "")
+    if is_remote(location):
+        folder = fetch_remote_results(location.rstrip("/"))
+    else:
+        folder = StudyFolder(Path(location).resolve())
+    if not (folder.local / SPEC_FILE).is_file() or not tune.Tuner.can_restore(folder.location):
+        raise SpecError(
+            f"STUDY: {study!r} has no restorable Ray run folder ({folder.location}); resume "
+            "takes a results folder or URI, or a study name or run id from the tracking store"
+        )
+    return folder
+
+
+def fetch_remote_results(uri: str) -> StudyFolder:
+    """The driver's files of a remote execution, downloaded (nothing when it has no spec)."""
+    try:
+        return download(uri) if has_file(uri, SPEC_FILE) else StudyFolder(working_folder(uri), uri)
+    except OSError as exc:
+        raise StudyError(
+            f"storage: {redact(uri)} cannot be read ({first_line(exc)}); check the storage's "
+            "endpoint and credentials (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
+            "AWS_DEFAULT_REGION for s3://)"
+        ) from None
+
+
+def publish(folder: StudyFolder) -> None:
+    """Upload a remote study's driver files to its URI (nothing for a local study)."""
+    try:
+        upload(folder)
+    except OSError as exc:
+        raise StudyError(
+            f"storage: the study's files could not be uploaded to {redact(folder.uri)} "
+            f"({first_line(exc)}); they are in {folder.local}. Check the storage's endpoint and "
+            "credentials (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
+            "AWS_DEFAULT_REGION for s3://)"
+        ) from None
+
+
+def snapshot_period_s(num_samples: int) -> float | str:
+    """How often Ray saves the experiment state that `tuner resume` restores. Ray's default is
+    10 s or more; a trial that starts after the last snapshot runs again on resume, so small
+    studies snapshot twice a second. A snapshot costs about half a millisecond per trial (every
+    trial's state as JSON), so large studies snapshot less often, keeping it to a few per cent of
+    the driver's time (1,000 trials: every 10 s). Beyond 1,000 trials a snapshot takes seconds
+    and Ray's "auto" period (19 times the last snapshot's duration, at least 10 s) keeps it to
+    5 per cent however many trials have accumulated."""
+    if num_samples > 1000:
+        return "auto"
+    return min(10.0, max(0.5, num_samples / 100))
+
+
+@contextlib.contextmanager
+def study_environment(results_path: Path, spec: JobSpec) -> Iterator[None]:
+    """Quiet Ray output, logs to the study's log file, Optuna's experimental warnings off."""
+    os.environ.update(QUIET_RAY)
+    os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = str(snapshot_period_s(spec.search.num_samples))
+    os.environ.update(HTTP_SETTINGS)
+    with logs_to_file(results_path / LOG_FILE), warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        yield
+
+
+def open_tracking(
+    spec: JobSpec,
+    execution: str,
+    results_path: Path | str,
+    plugins: tuple[PluginCode, ...] = (),
+    inputs: list[dict] = (),
+) -> tuple[str, str]:
+    """The study's MLflow experiment and parent run; an unreachable server fails the study here,
+    before any training (mid-study outages are buffered instead)."""
+    try:
+        client = client_for(spec.tracking.uri)
+        return start_parent_run(client, spec, execution, results_path, plugins, inputs)
+    except Exception as exc:
+        if not is_transient(exc):
+            raise
+        raise StudyError(
+            f"tracking.uri: the MLflow server at {redact(spec.tracking.uri)} cannot be reached "
+            f"({first_line(exc)}); start it, point tracking.uri elsewhere, or set "
+            "tracking.enabled: false"
+        ) from None
+
+
+def trial_settings(
+    spec: JobSpec,
+    training: TrainingOptions | None = None,
+    plugins: tuple[PluginCode, ...] = (),
+) -> TrialSettings:
+    """What every trial of the study shares; `training` as `place_trials` decided (default: the
+    spec's, data on the device); the plug-ins `prepare` imported."""
+    return TrialSettings(
+        model=spec.model,
+        max_epochs=spec.scheduler.max_epochs,
+        seed=spec.search.seed,
+        cpus=spec.resources.cpu,
+        training=training or training_options(spec),
+        plugins=plugins,
+        measure_latency=any(o.metric == m.INFERENCE_MS for o in spec.objectives),
+    )
+
+
+def make_trainable(
+    prepared: PreparedStudy,
+    trainable: Callable[..., None] = train_trial,
+    training: TrainingOptions | None = None,
+    with_test: bool = False,
+):
+    """The function trainable with its data (object store, once), its resources and its
+    settings. The search's data holds no test split; the finalists' (`with_test`) does."""
+    spec = prepared.spec
+    settings = trial_settings(spec, training, prepared.plugins)
+    data = prepared.dataset if with_test else prepared.dataset.without_test()
+    return tune.with_resources(
+        tune.with_parameters(trainable, data=data, settings=settings),
+        {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
+    )
+
+
+class StudyRun:
+    """One execution of a study: the Tuner, its recorder and its tracking callback."""
+
+    def __init__(
+        self,
+        prepared: PreparedStudy,
+        folder: StudyFolder,
+        tuner: tune.Tuner,
+        recorder: StudyRecorder,
+        tracking: MlflowTracking | None,
+        show_progress: bool,
+        trainable: Callable[..., None] = train_trial,
+        training: TrainingOptions | None = None,
+    ):
+        self.prepared, self.spec = prepared, prepared.spec
+        self.trainable, self.training = trainable, training  # the finalists train the same way
+        self.finalists: Finalists | None = None
+        self.finalist_records: FinalistRecorder | None = None
+        self.folder, self.results_path = folder, folder.local
+        self.execution = folder.local.name
+        self.tuner, self.recorder, self.tracking = tuner, recorder, tracking
+        self.progress = (
+            LiveProgress(self.spec.name, self.spec.search.num_samples, self.spec.scheduler.name)
+            if show_progress
+            else None
+        )
+        recorder.on_change = self.progress.update if self.progress else None
+        self.started = time.monotonic()
+
+    @property
+    def parent_run_id(self) -> str | None:
+        return self.tracking.parent_run_id if self.tracking else None
+
+    @classmethod
+    def start(
+        cls,
+        prepared: PreparedStudy,
+        execution: str,
+        folder: StudyFolder,
+        show_progress: bool,
+        trainable: Callable[..., None] = train_trial,
+        training: TrainingOptions | None = None,
+    ) -> StudyRun:
+        spec = prepared.spec
+        results_path = folder.local
+        journal = results_path / JOURNAL_FILE
+        overfit = spec.scheduler.stop_on_overfit
+        stopper = (
+            OverfitStopper(overfit.patience, overfit.min_delta, journal=journal)
+            if overfit
+            else None
+        )
+        recorder = StudyRecorder(
+            spec.objective.metric, spec.objective.mode, spec.scheduler.max_epochs, journal
+        )
+        tracking = None
+        if spec.tracking.enabled:
+            # described once per study (a hash of the arrays), logged on the parent and each trial
+            inputs = dataset_inputs(prepared.dataset, DataOptions(**spec.dataset.model_dump()))
+            experiment_id, parent_id = open_tracking(
+                spec, execution, folder.location, prepared.plugins, inputs
+            )
+            tracking = MlflowTracking(
+                spec,
+                recorder,
+                parent_id,
+                experiment_id,
+                results_path / RUN_IDS_FILE,
+                background=True,
+                inputs=inputs,
+            )
+            if prepared.warm_start:
+                tracking.writer.set_tag(parent_id, schema.WARM_START_TAG, prepared.warm_start.tag())
+        tuner = tune.Tuner(
+            make_trainable(prepared, trainable, training),
+            tune_config=tune.TuneConfig(
+                metric=spec.objective.metric,
+                mode=spec.objective.mode,
+                search_alg=make_searcher(
+                    spec,
+                    prepared.space,
+                    execution,
+                    journal,
+                    prepared.warm_start.points if prepared.warm_start else None,
+                ),
+                scheduler=make_scheduler(spec.scheduler, journal),
+                num_samples=spec.search.num_samples,
+                max_concurrent_trials=spec.search.max_concurrent,
+                reuse_actors=True,
+                trial_dirname_creator=trial_dirname,
+            ),
+            run_config=tune.RunConfig(
+                name=execution,
+                storage_path=spec.storage,
+                stop=stopper,
+                failure_config=tune.FailureConfig(max_failures=spec.failure.max_retries),
+                # 2, not 1: Ray's saved experiment state can lag one checkpoint behind a trial;
+                # keeping one deleted the file a restore then asked for
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                callbacks=[recorder]
+                + ([tracking] if tracking else [])
+                + ([StagingMirror(results_path)] if folder.uri else []),
+                verbose=0,
+                log_to_file=True,
+            ),
+        )
+        return cls(prepared, folder, tuner, recorder, tracking, show_progress, trainable, training)
+
+    @classmethod
+    def restore(
+        cls,
+        prepared: PreparedStudy,
+        folder: StudyFolder,
+        show_progress: bool,
+        training: TrainingOptions | None = None,
+    ) -> StudyRun:
+        """Ray restores the Tuner with the callbacks it pickled when the study started; they
+        replay the journal and reload the MLflow run ids themselves (see their __setstate__),
+        from the folder the study is in now."""
+        with restoring_into(folder.local):
+            known = {t.trial_id for t in tune.ExperimentAnalysis(folder.location).trials}
+            tuner = tune.Tuner.restore(
+                folder.location,
+                trainable=make_trainable(prepared, training=training),
+                resume_unfinished=True,
+                resume_errored=True,
+            )
+        callbacks = restored_callbacks(tuner)
+        recorder = next(c for c in callbacks if isinstance(c, StudyRecorder))
+        tracking = next((c for c in callbacks if isinstance(c, MlflowTracking)), None)
+        unknown = set(recorder.trials) - known
+        recorder.forget(unknown)
+        if tracking:
+            tracking.writer.update_run(tracking.parent_run_id, status="RUNNING")
+            recorder.forget_unseen(tracking.claim_orphans() - unknown)
+            if prepared.spec.search.num_samples > tracking.spec.search.num_samples:  # extended
+                tracking.writer.set_tag(
+                    tracking.parent_run_id,
+                    schema.EXTENDED_TAG,
+                    str(prepared.spec.search.num_samples),
+                )
+            tracking.supersede(unknown)
+            tracking.reconcile()
+        return cls(prepared, folder, tuner, recorder, tracking, show_progress, training=training)
+
+    def run(self, after_fit: Callable[[], None] | None = None) -> StudyResult:
+        """Fit (and re-run the finalists), then rank, save, report and close the MLflow runs
+        (Ray is no longer needed then: `after_fit` may stop it meanwhile); a remote study's
+        files are uploaded last."""
+        try:
+            self.fit()
+            trials = trials_table(self.recorder.trials.values(), self.spec)
+            interrupted = self.interrupted()
+            if self.spec.selection is not None and not interrupted:
+                self.guarded(lambda: self.run_finalists(trials))
+        except BaseException:
+            with contextlib.suppress(Exception):
+                upload(self.folder)
+            raise
+        if after_fit:
+            after_fit()
+        result = StudyResult(
+            self.spec,
+            self.execution,
+            self.results_path,
+            trials,
+            time.monotonic() - self.started,
+            self.parent_run_id,
+            interrupted=interrupted,
+            finalists=self.finalists,
+            results_uri=self.folder.uri,
+            stop_reason=self.stop_reason(),
+        )
+        save_results(result)
+        importances = param_importances(result, self.prepared.space)
+        report = write_report(
+            from_study(
+                self.spec,
+                self.execution,
+                trials,
+                self.recorder,
+                importances,
+                result.finalists.table if result.finalists is not None else None,
+            ),
+            self.results_path / REPORT_FILE,
+        )
+        self.finish(result, importances, report)
+        publish(self.folder)
+        return result
+
+    def fit(self) -> None:
+        """Run every trial; on Ctrl-C or a crash, leave no MLflow run RUNNING."""
+
+        def fit() -> None:
+            with self.progress or contextlib.nullcontext():
+                self.tuner.fit()
+
+        self.guarded(fit)
+
+    def guarded(self, work: Callable[[], None]) -> None:
+        """Run `work`; on Ctrl-C or a crash, leave no MLflow run RUNNING."""
+        try:
+            work()
+        except BaseException:
+            if self.tracking:
+                self.tracking.close_open_runs("KILLED")
+                self.tracking.writer.set_terminated(self.parent_run_id, status="KILLED")
+                self.tracking.writer.drain_until(DRAIN_AT_END_S)
+            raise
+
+    def run_finalists(self, trials: pd.DataFrame) -> None:
+        """Train the best `selection.finalists` trials again, `selection.seeds` times each with
+        new seeds, to their best epoch: Ray Tune trials of the same trainable, on the same
+        cluster, with the test split in their data. A finalists run left by an earlier execution
+        (an interrupted or extended study) is replaced."""
+        spec, selection = self.spec, self.spec.selection
+        metric, mode = spec.objective.metric, spec.objective.mode
+        configs = {t.trial_id: t.config for t in self.recorder.trials.values()}
+        plans, note = plan_finalists(
+            trials,
+            configs,
+            metric,
+            selection.finalists,
+            finalist_seeds(spec.search.seed, selection.seeds),
+        )
+        empty = pd.DataFrame()
+        self.finalists = Finalists(metric, mode, empty, finalists_table(empty, metric, mode), note)
+        if not plans:
+            return
+        if self.progress:
+            print(
+                f"Finalists: {len(plans) // selection.seeds} configs trained again, "
+                f"{selection.seeds} seeds each, to their best epoch"
+            )
+        folder = self.results_path / FINALISTS_FOLDER
+        shutil.rmtree(folder, ignore_errors=True)
+        recorder = FinalistRecorder(metric, mode)
+        tuner = tune.Tuner(
+            make_trainable(self.prepared, self.trainable, self.training, with_test=True),
+            param_space={FINALIST: tune.grid_search([plan.as_config() for plan in plans])},
+            tune_config=tune.TuneConfig(
+                max_concurrent_trials=spec.search.max_concurrent,
+                reuse_actors=True,
+                trial_dirname_creator=trial_dirname,
+            ),
+            run_config=tune.RunConfig(
+                name=FINALISTS_FOLDER,
+                storage_path=self.folder.location,  # shared storage: finalists run on any node
+                failure_config=tune.FailureConfig(max_failures=spec.failure.max_retries),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                callbacks=[recorder],
+                verbose=0,
+                log_to_file=True,
+            ),
+        )
+        tuner.fit()
+        run_ids = self.tracking.run_ids if self.tracking else {}
+        reruns = [
+            {
+                **rerun_row(
+                    recorder.plans[trial_id],
+                    record.history[-1] if record.history else None,
+                    metric,
+                    run_ids.get(recorder.plans[trial_id]["trial_id"]),
+                ),
+                "rerun_id": trial_id,
+                "status": record.status or outcomes.INTERRUPTED,
+            }
+            for trial_id, record in recorder.trials.items()
+        ]
+        frame = pd.DataFrame(reruns).sort_values(["trial", "seed"]).reset_index(drop=True)
+        self.finalists = Finalists(metric, mode, frame, finalists_table(frame, metric, mode), note)
+        self.finalist_records = recorder
+
+    def interrupted(self) -> bool:
+        """Ray Tune returns normally after Ctrl-C; unfinished or unstarted trials tell (unless
+        the time budget or patience stopped the search)."""
+        trials = self.recorder.trials.values()
+        unfinished = any(t.status is None for t in trials)
+        unstarted = len(trials) < self.spec.search.num_samples
+        return unfinished or (unstarted and self.search_stopped() is None)
+
+    def search_stopped(self) -> str | None:
+        """time_budget or patience when either stopped the search (the searcher journals it)."""
+        return stop_reason(read_journal(self.results_path / JOURNAL_FILE))
+
+    def stop_reason(self) -> str:
+        """Why the study ended: completed, time_budget, patience or interrupted."""
+        return INTERRUPTED if self.interrupted() else self.search_stopped() or COMPLETED
+
+    def finish(
+        self, result: StudyResult, importances: dict[str, float] | None, report: Path
+    ) -> None:
+        """Close the parent run with the results table, best config, importances, dashboard."""
+        if not self.tracking:
+            return
+        writer = self.tracking.writer
+        self.tracking.close_open_runs("KILLED")
+        note = study_note(result, report.name)
+        config = best_config(result)
+        finish_parent_run(writer, self.parent_run_id, result, config, importances, note)
+        tag_pareto(writer, self.tracking.run_ids, result.trials)
+        if result.finalists is not None:
+            log_finalists(
+                writer,
+                self.tracking.experiment_id,
+                self.parent_run_id,
+                self.spec,
+                result.finalists,
+                {
+                    trial_id: record.history
+                    for trial_id, record in (
+                        self.finalist_records.trials if self.finalist_records else {}
+                    ).items()
+                },
+            )
+        writer.set_tag(self.parent_run_id, schema.STOP_REASON_TAG, result.stop_reason)
+        writer.log_artifact(self.parent_run_id, report)
+        writer.set_terminated(
+            self.parent_run_id, status="KILLED" if result.interrupted else "FINISHED"
+        )
+        if not writer.drain_until(DRAIN_AT_END_S):
+            result.tracking_buffered = len(writer.queue)
+
+
+# --------------------------------------------------------------------------- results
+
+
+def require_success(result: StudyResult) -> None:
+    """An interrupted study, or one where no trial produced a finite objective, failed."""
+    if result.interrupted:
+        statuses = result.trials["status"] if len(result.trials) else pd.Series(dtype=object)
+        done = int((statuses != outcomes.INTERRUPTED).sum())
+        raise StudyError(
+            f"study {result.spec.name!r} was interrupted after {done} of "
+            f"{result.spec.search.num_samples} trials finished; Ray saved its state in "
+            f"{result.results_path}"
+        )
+    if result.best is None:
+        errors = result.trials.get("error", pd.Series(dtype=object)).dropna().unique().tolist()
+        reason = f"; errors: {errors[:3]}" if errors else ""
+        raise StudyError(
+            f"study {result.spec.name!r}: none of {len(result.trials)} trials produced a finite "
+            f"{result.spec.objective.metric}{reason}. Logs: {result.results_path / LOG_FILE}"
+        )

@@ -1,0 +1,187 @@
+"""`tuner train`: train one exported config to completion and log it, with the model, to MLflow.
+
+The config is rebuilt on the same data and split, with the study's seed and training options
+(precision, compile); the run carries the same curves, summary and diagnosis as a trial's, the
+device it trained on, and rank 1 is registered as `<study>-best`. The model is logged on CPU.
+When the study held out a test split (`dataset.test_fraction`), the trained model is scored on it
+once, at the end: `test_loss` (and `test_acc`), the figures to ship it on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from trainables import metrics as m
+from tuner.errors import SpecError
+from tuner.results.exporting import ExportedConfig, load_exported
+from tuner.spec.job import DiagnosticsSpec, ObjectiveSpec, load_plugins
+from tuner.spec.plugin_files import code_paths, plugins_tag
+from tuner.tracking import schema
+from tuner.tracking.callback import as_params, epoch_metrics, log_batch, log_trial_end, now_ms
+from tuner.tracking.inputs import as_dataset_inputs, dataset_inputs
+from tuner.tracking.runs import client_for
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class TrainResult:
+    run_id: str
+    history: list[dict[str, float]]
+    diagnosis: str
+    registered_model: str | None
+    device: str = "cpu"
+    test: dict[str, float] = field(default_factory=dict)  # test_loss, test_acc: with a test split
+
+    @property
+    def final(self) -> dict[str, float]:
+        return self.history[-1]
+
+
+def training_device(requested: str) -> str:
+    """`--device`: auto is CUDA when torch sees a GPU, else CPU; cuda without one is refused."""
+    import torch
+
+    if requested not in DEVICES:
+        raise SpecError(f"--device must be one of {list(DEVICES)} but got {requested!r}")
+    cuda = torch.cuda.is_available()
+    if requested == "cuda" and not cuda:
+        raise SpecError(
+            f"--device cuda: no CUDA GPU is available on this machine (torch {torch.__version__} "
+            "sees none); use --device cpu or --device auto"
+        )
+    if requested == "auto":
+        return "cuda" if cuda else "cpu"
+    return requested
+
+
+def train_config(
+    path: Path,
+    tracking_uri: str,
+    epochs: int | None = None,
+    register: bool = True,
+    device: str = "auto",
+) -> TrainResult:
+    """Train one exported config on the same data and split, with the study's training options,
+    on `device` (auto, cpu or cuda); log it, with the model, to MLflow."""
+    from trainables.data import DataOptions, DatasetError, load_dataset
+    from trainables.loop import TrainingOptions, TrainingRun
+
+    config = load_exported(path)
+    if epochs is not None and epochs < 1:
+        raise SpecError(f"--epochs must be at least 1 but got {epochs}")
+    where = training_device(device)
+    options = DataOptions(**config.dataset.model_dump())
+    try:
+        data = load_dataset(options)
+    except DatasetError as exc:
+        raise SpecError(str(exc)) from None
+    inputs = dataset_inputs(data, options)  # the same digests as the study's runs
+    options = TrainingOptions(precision=config.training.precision, compile=config.training.compile)
+    run = TrainingRun(
+        config.model, config.hyperparameters, data, device=where, seed=config.seed, options=options
+    )
+    history = []
+    for _ in range(epochs or config.epochs):
+        history.append(run.run_epoch())
+        if history[-1].get(m.DIVERGED):
+            break
+    test = run.test_metrics(data.x_test, data.y_test) if data.has_test else {}
+    example = data.x_val[:4]
+    return log_trained_model(
+        config,
+        run.model,
+        example,
+        history,
+        tracking_uri,
+        register,
+        device=where,
+        inputs=inputs,
+        test=test,
+    )
+
+
+def log_trained_model(
+    config: ExportedConfig,
+    model,
+    input_example,
+    history: list[dict[str, float]],
+    tracking_uri: str,
+    register: bool,
+    device: str = "cpu",
+    inputs: list[dict] = (),
+    test: dict[str, float] | None = None,
+) -> TrainResult:
+    """An MLflow run with the curves, diagnosis, device, dataset inputs (`tracking.inputs`), the
+    test split's scores (`test`, logged once) and the model (moved to CPU); rank 1 goes to the
+    registry."""
+    import mlflow
+    import mlflow.pytorch
+    import torch
+    from mlflow.entities import Metric
+
+    client = client_for(tracking_uri)
+    study = config.source.get("study") or "tuner-train"
+    experiment = client.get_experiment_by_name(study)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(study)
+    rank = config.source.get("rank")
+    plugins = load_plugins(config.plugins)
+    run = client.create_run(
+        experiment_id,
+        run_name=f"train-{study}" + (f"-rank{rank}" if rank else ""),
+        tags={
+            schema.ROLE_TAG: schema.TRAIN_ROLE,
+            schema.STUDY_TAG: study,
+            schema.SOURCE_RUN_TAG: str(config.source.get("mlflow_run_id", "")),
+            schema.DEVICE_TAG: device,
+            **plugins_tag(plugins),  # which code the model's family came from
+        },
+    )
+    run_id = run.info.run_id
+    ts = now_ms()
+    log_batch(
+        client,
+        run_id,
+        metrics=[p for row in history for p in epoch_metrics(row, ts)]
+        + [Metric(key, float(value), ts, len(history)) for key, value in (test or {}).items()],
+        params=as_params(
+            {
+                "model": config.model,
+                "epochs": len(history),
+                "dataset": config.dataset.model_dump(exclude_none=True),
+                "training": config.training.model_dump(),
+                **config.hyperparameters,
+            }
+        ),
+    )
+    if inputs:
+        client.log_inputs(run_id, datasets=as_dataset_inputs(inputs))
+    verdict = log_trial_end(
+        client,
+        run_id,
+        history,
+        ObjectiveSpec(),
+        DiagnosticsSpec(),
+        f"train {study}",
+        headline=f"`tuner train` of {study}"
+        + (f" rank {rank}" if rank else "")
+        + f": **{len(history)} epochs**",
+    )
+    registered = f"{study}-best" if register and rank == 1 and config.source.get("study") else None
+    model = getattr(model, "_orig_mod", model)  # torch.compile's wrapper: log the model itself
+    mlflow.set_tracking_uri(tracking_uri)
+    with mlflow.start_run(run_id=run_id):
+        mlflow.pytorch.log_model(
+            model.cpu().eval(),
+            name="model",
+            input_example=input_example,
+            registered_model_name=registered,
+            # stated, not inferred: inference loads the model in a subprocess and warns about
+            # local version labels such as torch's "+cpu"
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+            # the plug-in code the model's classes live in, loaded with it from the model's folder
+            code_paths=code_paths(plugins) or None,
+        )
+    client.set_terminated(run_id, status="FINISHED")
+    return TrainResult(run_id, history, verdict.diagnosis, registered, device, dict(test or {}))

@@ -1,0 +1,875 @@
+"""MLflow tracking from the driver: a parent run per study execution, a nested child run per trial.
+
+Workers never talk to the tracking server: the `MlflowTracking` callback runs in the driver,
+reads each trial's curve from the `StudyRecorder`, and writes per-epoch metrics in batches
+(`log_batch`, step = epoch), never a call per key. At a trial's end it logs the summary at the
+best epoch, the diagnosis and a learning-curve figure, and closes the run FINISHED (FAILED for
+errored trials). The trial -> run ids are saved in the Ray run folder, so a resumed study
+continues the same runs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+from ray.tune import Callback
+
+from trainables import metrics as m
+from trainables.plugins import PluginCode
+from tuner.cluster.redaction import redact, without_passwords
+from tuner.driver.journal import relocated
+from tuner.driver.progress import StudyRecorder, TrialRecord
+from tuner.results import diagnostics, outcomes
+from tuner.results.figures import FigureProcess, learning_curve_figure
+from tuner.results.finalists import confirmed_metrics
+from tuner.spec.job import DiagnosticsSpec, JobSpec, ObjectiveSpec
+from tuner.spec.plugin_files import log_plugins, plugins_tag
+from tuner.tracking import schema
+from tuner.tracking.buffer import PENDING, BufferedWriter
+from tuner.tracking.inputs import as_dataset_inputs
+from tuner.tracking.runs import child_runs, client_for
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from tuner.results.trials import Finalists, StudyResult
+
+RUN_IDS_FILE = "mlflow_runs.json"
+LEARNING_CURVE = "learning_curve.png"
+CURVE_METRICS = (*m.CURVES, m.COMPILE_TIME_S)  # compile time: in the first epoch's row only
+log = logging.getLogger(__name__)
+MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
+MAX_TAG_LENGTH = 8000
+BATCH_LIMIT = 1000  # MLflow's limit on entities per log_batch call
+#: the run ids file is rewritten whole: at every new run up to this many runs, then at most every
+#: RUN_IDS_SAVE_EVERY_S and at every flush (a restore claims runs the file lacks: claim_orphans)
+RUN_IDS_SAVED_EVERY_RUN = 100
+RUN_IDS_SAVE_EVERY_S = 5.0
+#: studies of more trials log no learning-curve PNG per trial: drawing one costs ~90 ms of CPU
+#: and an upload, and the writer thread waits for both, so at hundreds of trials the figures
+#: held every later write back (400 trials at 16 slots: the last results reached MLflow 105 s
+#: after the last trial ended). MLflow's own charts show each run's curves from its metrics, and
+#: the study's report.html every trial's
+CURVE_FIGURES_UP_TO = 200
+#: the writer thread may fall this far behind the trials (its queue times the seconds each of its
+#: jobs takes) before Tune's event loop, and with it every trial's next report, waits for it:
+#: what bounds the tracking lag at a study's end and the queue the driver holds (with 64 slots
+#: of sub-second trials the writer fell minutes behind, and its queue grew with the study). A
+#: write that hangs longer than STUCK_WRITE_S (a server that stopped answering) is waited for
+#: by the writer alone
+MAX_WRITER_LAG_S = 5.0
+STUCK_WRITE_S = 30.0
+#: the environment of the server `tuner ui` starts: MLflow 3's job runner (about ten huey worker
+#: processes for GenAI jobs: ~20 s of CPU as they start, ~1 GB) does nothing for tuning studies
+UI_SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
+
+def ui_server_command(
+    backend_uri: str, host: str, port: int, artifacts_destination: Path | None = None
+) -> list[str]:
+    """`mlflow server` as `tuner ui` runs it (start it with `UI_SERVER_ENV`)."""
+    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_uri]
+    if artifacts_destination is not None:
+        command += ["--artifacts-destination", str(artifacts_destination)]
+    # one worker: a UI for one person; MLflow's default 4 uvicorn workers take ~1 GB
+    return [*command, "--host", host, "--port", str(port), "--workers", "1"]
+
+
+def flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}."""
+    flat: dict[str, Any] = {}
+    for key, value in mapping.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def as_params(mapping: dict[str, Any]) -> list:
+    """MLflow params from a (nested) mapping: dotted keys, redacted, within MLflow's limits."""
+    from mlflow.entities import Param
+
+    return [
+        Param(key[:250], redact(str(value))[:MAX_PARAM_LENGTH])
+        for key, value in flatten(mapping).items()
+        if value is not None
+    ]
+
+
+def log_batch(client, run_id: str, metrics=(), params=(), tags=()) -> None:
+    """log_batch in chunks of MLflow's per-call limit; tag values redacted (an error message
+    may quote a URL)."""
+    from mlflow.entities import RunTag
+
+    metrics, params = list(metrics), list(params)
+    tags = [RunTag(tag.key, redact(tag.value)) for tag in tags]
+    while metrics or params or tags:
+        room = BATCH_LIMIT
+        chunk_p, params = params[:100], params[100:]  # at most 100 params per call
+        room -= len(chunk_p)
+        chunk_t, tags = tags[:room], tags[room:]
+        room -= len(chunk_t)
+        chunk_m, metrics = metrics[:room], metrics[room:]
+        client.log_batch(run_id, metrics=chunk_m, params=chunk_p, tags=chunk_t)
+
+
+def epoch_metrics(row: dict[str, float], timestamp: int) -> list:
+    """One epoch's curve points (step = epoch), accuracy gap included; non-finite values skipped."""
+    from mlflow.entities import Metric
+
+    values = {k: row.get(k) for k in CURVE_METRICS}
+    values[diagnostics.GAP_ACC] = diagnostics.accuracy_gaps([row])[0]
+    step = int(row[m.EPOCH])
+    return [
+        Metric(key, float(v), timestamp, step) for key, v in values.items() if outcomes.is_finite(v)
+    ]
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def run_note(headline: str, diagnosis: str, summary: dict[str, float]) -> str:
+    """A run's description in MLflow (Markdown): e.g. "Trial 3: **completed**, diagnosis
+    **healthy**; best val_loss 0.1234 at epoch 4"."""
+    note = f"{headline}, diagnosis **{diagnosis}**"
+    if schema.BEST_EPOCH in summary and schema.best(m.VAL_LOSS) in summary:
+        note += (
+            f"; best {m.VAL_LOSS} {summary[schema.best(m.VAL_LOSS)]:.4f} at epoch "
+            f"{int(summary[schema.BEST_EPOCH])}"
+        )
+    return note
+
+
+def log_trial_end(
+    client,
+    run_id: str,
+    history: list[dict[str, float]],
+    objective: ObjectiveSpec,
+    thresholds: DiagnosticsSpec,
+    title: str,
+    metrics: list | None = None,
+    tags: list | None = None,
+    figures: FigureProcess | None = None,
+    headline: str | None = None,
+    figure: bool = True,
+    params: list | None = None,
+) -> diagnostics.Diagnosis:
+    """One batch (the summary at the best epoch, the diagnosis, the run's note under `headline`
+    when given, and the caller's `metrics`, `tags` and `params`), then the learning-curve
+    figure, drawn by `figures` when given (none when not `figure`)."""
+    from mlflow.entities import Metric, RunTag
+
+    verdict = diagnostics.diagnose(history, thresholds)
+    summary = diagnostics.summary_metrics(history, objective.metric, objective.mode)
+    summary[diagnostics.OVERFIT_SCORE] = verdict.overfit_score
+    ts = now_ms()
+    tags = [*(tags or []), RunTag(schema.DIAGNOSIS_TAG, verdict.diagnosis)]
+    if headline:
+        tags.append(RunTag(schema.NOTE_TAG, run_note(headline, verdict.diagnosis, summary)))
+    log_batch(
+        client,
+        run_id,
+        metrics=[*(metrics or []), *(Metric(k, v, ts, 0) for k, v in summary.items())],
+        params=params or [],
+        tags=tags,
+    )
+    if not history or not figure:
+        return verdict
+    title = f"{title}: {verdict.diagnosis}"
+    if figures is None:
+        client.log_figure(run_id, learning_curve_figure(history, title), LEARNING_CURVE)
+        return verdict
+    try:
+        client.log_file(
+            run_id, LEARNING_CURVE, lambda path: figures.save_learning_curve(history, title, path)
+        )
+    except RuntimeError as exc:  # a missing figure is not worth failing a study for
+        log.warning("%s", exc)
+    return verdict
+
+
+class MlflowTracking(Callback):
+    """Ray Tune callback on the driver: one nested MLflow run per trial, written in batches.
+
+    With `background` (as a study runs it), the Tune hooks only queue work and one thread does
+    every MLflow write, in order, so the driver's event loop (and with it the next epoch of every
+    trial) does not wait on the tracking server, SQLite or a figure, unless the thread falls
+    MAX_WRITER_LAG_S behind. `wait` blocks until the queue is done; the methods called from
+    outside the hooks wait first.
+
+    A trial that ended before the thread created its run (the thread was behind) gets its run
+    in four requests: created, its dataset inputs, one batch (params, every epoch, the summary,
+    the tags), closed.
+    """
+
+    def __init__(
+        self,
+        spec: JobSpec,
+        recorder: StudyRecorder,
+        parent_run_id: str,
+        experiment_id: str,
+        run_ids_path: Path,
+        flush_interval_s: float = 5.0,
+        background: bool = False,
+        inputs: Sequence[dict[str, Any]] = (),
+    ):
+        self.spec, self.recorder = spec, recorder
+        self.inputs = list(inputs)  # the dataset inputs each trial's run logs (tracking.inputs)
+        self.parent_run_id, self.experiment_id = parent_run_id, experiment_id
+        self.run_ids_path = run_ids_path
+        self.flush_interval_s = flush_interval_s
+        self.background = background  # write from a thread (a study does), or inline
+        self.run_ids: dict[str, str] = load_run_ids(run_ids_path)
+        self._init_runtime()
+
+    #: rebuilt by `_init_runtime` (and the run ids re-read) when Ray restores the callback
+    _NOT_PICKLED = frozenset(
+        {"_pending", "_pending_params", "_logged", "_last_flush", "_client", "_writer"}
+        | {"_jobs", "_thread", "_job_started", "_seconds_per_job", "_held_back"}
+        | {"_ids_saved_at", "_ids_unsaved"}
+        | {"_error", "_figures", "open_runs", "run_ids", "_placements"}
+    )
+
+    def _init_runtime(self) -> None:
+        """What lives only in this process: queues, the writer thread, runs open right now."""
+        self._pending: dict[str, list] = {}  # run -> curve points not sent yet
+        self._pending_params: dict[str, list] = {}  # run -> params not sent yet
+        self._logged: dict[str, set[int]] = {}  # run -> epochs already sent
+        self._placements: dict[str, tuple] = {}  # run -> (gpu ids, device) tagged
+        self._last_flush = time.monotonic()
+        self._ids_saved_at, self._ids_unsaved = time.monotonic(), False
+        self._client = None
+        self._writer: BufferedWriter | None = None
+        self._jobs: queue.Queue = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._job_started: float | None = None  # monotonic start of the job in progress
+        self._seconds_per_job = 0.0  # the writer's recent pace (a moving average)
+        self._held_back = False  # the event loop has waited for the writer (logged once)
+        self._error: BaseException | None = None
+        self._figures = FigureProcess()
+        self.open_runs: set[str] = set()
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Ray snapshots callbacks every few seconds: keep only what a restore needs (the run ids
+        are re-read from their file)."""
+        state = {k: v for k, v in self.__dict__.items() if k not in self._NOT_PICKLED}
+        return {**state, "spec": without_passwords(self.spec)}  # Ray saves it in the results
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Restored by Ray from a snapshot: take the run ids written since."""
+        self.__dict__.update({"inputs": [], **state})  # a study started before inputs were logged
+        self.run_ids_path = relocated(self.run_ids_path)
+        self.run_ids = load_run_ids(self.run_ids_path)
+        self._init_runtime()
+
+    @property
+    def client(self):
+        """For reads; writes go through `writer`."""
+        if self._client is None:
+            self._client = client_for(self.spec.tracking.uri)
+        return self._client
+
+    @property
+    def writer(self) -> BufferedWriter:
+        """Every write, queued in the study folder while the server is unreachable."""
+        if self._writer is None:
+            self._writer = BufferedWriter(self.client, self.run_ids_path.parent)
+            self._writer.on_resolve = self._resolved
+        return self._writer
+
+    def _resolved(self, placeholders: dict[str, str]) -> None:
+        """Runs created during an outage got their real ids: remember those."""
+        self.run_ids = {t: placeholders.get(r, r) for t, r in self.run_ids.items()}
+        self.open_runs = {placeholders.get(r, r) for r in self.open_runs}
+        self._logged = {placeholders.get(r, r): e for r, e in self._logged.items()}
+        self._pending = {placeholders.get(r, r): p for r, p in self._pending.items()}
+        self._pending_params = {placeholders.get(r, r): p for r, p in self._pending_params.items()}
+        save_run_ids(self.run_ids_path, self.parent_run_id, self.run_ids)
+
+    # ------------------------------------------------------------------ the writer thread
+
+    def _submit(self, job, *args) -> None:
+        """Queue a write; a write that failed for good fails the study here, as it would have
+        inline (an unreachable server is not a failure: the writer buffers)."""
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+        if not self.background:
+            job(*args)
+            return
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._work, name="mlflow-tracking", daemon=True)
+            self._thread.start()
+        self._jobs.put((job, args))
+        self._hold_back()
+
+    def _behind_s(self) -> float:
+        """How long a job queued now would wait: the queue at the writer's pace (at least as
+        slow as the job in progress has been so far); 0 while that job hangs (STUCK_WRITE_S)."""
+        started = self._job_started
+        running_s = 0.0 if started is None else time.monotonic() - started
+        if running_s > STUCK_WRITE_S:
+            return 0.0
+        return self._jobs.qsize() * max(self._seconds_per_job, running_s)
+
+    def _hold_back(self) -> None:
+        """Wait while the writer is more than MAX_WRITER_LAG_S behind: the trials then go no
+        faster than MLflow takes their writes."""
+        while (behind_s := self._behind_s()) > MAX_WRITER_LAG_S:
+            if not self._held_back:
+                self._held_back = True
+                log.warning(
+                    "MLflow writes are %.0f s behind the trials: the study waits for them "
+                    "(the tracking server takes fewer writes than the trials make)",
+                    behind_s,
+                )
+            time.sleep(0.02)
+
+    def _work(self) -> None:
+        while True:
+            item = self._jobs.get()
+            if item is None:  # `_stop_writing`
+                self._jobs.task_done()
+                return
+            job, args = item
+            self._job_started = started = time.monotonic()
+            try:
+                if self._error is None:
+                    job(*args)
+            except BaseException as exc:
+                log.warning("MLflow tracking failed: %s", exc)
+                self._error = exc
+            finally:
+                took = time.monotonic() - started
+                pace = self._seconds_per_job
+                self._seconds_per_job = 0.8 * pace + 0.2 * took if pace else took
+                self._job_started = None
+                self._jobs.task_done()
+
+    def _stop_writing(self) -> None:
+        """End the writer thread once its queue is done (a later write starts another)."""
+        if self._thread is not None:
+            self._jobs.put(None)
+            self._thread.join()
+            self._thread = None
+
+    def wait(self) -> None:
+        """Block until every queued write is done (or buffered); re-raise a write that failed."""
+        if self._thread is not None:
+            self._jobs.join()
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    # ------------------------------------------------------------------ Ray Tune hooks
+
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        record = self.recorder.trials.get(trial.trial_id)
+        if record is not None:
+            self._submit(self._child_run, record)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        record = self.recorder.trials.get(trial.trial_id)
+        if record is None or m.EPOCH not in result:
+            return
+        row = record.epochs[int(result[m.EPOCH])]
+        self._submit(self._log_epoch, record, row, now_ms())
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self._submit(self._end_trial, trial.trial_id, "FINISHED")
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self._submit(self._end_trial, trial.trial_id, "FAILED")
+
+    def on_experiment_end(self, trials, **info) -> None:
+        self._submit(self.flush)
+
+    # ------------------------------------------------------------------ runs
+
+    def _log_epoch(self, record: TrialRecord, row: dict[str, float], timestamp: int) -> None:
+        run_id = self._child_run(record)
+        logged = self._logged.setdefault(run_id, set())
+        epoch = int(row[m.EPOCH])
+        if epoch in logged:  # re-reported after a restore from an earlier checkpoint
+            return
+        logged.add(epoch)
+        self._tag_placement(run_id, record)
+        self._pending.setdefault(run_id, []).extend(epoch_metrics(row, timestamp))
+        if time.monotonic() - self._last_flush >= self.flush_interval_s:
+            self.flush()
+
+    def _child_run(self, record: TrialRecord) -> str:
+        """The trial's run: created on first sight, or reopened after a restore."""
+        run_id = self.run_ids.get(record.trial_id)
+        if run_id is None:
+            run_id = self._create_child(record)
+            self.run_ids[record.trial_id] = run_id
+            self._save_run_ids(soon=len(self.run_ids) > RUN_IDS_SAVED_EVERY_RUN)
+            # a new run holds no epoch: no need to ask MLflow which ones it lacks. The trial may
+            # have reported some before this thread got here, or be a restored trial whose run
+            # was lost with a killed driver's queue
+            logged = self._logged.setdefault(run_id, set())
+            if record.status is None:
+                log_batch(self.writer, run_id, params=as_params(record.config))
+                self._send_missing(run_id, record, logged)
+            else:  # it ended before this thread got here: all of it goes with its end's batch
+                self._pending_params[run_id] = as_params(record.config)
+                self._pending.setdefault(run_id, []).extend(self._missing(record, logged))
+        elif run_id not in self.open_runs:
+            self.writer.update_run(run_id, status="RUNNING")
+            self._resync(run_id, record)
+        run_id = self.writer.real_id(run_id)  # its placeholder may have resolved meanwhile
+        self.open_runs.add(run_id)
+        return run_id
+
+    def _tag_placement(self, run_id: str, record: TrialRecord) -> None:
+        """Tag the GPU ids and device the trial's last epoch ran on, when they change (a trial
+        restored elsewhere is re-tagged)."""
+        from mlflow.entities import RunTag
+
+        placement = (record.gpu_ids, record.device)
+        if record.device is None or self._placements.get(run_id) == placement:
+            return
+        self._placements[run_id] = placement
+        tags = [
+            RunTag(schema.GPU_IDS_TAG, record.gpu_ids or ""),
+            RunTag(schema.DEVICE_TAG, record.device),
+        ]
+        log_batch(self.writer, run_id, tags=tags)
+
+    def _resync(self, run_id: str, record: TrialRecord) -> None:
+        """After a restore: send the epochs the journal has and MLflow lacks; skip the rest."""
+        if run_id.startswith(PENDING):
+            return  # created during an outage: its writes are all still queued
+        history = self.writer.read(self.client.get_metric_history, run_id, m.TRAIN_LOSS)
+        logged = self._logged.setdefault(run_id, {int(p.step) for p in history})
+        self._send_missing(run_id, record, logged)
+
+    def _send_missing(self, run_id: str, record: TrialRecord, logged: set[int]) -> None:
+        """Send the record's epochs that are not in `logged` (the epochs MLflow has)."""
+        points = self._missing(record, logged)
+        if points:
+            log_batch(self.writer, run_id, metrics=points)
+
+    @staticmethod
+    def _missing(record: TrialRecord, logged: set[int]) -> list:
+        """The curve points of the record's epochs not in `logged`, which now holds them."""
+        missing = [e for e in sorted(record.epochs) if e not in logged]
+        logged.update(missing)
+        ts = now_ms()
+        return [p for e in missing for p in epoch_metrics(record.epochs[e], ts)]
+
+    def supersede(self, trial_ids: set[str]) -> None:
+        """Delete the runs of trials a restore will run again under new ids (see
+        StudyRecorder.forget), so each trial has exactly one run."""
+        self.wait()
+        for trial_id in trial_ids & set(self.run_ids):
+            run_id = self.run_ids.pop(trial_id)
+            if not run_id.startswith(PENDING):
+                self.writer.set_tag(run_id, schema.TRIAL_STATUS_TAG, "superseded_by_restore")
+                self.writer.set_terminated(run_id, status="KILLED")
+                self.writer.delete_run(run_id)
+        save_run_ids(self.run_ids_path, self.parent_run_id, self.run_ids)
+
+    def claim_orphans(self) -> set[str]:
+        """After a restore: this study's trial runs that the saved run ids do not name (created
+        after the last copy of the ids that reached a remote storage, or just before a crash).
+        A trial the recorder knows takes its run back; a run of a trial it does not know is
+        superseded, as `supersede` does (Ray runs that trial's slot again). Returns the trial ids
+        of the runs it superseded."""
+        self.wait()
+        known = set(self.run_ids.values())
+        query = f"tags.{schema.PARENT_TAG} = '{self.parent_run_id}'"
+        runs = self.writer.read(
+            lambda: self.client.search_runs([self.experiment_id], query, max_results=50_000)
+        )
+        orphans = [r for r in runs if r.info.run_id not in known]
+        superseded = set()
+        for run in orphans:
+            run_id, trial_id = run.info.run_id, run.data.tags.get(schema.TRIAL_ID_TAG)
+            saved = self.run_ids.get(trial_id)
+            if saved is not None and saved.startswith(PENDING):
+                continue  # created during an outage: the queue resolves it
+            if saved is None and trial_id in self.recorder.trials:
+                self.run_ids[trial_id] = run_id
+            else:
+                self.writer.set_tag(run_id, schema.TRIAL_STATUS_TAG, "superseded_by_restore")
+                self.writer.set_terminated(run_id, status="KILLED")
+                self.writer.delete_run(run_id)
+                superseded.add(trial_id)
+        save_run_ids(self.run_ids_path, self.parent_run_id, self.run_ids)
+        return superseded
+
+    def reconcile(self) -> None:
+        """After a restore: finish the runs of trials that ended before the crash but whose
+        MLflow run was not closed, or not even created (the driver died in between, its queued
+        writes with it)."""
+        self.wait()
+        for trial_id, record in self.recorder.trials.items():
+            run_id = self.run_ids.get(trial_id)
+            if record.status is None or (run_id or "").startswith(PENDING):
+                continue
+            if run_id is not None:
+                run = self.writer.read(self.client.get_run, run_id)
+                if run.info.status != "RUNNING":
+                    continue
+            self._end_trial(trial_id, "FAILED" if record.status == outcomes.ERRORED else "FINISHED")
+
+    def _create_child(self, record: TrialRecord) -> str:
+
+        name = f"trial-{record.number:04d}"
+        run_id = self.writer.create_run(
+            self.experiment_id,
+            name,
+            {
+                schema.PARENT_TAG: self.parent_run_id,
+                schema.ROLE_TAG: schema.TRIAL_ROLE,
+                schema.STUDY_TAG: self.spec.name,
+                schema.TRIAL_ID_TAG: record.trial_id,
+                schema.TRIAL_NUMBER_TAG: str(record.number),
+                schema.CONFIG_TAG: json.dumps(record.config)[:MAX_TAG_LENGTH],
+                schema.TRIAL_STATUS_TAG: "running",
+            },
+        )
+        self.writer.log_inputs(run_id, self.inputs)
+        return run_id
+
+    def _save_run_ids(self, soon: bool = False) -> None:
+        """Write the run ids file; `soon`: only if RUN_IDS_SAVE_EVERY_S have passed (rewriting
+        it at every run of a 10,000-trial study wrote gigabytes)."""
+        self._ids_unsaved = True
+        if soon and time.monotonic() - self._ids_saved_at < RUN_IDS_SAVE_EVERY_S:
+            return
+        save_run_ids(self.run_ids_path, self.parent_run_id, self.run_ids)
+        self._ids_saved_at, self._ids_unsaved = time.monotonic(), False
+
+    def flush(self) -> None:
+        """Send every buffered epoch in one batch per run (and the run ids not yet saved)."""
+        pending, self._pending = self._pending, {}
+        params, self._pending_params = self._pending_params, {}
+        for run_id in pending.keys() | params.keys():
+            log_batch(
+                self.writer, run_id, metrics=pending.get(run_id, []), params=params.get(run_id, [])
+            )
+        if self._ids_unsaved:
+            self._save_run_ids()
+        self._last_flush = time.monotonic()
+
+    def _end_trial(self, trial_id: str, run_status: str) -> None:
+        """The trial's last curve points, summary, status and diagnosis in one batch; the
+        figure; the run closed."""
+        from mlflow.entities import RunTag
+
+        record = self.recorder.trials.get(trial_id)
+        if record is None:
+            return
+        run_id = self._child_run(record)
+        self._tag_placement(run_id, record)
+        status = record.status or outcomes.ERRORED
+        tags = [RunTag(schema.TRIAL_STATUS_TAG, status)]
+        if record.error:
+            tags.append(RunTag(schema.ERROR_TAG, record.error[:MAX_TAG_LENGTH]))
+        log_trial_end(
+            self.writer,
+            run_id,
+            record.history,
+            self.spec.objective,
+            self.spec.diagnostics,
+            f"trial {record.number}",
+            metrics=self._pending.pop(run_id, []),
+            params=self._pending_params.pop(run_id, []),
+            tags=tags,
+            figures=self._figures,
+            headline=f"Trial {record.number}: **{status}**",
+            figure=self.spec.search.num_samples <= CURVE_FIGURES_UP_TO,
+        )
+        self.writer.set_terminated(run_id, status=run_status)
+        # a placeholder may have got its real id during these writes (`_resolved`)
+        self.open_runs -= {run_id, self.writer.real_id(run_id)}
+        # a retried trial's run is reopened and re-read (`_resync`): nothing to keep per run
+        self._logged.pop(run_id, None)
+        self._placements.pop(run_id, None)
+
+    def close_open_runs(self, status: str = "KILLED") -> None:
+        """Leave no run RUNNING (Ctrl-C, a crash): flush, then end whatever is still open."""
+        try:
+            self.wait()
+        finally:
+            self._stop_writing()
+            self._figures.close()
+            self.flush()
+            for run_id in list(self.open_runs):
+                self.writer.set_tag(run_id, schema.TRIAL_STATUS_TAG, outcomes.INTERRUPTED)
+                self.writer.set_terminated(run_id, status=status)
+                self.open_runs.discard(run_id)
+
+
+# --------------------------------------------------------------------------- run ids on disk
+
+
+def load_run_ids(path: Path) -> dict[str, str]:
+    if not path.is_file():
+        return {}
+    return dict(json.loads(path.read_text()).get("trials", {}))
+
+
+def resolve_saved_run_ids(path: Path, placeholders: dict[str, str]) -> None:
+    """Replace placeholder run ids (runs created during an outage) with the real ones on disk."""
+    saved = json.loads(path.read_text()) if path.is_file() else {}
+    trials = {t: placeholders.get(r, r) for t, r in saved.get("trials", {}).items()}
+    save_run_ids(path, saved.get("parent", ""), trials)
+
+
+def save_run_ids(path: Path, parent_run_id: str, run_ids: dict[str, str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"parent": parent_run_id, "trials": run_ids}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(payload, indent=1))
+    tmp.replace(path)
+
+
+# --------------------------------------------------------------------------- the parent run
+
+
+def ensure_experiment(client, spec: JobSpec) -> str:
+    """The study's experiment; SQLite stores keep artifacts in `mlartifacts/` beside the file."""
+    name = spec.tracking.experiment or spec.name
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        if experiment.lifecycle_stage == "deleted":
+            client.restore_experiment(experiment.experiment_id)
+        return experiment.experiment_id
+    location = None
+    if spec.tracking.uri.startswith("sqlite:///"):
+        db = Path(spec.tracking.uri.removeprefix("sqlite:///"))
+        location = (db.parent / "mlartifacts").as_uri()
+    # MLflow 3's UI opens an experiment of this kind on its runs table (model training view)
+    tags = {schema.EXPERIMENT_KIND_TAG: "custom_model_development"}
+    return client.create_experiment(name, artifact_location=location, tags=tags)
+
+
+def training_tag(spec: JobSpec) -> dict[str, str]:
+    """The spec's training section as the parent run's tag, which `tuner export` reads back."""
+    return {schema.TRAINING_TAG: json.dumps(spec.training.model_dump(mode="json"))}
+
+
+def objectives_tag(spec: JobSpec) -> dict[str, str]:
+    """Several objectives: all of them as the parent's tag (`tuner.objective` is the first)."""
+    if not spec.multi_objective:
+        return {}
+    pairs = [(o.metric, o.mode) for o in spec.objectives]
+    return {schema.OBJECTIVES_TAG: schema.encode_objectives(pairs)}
+
+
+def tag_pareto(client, run_ids: dict[str, str], trials: pd.DataFrame) -> int:
+    """Tag every trial's run `tuner.pareto` true or false (several objectives only); returns how
+    many are on the front."""
+    if schema.PARETO not in trials:
+        return 0
+    for trial_id, on_front in zip(trials["trial_id"], trials[schema.PARETO], strict=True):
+        if trial_id in run_ids:
+            client.set_tag(run_ids[trial_id], schema.PARETO_TAG, "true" if on_front else "false")
+    return int(trials[schema.PARETO].sum())
+
+
+def start_parent_run(
+    client,
+    spec: JobSpec,
+    execution: str,
+    results_path: Path | str,
+    plugins: Sequence[PluginCode] = (),
+    inputs: Sequence[dict[str, Any]] = (),
+) -> tuple[str, str]:
+    """Create the study's parent run with the resolved spec, the plug-ins' code and the dataset
+    inputs (`tuner.tracking.inputs`); returns (experiment id, run id)."""
+    from mlflow.entities import RunTag
+
+    experiment_id = ensure_experiment(client, spec)
+    run = client.create_run(
+        experiment_id,
+        run_name=execution,
+        tags={
+            schema.ROLE_TAG: schema.STUDY_ROLE,
+            schema.STUDY_TAG: spec.name,
+            schema.EXECUTION_TAG: execution,
+            schema.MODEL_TAG: spec.model,
+            schema.DATASET_TAG: json.dumps(spec.dataset.model_dump(exclude_none=True)),
+            schema.OBJECTIVE_TAG: schema.encode_objective(
+                spec.objective.metric, spec.objective.mode
+            ),
+            **objectives_tag(spec),
+            schema.SEED_TAG: str(spec.search.seed),
+            **training_tag(spec),
+            schema.RESULTS_PATH_TAG: str(results_path),
+            schema.OPTUNA_TAG: redact(f"{spec.search.storage}#{execution}"),
+            **plugins_tag(plugins),
+        },
+    )
+    run_id = run.info.run_id
+    log_batch(
+        client,
+        run_id,
+        params=as_params(spec.model_dump(mode="json")),
+        tags=[
+            RunTag(schema.NOTE_TAG, f"tuner study {execution}: running (its summary comes here)")
+        ],
+    )
+    if inputs:
+        client.log_inputs(run_id, datasets=as_dataset_inputs(list(inputs)))
+    client.log_text(run_id, redact(spec.to_yaml()), "spec.yaml")
+    log_plugins(client, run_id, plugins)
+    return experiment_id, run_id
+
+
+def finish_parent_run(
+    client: BufferedWriter,
+    run_id: str,
+    result: StudyResult,
+    best_config: dict[str, Any] | None,
+    importances: dict[str, float] | None,
+    note: str | None = None,
+) -> None:
+    """Results table, best config, importances, counts, the best objective and the study's
+    description (`note`, Markdown) on the parent."""
+    from mlflow.entities import Metric, RunTag
+
+    spec, trials = result.spec, result.trials
+    ts = now_ms()
+    values: dict[str, float] = {"wall_time_s": result.wall_time_s, schema.TRIALS_TOTAL: len(trials)}
+    counts = (("status", schema.STATUS_COUNT_PREFIX), ("diagnosis", schema.DIAGNOSIS_COUNT_PREFIX))
+    for column, prefix in counts:
+        if column in trials:
+            for name, count in trials[column].value_counts().items():
+                values[f"{prefix}{name}"] = int(count)
+    if len(trials):
+        values["epochs_trained"] = int(trials["epochs"].sum())
+    if schema.PARETO in trials:
+        values["pareto_trials"] = int(trials[schema.PARETO].sum())
+    best = result.best
+    if best is not None:
+        objective = schema.best(spec.objective.metric)
+        keys = [schema.best(k) for k in (m.VAL_LOSS, m.VAL_ACC, m.TRAIN_LOSS)]
+        for key in (*keys, schema.BEST_EPOCH, objective):
+            value = best.get(key)
+            if outcomes.is_finite(value):
+                values[key] = float(value)
+    for name, importance in (importances or {}).items():
+        values[f"{schema.IMPORTANCE_PREFIX}{name}"] = float(importance)
+    note_tags = [RunTag(schema.NOTE_TAG, note[:MAX_TAG_LENGTH])] if note else []
+    metrics = [Metric(k, float(v), ts, 0) for k, v in values.items()]
+    log_batch(client, run_id, metrics=metrics, tags=note_tags)
+
+    as_text = trials.astype({c: str for c in trials.columns if trials[c].dtype == object})
+    client.log_file(run_id, "results.csv", lambda path: trials.to_csv(path, index=False))
+    client.log_file(run_id, "results.parquet", lambda path: as_text.to_parquet(path, index=False))
+    if best_config:
+        client.log_text(run_id, yaml.safe_dump(best_config, sort_keys=False), "best_config.yaml")
+    if importances:
+        client.log_dict(run_id, importances, "param_importances.json")
+
+
+# --------------------------------------------------------------------------- finalists
+
+
+def finalist_note(row: dict[str, Any], metric: str) -> str:
+    """A re-run's description in MLflow (Markdown)."""
+    test = f", test_loss {row[m.TEST_LOSS]:.4f}" if outcomes.is_finite(row.get(m.TEST_LOSS)) else ""
+    return (
+        f"Finalist re-run of trial {row['trial']} (run `trial-{row['trial']:04d}`) with seed "
+        f"{row['seed']}, {row['epochs']} epochs: {metric} {row['score']:.4f} (tuned "
+        f"{row['tuned']:.4f}){test}"
+    )
+
+
+def log_finalists(
+    client: BufferedWriter,
+    experiment_id: str,
+    parent_run_id: str,
+    spec: JobSpec,
+    finalists: Finalists,
+    histories: dict[str, list[dict[str, float]]],
+) -> None:
+    """One child run of the parent per re-run, tagged as a finalist (the tuned trial and run it
+    confirms, its seed): its curves, its last epoch's scores and test metrics. The parent gets the
+    winner, its confirmed score, test metrics and optimism, and the finalists table. Re-runs an
+    earlier execution of the study logged (before it was extended) are deleted first."""
+    from mlflow.entities import Metric, RunTag
+
+    metric = finalists.metric
+    earlier = client.read(child_runs, client.client, experiment_id, parent_run_id)
+    for run in earlier:
+        if run.data.tags.get(schema.ROLE_TAG) == schema.FINALIST_ROLE:
+            client.delete_run(run.info.run_id)
+    for row in finalists.reruns.to_dict("records"):
+        confirms = client.real_id(row["run_id"]) if row.get("run_id") else ""
+        run_id = client.create_run(
+            experiment_id,
+            f"finalist-{row['trial']:04d}-seed{row['seed']}",
+            {
+                schema.PARENT_TAG: parent_run_id,
+                schema.ROLE_TAG: schema.FINALIST_ROLE,
+                schema.STUDY_TAG: spec.name,
+                schema.CONFIRMS_TRIAL_TAG: str(row["trial"]),
+                schema.CONFIRMS_RUN_TAG: confirms,
+                schema.TRIAL_ID_TAG: str(row["trial_id"]),
+                schema.SEED_TAG: str(row["seed"]),
+            },
+        )
+        ts = now_ms()
+        history = histories.get(row["rerun_id"], [])
+        points = [p for epoch in history for p in epoch_metrics(epoch, ts)]
+        last = int(history[-1][m.EPOCH]) if history else 0
+        values = {
+            m.EPOCH: row["epochs"],
+            f"{schema.TUNED_PREFIX}{metric}": row["tuned"],
+            **{k: row.get(k) for k in (m.TEST_LOSS, m.TEST_ACC)},
+        }
+        points += [
+            Metric(k, float(v), ts, last) for k, v in values.items() if outcomes.is_finite(v)
+        ]
+        tags = [
+            RunTag(schema.TRIAL_STATUS_TAG, str(row["status"])),
+            RunTag(schema.NOTE_TAG, finalist_note(row, metric)),
+        ]
+        log_batch(client, run_id, metrics=points, tags=tags)
+        status = "FAILED" if row["status"] == outcomes.ERRORED else "FINISHED"
+        client.set_terminated(run_id, status=status)
+    log_winner(client, parent_run_id, finalists)
+
+
+def log_winner(client: BufferedWriter, parent_run_id: str, finalists: Finalists) -> None:
+    """The winner (trial, run), its confirmed score, test metrics and optimism on the parent,
+    with the finalists table as an artifact."""
+    from mlflow.entities import Metric, RunTag
+
+    winner = finalists.winner
+    tags = []
+    if finalists.note:
+        tags.append(RunTag("tuner.finalists_note", finalists.note[:MAX_TAG_LENGTH]))
+    metrics = []
+    if winner is not None:
+        ts = now_ms()
+        values = {
+            "winner_trial": int(winner["trial"]),
+            **confirmed_metrics(winner, finalists.metric),
+        }
+        metrics = [Metric(k, float(v), ts, 0) for k, v in values.items() if outcomes.is_finite(v)]
+        tags += [
+            RunTag(schema.WINNER_TRIAL_TAG, str(int(winner["trial"]))),
+            RunTag(schema.WINNER_RUN_TAG, client.real_id(winner["run_id"] or "")),
+        ]
+    log_batch(client, parent_run_id, metrics=metrics, tags=tags)
+    table = finalists.table
+    client.log_file(parent_run_id, "finalists.csv", lambda path: table.to_csv(path, index=False))
