@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tuner.spec.job import JobSpec, spec_from_dict
-
-# the production stack's servers (PostgreSQL, S3, an MLflow server on both): tests/servers.py
-pytest_plugins = ["tests.servers"]
+# what tests start and share (servers, clusters, a browser, builders): tests/helpers.py
+pytest_plugins = ["tests.helpers"]
 
 
 class RayStarted(RuntimeError):
@@ -88,147 +81,3 @@ def study_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Run in a fresh folder, so the default SQLite stores and results land there."""
     monkeypatch.chdir(tmp_path)
     return tmp_path
-
-
-def tiny_spec(**sections: Any) -> JobSpec:
-    """A small study spec (digits MLP, 2 epochs); keyword sections override the defaults."""
-    raw: dict[str, Any] = {
-        "name": "tiny",
-        "model": "mlp",
-        "dataset": {"name": "digits"},
-        "search": {"num_samples": 2, "max_concurrent": 2, "seed": 0},
-        "scheduler": {"name": "fifo", "max_epochs": 2},
-    }
-    for key, value in sections.items():
-        if isinstance(value, dict) and isinstance(raw.get(key), dict):
-            raw[key] = {**raw[key], **value}
-        else:
-            raw[key] = value
-    return spec_from_dict(raw)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def spawn(command: list[str], **kwargs) -> subprocess.Popen:
-    """A server in its own process group: MLflow's server forks uvicorn workers and a job
-    runner that outlive a plain terminate() of their parent."""
-    return subprocess.Popen(command, start_new_session=True, **kwargs)
-
-
-def stop(process: subprocess.Popen) -> None:
-    """Stop a `spawn`ed server and everything it started."""
-    import signal
-
-    for sig, wait_s in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            process.wait(timeout=wait_s)
-            os.killpg(process.pid, signal.SIGKILL)  # stragglers of the group
-            return
-        except (subprocess.TimeoutExpired, ProcessLookupError):
-            continue
-
-
-def listening_sockets(root: Any) -> list[dict[str, Any]]:
-    """The TCP sockets that a psutil process and its descendants listen on."""
-    import psutil
-
-    found = []
-    for proc in [root, *root.children(recursive=True)]:
-        try:
-            name = "driver" if proc.pid == root.pid else " ".join(proc.cmdline())
-            sockets = proc.net_connections(kind="tcp")
-        except psutil.Error:  # exited meanwhile
-            continue
-        found += [
-            {"process": name[:120], "ip": c.laddr.ip, "port": c.laddr.port}
-            for c in sockets
-            if c.status == psutil.CONN_LISTEN
-        ]
-    return found
-
-
-def is_loopback(ip: str) -> bool:
-    """127.0.0.0/8 or ::1, also as an IPv4-mapped IPv6 address (::ffff:127.0.0.1)."""
-    import ipaddress
-
-    address = ipaddress.ip_address(ip)
-    mapped = getattr(address, "ipv4_mapped", None)
-    return (mapped or address).is_loopback
-
-
-def wait_for_http(url: str, process: subprocess.Popen, timeout_s: float = 90) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode} before answering {url}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(f"{url} did not answer within {timeout_s} s")
-
-
-def server_env() -> dict[str, str]:
-    """An `mlflow server`'s environment without its GenAI job runner (as `tuner ui` runs it):
-    starting its workers took 24 s instead of 6 on a busy 2-core machine."""
-    from tuner.tracking.callback import UI_SERVER_ENV
-
-    return {**os.environ, **UI_SERVER_ENV}
-
-
-@pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real `mlflow server` on 127.0.0.1 with a SQLite backend; yields its http:// URI."""
-    folder = tmp_path_factory.mktemp("mlflow-server")
-    port = free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "server",
-        "--backend-store-uri",
-        f"sqlite:///{folder / 'server.db'}",
-        "--artifacts-destination",
-        str(folder / "artifacts"),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-    ]
-    log = open(folder / "server.log", "w")  # noqa: SIM115 - closed below
-    process = spawn(command, stdout=log, stderr=subprocess.STDOUT, cwd=folder, env=server_env())
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_http(f"{uri}/health", process)
-        yield uri
-    finally:
-        stop(process)
-        log.close()
-
-
-@contextlib.contextmanager
-def tuner_ui(tracking_uri: str) -> Iterator[tuple[int, subprocess.Popen]]:
-    """`tuner ui` on a free port, as a user starts it; yields (port, process) once it answers."""
-    port = free_port()
-    process = spawn(
-        [sys.executable, "-m", "tuner", "ui", "--port", str(port), "--tracking-uri", tracking_uri],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_for_http(f"http://127.0.0.1:{port}/health", process)
-        yield port, process
-    finally:
-        stop(process)

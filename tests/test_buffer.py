@@ -14,7 +14,7 @@ from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import free_port
+from tests.helpers import free_port
 from tuner.tracking.buffer import BUFFER_FILE, HTTP_SETTINGS, PENDING, SKIPPED_FILE, BufferedWriter
 
 

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-from tests.conftest import tiny_spec, tuner_ui
+from tests.helpers import FIGURES, open_page, open_report, tiny_spec, tuner_ui
 from tuner.cli import app
 from tuner.driver.study import run_study
 from tuner.results.dashboard_data import REPORT_FILE
@@ -17,16 +15,6 @@ from tuner.results.trials import StudyResult
 from tuner.tracking.runs import client_for
 
 runner = CliRunner()
-FIGURES = 6  # history, curves, gap, ASHA, parallel coordinates, importances (+ the top-k table)
-CHROMIUM_FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 @pytest.fixture(scope="module")
@@ -40,48 +28,6 @@ def study(ray_local, tmp_path_factory: pytest.TempPathFactory) -> StudyResult:
         storage=str(folder / "results"),
     )
     return run_study(spec, show_progress=False)
-
-
-def system_chromium() -> str:
-    """The Chromium on PATH (Debian's package; `make test` installs it when missing)."""
-    for name in ("chromium", "chromium-browser"):
-        if path := shutil.which(name):
-            return path
-    pytest.fail(
-        "Chromium is not installed, and the dashboard tests draw the report in it: run them "
-        "with `make test`, which installs it (Debian, as root), or install it yourself "
-        "(sudo apt-get install chromium) or put a chromium on PATH",
-        pytrace=False,
-    )
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator:
-    path = system_chromium()
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=path, args=CHROMIUM_FLAGS)
-        yield chromium
-        chromium.close()
-
-
-def open_page(browser, url: str) -> tuple:
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    problems: list[str] = []
-    page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
-    page.on("console", lambda msg: problems.append(msg.text) if msg.type == "error" else None)
-    page.goto(url)
-    page.wait_for_load_state("load")
-    return page, problems
-
-
-def open_report(browser, url: str) -> tuple:
-    """The report once its loader has inflated plotly.js and drawn the figures (or failed)."""
-    page, problems = open_page(browser, url)
-    page.wait_for_function("() => document.body.dataset.plotly !== undefined", timeout=60_000)
-    assert page.evaluate("() => document.body.dataset.plotly") == "drawn", problems
-    return page, problems
 
 
 def test_every_study_writes_the_report_and_attaches_it(study: StudyResult) -> None:

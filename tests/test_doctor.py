@@ -13,8 +13,7 @@ import ray
 import torch
 from typer.testing import CliRunner
 
-from tests.conftest import free_port
-from tests.servers import Postgres, ray_head
+from tests.helpers import Postgres, free_port, ray_head
 from tuner.cli import app
 from tuner.doctor import examine, gpus, optuna_storage, tracking_store
 from tuner.spec.job import default_optuna_storage

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from tests.conftest import tiny_spec, tuner_ui
+from tests.helpers import tiny_spec, tuner_ui
 from tuner.cli import app
 from tuner.driver.study import run_study
 from tuner.errors import SpecError

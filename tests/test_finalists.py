@@ -17,8 +17,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from tests.conftest import tiny_spec
-from tests.test_dashboard import CHROMIUM_FLAGS, browser, open_report  # noqa: F401 (fixture)
+from tests.helpers import open_report, tiny_spec
 from trainables import metrics as m
 from trainables.trainable import FINALIST
 from tuner.cli import app, print_summary

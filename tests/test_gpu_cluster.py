@@ -27,8 +27,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import free_port
-from tests.test_jobs import CLUSTER_MARKER, RAY, kill_cluster, ray_start
+from tests.helpers import CLUSTER_MARKER, RAY, free_port, kill_cluster, max_concurrency, ray_start
 from tuner.driver.journal import JOURNAL_FILE, read_journal
 from tuner.tracking import schema
 
@@ -112,18 +111,6 @@ def flat(text: str) -> str:
 def journal(folder: Path) -> list[dict[str, Any]]:
     (path,) = (folder / "results").glob(f"*/{JOURNAL_FILE}")
     return read_journal(path)
-
-
-def max_concurrency(events: list[dict[str, Any]]) -> int:
-    """The most trials between their start and end events at once (an end before a start at
-    the same instant)."""
-    deltas = {"start": 1, "end": -1}
-    edges = sorted((e["time"], deltas[e["event"]]) for e in events if e["event"] in deltas)
-    running = peak = 0
-    for _, delta in edges:
-        running += delta
-        peak = max(peak, running)
-    return peak
 
 
 def trial_tags(folder: Path, experiment: str) -> list[dict[str, str]]:

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from tests.conftest import tiny_spec
+from tests.helpers import take, tiny_spec, write_classes
 from trainables.data import (
     DataOptions,
     Dataset,
@@ -40,26 +40,6 @@ def sk_digits() -> tuple[np.ndarray, np.ndarray]:
 
     bunch = load_digits()
     return np.round(bunch.images * 255 / 16).astype(np.uint8), bunch.target
-
-
-def take(digits: tuple[np.ndarray, np.ndarray], classes: list[int], n: int, start: int = 0):
-    """`n` images of each of `classes`, from the `start`-th of each class on."""
-    x, y = digits
-    index = np.concatenate([np.flatnonzero(y == c)[start : start + n] for c in classes])
-    return x[index], y[index]
-
-
-def write_classes(
-    folder: Path, images: np.ndarray, labels: np.ndarray, fmt: str = "png", prefix: str = "c"
-) -> list[Path]:
-    """folder/<prefix><label>/<i>.<fmt>, one file per image (HxW gray or HxWx3 RGB)."""
-    files = []
-    for i, (image, label) in enumerate(zip(images, labels, strict=True)):
-        path = folder / f"{prefix}{label}" / f"{i:04d}.{fmt}"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(image).save(path, **({"quality": 95} if fmt == "jpg" else {}))
-        files.append(path)
-    return files
 
 
 def coloured(gray: np.ndarray) -> np.ndarray:

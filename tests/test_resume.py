@@ -14,19 +14,15 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import optuna
 import pandas as pd
 import psutil
 import pytest
 import yaml
 
-from tests.conftest import tiny_spec
+from tests.helpers import NUM_TRIALS, assert_every_trial_once, run_counts, tiny_spec
 from tuner.driver.journal import JOURNAL_FILE, read_journal
 from tuner.driver.study import run_study
 from tuner.results import outcomes
-from tuner.tracking import schema
-
-NUM_TRIALS = 10
 
 
 def journal_events(results: Path) -> list[dict]:
@@ -98,13 +94,6 @@ def test_killed_trial_worker_resumes_from_its_checkpoint(study_dir: Path) -> Non
             )
         ]
     assert steps == list(range(1, 11)), "the MLflow curve has a gap or a duplicate"
-
-
-def run_counts(db: Path) -> Counter:
-    """Statuses of the runs a user sees (MLflow's deleted runs left out)."""
-    query = "select status, count(*) from runs where lifecycle_stage = 'active' group by status"
-    with sqlite3.connect(db) as conn:
-        return Counter(dict(conn.execute(query)))
 
 
 def test_driver_killed_mid_study_then_resume_completes_it_once(tmp_path: Path) -> None:
@@ -215,68 +204,3 @@ def test_a_trial_failing_past_its_retries_is_errored_and_the_study_goes_on(
     require_success(result)  # one trial finished: the study succeeded
     lines = " ".join(summary_lines(result))
     assert "1 errored" in lines and "Trial 1 failed after its retries:" in lines
-
-
-def assert_every_trial_once(
-    tmp_path: Path,
-    execution: str,
-    journal: Path,
-    trials: pd.DataFrame,
-    journal_sees_every_start: bool = True,
-) -> tuple[Counter, set[str]]:
-    """A resumed study's guarantees, from its SQLite MLflow and Optuna stores in `tmp_path`: each
-    trial once in MLflow with its whole val_loss curve, Optuna told each trial once (superseded
-    ones aside). A remote study's journal (`journal_sees_every_start=False`) is the copy that
-    last reached the bucket: a trial that started and ended after it, before the kill, was told
-    to Optuna but is in no journal. Returns Optuna's trial states and the superseded trial ids."""
-    with sqlite3.connect(tmp_path / "mlflow.db") as db:
-        names = [
-            n
-            for (n,) in db.execute(
-                "select t.value from tags t join runs r on r.run_uuid = t.run_uuid "
-                "where r.lifecycle_stage = 'active' and t.key = 'mlflow.runName' "
-                "and t.value like 'trial-%'"
-            )
-        ]
-        assert sorted(names) == [f"trial-{n:04d}" for n in range(1, NUM_TRIALS + 1)]
-        for _, row in trials.iterrows():
-            steps = [
-                s
-                for (s,) in db.execute(
-                    "select m.step from metrics m join tags t on t.run_uuid = m.run_uuid "
-                    "where t.key = 'tuner.trial_id' and t.value = ? and m.key = 'val_loss' "
-                    "order by m.step",
-                    (row["trial_id"],),
-                )
-            ]
-            assert steps == list(range(1, int(row["epochs"]) + 1)), (row["trial"], steps)
-
-    study = optuna.load_study(study_name=execution, storage=f"sqlite:///{tmp_path / 'optuna.db'}")
-    states = Counter(t.state for t in study.trials)
-    ran = states[optuna.trial.TrialState.COMPLETE] + states[optuna.trial.TrialState.PRUNED]
-    # a trial that started after Ray's last snapshot runs again under a new id; its first run
-    # is deleted from MLflow. Optuna keeps what it learned from it if it ended before the crash
-    # (one still running then is one the dead driver asked for and never finished: FAIL)
-    events = read_journal(journal)
-    superseded = {e["trial_id"] for e in events if e["event"] == "superseded"}
-    # Ray tells the searcher a trial ended before the callback that journals it: a crash between
-    # the two leaves a superseded trial told to Optuna but missing its "end" event
-    told = {
-        t.user_attrs[schema.TRIAL_ID_TAG]
-        for t in study.trials
-        if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    }
-    assert len(told) == ran  # every Optuna trial carries Ray's trial id
-    # the trials running at the crash, plus any that started and ended since Ray's last
-    # snapshot (0.5 s apart here; a trial ASHA stops at its grace period can take less):
-    # usually at most 2, seen 3 once; never most of the study
-    assert len(superseded) < NUM_TRIALS // 2, superseded
-    final = set(trials["trial_id"])
-    assert final <= told  # every trial that counts was told to Optuna, once
-    extra = told - final  # superseded trials Optuna learned from before the crash
-    assert ran == NUM_TRIALS + len(extra) and len(extra) < NUM_TRIALS // 2, extra
-    if journal_sees_every_start:
-        assert extra <= superseded, (extra, superseded)
-    assert states[optuna.trial.TrialState.RUNNING] == 0
-    assert states[optuna.trial.TrialState.FAIL] <= 2  # asked by the dead driver, never run
-    return states, superseded

@@ -3,58 +3,16 @@ runs, listing studies, and runs written by earlier versions."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
-from mlflow.entities import Metric
 
+from tests.helpers import make_study
 from tuner.errors import SpecError
 from tuner.results import outcomes
 from tuner.results.dashboard_data import from_mlflow
 from tuner.tracking import schema
 from tuner.tracking.runs import client_for, find_study_run, list_studies, ranked_trial_runs
-
-
-def make_study(client, name: str, objective: str, values: dict[int, float | None], **extra):
-    """A parent run and one child run per trial number, with `best_<metric>` as given."""
-    experiment = client.get_experiment_by_name(name)
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(name)
-    metric = objective.split(":")[0]
-    parent = client.create_run(
-        experiment_id,
-        run_name=f"{name}-exec",
-        tags={
-            schema.ROLE_TAG: schema.STUDY_ROLE,
-            schema.STUDY_TAG: name,
-            schema.EXECUTION_TAG: f"{name}-exec",
-            schema.OBJECTIVE_TAG: objective,
-            schema.MODEL_TAG: "mlp",
-            schema.DATASET_TAG: json.dumps({"name": "digits"}),
-        },
-    )
-    parent_id = parent.info.run_id
-    for number, value in values.items():
-        child = client.create_run(
-            experiment_id,
-            run_name=f"trial-{number:04d}",
-            tags={
-                schema.PARENT_TAG: parent_id,
-                schema.ROLE_TAG: schema.TRIAL_ROLE,
-                schema.TRIAL_NUMBER_TAG: str(number),
-                schema.TRIAL_ID_TAG: f"t{number}",
-                schema.CONFIG_TAG: json.dumps({"lr": 0.01 * number}),
-                **extra.get("child_tags", {}),
-            },
-        )
-        if value is not None:
-            metrics = [Metric(schema.best(metric), value, 0, 0), Metric("best_epoch", 2, 0, 0)]
-            client.log_batch(child.info.run_id, metrics=metrics)
-        client.set_terminated(child.info.run_id)
-    parent_metrics = [Metric(k, v, 0, 0) for k, v in extra.get("parent_metrics", {}).items()]
-    client.log_batch(parent_id, metrics=parent_metrics)
-    client.set_terminated(parent_id)
-    return client.get_run(parent_id)
 
 
 @pytest.fixture

@@ -25,11 +25,22 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import free_port
-from tests.servers import BUCKET, ObjectStore
-from tests.test_jobs import CLUSTER_MARKER, RAY, kill_cluster, ray_start
-from tests.test_resume import NUM_TRIALS, assert_every_trial_once, run_counts
-from tests.test_tracking import EPOCH_1, callbacks, drive, fake_trial
+from tests.helpers import (
+    BUCKET,
+    CLUSTER_MARKER,
+    EPOCH_1,
+    NUM_TRIALS,
+    RAY,
+    ObjectStore,
+    assert_every_trial_once,
+    callbacks,
+    drive,
+    fake_trial,
+    free_port,
+    kill_cluster,
+    ray_start,
+    run_counts,
+)
 from tuner.cluster.storage import WORK_DIR, is_remote, study_folder, working_folder
 from tuner.driver.journal import JOURNAL_FILE, read_journal
 from tuner.driver.study import SPEC_FILE, find_results

@@ -1,5 +1,5 @@
 """A study on the stack a team runs: Optuna on PostgreSQL, an MLflow server on PostgreSQL with its
-artifacts in S3 (tests/servers.py), run as a user runs it (`tuner run` in its own process, with
+artifacts in S3 (tests/helpers.py), run as a user runs it (`tuner run` in its own process, with
 the object store's and other secrets in its environment); then `tuner export` and `tuner train`
 against that server. No password or secret reaches what the study prints, logs or stores."""
 
@@ -18,7 +18,7 @@ from urllib.parse import quote
 import pytest
 import yaml
 
-from tests.servers import BUCKET, ObjectStore, Postgres
+from tests.helpers import BUCKET, ObjectStore, Postgres
 
 ROOT = Path(__file__).resolve().parents[1]
 NUM_SAMPLES, EPOCHS = 2, 2
@@ -298,7 +298,7 @@ def test_a_missing_postgresql_driver_says_what_to_install(monkeypatch: pytest.Mo
 
 
 def test_a_sqlite_storage_in_a_new_folder_is_created_before_ray(tmp_path: Path) -> None:
-    from tests.conftest import tiny_spec
+    from tests.helpers import tiny_spec
     from tuner.driver.study import open_optuna_storage
 
     db = tmp_path / "new" / "folder" / "optuna.db"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.servers import BUCKET, ObjectStore, Postgres
+from tests.helpers import BUCKET, ObjectStore, Postgres
 
 
 def test_postgres_runs_unprivileged_and_checks_passwords(postgres: Postgres) -> None:

@@ -18,10 +18,16 @@ from mlflow.tracking import MlflowClient
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
-from tests.conftest import tiny_spec
-from tests.servers import Postgres, RayHead, ray_head
-from tests.test_gpu_cluster import max_concurrency
-from tests.test_jobs import runner, submit, wait_for_status
+from tests.helpers import (
+    Postgres,
+    RayHead,
+    max_concurrency,
+    ray_head,
+    runner,
+    submit,
+    tiny_spec,
+    wait_for_status,
+)
 from tuner.cli import app
 from tuner.driver.journal import JOURNAL_FILE, read_journal
 from tuner.driver.study import SPEC_FILE, claim_execution

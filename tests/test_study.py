@@ -15,7 +15,7 @@ import ray
 import yaml
 from optuna.trial import TrialState
 
-from tests.conftest import is_loopback, listening_sockets, tiny_spec
+from tests.helpers import is_loopback, listening_sockets, tiny_spec
 from trainables import metrics as m
 from tuner.driver.study import require_success, run_study
 from tuner.errors import SpecError, StudyError
@@ -192,7 +192,7 @@ def test_accuracy_objective_on_regression_is_refused(study_dir: Path) -> None:
 #: in a fresh process, so that the Ray `ray_session` starts is its own and descends from it
 LOCAL_RAY_SOCKETS = """
 import json, psutil, ray
-from tests.conftest import listening_sockets
+from tests.helpers import listening_sockets
 from tuner.driver.study import ray_session
 
 with ray_session(num_cpus=1):

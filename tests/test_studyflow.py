@@ -11,7 +11,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
-from tests.conftest import tiny_spec
+from tests.helpers import tiny_spec
 from trainables import metrics as m
 from tuner.cli import app
 from tuner.driver import stoppers

@@ -5,15 +5,13 @@ from __future__ import annotations
 import json
 import threading
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import tiny_spec
+from tests.helpers import EPOCH_1, callbacks, drive, fake_trial, tiny_spec
 from trainables.data import DataOptions, load_dataset
 from tuner.driver.journal import JOURNAL_FILE, read_journal
-from tuner.driver.progress import StudyRecorder
 from tuner.driver.study import run_study
 from tuner.results import diagnostics, outcomes
 from tuner.tracking import callback as tracking_module
@@ -150,34 +148,6 @@ def test_study_in_mlflow_parent_children_curves_and_summaries(
     assert {(e["device"], e["gpu_ids"]) for e in results} == {("cpu", "")}
     saved = load_run_ids(result.results_path / RUN_IDS_FILE)
     assert sorted(saved.values()) == sorted(c.info.run_id for c in children)
-
-
-def fake_trial(trial_id: str, number: int, error_file: str | None = None) -> SimpleNamespace:
-    """What the callbacks read of Ray's Trial: enough to drive them without a study."""
-    return SimpleNamespace(
-        trial_id=trial_id,
-        experiment_tag=f"{number}_lr=0.01",
-        config={"lr": 0.01, "optimizer": "adam"},
-        last_result={"epoch": 1},
-        error_file=error_file,
-    )
-
-
-def callbacks(study_dir: Path) -> tuple[StudyRecorder, MlflowTracking, MlflowClient]:
-    spec = tiny_spec(name="callbacks")
-    client = client_for(spec.tracking.uri)
-    experiment_id, parent_id = start_parent_run(client, spec, "callbacks-x", study_dir)
-    recorder = StudyRecorder("val_loss", "min", max_epochs=2)
-    tracking = MlflowTracking(spec, recorder, parent_id, experiment_id, study_dir / RUN_IDS_FILE)
-    return recorder, tracking, client
-
-
-def drive(callbacks_: list, hook: str, trial, **kwargs) -> None:
-    for callback in callbacks_:
-        getattr(callback, hook)(iteration=0, trials=[trial], trial=trial, **kwargs)
-
-
-EPOCH_1 = {"epoch": 1, "train_loss": 0.9, "val_loss": 1.0, "train_acc": 0.6, "val_acc": 0.55}
 
 
 def test_errored_trial_is_failed_with_its_message(study_dir: Path) -> None:

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import tiny_spec, tuner_ui
-from tests.test_dashboard import CHROMIUM_FLAGS, system_chromium
+from tests.helpers import CHROMIUM_FLAGS, system_chromium, tiny_spec, tuner_ui
 from tuner.driver.study import run_study
 from tuner.results.dashboard_data import REPORT_FILE
 from tuner.results.trials import StudyResult
