@@ -7,7 +7,7 @@
 # requires cuda-toolkit==13.0.3 and cuDNN 9 as pip packages, pinned exactly by torch itself),
 # so the base is CUDA 13.0's runtime. The lock pins torch==2.13.0: on this project's CPU-only
 # machines that resolves to the local 2.13.0+cpu wheel, here (PyPI only) to the CUDA 13.0 one.
-# Changing the torch pin means checking which CUDA its PyPI wheel needs (tests/test_image.py).
+# Changing the torch pin means checking which CUDA its PyPI wheel needs (tests/test_dockerfile.py).
 ARG CUDA=13.0.0
 FROM nvidia/cuda:${CUDA}-runtime-ubuntu24.04
 

@@ -251,7 +251,7 @@ def run_tuner(spec_dict: dict, **kwargs) -> tuple[float, float, Any]:
     import mlflow.tracking  # noqa: F401  (imported here before the span, as tuner.driver.study is)
 
     from tuner.driver.study import run_study
-    from tuner.spec.job import spec_from_dict
+    from tuner.spec.job_spec import spec_from_dict
 
     spec = spec_from_dict(spec_dict)
     began = time.time()
@@ -483,7 +483,7 @@ def mlflow_server(folder: Path) -> Iterator[str]:
     MLflow's job runner off), warmed up."""
     import signal
 
-    from tuner.tracking.callback import UI_SERVER_ENV, ui_server_command
+    from tuner.tracking.mlflow_callback import UI_SERVER_ENV, ui_server_command
 
     port = free_port()
     command = ui_server_command(
@@ -701,7 +701,7 @@ def search_until_target(problem: SearchProblem, arm: str, seed: int) -> dict[str
         prepare,
         study_environment,
     )
-    from tuner.spec.job import spec_from_dict
+    from tuner.spec.job_spec import spec_from_dict
 
     algorithm, scheduler, stock = ARMS[arm]
     start = time.perf_counter()
@@ -983,7 +983,7 @@ def tracking_lag_s(uri: str, experiment: str, last_end: float) -> float:
 def scale_study(run: ScaleRun, folder: Path, uri: str | None) -> dict[str, Any]:
     """One scale study in this process; the driver's figures from its journal and samples."""
     from tuner.driver.study import run_study
-    from tuner.spec.job import spec_from_dict
+    from tuner.spec.job_spec import spec_from_dict
 
     work = Workload("mlp", "digits", {"hidden_units": 8, "lr": LR}, run.trials, run.epochs)
     spec_dict = study_spec(work, folder, uri)
@@ -1141,7 +1141,7 @@ def gpu_packing(quick: bool) -> dict[str, Any]:
         return skipped("gpu_packing", NO_GPU)
     try:
         from tuner.driver.study import ray_session, run_study
-        from tuner.spec.job import spec_from_dict
+        from tuner.spec.job_spec import spec_from_dict
     except ImportError as exc:
         return skipped("gpu_packing", f"skipped: {exc.name} is not installed on this machine")
     dataset = mnist_dataset()

@@ -46,9 +46,9 @@ from typer.testing import CliRunner
 from tuner.cli import app
 from tuner.driver.journal import read_journal
 from tuner.driver.progress import StudyRecorder
-from tuner.spec.job import JobSpec, spec_from_dict
+from tuner.spec.job_spec import JobSpec, spec_from_dict
 from tuner.tracking import schema
-from tuner.tracking.callback import (
+from tuner.tracking.mlflow_callback import (
     RUN_IDS_FILE,
     MlflowTracking,
     start_parent_run,
@@ -762,7 +762,7 @@ def wait_for_http(url: str, process: subprocess.Popen, timeout_s: float = 90) ->
 def server_env() -> dict[str, str]:
     """An `mlflow server`'s environment without its GenAI job runner (as `tuner ui` runs it):
     starting its workers took 24 s instead of 6 on a busy 2-core machine."""
-    from tuner.tracking.callback import UI_SERVER_ENV
+    from tuner.tracking.mlflow_callback import UI_SERVER_ENV
 
     return {**os.environ, **UI_SERVER_ENV}
 

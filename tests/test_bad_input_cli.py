@@ -1,4 +1,4 @@
-"""Issue 7, part 1, by hand: each bad input through the real CLI exits 2 with one paragraph
+"""Bad input by hand: each bad input through the real CLI exits 2 with one paragraph
 naming the key, the value and the rule, and no traceback, before Ray starts.
 
 Every case runs `tuner.cli.app` in-process with `ray.init` replaced by a recorder that fails: a

@@ -1,4 +1,4 @@
-"""Issue 7, part 1, as properties: bad input reaches the user as a `SpecError`, never otherwise.
+"""Bad input as properties: bad input reaches the user as a `SpecError`, never otherwise.
 
 Generated job specs, `--set` overrides, search spaces, exported configs and raw files go through
 the functions the CLI calls before Ray starts. Each must either accept the input or raise
@@ -30,7 +30,7 @@ from trainables.loop import OPTIMIZER_DEFAULTS
 from trainables.models import MODELS
 from tuner.errors import SpecError
 from tuner.results.exporting import ExportedConfig, load_exported
-from tuner.spec.job import (
+from tuner.spec.job_spec import (
     DatasetSpec,
     JobSpec,
     ResourcesSpec,

@@ -803,7 +803,7 @@ def test_a_name_registered_twice_names_both_modules(plugin) -> None:
 
 
 def spec_with(dataset: dict, overrides: list[str] | None = None):
-    from tuner.spec.job import spec_from_dict
+    from tuner.spec.job_spec import spec_from_dict
 
     return spec_from_dict({"name": "d", "model": "mlp", "dataset": dataset}, overrides=overrides)
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from tuner.results import diagnostics as d
-from tuner.spec.job import DiagnosticsSpec
+from tuner.spec.job_spec import DiagnosticsSpec
 
 Row = dict[str, Any]
 NAN = float("nan")

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from tests.helpers import Postgres, free_port, ray_head
 from tuner.cli import app
 from tuner.doctor import examine, gpus, optuna_storage, tracking_store
-from tuner.spec.job import default_optuna_storage
+from tuner.spec.job_spec import default_optuna_storage
 from tuner.tracking.runs import default_tracking_uri
 
 runner = CliRunner()

@@ -1,4 +1,4 @@
-"""Issue 15, part 1: a held-out test split the search never sees, and finalists re-run with new
+"""A held-out test split the search never sees, and finalists re-run with new
 seeds, on a real study (digits, 4 trials, 2 finalists x 2 seeds) through a real local Ray and a
 SQLite MLflow store."""
 

@@ -253,7 +253,7 @@ def recording_trial(config: dict[str, Any], data, settings) -> None:
 def packed_study(folder: Path, gpu: float, trials: int = 4):
     """A small digits study, `gpu` of a GPU per trial, every trial at once, in a local Ray."""
     from tuner.driver.study import run_study
-    from tuner.spec.job import spec_from_dict
+    from tuner.spec.job_spec import spec_from_dict
 
     spec = spec_from_dict(
         {

@@ -10,8 +10,8 @@ import numpy as np
 
 from tests.helpers import tiny_spec
 from trainables.data import DataOptions, load_dataset, register_dataset
-from tuner.tracking.callback import start_parent_run
 from tuner.tracking.inputs import dataset_inputs, digests
+from tuner.tracking.mlflow_callback import start_parent_run
 from tuner.tracking.runs import client_for
 
 

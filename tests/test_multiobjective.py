@@ -1,4 +1,4 @@
-"""Several objectives end to end (issue 15): a study of val_loss and params on digits ends with
+"""Several objectives end to end: a study of val_loss and params on digits ends with
 a Pareto front in Optuna, MLflow, the printed summary, the dashboard (drawn in Chromium) and
 `tuner export --pareto`."""
 

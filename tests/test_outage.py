@@ -21,7 +21,7 @@ from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 import tuner.driver.study
-import tuner.tracking.callback
+import tuner.tracking.mlflow_callback
 from tests.helpers import (
     EPOCH_1,
     drive,
@@ -40,7 +40,7 @@ from tuner.driver.study import LOG_FILE, require_success, run_study
 from tuner.errors import StudyError
 from tuner.results.trials import StudyResult
 from tuner.tracking.buffer import BUFFER_FILE, HTTP_SETTINGS, BufferedWriter
-from tuner.tracking.callback import (
+from tuner.tracking.mlflow_callback import (
     RUN_IDS_FILE,
     MlflowTracking,
     load_run_ids,
@@ -287,7 +287,7 @@ PHASES = (
     "start",  # the parent run exists; no trial has a run yet
     "mid_training",  # a trial's first epoch is in
     # the writer, behind (a slow server), creates a trial's run after its first epoch; then the
-    # server dies (issue 16: a study failed on a read of the run's metric history)
+    # server dies (a study once failed on a read of the run's metric history)
     "writer_behind",
     "last_trial_ending",  # the last trial's summary, figure and end
     "parent_closing",  # the parent run's results, report artifact and end
@@ -371,7 +371,7 @@ def test_an_outage_at_any_phase_of_a_study_loses_nothing(
         tracking={"uri": proxy.uri},
     )
     quick = functools.partial(BufferedWriter, retry_every_s=RETRY_EVERY_S)
-    monkeypatch.setattr(tuner.tracking.callback, "BufferedWriter", quick)
+    monkeypatch.setattr(tuner.tracking.mlflow_callback, "BufferedWriter", quick)
     place_outage(phase, proxy, monkeypatch, study_dir, trials)
     result = run_study(spec, show_progress=False)
 

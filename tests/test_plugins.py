@@ -1,4 +1,4 @@
-"""Plug-ins (issue 13): the `import tuner` API, `tuner models/datasets --plugin`, the checks of
+"""Plug-ins: the `import tuner` API, `tuner models/datasets --plugin`, the checks of
 `register_model`, and each bad plug-in input: exit 2, one line naming the file, the line where
 there is one, and the rule, before Ray starts.
 
@@ -319,7 +319,7 @@ def test_two_files_with_one_stem_in_a_spec(workdir: Path) -> None:
     for folder in ("a", "b"):
         (workdir / folder).mkdir()
         write(workdir / folder, "plug_same.py", TINY_MODEL.format(name=f"same_{folder}"))
-    from tuner.spec.job import spec_from_dict
+    from tuner.spec.job_spec import spec_from_dict
 
     with pytest.raises(tuner.SpecError, match="would both be imported as 'plug_same'"):
         spec_from_dict(base_spec(plugins=["a/plug_same.py", "b/plug_same.py"]))
@@ -330,7 +330,7 @@ def test_a_module_plugin(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None
     package.mkdir()
     write(package, "plugmod_tiny.py", TINY_MODEL.format(name="module_tiny"))
     monkeypatch.syspath_prepend(str(package))
-    from tuner.spec.job import spec_from_dict
+    from tuner.spec.job_spec import spec_from_dict
 
     spec = spec_from_dict(base_spec(plugins=["plugmod_tiny"], model="module_tiny"))
     assert spec.plugins == ["plugmod_tiny"]

@@ -31,7 +31,7 @@ from tuner.driver.ray_internals import (
     stop_local_daemons,
 )
 from tuner.driver.schedulers import make_scheduler
-from tuner.spec.job import SchedulerSpec
+from tuner.spec.job_spec import SchedulerSpec
 
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 

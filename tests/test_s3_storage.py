@@ -47,7 +47,7 @@ from tuner.driver.study import SPEC_FILE, find_results
 from tuner.results import outcomes
 from tuner.results.summary import TRIALS_FILE
 from tuner.tracking import schema
-from tuner.tracking.callback import RUN_IDS_FILE, MlflowTracking, load_run_ids, save_run_ids
+from tuner.tracking.mlflow_callback import RUN_IDS_FILE, MlflowTracking, load_run_ids, save_run_ids
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -120,5 +120,5 @@ def test_results_corner_is_layered() -> None:
     ):
         assert "tuner.driver.study" not in graph[reader]
         assert "tuner.results.summary" not in graph[reader]
-    assert "tuner.tracking.callback" not in graph["tuner.tracking.runs"]
-    assert "tuner.results.exporting" not in graph["tuner.tracking.callback"]
+    assert "tuner.tracking.mlflow_callback" not in graph["tuner.tracking.runs"]
+    assert "tuner.results.exporting" not in graph["tuner.tracking.mlflow_callback"]

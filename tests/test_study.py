@@ -21,7 +21,7 @@ from tuner.driver.study import require_success, run_study
 from tuner.errors import SpecError, StudyError
 from tuner.results import outcomes
 from tuner.results.summary import BEST_CONFIG_FILE, TRIALS_FILE
-from tuner.spec.job import JobSpec
+from tuner.spec.job_spec import JobSpec
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from tuner.results.trials import StudyResult
-    from tuner.spec.job import JobSpec
+    from tuner.spec.job_spec import JobSpec
 
 __all__ = [
     "ExportedConfig",
@@ -47,7 +47,7 @@ _LAZY = {
     "register_model": ("trainables.models", "register_model"),
     "register_dataset": ("trainables.data", "register_dataset"),
     "Split": ("trainables.data", "Split"),
-    "JobSpec": ("tuner.spec.job", "JobSpec"),
+    "JobSpec": ("tuner.spec.job_spec", "JobSpec"),
     "StudyResult": ("tuner.results.trials", "StudyResult"),
     "ExportedConfig": ("tuner.results.exporting", "ExportedConfig"),
     "PluginError": ("trainables.plugins", "PluginError"),
@@ -128,7 +128,7 @@ def run(
             print(result.trials[["trial", "best_val_loss"]])
     """
     from tuner.driver.study import require_success, run_study
-    from tuner.spec.job import JobSpec, load_spec, spec_from_dict
+    from tuner.spec.job_spec import JobSpec, load_spec, spec_from_dict
 
     if isinstance(spec, JobSpec):
         if overrides:

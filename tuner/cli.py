@@ -101,7 +101,7 @@ def demo_spec_path() -> Path:
 
 def run_and_report(spec_path: Path, overrides: list[str] | None, address: str | None) -> None:
     from tuner.driver.study import require_success, run_study
-    from tuner.spec.job import load_spec
+    from tuner.spec.job_spec import load_spec
 
     warn_outside_tested_versions()
     spec = load_spec(spec_path, overrides)
@@ -214,7 +214,7 @@ PluginOption = Annotated[
 def import_plugins(entries: list[Path] | None) -> None:
     """Import `--plugin` entries (files relative to the working directory); errors exit 2."""
     from trainables.plugins import is_file_entry
-    from tuner.spec.job import load_plugins
+    from tuner.spec.job_spec import load_plugins
 
     names = [str(e) for e in entries or []]
     load_plugins([str(Path(e).resolve()) if is_file_entry(e) else e for e in names])
@@ -518,7 +518,7 @@ def ui(
     import subprocess
 
     from tuner.cluster.redaction import redact
-    from tuner.tracking.callback import UI_SERVER_ENV, ui_server_command
+    from tuner.tracking.mlflow_callback import UI_SERVER_ENV, ui_server_command
     from tuner.tracking.runs import default_tracking_uri
 
     uri = tracking_uri or default_tracking_uri()
@@ -545,7 +545,7 @@ def doctor(
     """Versions against the tested ones, the GPUs torch sees, and whether the Ray cluster, the
     tracking store and the Optuna storage answer. Exit 1 when something is wrong."""
     from tuner.doctor import examine
-    from tuner.spec.job import default_optuna_storage, load_spec
+    from tuner.spec.job_spec import default_optuna_storage, load_spec
     from tuner.tracking.runs import default_tracking_uri
 
     if spec is not None:

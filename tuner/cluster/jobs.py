@@ -262,7 +262,7 @@ def submit_study(spec_path: Path, address: str, overrides: list[str] | None = No
     the spec are resolved on this machine, so on a real cluster they must name shared storage (or
     be URLs): results, SQLite files and dataset paths must exist on the head node.
     """
-    from tuner.spec.job import load_plugins, load_spec
+    from tuner.spec.job_spec import load_plugins, load_spec
     from tuner.spec.plugin_files import copy_plugins, local_module_path
     from tuner.spec.spaces import load_space, read_space
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, quote, urlencode
 
 if TYPE_CHECKING:
-    from tuner.spec.job import JobSpec
+    from tuner.spec.job_spec import JobSpec
 
 MASK = "***"
 #: environment variables whose values are secrets wherever they turn up

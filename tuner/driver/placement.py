@@ -18,7 +18,7 @@ from trainables.data import Dataset
 from trainables.loop import TrainingOptions
 from trainables.memory import MemoryEstimate, estimate_trial_memory, gib
 from tuner.errors import SpecError
-from tuner.spec.job import JobSpec
+from tuner.spec.job_spec import JobSpec
 from tuner.spec.spaces import CategoricalParam, FloatParam, IntParam, SearchSpace, is_active
 
 #: how long the driver waits for the GPU memory probe (a Ray task on a GPU) before going on

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 class SchedulerSpec(Protocol):
     """What a scheduler reads of the spec's `scheduler` section (the section's model,
-    tuner.spec.job.SchedulerSpec, validates it and calls each scheduler's check)."""
+    tuner.spec.job_spec.SchedulerSpec, validates it and calls each scheduler's check)."""
 
     name: str
     max_epochs: int

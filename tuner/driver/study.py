@@ -87,7 +87,7 @@ from tuner.results.finalists import (
 )
 from tuner.results.summary import best_config, param_importances, save_results, study_note
 from tuner.results.trials import Finalists, StudyResult, trials_table
-from tuner.spec.job import (
+from tuner.spec.job_spec import (
     JobSpec,
     load_plugins,
     parse_override,
@@ -99,7 +99,8 @@ from tuner.spec.plugin_files import copy_plugins
 from tuner.spec.spaces import CategoricalParam, SearchSpace, load_space
 from tuner.tracking import schema
 from tuner.tracking.buffer import HTTP_SETTINGS, BufferedWriter, is_transient
-from tuner.tracking.callback import (
+from tuner.tracking.inputs import dataset_inputs
+from tuner.tracking.mlflow_callback import (
     RUN_IDS_FILE,
     MlflowTracking,
     finish_parent_run,
@@ -109,7 +110,6 @@ from tuner.tracking.callback import (
     start_parent_run,
     tag_pareto,
 )
-from tuner.tracking.inputs import dataset_inputs
 from tuner.tracking.runs import client_for, default_tracking_uri, find_study_run
 
 LOG_FILE = "tuner.log"

@@ -15,7 +15,7 @@ from typing import Any
 from tuner.cluster.redaction import redact
 from tuner.errors import SpecError
 from tuner.results import outcomes
-from tuner.spec.job import JobSpec, show
+from tuner.spec.job_spec import JobSpec, show
 from tuner.spec.spaces import SearchSpace, is_active
 from tuner.tracking import schema
 from tuner.tracking.runs import client_for, find_study_run, ranked_trial_runs

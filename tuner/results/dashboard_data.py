@@ -14,7 +14,7 @@ from tuner.driver.progress import StudyRecorder
 from tuner.driver.schedulers import SCHEDULERS
 from tuner.results.exporting import finalists_from_runs
 from tuner.results.trials import objective_pairs, with_pareto
-from tuner.spec.job import JobSpec, SchedulerSpec
+from tuner.spec.job_spec import JobSpec, SchedulerSpec
 from tuner.tracking import schema
 from tuner.tracking.runs import client_for, find_study_run, run_row, trial_runs
 

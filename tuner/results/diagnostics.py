@@ -13,7 +13,7 @@ A trial gets exactly one diagnosis, checked in this order:
   the first epoch's (regression);
 - ``good_fit``: none of the above.
 
-The thresholds are the spec's ``diagnostics:`` section (`tuner.spec.job.DiagnosticsSpec`).
+The thresholds are the spec's ``diagnostics:`` section (`tuner.spec.job_spec.DiagnosticsSpec`).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any
 
 from trainables import metrics as m
 from tuner.results import outcomes
-from tuner.spec.job import DiagnosticsSpec
+from tuner.spec.job_spec import DiagnosticsSpec
 from tuner.tracking import schema
 
 GOOD_FIT = "good_fit"

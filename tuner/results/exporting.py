@@ -22,7 +22,7 @@ from tuner.cluster.redaction import redact
 from tuner.errors import SpecError
 from tuner.results.finalists import confirmed_metrics, finalists_table, rerun_from_run
 from tuner.results.trials import Finalists, plain
-from tuner.spec.job import (
+from tuner.spec.job_spec import (
     DatasetSpec,
     JobSpec,
     ModelName,

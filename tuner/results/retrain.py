@@ -15,11 +15,17 @@ from pathlib import Path
 from trainables import metrics as m
 from tuner.errors import SpecError
 from tuner.results.exporting import ExportedConfig, load_exported
-from tuner.spec.job import DiagnosticsSpec, ObjectiveSpec, load_plugins
+from tuner.spec.job_spec import DiagnosticsSpec, ObjectiveSpec, load_plugins
 from tuner.spec.plugin_files import code_paths, plugins_tag
 from tuner.tracking import schema
-from tuner.tracking.callback import as_params, epoch_metrics, log_batch, log_trial_end, now_ms
 from tuner.tracking.inputs import as_dataset_inputs, dataset_inputs
+from tuner.tracking.mlflow_callback import (
+    as_params,
+    epoch_metrics,
+    log_batch,
+    log_trial_end,
+    now_ms,
+)
 from tuner.tracking.runs import client_for
 
 DEVICES = ("auto", "cpu", "cuda")

@@ -19,7 +19,7 @@ import pandas as pd
 from trainables import metrics as m
 from tuner.results import diagnostics, outcomes
 from tuner.results.pareto import pareto_front
-from tuner.spec.job import JobSpec
+from tuner.spec.job_spec import JobSpec
 from tuner.tracking import schema
 
 if TYPE_CHECKING:

@@ -26,7 +26,7 @@ import search_spaces
 from trainables.loop import OPTIMIZER_DEFAULTS
 from trainables.models import MODELS
 from tuner.errors import SpecError
-from tuner.spec.job import read_yaml_file
+from tuner.spec.job_spec import read_yaml_file
 
 Scalar = bool | int | float | str | None
 Condition = dict[str, Scalar | list[Scalar]]

@@ -1,4 +1,4 @@
-"""tuner/spec/job.py: defaults, `--set` overrides, validation messages and path resolution."""
+"""tuner/spec/job_spec.py: defaults, `--set` overrides, validation messages and path resolution."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from tuner.errors import SpecError, TunerError
-from tuner.spec.job import JobSpec, load_spec, parse_override, spec_from_dict
+from tuner.spec.job_spec import JobSpec, load_spec, parse_override, spec_from_dict
 
 MINIMAL: dict[str, Any] = {"name": "study-1", "model": "mlp", "dataset": {"name": "digits"}}
 

@@ -1,4 +1,4 @@
-"""Issue 15, part 3, on real studies (digits, 2 epochs): a warm start from an earlier study,
+"""A study over its life, on real studies (digits, 2 epochs): a warm start from an earlier study,
 extending a finished study, and the study-level time budget and patience."""
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ def test_warm_start_runs_the_earlier_best_configs_first_and_skips_the_misfits(
 def test_warm_start_from_a_missing_study_or_another_model_exits_2_before_ray(
     study_dir: Path, ray_starts: list
 ) -> None:
-    from tuner.tracking.callback import start_parent_run
+    from tuner.tracking.mlflow_callback import start_parent_run
 
     uri = f"sqlite:///{study_dir / 'mlflow.db'}"
     cnn = tiny_spec(name="cnn-study", model="cnn", search_space=None)

@@ -31,7 +31,7 @@ from tuner.driver.progress import StudyRecorder, TrialRecord
 from tuner.results import diagnostics, outcomes
 from tuner.results.figures import FigureProcess, learning_curve_figure
 from tuner.results.finalists import confirmed_metrics
-from tuner.spec.job import DiagnosticsSpec, JobSpec, ObjectiveSpec
+from tuner.spec.job_spec import DiagnosticsSpec, JobSpec, ObjectiveSpec
 from tuner.spec.plugin_files import log_plugins, plugins_tag
 from tuner.tracking import schema
 from tuner.tracking.buffer import PENDING, BufferedWriter

@@ -15,13 +15,13 @@ from tuner.driver.journal import JOURNAL_FILE, read_journal
 from tuner.driver.study import run_study
 from tuner.results import diagnostics, outcomes
 from tuner.tracking import callback as tracking_module
-from tuner.tracking.callback import (
+from tuner.tracking.inputs import dataset_inputs, digests
+from tuner.tracking.mlflow_callback import (
     RUN_IDS_FILE,
     MlflowTracking,
     load_run_ids,
     start_parent_run,
 )
-from tuner.tracking.inputs import dataset_inputs, digests
 from tuner.tracking.runs import client_for
 from tuner.tracking.schema import PARENT_TAG, ROLE_TAG
 
