@@ -60,8 +60,8 @@ def ray_local() -> Iterator[None]:
     """A real local Ray with 2 CPUs, started once; `run_study` reuses it instead of its own."""
     import ray
 
-    from tuner.driver.ray_internals import loopback_node
     from tuner.driver.study import QUIET_RAY
+    from tuner.internals.ray_internals import loopback_node
 
     os.environ.update(QUIET_RAY)
     with loopback_node():  # listening on 127.0.0.1 only, as a study's own Ray

@@ -41,7 +41,7 @@ def test_each_window_holds_the_locked_version(name: str) -> None:
     [
         ("optuna", "5.2.0"),  # tuner subclasses Optuna's private storage cache
         ("mlflow", "3.18.0"),
-        ("ray", "2.61.0"),  # tuner/driver/ray_internals.py
+        ("ray", "2.61.0"),  # tuner/internals/ray_internals.py
         ("torch", "2.8.0"),  # trainables/accel.py sets TF32 through fp32_precision (2.9+)
         ("torch", "2.14.0"),
     ],

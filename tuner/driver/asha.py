@@ -10,7 +10,7 @@ from ray.tune.schedulers import ASHAScheduler
 from trainables import metrics as m
 from tuner.driver.journal import read_journal, relocated, results
 from tuner.driver.live_trials import LiveTrialsFirst
-from tuner.driver.ray_internals import asha_objective, asha_rungs
+from tuner.internals.ray_internals import asha_objective, asha_rungs
 from tuner.results import outcomes
 
 

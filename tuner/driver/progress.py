@@ -22,7 +22,7 @@ from rich.text import Text
 from trainables import metrics as m
 from trainables.trainable import DEVICE, FINALIST, GPU_IDS, NODE_ID
 from tuner.driver.journal import append_event, read_journal, relocated
-from tuner.driver.ray_internals import release_ended_trial
+from tuner.internals.ray_internals import release_ended_trial
 from tuner.results import outcomes
 
 REPORTED = (

@@ -31,8 +31,9 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from trainables import metrics as m
-from tuner.driver.ray_internals import completed_trials, optuna_study, optuna_trials, report_curve
 from tuner.driver.stoppers import StudyStop
+from tuner.internals.optuna_internals import report_curve
+from tuner.internals.ray_internals import completed_trials, optuna_study, optuna_trials
 from tuner.results import outcomes
 from tuner.tracking import schema
 

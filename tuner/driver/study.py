@@ -57,13 +57,6 @@ from tuner.driver.placement import (
     training_options,
 )
 from tuner.driver.progress import FinalistRecorder, LiveProgress, StudyRecorder, trial_dirname
-from tuner.driver.ray_internals import (
-    SoleWriterCache,
-    extend_search,
-    loopback_node,
-    restored_callbacks,
-    stop_local_daemons,
-)
 from tuner.driver.samplers import make_sampler
 from tuner.driver.schedulers import make_scheduler
 from tuner.driver.searcher import TruthfulOptunaSearch
@@ -77,6 +70,13 @@ from tuner.driver.stoppers import (
 )
 from tuner.driver.warm_start import WarmStart, plan_warm_start
 from tuner.errors import SpecError, StudyError
+from tuner.internals.optuna_internals import SoleWriterCache
+from tuner.internals.ray_internals import (
+    extend_search,
+    loopback_node,
+    restored_callbacks,
+    stop_local_daemons,
+)
 from tuner.results import outcomes
 from tuner.results.dashboard_data import REPORT_FILE, from_study
 from tuner.results.finalists import (

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from tuner.errors import StudyError
+from tuner.internals.mlflow_internals import upload_artifact
 from tuner.tracking.inputs import as_dataset_inputs
 
 log = logging.getLogger(__name__)
@@ -278,17 +279,13 @@ class BufferedWriter:
         return None
 
     def _log_artifact(self, run_id: str, path: str, artifact_path: str | None) -> None:
-        """Upload a file. For a run this writer created, straight to the artifact location the
-        server returned then: MlflowClient.log_artifact would first fetch the whole run again
-        to find it (one more request per trial, the heaviest a trial makes)."""
-        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
-
+        """Upload a file; for a run this writer created, straight to the artifact location the
+        server returned then (see `upload_artifact`)."""
         uri = self.artifact_uris.get(run_id)
         if uri is None:
             self.client.log_artifact(run_id, path, artifact_path)
             return
-        repository = get_artifact_repository(uri, tracking_uri=self.client.tracking_uri)
-        repository.log_artifact(path, artifact_path)
+        upload_artifact(uri, self.client.tracking_uri, path, artifact_path)
 
 
 #: the fields each kind of write needs (`artifact_path` of log_artifact may be missing)
