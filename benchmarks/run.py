@@ -483,7 +483,7 @@ def mlflow_server(folder: Path) -> Iterator[str]:
     MLflow's job runner off), warmed up."""
     import signal
 
-    from tuner.tracking.mlflow_callback import UI_SERVER_ENV, ui_server_command
+    from tuner.tracking.mlflow_server import UI_SERVER_ENV, ui_server_command
 
     port = free_port()
     command = ui_server_command(
@@ -675,8 +675,8 @@ def stock_searcher(spec, space, execution: str):
     trial reaches Optuna as COMPLETE, valued at its last result before the stop."""
     from ray.tune.search.optuna import OptunaSearch
 
+    from tuner.driver.optuna_storage import optuna_storage
     from tuner.driver.samplers import make_sampler
-    from tuner.driver.study import optuna_storage
 
     return OptunaSearch(
         space,

@@ -762,7 +762,7 @@ def wait_for_http(url: str, process: subprocess.Popen, timeout_s: float = 90) ->
 def server_env() -> dict[str, str]:
     """An `mlflow server`'s environment without its GenAI job runner (as `tuner ui` runs it):
     starting its workers took 24 s instead of 6 on a busy 2-core machine."""
-    from tuner.tracking.mlflow_callback import UI_SERVER_ENV
+    from tuner.tracking.mlflow_server import UI_SERVER_ENV
 
     return {**os.environ, **UI_SERVER_ENV}
 

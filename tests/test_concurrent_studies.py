@@ -30,7 +30,8 @@ from tests.helpers import (
 )
 from tuner.cli import app
 from tuner.driver.journal import JOURNAL_FILE, read_journal
-from tuner.driver.study import SPEC_FILE, claim_execution
+from tuner.driver.optuna_storage import claim_execution
+from tuner.driver.results_folder import SPEC_FILE
 from tuner.tracking import schema
 
 #: trials of a few seconds, so that the studies overlap and a trial is running when one stops

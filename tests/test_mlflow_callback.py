@@ -14,7 +14,7 @@ from trainables.data import DataOptions, load_dataset
 from tuner.driver.journal import JOURNAL_FILE, read_journal
 from tuner.driver.study import run_study
 from tuner.results import diagnostics, outcomes
-from tuner.tracking import callback as tracking_module
+from tuner.tracking import writer_thread
 from tuner.tracking.inputs import dataset_inputs, digests
 from tuner.tracking.mlflow_callback import (
     RUN_IDS_FILE,
@@ -345,7 +345,7 @@ def test_the_event_loop_waits_for_a_writer_that_falls_behind(
     a few writes long; without one (the control) it holds nearly every result."""
     import time
 
-    monkeypatch.setattr(tracking_module, "MAX_WRITER_LAG_S", max_lag_s)
+    monkeypatch.setattr(writer_thread, "MAX_WRITER_LAG_S", max_lag_s)
     recorder, tracking, _ = callbacks(study_dir)
     tracking.background, tracking.flush_interval_s = True, 0.0  # each epoch: its own batch
     recorded_ops(tracking, delay_s=0.1)
@@ -355,7 +355,7 @@ def test_the_event_loop_waits_for_a_writer_that_falls_behind(
     for epoch in range(1, 21):  # a result every 0.01 s, ten times the writer's pace
         time.sleep(0.01)
         drive([recorder, tracking], "on_trial_result", trial, result={**EPOCH_1, "epoch": epoch})
-        queued.append(tracking._jobs.qsize())
+        queued.append(tracking._writes.queued)
     tracking.wait()
     assert max(queued) <= 8 if max_lag_s < 1 else max(queued) >= 14
 
@@ -364,8 +364,8 @@ def test_a_write_that_hangs_is_not_waited_for(study_dir: Path, monkeypatch) -> N
     """A server that stops answering holds the writer thread, not the study."""
     import time
 
-    monkeypatch.setattr(tracking_module, "MAX_WRITER_LAG_S", 0.1)
-    monkeypatch.setattr(tracking_module, "STUCK_WRITE_S", 0.3)
+    monkeypatch.setattr(writer_thread, "MAX_WRITER_LAG_S", 0.1)
+    monkeypatch.setattr(writer_thread, "STUCK_WRITE_S", 0.3)
     recorder, tracking, _ = callbacks(study_dir)
     tracking.background, tracking.flush_interval_s = True, 0.0
     recorded_ops(tracking, delay_s=3.0)

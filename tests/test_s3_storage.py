@@ -43,7 +43,7 @@ from tests.helpers import (
 )
 from tuner.cluster.storage import WORK_DIR, is_remote, study_folder, working_folder
 from tuner.driver.journal import JOURNAL_FILE, read_journal
-from tuner.driver.study import SPEC_FILE, find_results
+from tuner.driver.results_folder import SPEC_FILE, find_results
 from tuner.results import outcomes
 from tuner.results.summary import TRIALS_FILE
 from tuner.tracking import schema

@@ -221,7 +221,7 @@ def test_a_pickled_storage_keeps_no_password_and_finds_it_in_pgpassword(
     import pickle
 
     from tuner.cluster import databases
-    from tuner.driver.study import optuna_storage
+    from tuner.driver.optuna_storage import optuna_storage
 
     url = postgres.create_database("optuna_pickle")
     saved = pickle.dumps(optuna_storage(url))
@@ -299,7 +299,7 @@ def test_a_missing_postgresql_driver_says_what_to_install(monkeypatch: pytest.Mo
 
 def test_a_sqlite_storage_in_a_new_folder_is_created_before_ray(tmp_path: Path) -> None:
     from tests.helpers import tiny_spec
-    from tuner.driver.study import open_optuna_storage
+    from tuner.driver.optuna_storage import open_optuna_storage
 
     db = tmp_path / "new" / "folder" / "optuna.db"
     open_optuna_storage(tiny_spec(search={"storage": f"sqlite:///{db}"}))

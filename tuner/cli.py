@@ -499,7 +499,7 @@ def sync(
     tracking_uri: TrackingOption = None,
 ) -> None:
     """Send to MLflow what tracking buffered while the server was unreachable."""
-    from tuner.driver.study import sync_study
+    from tuner.driver.results_folder import sync_study
 
     sent, left = sync_study(study, tracking_uri)
     out.print(f"Sent {sent} buffered MLflow writes; {left} still buffered.", highlight=False)
@@ -518,7 +518,7 @@ def ui(
     import subprocess
 
     from tuner.cluster.redaction import redact
-    from tuner.tracking.mlflow_callback import UI_SERVER_ENV, ui_server_command
+    from tuner.tracking.mlflow_server import UI_SERVER_ENV, ui_server_command
     from tuner.tracking.runs import default_tracking_uri
 
     uri = tracking_uri or default_tracking_uri()

@@ -22,7 +22,6 @@ from typing import Any
 import optuna
 import pandas as pd
 import ray
-import sqlalchemy
 import yaml
 from ray import tune
 
@@ -35,20 +34,16 @@ from trainables.memory import GIB
 from trainables.models import MODELS
 from trainables.plugins import PluginCode
 from trainables.trainable import FINALIST, TrialSettings, train_trial
-from tuner.cluster.databases import OptunaStorage, engine_options, remember, reveal, sqlalchemy_url
 from tuner.cluster.jobs import driver_connection_errors
-from tuner.cluster.redaction import RedactingFormatter, has_password, without_passwords
+from tuner.cluster.redaction import RedactingFormatter
 from tuner.cluster.storage import (
     StagingMirror,
     StudyFolder,
-    download,
-    has_file,
-    is_remote,
     study_folder,
     upload,
-    working_folder,
 )
 from tuner.driver.journal import JOURNAL_FILE, append_event, read_journal, restoring_into
+from tuner.driver.optuna_storage import claim_execution, open_optuna_storage, optuna_storage
 from tuner.driver.placement import (
     PROBE_TIMEOUT_S,
     alive_nodes,
@@ -57,6 +52,14 @@ from tuner.driver.placement import (
     training_options,
 )
 from tuner.driver.progress import FinalistRecorder, LiveProgress, StudyRecorder, trial_dirname
+from tuner.driver.results_folder import (
+    SPEC_FILE,
+    find_results,
+    first_line,
+    publish,
+    save_spec,
+    study_spec,
+)
 from tuner.driver.samplers import make_sampler
 from tuner.driver.schedulers import make_scheduler
 from tuner.driver.searcher import TruthfulOptunaSearch
@@ -93,12 +96,10 @@ from tuner.spec.job_spec import (
     parse_override,
     read_yaml_file,
     show,
-    spec_from_dict,
 )
-from tuner.spec.plugin_files import copy_plugins
 from tuner.spec.spaces import CategoricalParam, SearchSpace, load_space
 from tuner.tracking import schema
-from tuner.tracking.buffer import HTTP_SETTINGS, BufferedWriter, is_transient
+from tuner.tracking.buffer import HTTP_SETTINGS, is_transient
 from tuner.tracking.inputs import dataset_inputs
 from tuner.tracking.mlflow_callback import (
     RUN_IDS_FILE,
@@ -106,15 +107,13 @@ from tuner.tracking.mlflow_callback import (
     finish_parent_run,
     log_finalists,
     redact,
-    resolve_saved_run_ids,
     start_parent_run,
     tag_pareto,
 )
-from tuner.tracking.runs import client_for, default_tracking_uri, find_study_run
+from tuner.tracking.runs import client_for
 
 LOG_FILE = "tuner.log"
 FINALISTS_FOLDER = "finalists"  # the finalists' Ray run, inside the study's Ray run folder
-SPEC_FILE = "spec.yaml"  # the resolved spec, beside Ray's state: what `tuner resume` reads
 DRAIN_AT_END_S = 30.0  # how long a finished study waits for an unreachable MLflow server
 #: Tune's own console output off (the live line replaces it); its warnings go to LOG_FILE.
 QUIET_RAY = {
@@ -315,103 +314,6 @@ def make_searcher(
     )
 
 
-def optuna_storage(url: str) -> optuna.storages.RDBStorage:
-    """The Optuna study's storage. A SQLite file runs in WAL mode with normal syncs: every epoch
-    writes an intermediate value, and that halves what each write costs the driver (about 1 ms
-    instead of 2). Like any SQLite file, keep it off network filesystems. A server (PostgreSQL:
-    `postgresql://` takes whichever driver is installed) is pinged before each use. A storage
-    that cannot be opened is a StudyError that shows the URL without its password."""
-    url = sqlalchemy_url(remember(reveal(url)), "search.storage")
-    if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    try:
-        storage = new_rdb_storage(url)
-    except sqlalchemy.exc.SQLAlchemyError as exc:
-        raise StudyError(storage_failure(url, exc)) from None
-    if url.startswith("sqlite:"):
-
-        @sqlalchemy.event.listens_for(storage.engine, "connect")
-        def _pragmas(connection, _record) -> None:
-            cursor = connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.close()
-
-        storage.engine.dispose()  # reconnect, with the pragmas
-    return storage
-
-
-def storage_failure(url: str, exc: Exception) -> str:
-    """Why the Optuna storage did not open (the driver's own words, redacted), and what to do."""
-    detail = " ".join(str(getattr(exc, "orig", None) or exc).split())[:300]
-    message = f"search.storage: cannot open the Optuna storage {redact(url)} ({redact(detail)})"
-    if url.startswith("postgresql") and not has_password(url):
-        message += (
-            "; the URL has no password, so the driver looks for it in PGPASSWORD or ~/.pgpass "
-            "(a study's results folder keeps none: `tuner resume` needs it there)"
-        )
-    return message
-
-
-def open_optuna_storage(spec: JobSpec) -> None:
-    """Connect to the study's Optuna storage once, before Ray starts: a wrong URL, a missing
-    driver or a refused password fail here, with no MLflow run opened yet."""
-    optuna_storage(spec.search.storage).engine.dispose()
-
-
-def new_rdb_storage(url: str, attempts: int = 5) -> OptunaStorage:
-    """Optuna's RDBStorage, which creates its tables in a new database: two drivers doing that
-    at once on PostgreSQL collide (a duplicate type or table), and the loser finds them made."""
-    for attempt in range(1, attempts):
-        try:
-            return OptunaStorage(url, engine_kwargs=engine_options(url))
-        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
-            time.sleep(0.2 * attempt)
-    return OptunaStorage(url, engine_kwargs=engine_options(url))
-
-
-def execution_name(spec: JobSpec) -> str:
-    return f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-
-MAX_SAME_SECOND = 100  # executions of one study name started in the same second
-
-
-def claim_execution(spec: JobSpec, stamp: str | None = None) -> str:
-    """A new execution's name, claimed by creating its Optuna study in the study's storage.
-
-    Executions are `NAME-YYYYmmdd-HHMMSS`, so two drivers starting a study of the same name in
-    the same second (two submissions of one spec) would share an Optuna study, a results folder
-    and a parent run's name. The storage's unique study names make the claim atomic across
-    machines: the second driver gets `NAME-...-2`, its own execution, never the first's."""
-    base = f"{spec.name}-{stamp or time.strftime('%Y%m%d-%H%M%S')}"
-    storage = optuna_storage(spec.search.storage)
-    direction = optuna.study.StudyDirection
-    directions = [
-        direction.MAXIMIZE if objective.mode == "max" else direction.MINIMIZE
-        for objective in spec.objectives
-    ]
-    for n in range(1, MAX_SAME_SECOND + 1):
-        execution = base if n == 1 else f"{base}-{n}"
-        try:
-            storage.create_new_study(directions, execution)
-        except optuna.exceptions.DuplicatedStudyError:
-            continue
-        finally:
-            storage.engine.dispose()
-        if n > 1:
-            print(
-                f"Execution {base} of study {spec.name!r} already exists in its Optuna storage "
-                f"(started this second by another driver): this one is {execution}, with its "
-                "own Optuna study, results folder and MLflow run"
-            )
-        return execution
-    raise StudyError(
-        f"study {spec.name!r}: {MAX_SAME_SECOND} executions named {base} already exist in its "
-        "Optuna storage; start it again in a second"
-    )
-
-
 @contextlib.contextmanager
 def logs_to_file(path: Path) -> Iterator[None]:
     """Send Ray's, Optuna's, MLflow's (its database set-up, alembic's migrations) and Python's
@@ -456,7 +358,7 @@ def run_study(
     folder = study_folder(spec.storage, execution)
     results_path = folder.local
     results_path.mkdir(parents=True, exist_ok=True)
-    save_spec(prepared, results_path)
+    save_spec(spec, prepared.plugins, results_path)
     publish(folder)  # a remote study's spec and plug-ins are in the bucket before any trial
     with study_environment(results_path, spec), ray_session(address, num_cpus) as session:
         training = place_trials(prepared)
@@ -534,84 +436,6 @@ def extend_study(results_path: Path, num_samples: int) -> None:
         results_path / JOURNAL_FILE,
         {"event": SEARCH_EXTENDED, "num_samples": num_samples, "time": time.time()},
     )
-
-
-def sync_study(study: str, tracking_uri: str | None = None) -> tuple[int, int]:
-    """`tuner sync`: send the MLflow writes a study buffered; returns (sent, still buffered)."""
-    folder = find_results(study, tracking_uri)
-    results_path = folder.local
-    os.environ.update(HTTP_SETTINGS)
-    writer = BufferedWriter(client_for(study_spec(results_path).tracking.uri), results_path)
-    writer.on_resolve = lambda placeholders: resolve_saved_run_ids(
-        results_path / RUN_IDS_FILE, placeholders
-    )
-    queued = len(writer.queue)
-    writer.drain()
-    publish(folder)
-    return queued - len(writer.queue), len(writer.queue)
-
-
-def save_spec(prepared: PreparedStudy, results_path: Path) -> None:
-    """The resolved spec beside Ray's state, naming copies of its plug-in files kept there, so
-    that `tuner resume` imports the code the study ran even if the originals changed or moved."""
-    entries = copy_plugins(prepared.plugins, results_path)
-    saved = without_passwords(prepared.spec).model_copy(update={"plugins": entries})
-    (results_path / SPEC_FILE).write_text(saved.to_yaml())
-
-
-def study_spec(results_path: Path) -> JobSpec:
-    """The resolved spec a study saved beside Ray's state (its plug-ins relative to it)."""
-    raw = read_yaml_file(results_path / SPEC_FILE, "study spec")
-    return spec_from_dict(raw, base_dir=results_path)
-
-
-def first_line(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__
-
-
-def find_results(study: str, tracking_uri: str | None) -> StudyFolder:
-    """A study's Ray run folder: given directly (a path or a storage URI), or found through its
-    MLflow parent run. A remote study's driver files are downloaded into its working folder."""
-    location = study
-    if not is_remote(study) and not (Path(study).resolve() / SPEC_FILE).is_file():
-        parent = find_study_run(client_for(tracking_uri or default_tracking_uri()), study)
-        location = parent.data.tags.get(schema.RESULTS_PATH_TAG, "")
-    if is_remote(location):
-        folder = fetch_remote_results(location.rstrip("/"))
-    else:
-        folder = StudyFolder(Path(location).resolve())
-    if not (folder.local / SPEC_FILE).is_file() or not tune.Tuner.can_restore(folder.location):
-        raise SpecError(
-            f"STUDY: {study!r} has no restorable Ray run folder ({folder.location}); resume "
-            "takes a results folder or URI, or a study name or run id from the tracking store"
-        )
-    return folder
-
-
-def fetch_remote_results(uri: str) -> StudyFolder:
-    """The driver's files of a remote execution, downloaded (nothing when it has no spec)."""
-    try:
-        return download(uri) if has_file(uri, SPEC_FILE) else StudyFolder(working_folder(uri), uri)
-    except OSError as exc:
-        raise StudyError(
-            f"storage: {redact(uri)} cannot be read ({first_line(exc)}); check the storage's "
-            "endpoint and credentials (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
-            "AWS_DEFAULT_REGION for s3://)"
-        ) from None
-
-
-def publish(folder: StudyFolder) -> None:
-    """Upload a remote study's driver files to its URI (nothing for a local study)."""
-    try:
-        upload(folder)
-    except OSError as exc:
-        raise StudyError(
-            f"storage: the study's files could not be uploaded to {redact(folder.uri)} "
-            f"({first_line(exc)}); they are in {folder.local}. Check the storage's endpoint and "
-            "credentials (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
-            "AWS_DEFAULT_REGION for s3://)"
-        ) from None
 
 
 def snapshot_period_s(num_samples: int) -> float | str:

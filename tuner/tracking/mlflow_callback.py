@@ -12,9 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import queue
-import sys
-import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,6 +34,7 @@ from tuner.tracking import schema
 from tuner.tracking.buffer import PENDING, BufferedWriter
 from tuner.tracking.inputs import as_dataset_inputs
 from tuner.tracking.runs import child_runs, client_for
+from tuner.tracking.writer_thread import WriterThread
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -60,28 +58,6 @@ RUN_IDS_SAVE_EVERY_S = 5.0
 #: after the last trial ended). MLflow's own charts show each run's curves from its metrics, and
 #: the study's report.html every trial's
 CURVE_FIGURES_UP_TO = 200
-#: the writer thread may fall this far behind the trials (its queue times the seconds each of its
-#: jobs takes) before Tune's event loop, and with it every trial's next report, waits for it:
-#: what bounds the tracking lag at a study's end and the queue the driver holds (with 64 slots
-#: of sub-second trials the writer fell minutes behind, and its queue grew with the study). A
-#: write that hangs longer than STUCK_WRITE_S (a server that stopped answering) is waited for
-#: by the writer alone
-MAX_WRITER_LAG_S = 5.0
-STUCK_WRITE_S = 30.0
-#: the environment of the server `tuner ui` starts: MLflow 3's job runner (about ten huey worker
-#: processes for GenAI jobs: ~20 s of CPU as they start, ~1 GB) does nothing for tuning studies
-UI_SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-
-
-def ui_server_command(
-    backend_uri: str, host: str, port: int, artifacts_destination: Path | None = None
-) -> list[str]:
-    """`mlflow server` as `tuner ui` runs it (start it with `UI_SERVER_ENV`)."""
-    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_uri]
-    if artifacts_destination is not None:
-        command += ["--artifacts-destination", str(artifacts_destination)]
-    # one worker: a UI for one person; MLflow's default 4 uvicorn workers take ~1 GB
-    return [*command, "--host", host, "--port", str(port), "--workers", "1"]
 
 
 def flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -203,11 +179,11 @@ def log_trial_end(
 class MlflowTracking(Callback):
     """Ray Tune callback on the driver: one nested MLflow run per trial, written in batches.
 
-    With `background` (as a study runs it), the Tune hooks only queue work and one thread does
-    every MLflow write, in order, so the driver's event loop (and with it the next epoch of every
-    trial) does not wait on the tracking server, SQLite or a figure, unless the thread falls
-    MAX_WRITER_LAG_S behind. `wait` blocks until the queue is done; the methods called from
-    outside the hooks wait first.
+    With `background` (as a study runs it), the Tune hooks only queue work for a `WriterThread`,
+    which does every MLflow write in order, so the driver's event loop (and with it the next epoch
+    of every trial) does not wait on the tracking server, SQLite or a figure, unless the writer
+    falls too far behind. `wait` blocks until the queue is done; the methods called from outside
+    the hooks wait first.
 
     A trial that ended before the thread created its run (the thread was behind) gets its run
     in four requests: created, its dataset inputs, one batch (params, every epoch, the summary,
@@ -237,9 +213,8 @@ class MlflowTracking(Callback):
     #: rebuilt by `_init_runtime` (and the run ids re-read) when Ray restores the callback
     _NOT_PICKLED = frozenset(
         {"_pending", "_pending_params", "_logged", "_last_flush", "_client", "_writer"}
-        | {"_jobs", "_thread", "_job_started", "_seconds_per_job", "_held_back"}
-        | {"_ids_saved_at", "_ids_unsaved"}
-        | {"_error", "_figures", "open_runs", "run_ids", "_placements"}
+        | {"_writes", "_ids_saved_at", "_ids_unsaved"}
+        | {"_figures", "open_runs", "run_ids", "_placements"}
     )
 
     def _init_runtime(self) -> None:
@@ -252,12 +227,7 @@ class MlflowTracking(Callback):
         self._ids_saved_at, self._ids_unsaved = time.monotonic(), False
         self._client = None
         self._writer: BufferedWriter | None = None
-        self._jobs: queue.Queue = queue.Queue()
-        self._thread: threading.Thread | None = None
-        self._job_started: float | None = None  # monotonic start of the job in progress
-        self._seconds_per_job = 0.0  # the writer's recent pace (a moving average)
-        self._held_back = False  # the event loop has waited for the writer (logged once)
-        self._error: BaseException | None = None
+        self._writes = WriterThread()
         self._figures = FigureProcess()
         self.open_runs: set[str] = set()
 
@@ -301,77 +271,18 @@ class MlflowTracking(Callback):
     # ------------------------------------------------------------------ the writer thread
 
     def _submit(self, job, *args) -> None:
-        """Queue a write; a write that failed for good fails the study here, as it would have
-        inline (an unreachable server is not a failure: the writer buffers)."""
-        if self._error is not None:
-            error, self._error = self._error, None
-            raise error
-        if not self.background:
-            job(*args)
+        """Queue a write (or, not in the background, do it now); a write that failed for good
+        fails the study here, as it would have inline (an unreachable server is not a failure:
+        the writer buffers)."""
+        if self.background:
+            self._writes.submit(job, *args)
             return
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._work, name="mlflow-tracking", daemon=True)
-            self._thread.start()
-        self._jobs.put((job, args))
-        self._hold_back()
-
-    def _behind_s(self) -> float:
-        """How long a job queued now would wait: the queue at the writer's pace (at least as
-        slow as the job in progress has been so far); 0 while that job hangs (STUCK_WRITE_S)."""
-        started = self._job_started
-        running_s = 0.0 if started is None else time.monotonic() - started
-        if running_s > STUCK_WRITE_S:
-            return 0.0
-        return self._jobs.qsize() * max(self._seconds_per_job, running_s)
-
-    def _hold_back(self) -> None:
-        """Wait while the writer is more than MAX_WRITER_LAG_S behind: the trials then go no
-        faster than MLflow takes their writes."""
-        while (behind_s := self._behind_s()) > MAX_WRITER_LAG_S:
-            if not self._held_back:
-                self._held_back = True
-                log.warning(
-                    "MLflow writes are %.0f s behind the trials: the study waits for them "
-                    "(the tracking server takes fewer writes than the trials make)",
-                    behind_s,
-                )
-            time.sleep(0.02)
-
-    def _work(self) -> None:
-        while True:
-            item = self._jobs.get()
-            if item is None:  # `_stop_writing`
-                self._jobs.task_done()
-                return
-            job, args = item
-            self._job_started = started = time.monotonic()
-            try:
-                if self._error is None:
-                    job(*args)
-            except BaseException as exc:
-                log.warning("MLflow tracking failed: %s", exc)
-                self._error = exc
-            finally:
-                took = time.monotonic() - started
-                pace = self._seconds_per_job
-                self._seconds_per_job = 0.8 * pace + 0.2 * took if pace else took
-                self._job_started = None
-                self._jobs.task_done()
-
-    def _stop_writing(self) -> None:
-        """End the writer thread once its queue is done (a later write starts another)."""
-        if self._thread is not None:
-            self._jobs.put(None)
-            self._thread.join()
-            self._thread = None
+        self._writes.raise_failure()
+        job(*args)
 
     def wait(self) -> None:
         """Block until every queued write is done (or buffered); re-raise a write that failed."""
-        if self._thread is not None:
-            self._jobs.join()
-        if self._error is not None:
-            error, self._error = self._error, None
-            raise error
+        self._writes.wait()
 
     # ------------------------------------------------------------------ Ray Tune hooks
 
@@ -607,7 +518,7 @@ class MlflowTracking(Callback):
         try:
             self.wait()
         finally:
-            self._stop_writing()
+            self._writes.stop()
             self._figures.close()
             self.flush()
             for run_id in list(self.open_runs):
