@@ -7,13 +7,18 @@ INSTALLED := $(VENV)/.installed
 LOCK := requirements.lock
 PIP_TOOLS := pip-tools==7.7.0
 
-.PHONY: demo test test-latest lint lock chromium services
+.PHONY: demo test test-quick test-latest lint lock chromium services
 
 demo: $(INSTALLED)
 	$(VENV)/bin/tuner demo
 
 test: $(INSTALLED) chromium services
 	$(VENV)/bin/python -m pytest
+
+# The inner loop: the unit tier, without the tests that start a Ray, a server, a cluster or a
+# browser or run whole studies (marked `integration`); a few minutes on 2 cores.
+test-quick: $(INSTALLED)
+	$(VENV)/bin/python -m pytest -m 'not integration and not gpu'
 
 # The dashboard tests draw the report in a real Chromium, a system package: installed here when
 # missing (Debian, as root), never by a test. Quick when it is already on PATH.

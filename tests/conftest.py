@@ -15,6 +15,21 @@ import pytest
 pytest_plugins = ["tests.helpers"]
 
 
+#: fixtures that start a Ray, a server or a browser: a test that uses one (itself or through
+#: another fixture) is marked `integration`, and `make test-quick` leaves it out
+STARTS_SOMETHING = frozenset(
+    {"ray_local", "mlflow_server", "postgres", "object_store", "stack_mlflow", "browser"}
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if STARTS_SOMETHING & set(getattr(item, "fixturenames", ())) or item.get_closest_marker(
+            "ray"
+        ):
+            item.add_marker(pytest.mark.integration)
+
+
 class RayStarted(RuntimeError):
     """Raised by the stand-in for `ray.init`: validation let the input through to Ray."""
 
