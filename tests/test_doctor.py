@@ -13,6 +13,7 @@ import ray
 import torch
 from typer.testing import CliRunner
 
+import tuner.cli
 from tests.helpers import Postgres, free_port, ray_head
 from tuner.cli import app
 from tuner.doctor import examine, gpus, optuna_storage, tracking_store
@@ -64,7 +65,10 @@ def test_a_postgres_database_answers(postgres: Postgres) -> None:
     assert optuna_storage(wrong).ok is False
 
 
-def test_the_command_exits_1_on_a_problem_and_reads_a_spec(study_dir: Path) -> None:
+def test_the_command_exits_1_on_a_problem_and_reads_a_spec(
+    study_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tuner.cli.out, "width", 400)  # a long path stays on one line
     down = f"http://127.0.0.1:{free_port()}"
     result = runner.invoke(app, ["doctor", "--tracking-uri", down])
     assert result.exit_code == 1

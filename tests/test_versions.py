@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 import tuner.versions
 from tuner.cli import app
-from tuner.versions import KEY_PACKAGES, key_packages, outside_window_warning, tested_windows
+from tuner.versions import KEY_PACKAGES, key_packages, outside_window_warning
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -28,12 +28,12 @@ def locked(name: str) -> Version:
 def test_the_windows_are_the_ones_pyproject_states() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     stated = {Requirement(r).name: Requirement(r).specifier for r in project["dependencies"]}
-    assert tested_windows() == {name: stated[name] for name in KEY_PACKAGES}
+    assert tuner.versions.tested_windows() == {name: stated[name] for name in KEY_PACKAGES}
 
 
 @pytest.mark.parametrize("name", KEY_PACKAGES)
 def test_each_window_holds_the_locked_version(name: str) -> None:
-    assert locked(name) in tested_windows()[name]
+    assert locked(name) in tuner.versions.tested_windows()[name]
 
 
 @pytest.mark.parametrize(
@@ -47,7 +47,7 @@ def test_each_window_holds_the_locked_version(name: str) -> None:
     ],
 )
 def test_each_window_stops_before_what_was_not_tested(name: str, untested: str) -> None:
-    assert Version(untested) not in tested_windows()[name]
+    assert Version(untested) not in tuner.versions.tested_windows()[name]
 
 
 def test_the_installed_key_packages_are_in_their_windows() -> None:
