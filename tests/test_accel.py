@@ -142,6 +142,7 @@ def test_preserved_training_state_restores_weights_grads_and_rngs(digits: Datase
         assert torch.equal(run.model.state_dict()[name], tensor), name
 
 
+@pytest.mark.integration  # torch.compile runs its compiler (17 s)
 def test_compile_reports_its_time_once_and_trains_as_eager(digits: Dataset) -> None:
     hp = {"hidden_units": 32}
     eager = TrainingRun("mlp", hp, digits, seed=0)

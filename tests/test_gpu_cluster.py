@@ -31,6 +31,8 @@ from tests.helpers import CLUSTER_MARKER, RAY, free_port, kill_cluster, max_conc
 from tuner.driver.journal import JOURNAL_FILE, read_journal
 from tuner.tracking import schema
 
+pytestmark = pytest.mark.integration  # Ray nodes told of GPUs
+
 ROOT = Path(__file__).resolve().parents[1]
 NODE_CPUS, NODE_GPUS = 8, 2
 #: trials of several seconds each (~0.3 s an epoch alone, slower 8 at a time on 2 cores), so the

@@ -41,6 +41,8 @@ from tuner.cluster.jobs import auth_token, resolve_address
 from tuner.results import outcomes
 from tuner.results.summary import TRIALS_FILE
 
+pytestmark = pytest.mark.integration  # a two-node Ray cluster with the Jobs API
+
 runner = CliRunner()
 
 

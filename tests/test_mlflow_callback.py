@@ -224,6 +224,7 @@ def test_a_restored_trial_continues_its_run(study_dir: Path) -> None:
     assert steps == [1, 2]
 
 
+@pytest.mark.integration  # a whole study in its own process
 def test_ctrl_c_leaves_no_run_running_and_exits_1(tmp_path: Path) -> None:
     """A real `tuner run` in its own process, interrupted with SIGINT once trials have finished."""
     import signal

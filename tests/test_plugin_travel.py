@@ -35,6 +35,8 @@ from tuner.results import outcomes
 from tuner.spec.plugin_files import code_paths, fetch_plugins, local_module_path
 from tuner.tracking import schema
 
+pytestmark = pytest.mark.integration  # whole studies, resumed and exported
+
 runner = CliRunner()
 NUM_TRIALS = 3
 

@@ -24,6 +24,8 @@ from tuner.driver.journal import JOURNAL_FILE, read_journal
 from tuner.driver.study import run_study
 from tuner.results import outcomes
 
+pytestmark = pytest.mark.integration  # studies whose drivers are killed and resumed
+
 
 def journal_events(results: Path) -> list[dict]:
     files = list(results.glob(f"*/{JOURNAL_FILE}"))
