@@ -39,9 +39,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from trainables.contracts import DatasetLoader, Layout, Split
 from trainables.registry import Registry
-
-Layout = Literal["image", "sequence", "vector"]
 
 #: the input shape each layout needs, for messages
 LAYOUT_SHAPES: dict[str, str] = {
@@ -90,25 +89,12 @@ class DataOptions:
 
 
 @dataclass(frozen=True)
-class Split:
-    """What a loader returns when its data has its own validation part (kept as is)."""
-
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_val: np.ndarray
-    y_val: np.ndarray
-
-
-Loader = Callable[[dict[str, Any]], "tuple[np.ndarray, np.ndarray] | Split"]
-
-
-@dataclass(frozen=True)
 class DatasetSource:
     """A registered dataset: its loader, its inputs' layout and a line for `tuner datasets`."""
 
     name: str
     layout: Layout
-    loader: Loader
+    loader: DatasetLoader
     description: str = ""
 
 
@@ -162,7 +148,7 @@ DATASETS: Registry[DatasetSource] = Registry("dataset")
 
 
 def register_dataset(name: str, *, layout: Layout, description: str = "") -> Callable:
-    """Register `loader(options: dict) -> (x, y) | Split` as the dataset `name`.
+    """Register a `DatasetLoader`, `loader(options: dict) -> (x, y) | Split`, as dataset `name`.
 
     Example:
         >>> @register_dataset("blobs", layout="vector", description="three Gaussian blobs")
@@ -187,7 +173,7 @@ def register_dataset(name: str, *, layout: Layout, description: str = "") -> Cal
             f"{', '.join(LAYOUT_SHAPES)}"
         )
 
-    def decorator(loader: Loader) -> Loader:
+    def decorator(loader: DatasetLoader) -> DatasetLoader:
         if not callable(loader):
             raise DatasetError(f"register_dataset({name!r}) decorates {loader!r}, not a function")
         source = DatasetSource(name, layout, loader, description)

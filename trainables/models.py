@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from trainables.data import Layout
+from trainables.contracts import Layout, ModelBuilder
 from trainables.registry import Registry
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
@@ -32,7 +32,7 @@ class ModelFamily:
     """A registered model: its builder, accepted input layouts and hyperparameter defaults."""
 
     name: str
-    build_fn: Callable[[dict[str, Any], tuple[int, ...], Layout, int], nn.Module]
+    build_fn: ModelBuilder
     layouts: tuple[Layout, ...]
     defaults: dict[str, Any]
     description: str
@@ -66,7 +66,8 @@ def register_model(
     defaults: dict[str, Any],
     description: str | None = None,
 ) -> Callable:
-    """Register `build_fn(hp, sample_shape, layout, output_dim) -> nn.Module` as model `name`.
+    """Register a `ModelBuilder`, `build_fn(hp, sample_shape, layout, output_dim) -> nn.Module`,
+    as model `name` (trainables/contracts.py says what it gets and returns).
 
     `defaults` declares every hyperparameter the builder reads (a search space may name only
     these); `layouts` the inputs it accepts; `description` defaults to the builder's docstring's
@@ -76,7 +77,7 @@ def register_model(
     checked_layouts = check_layouts(name, layouts)
     check_defaults(name, defaults)
 
-    def decorator(build_fn: Callable) -> Callable:
+    def decorator(build_fn: ModelBuilder) -> ModelBuilder:
         if not callable(build_fn):
             raise ValueError(f"register_model({name!r}) decorates a builder function")
         text = description if description is not None else first_doc_line(build_fn)

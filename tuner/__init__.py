@@ -46,7 +46,7 @@ __all__ = [
 _LAZY = {
     "register_model": ("trainables.models", "register_model"),
     "register_dataset": ("trainables.data", "register_dataset"),
-    "Split": ("trainables.data", "Split"),
+    "Split": ("trainables.contracts", "Split"),
     "JobSpec": ("tuner.spec.job_spec", "JobSpec"),
     "StudyResult": ("tuner.results.trials", "StudyResult"),
     "ExportedConfig": ("tuner.results.exporting", "ExportedConfig"),

@@ -3,15 +3,32 @@ optimise several objectives."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from trainables.registry import Registry
 
 if TYPE_CHECKING:
     import optuna
 
-SAMPLERS: Registry[Callable[[int], optuna.samplers.BaseSampler]] = Registry("search.algorithm")
+
+class SamplerFactory(Protocol):
+    """Makes the Optuna sampler of one study execution (a `SAMPLERS` entry)."""
+
+    def __call__(self, seed: int) -> optuna.samplers.BaseSampler:
+        """A new sampler.
+
+        Args:
+            seed: `search.seed`; the same seed must give the same suggestions for the same
+                trials told.
+
+        Returns:
+            An Optuna sampler that Ray can pickle (Ray pickles the searcher with the Tuner and at
+            every snapshot, and `tuner resume` unpickles it: see picklable_samplers).
+        """
+        ...
+
+
+SAMPLERS: Registry[SamplerFactory] = Registry("search.algorithm")
 
 
 @SAMPLERS.register("tpe")

@@ -27,10 +27,23 @@ class SchedulerSpec(Protocol):
 
 @dataclass(frozen=True)
 class SchedulerKind:
+    """A trial scheduler that `scheduler.name` can name (a `SCHEDULERS` entry).
+
+    Attributes:
+        description: one line for messages and docs.
+        build: `(section, journal) -> TrialScheduler`: the Ray Tune scheduler for the spec's
+            `scheduler` section; `journal` is the study's journal file, from which a scheduler
+            that keeps state rebuilds it on `tuner resume` (None: nothing to resume from).
+        milestones: `(section) -> [epoch, ...]`: the epochs at which it may stop a trial (the
+            dashboard draws them; empty for a scheduler that never stops one).
+        check: `(section) -> None`: raises ValueError, naming the key, the value and the rule,
+            when the section's keys do not fit this scheduler (run as the spec is validated).
+    """
+
     description: str
-    build: Callable[[SchedulerSpec, Path | None], TrialScheduler]  # (section, journal)
-    milestones: Callable[[SchedulerSpec], list[int]]  # epochs at which it may stop a trial
-    check: Callable[[SchedulerSpec], None] = lambda section: None  # raise ValueError
+    build: Callable[[SchedulerSpec, Path | None], TrialScheduler]
+    milestones: Callable[[SchedulerSpec], list[int]]
+    check: Callable[[SchedulerSpec], None] = lambda section: None
 
 
 SCHEDULERS: Registry[SchedulerKind] = Registry("scheduler")
