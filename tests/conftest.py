@@ -62,7 +62,7 @@ def forget_plugins() -> Iterator[None]:
     yield
     owners = {r.owner(n) for r in (MODELS, DATASETS) for n in r.names()}
     owners |= {n for n, m in list(sys.modules.items()) if hasattr(m, plugins.SHA_ATTRIBUTE)}
-    for owner in owners - {"trainables.data", "trainables.models"}:
+    for owner in owners - {"trainables.datasets", "trainables.models"}:
         if owner.startswith("tests."):  # a test registered directly: its module stays
             MODELS.forget(owner)
             DATASETS.forget(owner)

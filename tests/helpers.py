@@ -43,6 +43,7 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 from typer.testing import CliRunner
 
+from trainables.data import Dataset
 from tuner.cli import app
 from tuner.driver.journal import read_journal
 from tuner.driver.progress import StudyRecorder
@@ -813,3 +814,19 @@ def tuner_ui(tracking_uri: str) -> Iterator[tuple[int, subprocess.Popen]]:
         yield port, process
     finally:
         stop(process)
+
+
+def class_shares(y: np.ndarray, num_classes: int) -> np.ndarray:
+    return np.bincount(y, minlength=num_classes) / len(y)
+
+
+def assert_stratified(data: Dataset, tolerance: float = 0.02) -> None:
+    full = np.concatenate([data.y_train, data.y_val])
+    expected = class_shares(full, data.num_classes)
+    assert np.abs(class_shares(data.y_val, data.num_classes) - expected).max() <= tolerance
+    assert np.abs(class_shares(data.y_train, data.num_classes) - expected).max() <= tolerance
+
+
+def assert_standardised(x: np.ndarray, tol: float = 1e-3) -> None:
+    assert abs(float(x.mean())) < tol
+    assert abs(float(x.std()) - 1.0) < tol

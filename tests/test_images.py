@@ -11,15 +11,9 @@ import yaml
 from PIL import Image
 
 from tests.helpers import take, tiny_spec, write_classes
-from trainables.data import (
-    DataOptions,
-    Dataset,
-    DatasetError,
-    DatasetWarning,
-    Split,
-    load_dataset,
-    load_images,
-)
+from trainables.contracts import Split
+from trainables.data import DataOptions, Dataset, DatasetError, DatasetWarning, load_dataset
+from trainables.datasets import load_images
 
 # --------------------------------------------------------------------------- writing images
 

@@ -46,7 +46,7 @@ def test_each_split_is_an_input_with_its_sizes_schema_source_and_digest() -> Non
         assert entry["name"] == "digits"
         assert entry["source_type"] == "code"
         assert json.loads(entry["source"]) == {
-            "tags": {"dataset": "digits", "loader": "trainables.data.load_digits"}
+            "tags": {"dataset": "digits", "loader": "trainables.datasets.load_digits"}
         }
         profile = json.loads(entry["profile"])
         assert profile["features_shape"] == list(x.shape) and profile["targets_shape"] == [len(y)]
