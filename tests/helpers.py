@@ -54,6 +54,7 @@ from tuner.tracking.mlflow_callback import (
     MlflowTracking,
     start_parent_run,
 )
+from tuner.tracking.mlflow_server import ui_server_command
 from tuner.tracking.runs import client_for
 
 POSTGRES_USER = "tuner-pg"  # the system user PostgreSQL runs as when the tests run as root
@@ -258,37 +259,13 @@ def stack_mlflow(
     bucket (`--artifacts-destination s3://`). Yields its http:// URI."""
     folder = tmp_path_factory.mktemp("stack-mlflow")
     port = free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "server",
-        "--backend-store-uri",
-        postgres.create_database("mlflow"),
-        "--artifacts-destination",
-        f"s3://{BUCKET}/mlflow",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-    ]
-    log = open(folder / "server.log", "w")  # noqa: SIM115 - closed below
-    process = spawn(
-        command,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        cwd=folder,
-        env={**server_env(), **object_store.env},
-    )
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_http(f"{uri}/health", process, timeout_s=120)
-        yield uri
-    finally:
-        stop(process)
-        log.close()
+    with open(folder / "server.log", "w") as log:
+        backend, artifacts = postgres.create_database("mlflow"), f"s3://{BUCKET}/mlflow"
+        process = start_mlflow_server(folder, port, backend, artifacts, object_store.env, log)
+        try:
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            stop(process)
 
 
 @dataclass(frozen=True)
@@ -773,31 +750,39 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real `mlflow server` on 127.0.0.1 with a SQLite backend; yields its http:// URI."""
     folder = tmp_path_factory.mktemp("mlflow-server")
     port = free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "server",
-        "--backend-store-uri",
-        f"sqlite:///{folder / 'server.db'}",
-        "--artifacts-destination",
-        str(folder / "artifacts"),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-    ]
-    log = open(folder / "server.log", "w")  # noqa: SIM115 - closed below
-    process = spawn(command, stdout=log, stderr=subprocess.STDOUT, cwd=folder, env=server_env())
-    uri = f"http://127.0.0.1:{port}"
+    with open(folder / "server.log", "w") as log:
+        process = start_mlflow_server(folder, port, log=log)
+        try:
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            stop(process)
+
+
+def start_mlflow_server(
+    folder: Path,
+    port: int,
+    backend_uri: str | None = None,
+    artifacts: str | None = None,
+    env: dict[str, str] | None = None,
+    log: Any = subprocess.DEVNULL,
+) -> subprocess.Popen:
+    """`mlflow server` as `tuner ui` starts it, on 127.0.0.1:`port` (SQLite and artifacts in
+    `folder` unless given), once its /health answers; stopped by `stop`."""
+    backend_uri = backend_uri or f"sqlite:///{folder / 'server.db'}"
+    command = ui_server_command(backend_uri, "127.0.0.1", port, artifacts or folder / "artifacts")
+    process = spawn(
+        command,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=folder,
+        env={**server_env(), **(env or {})},
+    )
     try:
-        wait_for_http(f"{uri}/health", process)
-        yield uri
-    finally:
+        wait_for_http(f"http://127.0.0.1:{port}/health", process, timeout_s=120)
+    except BaseException:
         stop(process)
-        log.close()
+        raise
+    return process
 
 
 @contextlib.contextmanager

@@ -8,7 +8,6 @@ import selectors
 import socket
 import struct
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -27,11 +26,9 @@ from tests.helpers import (
     drive,
     fake_trial,
     free_port,
-    server_env,
-    spawn,
+    start_mlflow_server,
     stop,
     tiny_spec,
-    wait_for_http,
 )
 from tuner.cli import app
 from tuner.driver.journal import JOURNAL_FILE, read_journal
@@ -62,29 +59,7 @@ class MlflowServer:
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
-        self.process = spawn(
-            [
-                sys.executable,
-                "-m",
-                "mlflow",
-                "server",
-                "--backend-store-uri",
-                f"sqlite:///{self.folder / 'server.db'}",
-                "--artifacts-destination",
-                str(self.folder / "artifacts"),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--workers",
-                "1",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            cwd=self.folder,
-            env=server_env(),
-        )
-        wait_for_http(f"{self.uri}/health", self.process)
+        self.process = start_mlflow_server(self.folder, self.port)
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:

@@ -12,7 +12,7 @@ UI_SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 
 def ui_server_command(
-    backend_uri: str, host: str, port: int, artifacts_destination: Path | None = None
+    backend_uri: str, host: str, port: int, artifacts_destination: str | Path | None = None
 ) -> list[str]:
     """`mlflow server` as `tuner ui` runs it (start it with `UI_SERVER_ENV`)."""
     command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_uri]
