@@ -15,7 +15,7 @@ from tests.helpers import tiny_spec, tuner_ui
 from tuner.cli import app
 from tuner.driver.study import run_study
 from tuner.errors import SpecError
-from tuner.results.exporting import export_study, load_exported
+from tuner.results.exporting import ExportedConfig, export_study, load_exported
 from tuner.results.retrain import train_config
 from tuner.results.trials import StudyResult
 from tuner.tracking.runs import client_for
@@ -175,3 +175,34 @@ def test_exported_file_names_cannot_leave_the_chosen_folder(tmp_path: Path) -> N
     assert path.parent == out and path.name == "_.._etc_evil-rank1.yaml"
     paths = write_configs([config, {"model": "mlp", "source": {"rank": 2}}], "json", out, "/abs")
     assert all(p.parent == out for p in paths)
+
+
+def test_an_exported_config_leaves_out_what_says_nothing_and_reads_back_the_same(
+    tmp_path: Path,
+) -> None:
+    config = ExportedConfig(
+        model="mlp",
+        dataset={"name": "digits", "val_fraction": 0.25, "seed": 3},
+        hyperparameters={"lr": 0.01},
+        epochs=4,
+    )
+    written = config.as_dict()
+    assert "plugins" not in written
+    assert written["dataset"] == {"name": "digits", "val_fraction": 0.25, "seed": 3}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(written, sort_keys=False))
+    assert load_exported(path) == config
+    kept = ExportedConfig(
+        model="mlp",
+        dataset={"name": "digits", "test_fraction": 0.2, "grayscale": True, "options": {"n": 1}},
+        hyperparameters={},
+        epochs=1,
+    ).as_dict()["dataset"]
+    assert kept == {
+        "name": "digits",
+        "val_fraction": 0.2,
+        "seed": 0,
+        "test_fraction": 0.2,
+        "grayscale": True,
+        "options": {"n": 1},
+    }

@@ -90,6 +90,9 @@ def claim_execution(spec: JobSpec, stamp: str | None = None) -> str:
     and a parent run's name. The storage's unique study names make the claim atomic across
     machines: the second driver gets `NAME-...-2`, its own execution, never the first's."""
     base = f"{spec.name}-{stamp or time.strftime('%Y%m%d-%H%M%S')}"
+    # Optuna's "[I ...] A new study created in RDB" is tuner's bookkeeping, not news to the user
+    # (the study's own log keeps Optuna at WARNING too)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = optuna_storage(spec.search.storage)
     direction = optuna.study.StudyDirection
     directions = [

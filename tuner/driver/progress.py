@@ -249,26 +249,44 @@ class LiveProgress:
     def render(self, recorder: StudyRecorder) -> Text:
         c = recorder.counts()
         done = sum(v for k, v in c.items() if k != "running")
-        text = Text.assemble(
-            (f"{self.name} ", "bold"),
-            f"{done}/{self.num_samples} trials done · {c['running']} running · ",
-        )
+        phrases = [
+            Text.assemble((self.name, "bold"), f" {done}/{self.num_samples} trials done"),
+            Text(f"{c['running']} running"),
+        ]
         if c[outcomes.STOPPED_BY_SCHEDULER]:
-            text.append(f"{c[outcomes.STOPPED_BY_SCHEDULER]} stopped early by {self.scheduler} · ")
+            phrases.append(
+                Text(f"{c[outcomes.STOPPED_BY_SCHEDULER]} stopped early by {self.scheduler}")
+            )
         if c[outcomes.STOPPED_ON_OVERFIT]:
-            text.append(f"{c[outcomes.STOPPED_ON_OVERFIT]} stopped on overfit · ")
+            phrases.append(Text(f"{c[outcomes.STOPPED_ON_OVERFIT]} stopped on overfit"))
         if c[outcomes.ERRORED]:
-            text.append(f"{c[outcomes.ERRORED]} errored · ", style="red")
+            phrases.append(Text(f"{c[outcomes.ERRORED]} errored", style="red"))
         best = recorder.best_trial()
         if best:
             record, row = best
-            text.append(
-                f"best {recorder.metric} {row[recorder.metric]:.4f} "
-                f"(trial {record.number}, epoch {int(row[m.EPOCH])}) · ",
-                style="green",
+            phrases.append(
+                Text(
+                    f"best {recorder.metric} {row[recorder.metric]:.4f} "
+                    f"(trial {record.number}, epoch {int(row[m.EPOCH])})",
+                    style="green",
+                )
             )
-        text.append(f"{time.monotonic() - self.started:.0f}s")
-        return text
+        phrases.append(Text(f"{time.monotonic() - self.started:.0f}s"))
+        return self.fit(phrases)
+
+    def fit(self, phrases: list[Text]) -> Text:
+        """The phrases joined by " · ", on as few lines as the console's width allows, a line
+        break only between two phrases (rich would break inside one: "best\nval_loss")."""
+        fitted, used = Text(), 0
+        for phrase in phrases:
+            separator = " · " if used else ""
+            if used and used + len(separator) + len(phrase) > self.console.width:
+                fitted.append("\n")
+                separator, used = "", 0
+            fitted.append(separator)
+            fitted.append(phrase)
+            used += len(separator) + len(phrase)
+        return fitted
 
 
 class FinalistRecorder(StudyRecorder):

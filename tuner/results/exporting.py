@@ -87,8 +87,18 @@ class ExportedConfig(BaseModel):
     source: dict[str, Any] = {}
 
     def as_dict(self) -> dict[str, Any]:
+        """The config as written: what says nothing is left out (no plug-ins; dataset keys at
+        their defaults, but the split's `val_fraction` and `seed`), and reads back the same."""
         data = self.model_dump(mode="json")
-        data["dataset"] = self.dataset.model_dump(mode="json", exclude_none=True)
+        if not data["plugins"]:
+            del data["plugins"]
+        dataset = self.dataset.model_dump(mode="json", exclude_none=True)
+        fields = DatasetSpec.model_fields
+        data["dataset"] = {
+            key: value
+            for key, value in dataset.items()
+            if key in ("name", "val_fraction", "seed") or value != fields[key].default
+        }
         return data
 
 
