@@ -19,7 +19,7 @@ from pathlib import Path
 from tuner.cluster.jobs import cluster_ray_version
 from tuner.cluster.redaction import redact
 from tuner.errors import TunerError
-from tuner.versions import key_packages
+from tuner.versions import installed_version, key_packages
 
 TIMEOUT_S = 5.0
 SQLITE = "sqlite:///"
@@ -68,18 +68,14 @@ def ray_cluster(address: str | None) -> Finding:
         return Finding("Ray cluster", "none given (--address or RAY_ADDRESS): studies run locally")
     try:
         if address.startswith(("http://", "https://")):
-            version = cluster_ray_version(address)
+            version, here = cluster_ray_version(address), installed_version("ray")
             detail = f"{redact(address)}: Jobs server, Ray {version}"
-            if version != ray_version():
-                detail += f" (this machine has Ray {ray_version()}: submitted jobs may fail)"
-            return Finding("Ray cluster", detail, version == ray_version())
+            if version != here:
+                detail += f" (this machine has Ray {here}: submitted jobs may fail)"
+            return Finding("Ray cluster", detail, version == here)
         return Finding("Ray cluster", f"{redact(address)}: {cluster_size(address)}", True)
     except TunerError as exc:
         return Finding("Ray cluster", redact(str(exc)), False)
-
-
-def ray_version() -> str:
-    return importlib.metadata.version("ray")
 
 
 def cluster_size(address: str) -> str:
