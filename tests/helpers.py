@@ -427,6 +427,15 @@ def assert_every_trial_once(
     return states, superseded
 
 
+def save_ray_trials(folder: Path, trial_ids: list[str], session: str = "2026-01-01_00-00-00"):
+    """A Ray experiment state file listing `trial_ids`, as Ray's TuneController saves it."""
+    from ray.tune.experiment import Trial
+
+    trials = [list(Trial("trainable", stub=True, trial_id=t).get_json_state()) for t in trial_ids]
+    state = {"trial_data": trials, "runner_data": {}, "stats": {}}
+    (folder / f"experiment_state-{session}.json").write_text(json.dumps(state))
+
+
 def fake_trial(trial_id: str, number: int, error_file: str | None = None) -> SimpleNamespace:
     """What the callbacks read of Ray's Trial: enough to drive them without a study."""
     return SimpleNamespace(

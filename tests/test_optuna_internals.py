@@ -10,7 +10,7 @@ import optuna
 import pytest
 from optuna.storages import RDBStorage
 
-from tuner.internals.optuna_internals import SoleWriterCache, report_curve
+from tuner.internals.optuna_internals import SoleWriterCache, report_curve, running_trial
 
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 
@@ -33,6 +33,18 @@ def test_report_curve_refuses_a_finished_trial(tmp_path: Path) -> None:
     with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
         report_curve(trial, {1: 0.5})
     assert study.trials[0].intermediate_values == {}
+
+
+def test_running_trial_is_the_trial_ask_returned(tmp_path: Path) -> None:
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    asked = study.ask()
+    (frozen,) = study.get_trials(deepcopy=False)
+    trial = running_trial(study, frozen)
+    assert trial.number == asked.number
+    report_curve(trial, {1: 0.5})
+    study.tell(trial, 0.4)
+    (told,) = study.trials
+    assert told.state == optuna.trial.TrialState.COMPLETE and told.intermediate_values == {1: 0.5}
 
 
 class CountingReads(optuna.storages.RDBStorage):

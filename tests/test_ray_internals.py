@@ -14,9 +14,11 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
+from tests.helpers import save_ray_trials
 from tuner.driver.journal import JOURNAL_FILE, append_event
 from tuner.driver.schedulers import make_scheduler
 from tuner.internals.ray_internals import (
+    align_search_count,
     asha_objective,
     asha_rungs,
     completed_trials,
@@ -26,6 +28,7 @@ from tuner.internals.ray_internals import (
     optuna_trials,
     release_ended_trial,
     restored_callbacks,
+    saved_trial_ids,
     stop_local_daemons,
 )
 from tuner.spec.job_spec import SchedulerSpec
@@ -191,6 +194,25 @@ def test_extend_search_raises_the_count_ray_restores(tmp_path: Path) -> None:
     restored = SearchGenerator(_NoState(metric="val_loss", mode="min"))
     restored.restore_from_dir(str(tmp_path))
     assert restored.total_samples == 5 and not restored.is_finished()
+
+
+@pytest.mark.parametrize("saved_trials", [2, 4])
+def test_align_search_count_counts_the_trials_ray_saved(tmp_path: Path, saved_trials: int) -> None:
+    from ray.tune.experiment import Experiment
+    from ray.tune.search import SearchGenerator
+
+    generator = SearchGenerator(_NoState(metric="val_loss", mode="min"))
+    generator.add_configurations([Experiment("x", lambda config: None, num_samples=5)])
+    generator._counter = 3  # three trials created when the generator was saved
+    generator.save_to_dir(str(tmp_path), session_str="2025-01-01_00-00-00")
+    save_ray_trials(tmp_path, [f"t{n}" for n in range(saved_trials)])
+
+    assert saved_trial_ids(tmp_path) == [f"t{n}" for n in range(saved_trials)]
+    assert align_search_count(tmp_path) == (3, saved_trials)
+
+    restored = SearchGenerator(_NoState(metric="val_loss", mode="min"))
+    restored.restore_from_dir(str(tmp_path))
+    assert restored._counter == saved_trials and not restored.is_finished()
 
 
 def test_an_ended_trial_keeps_its_averages_not_their_windows() -> None:

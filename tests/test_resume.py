@@ -14,6 +14,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import optuna
 import pandas as pd
 import psutil
 import pytest
@@ -21,7 +22,8 @@ import yaml
 
 from tests.helpers import NUM_TRIALS, assert_every_trial_once, run_counts, tiny_spec
 from tuner.driver.journal import JOURNAL_FILE, read_journal
-from tuner.driver.study import run_study
+from tuner.driver.stoppers import COMPLETED
+from tuner.driver.study import resume_study, run_study
 from tuner.results import outcomes
 
 pytestmark = pytest.mark.integration  # studies whose drivers are killed and resumed
@@ -157,6 +159,33 @@ def test_driver_killed_mid_study_then_resume_completes_it_once(tmp_path: Path) -
     }
     (tmp_path / "figures.json").write_text(json.dumps(figures))
     print(figures)
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_resume_from_saved_trials_one_behind_the_searcher(study_dir: Path) -> None:
+    """CI, 2026-12-06: a driver killed while Ray uploaded its folder to a bucket left the saved
+    trials one save behind the saved searcher: Ray restored 9 trials, counted 10 created, and
+    the resumed study ended 'interrupted after 9 of 10'. Here the newest trial is taken out of
+    a finished study's saved trials, as such an upload leaves them."""
+    spec = tiny_spec(name="lagging", search={"num_samples": 3, "max_concurrent": 1})
+    folder = run_study(spec, show_progress=False).results_path
+    (state,) = folder.glob("experiment_state-*.json")
+    saved = json.loads(state.read_text())
+    lost = json.loads(saved["trial_data"].pop()[0])["trial_id"]
+    state.write_text(json.dumps(saved))
+
+    result = resume_study(str(folder), show_progress=False)
+
+    assert result.stop_reason == COMPLETED and not result.interrupted
+    assert sorted(result.trials["trial"]) == [1, 2, 3]
+    assert lost not in set(result.trials["trial_id"])
+    assert run_counts(study_dir / "mlflow.db") == Counter({"FINISHED": 4})  # parent + 3 trials
+    study = optuna.load_study(
+        study_name=result.execution, storage=f"sqlite:///{study_dir / 'optuna.db'}"
+    )
+    told = [t.user_attrs["tuner.trial_id"] for t in study.trials]
+    assert sorted(told) == sorted([*result.trials["trial_id"], lost])  # it keeps what it learned
+    assert {t.state for t in study.trials} == {optuna.trial.TrialState.COMPLETE}
 
 
 @pytest.mark.usefixtures("ray_local")

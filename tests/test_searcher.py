@@ -15,6 +15,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from tests.helpers import save_ray_trials
 from tuner.driver.samplers import make_sampler
 from tuner.driver.searcher import TruthfulOptunaSearch
 from tuner.spec.spaces import load_space
@@ -235,6 +236,7 @@ def test_restore_from_a_searcher_checkpoint_keeps_curves(
         first.on_trial_result("t0", {"epoch": epoch, "val_loss": value})
     checkpoint = tmp_path / "searcher.pkl"
     first.save(str(checkpoint))
+    save_ray_trials(tmp_path, ["t0"])
 
     resumed = make_searcher()
     resumed.restore(str(checkpoint))
@@ -245,6 +247,51 @@ def test_restore_from_a_searcher_checkpoint_keeps_curves(
     assert trial.state == TrialState.COMPLETE
     assert trial.value == pytest.approx(0.2)
     assert trial.intermediate_values == {1: 0.5, 2: 0.2, 3: 0.4, 4: 0.45, 5: 0.5}
+
+
+def test_restore_fails_the_trial_ray_saved_no_state_for(
+    make_searcher, storage_url: str, tmp_path: Path
+) -> None:
+    """Ray's trials were saved before t1 was suggested (a bucket upload between two saves):
+    Ray never runs t1 again, so Optuna hears it failed and t0 carries on."""
+    first = make_searcher()
+    first.suggest("t0")
+    first.suggest("t1")
+    first.on_trial_result("t1", {"epoch": 1, "val_loss": 0.3})
+    checkpoint = tmp_path / "searcher.pkl"
+    first.save(str(checkpoint))
+    save_ray_trials(tmp_path, ["t0"])
+
+    resumed = make_searcher()
+    resumed.restore(str(checkpoint))
+    resumed.on_trial_complete("t1", result={"epoch": 2, "val_loss": 0.2})  # not Ray's: ignored
+    resumed.on_trial_complete("t0", result={"epoch": MAX_EPOCHS, "val_loss": 0.1})
+    states = {t.user_attrs["tuner.trial_id"]: t.state for t in stored_trials(storage_url)}
+    assert states == {"t0": TrialState.COMPLETE, "t1": TrialState.FAIL}
+
+
+def test_restore_takes_back_the_trial_ray_saved_after_the_searcher(
+    make_searcher, storage_url: str, tmp_path: Path
+) -> None:
+    """The driver died between Ray's two saves: Ray's trials list t1, the searcher's state
+    predates it. t1 is told to Optuna when it ends, not failed and asked again."""
+    first = make_searcher()
+    first.suggest("t0")
+    checkpoint = tmp_path / "searcher.pkl"
+    first.save(str(checkpoint))
+    first.suggest("t1")
+    save_ray_trials(tmp_path, ["t0", "t1"])
+
+    resumed = make_searcher()
+    resumed.restore(str(checkpoint))
+    for epoch, value in ((1, 0.5), (2, 0.25)):
+        resumed.on_trial_result("t1", {"epoch": epoch, "val_loss": value})
+    resumed.on_trial_complete("t1", result={"epoch": MAX_EPOCHS, "val_loss": 0.3})
+    trials = {t.user_attrs["tuner.trial_id"]: t for t in stored_trials(storage_url)}
+    assert set(trials) == {"t0", "t1"}
+    assert trials["t1"].state == TrialState.COMPLETE
+    assert trials["t1"].value == pytest.approx(0.25)
+    assert trials["t0"].state == TrialState.RUNNING  # Ray runs it on
 
 
 # --------------------------------------------------------------------------- several objectives

@@ -23,6 +23,7 @@ objective read at that epoch.
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 from typing import Any
 
 from optuna.exceptions import UpdateFinishedTrialError
@@ -32,8 +33,13 @@ from ray.tune.search.optuna import OptunaSearch
 
 from trainables import metrics as m
 from tuner.driver.stoppers import StudyStop
-from tuner.internals.optuna_internals import report_curve
-from tuner.internals.ray_internals import completed_trials, optuna_study, optuna_trials
+from tuner.internals.optuna_internals import report_curve, running_trial
+from tuner.internals.ray_internals import (
+    completed_trials,
+    optuna_study,
+    optuna_trials,
+    saved_trial_ids,
+)
 from tuner.results import outcomes
 from tuner.tracking import schema
 
@@ -58,12 +64,23 @@ class TruthfulOptunaSearch(OptunaSearch):
         return [(self.metric, self.mode)]
 
     def restore(self, checkpoint_path: str) -> None:
-        """Ray's restore, then close Optuna trials the crashed driver asked for but never ran."""
+        """Ray's restore, then agree with the trials Ray restored (saved beside this searcher,
+        in a file that can be a save older or newer than it): a trial Ray does not know is never
+        run, so Optuna is told it failed; a trial Ray knows and this searcher does not is asked
+        again for its Optuna trial. Optuna trials the crashed driver asked for and no trial
+        runs fail too."""
         super().restore(checkpoint_path)
-        study = optuna_study(self)
-        known = {t.number for t in optuna_trials(self).values()}
+        ray_trials = set(saved_trial_ids(Path(checkpoint_path).parent))
+        study, asked = optuna_study(self), optuna_trials(self)
+        for trial_id in set(asked) - ray_trials:
+            study.tell(asked.pop(trial_id), state=TrialState.FAIL, skip_if_finished=True)
+            self._curves.pop(trial_id, None)
+        known = {t.number for t in asked.values()}
         for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if frozen.number not in known:
+            trial_id = frozen.user_attrs.get(schema.TRIAL_ID_TAG)
+            if trial_id in ray_trials and trial_id not in asked:
+                asked[trial_id] = running_trial(study, frozen)
+            elif frozen.number not in known:
                 study.tell(frozen.number, state=TrialState.FAIL)
 
     def suggest(self, trial_id: str) -> dict | None:

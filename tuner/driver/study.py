@@ -75,6 +75,7 @@ from tuner.driver.warm_start import WarmStart, plan_warm_start
 from tuner.errors import SpecError, StudyError
 from tuner.internals.optuna_internals import SoleWriterCache
 from tuner.internals.ray_internals import (
+    align_search_count,
     extend_search,
     loopback_node,
     restored_callbacks,
@@ -391,7 +392,9 @@ def resume_study(
     open_optuna_storage(prepared.spec)
     if extended is not None:
         extend_study(results_path, extended)
-        upload(folder)  # Ray restores a remote study from its URI: the new count goes there
+    created, aligned = align_search_count(results_path)
+    if extended is not None or created != aligned:
+        upload(folder)  # Ray restores a remote study from its URI: the new counts go there
     with (
         study_environment(results_path, prepared.spec),
         ray_session(address, num_cpus) as session,

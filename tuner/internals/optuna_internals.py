@@ -42,6 +42,14 @@ def report_curve(trial, values: dict[int, float]) -> None:
         trial.storage.wrote(trial._trial_id)
 
 
+def running_trial(study, frozen):
+    """The `optuna.Trial` to report to and tell for a stored RUNNING trial, as `study.ask()`
+    returned it: Optuna has no public way back from a FrozenTrial to its Trial."""
+    from optuna.trial import Trial
+
+    return Trial(study, frozen._trial_id)
+
+
 class SoleWriterCache(_CachedStorage):
     """Optuna's trial cache (`_CachedStorage`, over an RDBStorage) for a study this process
     alone writes, as a driver writes its execution's study.

@@ -101,7 +101,21 @@ def completed_trials(searcher) -> set[str]:
     return searcher._completed_trials
 
 
-# --------------------------------------------------------------------------- extending a study
+# ------------------------------------------------------------------------- restoring a saved study
+
+
+def saved_trial_ids(experiment_dir) -> list[str]:
+    """The trials a restore of a saved Ray experiment will know: those in its newest experiment
+    state file (Ray's own pick, by name)."""
+    import json
+    from pathlib import Path
+
+    from ray.tune.execution.tune_controller import TuneController
+
+    pattern = TuneController.CKPT_FILE_TMPL.format("*")
+    newest = max(Path(experiment_dir).glob(pattern), key=lambda p: p.name)
+    state = json.loads(newest.read_text())
+    return [json.loads(trial)["trial_id"] for trial, _ in state["trial_data"]]
 
 
 def extend_search(results_path, num_samples: int) -> int:
@@ -109,6 +123,34 @@ def extend_search(results_path, num_samples: int) -> int:
     Ray restores its search generator's trial count (`total_samples`) from its newest state
     file, not from the Tuner's config, and a generator whose searcher said FINISHED stays
     finished. Rewrites that file; returns the count it held."""
+
+    def extend(state: dict) -> int:
+        before = state["total_samples"]
+        state["total_samples"], state["finished"] = num_samples, False
+        return before
+
+    return _rewrite_search_state(results_path, extend)
+
+
+def align_search_count(results_path) -> tuple[int, int]:
+    """Make a saved Ray experiment's count of trials created agree with the trials it saved.
+
+    Ray saves the trials and the search generator in two files, and uploads the folder to a
+    bucket while it saves again: a driver killed then can leave a bucket whose trials lag its
+    generator by one. Restored as it is, Ray counts a trial it never restores as created and
+    ends one trial short; the other way round, it creates one trial too many. Rewrites the
+    generator's file; returns (count before, count after)."""
+    created = len(saved_trial_ids(results_path))
+
+    def align(state: dict) -> tuple[int, int]:
+        before, state["counter"] = state["counter"], created
+        return before, created
+
+    return _rewrite_search_state(results_path, align)
+
+
+def _rewrite_search_state(results_path, change):
+    """Apply `change` to the newest saved state of a Ray search generator; returns its result."""
     import os
     from pathlib import Path
 
@@ -119,7 +161,6 @@ def extend_search(results_path, num_samples: int) -> int:
     pattern = SearchGenerator.CKPT_FILE_TMPL.format("*")
     newest = max(Path(results_path).glob(pattern), key=lambda p: p.name)  # Ray's own pick
     state = cloudpickle.loads(newest.read_bytes())
-    before = state["total_samples"]
-    state["total_samples"], state["finished"] = num_samples, False
+    outcome = change(state)
     _atomic_save(state, os.fspath(newest.parent), newest.name, f"tmp-{newest.name}")
-    return before
+    return outcome
