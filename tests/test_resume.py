@@ -22,7 +22,6 @@ import yaml
 
 from tests.helpers import NUM_TRIALS, assert_every_trial_once, run_counts, tiny_spec
 from tuner.driver.journal import JOURNAL_FILE, read_journal
-from tuner.driver.stoppers import COMPLETED
 from tuner.driver.study import resume_study, run_study
 from tuner.results import outcomes
 
@@ -176,7 +175,7 @@ def test_resume_from_saved_trials_one_behind_the_searcher(study_dir: Path) -> No
 
     result = resume_study(str(folder), show_progress=False)
 
-    assert result.stop_reason == COMPLETED and not result.interrupted
+    assert result.stop_reason == outcomes.COMPLETED and not result.interrupted
     assert sorted(result.trials["trial"]) == [1, 2, 3]
     assert lost not in set(result.trials["trial_id"])
     assert run_counts(study_dir / "mlflow.db") == Counter({"FINISHED": 4})  # parent + 3 trials

@@ -130,7 +130,8 @@ def test_study_stop_replays_patience_from_the_journal_and_an_extension_resets_it
     import pickle
 
     from tuner.driver.journal import append_event
-    from tuner.driver.stoppers import PATIENCE, SEARCH_EXTENDED, StudyStop
+    from tuner.driver.stoppers import SEARCH_EXTENDED, StudyStop
+    from tuner.results.outcomes import PATIENCE
 
     journal = tmp_path / "trials.jsonl"
     for trial, curve in (("a", [0.9, 0.5]), ("b", [0.7, 0.6]), ("c", [0.8, float("nan")])):

@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 from tests.helpers import tiny_spec
 from trainables import metrics as m
 from tuner.cli import app
-from tuner.driver import stoppers
 from tuner.driver.study import resume_study, run_study
+from tuner.results import outcomes
 from tuner.results.summary import summary_lines
 from tuner.results.trials import StudyResult
 from tuner.tracking import schema
@@ -130,13 +130,13 @@ def test_resume_set_num_samples_extends_a_finished_study(study_dir: Path) -> Non
 
     assert result.parent_run_id == first.parent_run_id
     assert [t["trial"] for t in by_number(result)] == [1, 2, 3, 4]
-    assert result.stop_reason == stoppers.COMPLETED and not result.interrupted
+    assert result.stop_reason == outcomes.COMPLETED and not result.interrupted
     assert "Stop reason: completed (4 of 4 trials ran)" in summary_lines(result)
     run = parent(study_dir, result)
     assert run.info.status == "FINISHED"
     assert run.data.metrics[schema.TRIALS_TOTAL] == 4
     assert run.data.tags[schema.EXTENDED_TAG] == "4"
-    assert run.data.tags[schema.STOP_REASON_TAG] == stoppers.COMPLETED
+    assert run.data.tags[schema.STOP_REASON_TAG] == outcomes.COMPLETED
     states = [t.state for t in optuna_trials(study_dir, result)]
     assert states == [optuna.trial.TrialState.COMPLETE] * 4  # the same Optuna study
     client = MlflowClient(f"sqlite:///{study_dir / 'mlflow.db'}")
@@ -151,7 +151,7 @@ def test_time_budget_starts_no_trial_after_it_and_lets_the_running_one_finish(
 
     (trial,) = by_number(result)  # the second suggestion came after the 1 ms budget
     assert trial["status"] == "completed" and trial["epochs"] == 2  # not cut short
-    assert result.stop_reason == stoppers.TIME_BUDGET and not result.interrupted
+    assert result.stop_reason == outcomes.TIME_BUDGET and not result.interrupted
     assert "Stop reason: time_budget" in " ".join(summary_lines(result))
     assert parent(study_dir, result).data.tags[schema.STOP_REASON_TAG] == "time_budget"
     assert parent(study_dir, result).info.status == "FINISHED"
@@ -172,6 +172,6 @@ def test_patience_stops_the_search_when_the_best_stops_improving(study_dir: Path
             break
     assert expected < 8, "every trial improved: the plateau never came"
     assert len(result.trials) == expected
-    assert result.stop_reason == stoppers.PATIENCE and not result.interrupted
+    assert result.stop_reason == outcomes.PATIENCE and not result.interrupted
     assert parent(study_dir, result).data.tags[schema.STOP_REASON_TAG] == "patience"
     assert len(optuna_trials(study_dir, result)) == expected

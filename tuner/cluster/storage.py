@@ -14,15 +14,15 @@ bucket alone. Endpoints and credentials come from the standard variables (`AWS_E
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlparse
 
 from ray.tune import Callback
-
-from tuner.driver.journal import relocated_folder
 
 WORK_DIR = ".tuner"  # under the driver's working directory: remote studies' working folders
 TRIAL_PREFIX = "trial_"  # the trials' folders (checkpoints): never downloaded by the driver
@@ -154,3 +154,31 @@ class StagingMirror(Callback):
         if self.staging is not None and self.folder.is_dir():
             mirror_files(self.folder, self.staging, self._copied)
         return None
+
+
+# --------------------------------------------------------------------------- a moved study folder
+
+_restoring_into: Path | None = None  # set by `restoring_into` while Ray unpickles a study
+
+
+@contextlib.contextmanager
+def restoring_into(folder: Path) -> Iterator[None]:
+    """While Ray restores a study (`tuner resume`), the objects it unpickles (recorder, stopper,
+    scheduler, tracking, mirror) find their files in `folder`, wherever the study started: a
+    remote study's working folder is downloaded afresh, perhaps by another machine or directory."""
+    global _restoring_into
+    _restoring_into = folder
+    try:
+        yield
+    finally:
+        _restoring_into = None
+
+
+def relocated_folder(folder: Path | None) -> Path | None:
+    """The study folder pickled when the study started, as it is now (see `restoring_into`)."""
+    return folder if folder is None or _restoring_into is None else _restoring_into
+
+
+def relocated(path: Path | None) -> Path | None:
+    """A study file's path pickled when the study started, as it is now."""
+    return path if path is None or _restoring_into is None else _restoring_into / Path(path).name

@@ -8,7 +8,8 @@ from typing import Any
 from ray.tune.schedulers import ASHAScheduler
 
 from trainables import metrics as m
-from tuner.driver.journal import read_journal, relocated, results
+from tuner.cluster.storage import relocated
+from tuner.driver.journal import read_journal, results
 from tuner.driver.live_trials import LiveTrialsFirst
 from tuner.internals.ray_internals import asha_objective, asha_rungs
 from tuner.results import outcomes

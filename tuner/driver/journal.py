@@ -6,14 +6,11 @@ scheduler's rungs), and benchmarks read its timestamps. A line torn by a crash i
 
 from __future__ import annotations
 
-import contextlib
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 JOURNAL_FILE = "trials.jsonl"
-_restoring_into: Path | None = None  # set by `restoring_into` while Ray unpickles a study
 
 
 def append_event(path: Path, event: dict[str, Any]) -> None:
@@ -37,29 +34,3 @@ def read_journal(path: Path | None) -> list[dict[str, Any]]:
 def results(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The per-epoch result events."""
     return [e for e in events if e.get("event") == "result"]
-
-
-# --------------------------------------------------------------------------- a moved study folder
-
-
-@contextlib.contextmanager
-def restoring_into(folder: Path) -> Iterator[None]:
-    """While Ray restores a study (`tuner resume`), the objects it unpickles (recorder, stopper,
-    scheduler, tracking, mirror) find their files in `folder`, wherever the study started: a
-    remote study's working folder is downloaded afresh, perhaps by another machine or directory."""
-    global _restoring_into
-    _restoring_into = folder
-    try:
-        yield
-    finally:
-        _restoring_into = None
-
-
-def relocated_folder(folder: Path | None) -> Path | None:
-    """The study folder pickled when the study started, as it is now (see `restoring_into`)."""
-    return folder if folder is None or _restoring_into is None else _restoring_into
-
-
-def relocated(path: Path | None) -> Path | None:
-    """A study file's path pickled when the study started, as it is now."""
-    return path if path is None or _restoring_into is None else _restoring_into / Path(path).name

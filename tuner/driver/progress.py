@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +20,11 @@ from rich.text import Text
 
 from trainables import metrics as m
 from trainables.trainable import DEVICE, FINALIST, GPU_IDS, NODE_ID
-from tuner.driver.journal import append_event, read_journal, relocated
+from tuner.cluster.storage import relocated
+from tuner.driver.journal import append_event, read_journal
 from tuner.internals.ray_internals import release_ended_trial
 from tuner.results import outcomes
+from tuner.results.trials import TrialRecord
 
 REPORTED = (
     m.EPOCH,
@@ -35,29 +36,6 @@ REPORTED = (
     *m.MODEL_COSTS,
 )
 UPDATE_EVERY_S = 0.25  # the live line's refresh period (rich redraws it 4 times a second)
-
-
-@dataclass
-class TrialRecord:
-    """One trial as the driver saw it: config, per-epoch results (by epoch), how it ended."""
-
-    trial_id: str
-    number: int
-    config: dict[str, Any]
-    epochs: dict[int, dict[str, float]] = field(default_factory=dict)
-    status: str | None = None  # None while running
-    error: str | None = None
-    finished: int | None = None  # 1 for the first trial to end, 2 for the next, ...
-    node: str | None = None  # the Ray node that ran its last epoch
-    gpu_ids: str | None = None  # the GPU ids Ray gave it for its last epoch ("" for none)
-    device: str | None = None  # what its last epoch trained on: "cuda:0" or "cpu"
-
-    @property
-    def history(self) -> list[dict[str, float]]:
-        return [self.epochs[e] for e in sorted(self.epochs)]
-
-    def best(self, metric: str, mode: str) -> dict[str, float] | None:
-        return outcomes.best_epoch(self.history, metric, mode)
 
 
 def trial_number(trial) -> int:

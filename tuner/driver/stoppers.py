@@ -10,7 +10,8 @@ from typing import Any
 from ray.tune.stopper import Stopper
 
 from trainables import metrics as m
-from tuner.driver.journal import append_event, read_journal, relocated, results
+from tuner.cluster.storage import relocated
+from tuner.driver.journal import append_event, read_journal, results
 from tuner.results import outcomes
 
 
@@ -68,9 +69,6 @@ class OverfitStopper(Stopper):
 # --------------------------------------------------------------------------- the study
 
 
-#: why a study stopped starting trials (`tuner.stop_reason` on the parent run)
-COMPLETED, TIME_BUDGET, PATIENCE = "completed", "time_budget", "patience"
-INTERRUPTED = "interrupted"
 #: journal events of the search as a whole (no trial id): the searcher stopped suggesting, and
 #: `tuner resume --set search.num_samples=N` extended the study (patience counts afresh)
 SEARCH_STOPPED, SEARCH_EXTENDED = "search_stopped", "search_extended"
@@ -166,7 +164,7 @@ class StudyStop:
         if self._clock is None:
             self._clock = now
         if self.time_budget_s is not None and now - self._clock >= self.time_budget_s:
-            return TIME_BUDGET
+            return outcomes.TIME_BUDGET
         if self.patience_trials is not None and self.since_best >= self.patience_trials:
-            return PATIENCE
+            return outcomes.PATIENCE
         return None

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
 import threading
 import time
 import traceback
@@ -33,16 +32,18 @@ from trainables.loop import TrainingOptions, check_trainable
 from trainables.memory import GIB
 from trainables.models import MODELS
 from trainables.plugins import PluginCode
-from trainables.trainable import FINALIST, TrialSettings, train_trial
+from trainables.trainable import TrialSettings, train_trial
 from tuner.cluster.jobs import driver_connection_errors
 from tuner.cluster.redaction import RedactingFormatter
 from tuner.cluster.storage import (
     StagingMirror,
     StudyFolder,
+    restoring_into,
     study_folder,
     upload,
 )
-from tuner.driver.journal import JOURNAL_FILE, append_event, read_journal, restoring_into
+from tuner.driver.finalist_runs import FinalistRuns, run_finalists
+from tuner.driver.journal import JOURNAL_FILE, append_event, read_journal
 from tuner.driver.optuna_storage import claim_execution, open_optuna_storage, optuna_storage
 from tuner.driver.placement import (
     PROBE_TIMEOUT_S,
@@ -51,7 +52,7 @@ from tuner.driver.placement import (
     plan_gpu_memory,
     training_options,
 )
-from tuner.driver.progress import FinalistRecorder, LiveProgress, StudyRecorder, trial_dirname
+from tuner.driver.progress import LiveProgress, StudyRecorder, trial_dirname
 from tuner.driver.results_folder import (
     SPEC_FILE,
     find_results,
@@ -64,8 +65,6 @@ from tuner.driver.samplers import make_sampler
 from tuner.driver.schedulers import make_scheduler
 from tuner.driver.searcher import TruthfulOptunaSearch
 from tuner.driver.stoppers import (
-    COMPLETED,
-    INTERRUPTED,
     SEARCH_EXTENDED,
     OverfitStopper,
     StudyStop,
@@ -83,14 +82,8 @@ from tuner.internals.ray_internals import (
 )
 from tuner.results import outcomes
 from tuner.results.dashboard_data import REPORT_FILE, from_study
-from tuner.results.finalists import (
-    finalist_seeds,
-    finalists_table,
-    plan_finalists,
-    rerun_row,
-)
 from tuner.results.summary import best_config, param_importances, save_results, study_note
-from tuner.results.trials import Finalists, StudyResult, trials_table
+from tuner.results.trials import StudyResult, trials_table
 from tuner.spec.job_spec import (
     JobSpec,
     load_plugins,
@@ -114,7 +107,6 @@ from tuner.tracking.mlflow_callback import (
 from tuner.tracking.runs import client_for
 
 LOG_FILE = "tuner.log"
-FINALISTS_FOLDER = "finalists"  # the finalists' Ray run, inside the study's Ray run folder
 DRAIN_AT_END_S = 30.0  # how long a finished study waits for an unreachable MLflow server
 #: Tune's own console output off (the live line replaces it); its warnings go to LOG_FILE.
 QUIET_RAY = {
@@ -538,8 +530,7 @@ class StudyRun:
     ):
         self.prepared, self.spec = prepared, prepared.spec
         self.trainable, self.training = trainable, training  # the finalists train the same way
-        self.finalists: Finalists | None = None
-        self.finalist_records: FinalistRecorder | None = None
+        self.finalist_runs: FinalistRuns | None = None
         self.folder, self.results_path = folder, folder.local
         self.execution = folder.local.name
         self.tuner, self.recorder, self.tracking = tuner, recorder, tracking
@@ -691,7 +682,7 @@ class StudyRun:
             time.monotonic() - self.started,
             self.parent_run_id,
             interrupted=interrupted,
-            finalists=self.finalists,
+            finalists=self.finalist_runs.finalists if self.finalist_runs else None,
             results_uri=self.folder.uri,
             stop_reason=self.stop_reason(),
         )
@@ -733,68 +724,16 @@ class StudyRun:
             raise
 
     def run_finalists(self, trials: pd.DataFrame) -> None:
-        """Train the best `selection.finalists` trials again, `selection.seeds` times each with
-        new seeds, to their best epoch: Ray Tune trials of the same trainable, on the same
-        cluster, with the test split in their data. A finalists run left by an earlier execution
-        (an interrupted or extended study) is replaced."""
-        spec, selection = self.spec, self.spec.selection
-        metric, mode = spec.objective.metric, spec.objective.mode
-        configs = {t.trial_id: t.config for t in self.recorder.trials.values()}
-        plans, note = plan_finalists(
-            trials,
-            configs,
-            metric,
-            selection.finalists,
-            finalist_seeds(spec.search.seed, selection.seeds),
-        )
-        empty = pd.DataFrame()
-        self.finalists = Finalists(metric, mode, empty, finalists_table(empty, metric, mode), note)
-        if not plans:
-            return
-        if self.progress:
-            print(
-                f"Finalists: {len(plans) // selection.seeds} configs trained again, "
-                f"{selection.seeds} seeds each, to their best epoch"
-            )
-        folder = self.results_path / FINALISTS_FOLDER
-        shutil.rmtree(folder, ignore_errors=True)
-        recorder = FinalistRecorder(metric, mode)
-        tuner = tune.Tuner(
+        """Train the best trials again with new seeds (`selection`), on this study's cluster."""
+        self.finalist_runs = run_finalists(
+            self.spec,
             make_trainable(self.prepared, self.trainable, self.training, with_test=True),
-            param_space={FINALIST: tune.grid_search([plan.as_config() for plan in plans])},
-            tune_config=tune.TuneConfig(
-                max_concurrent_trials=spec.search.max_concurrent,
-                reuse_actors=True,
-                trial_dirname_creator=trial_dirname,
-            ),
-            run_config=tune.RunConfig(
-                name=FINALISTS_FOLDER,
-                storage_path=self.folder.location,  # shared storage: finalists run on any node
-                failure_config=tune.FailureConfig(max_failures=spec.failure.max_retries),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-                callbacks=[recorder],
-                verbose=0,
-                log_to_file=True,
-            ),
+            self.folder.location,
+            trials,
+            {t.trial_id: t.config for t in self.recorder.trials.values()},
+            self.tracking.run_ids if self.tracking else {},
+            announce=self.progress is not None,
         )
-        tuner.fit()
-        run_ids = self.tracking.run_ids if self.tracking else {}
-        reruns = [
-            {
-                **rerun_row(
-                    recorder.plans[trial_id],
-                    record.history[-1] if record.history else None,
-                    metric,
-                    run_ids.get(recorder.plans[trial_id]["trial_id"]),
-                ),
-                "rerun_id": trial_id,
-                "status": record.status or outcomes.INTERRUPTED,
-            }
-            for trial_id, record in recorder.trials.items()
-        ]
-        frame = pd.DataFrame(reruns).sort_values(["trial", "seed"]).reset_index(drop=True)
-        self.finalists = Finalists(metric, mode, frame, finalists_table(frame, metric, mode), note)
-        self.finalist_records = recorder
 
     def interrupted(self) -> bool:
         """Ray Tune returns normally after Ctrl-C; unfinished or unstarted trials tell (unless
@@ -810,7 +749,9 @@ class StudyRun:
 
     def stop_reason(self) -> str:
         """Why the study ended: completed, time_budget, patience or interrupted."""
-        return INTERRUPTED if self.interrupted() else self.search_stopped() or COMPLETED
+        if self.interrupted():
+            return outcomes.INTERRUPTED
+        return self.search_stopped() or outcomes.COMPLETED
 
     def finish(
         self, result: StudyResult, importances: dict[str, float] | None, report: Path
@@ -831,12 +772,7 @@ class StudyRun:
                 self.parent_run_id,
                 self.spec,
                 result.finalists,
-                {
-                    trial_id: record.history
-                    for trial_id, record in (
-                        self.finalist_records.trials if self.finalist_records else {}
-                    ).items()
-                },
+                self.finalist_runs.curves if self.finalist_runs else {},
             )
         writer.set_tag(self.parent_run_id, schema.STOP_REASON_TAG, result.stop_reason)
         writer.log_artifact(self.parent_run_id, report)

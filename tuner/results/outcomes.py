@@ -18,6 +18,10 @@ STOPPED_ON_OVERFIT = "stopped_on_overfit"
 ERRORED = "errored"
 INTERRUPTED = "interrupted"  # still running when the study was stopped (Ctrl-C)
 STATUSES = (COMPLETED, STOPPED_BY_SCHEDULER, STOPPED_ON_OVERFIT, ERRORED, INTERRUPTED)
+#: why a study ended (`tuner.stop_reason` on the parent run): every trial ran (COMPLETED), the
+#: search stopped early (tuner.driver.stoppers), or it was INTERRUPTED before every trial finished
+TIME_BUDGET, PATIENCE = "time_budget", "patience"
+STOP_REASONS = (COMPLETED, TIME_BUDGET, PATIENCE, INTERRUPTED)
 #: statuses earlier versions wrote, read as today's
 OLD_STATUSES = {"stopped_by_asha": STOPPED_BY_SCHEDULER}
 

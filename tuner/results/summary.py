@@ -8,7 +8,6 @@ import yaml
 from rich.table import Table
 
 from trainables import metrics as m
-from tuner.driver import stoppers
 from tuner.results import outcomes
 from tuner.results.exporting import exported_config
 from tuner.results.finalists import confirmed_metrics
@@ -163,17 +162,17 @@ def stop_text(result: StudyResult) -> str:
     """Why the study stopped, in words (`tuner.stop_reason` is the first word)."""
     search, reason = result.spec.search, result.stop_reason
     ran = f"{len(result.trials)} of {search.num_samples} trials ran"
-    if reason == stoppers.TIME_BUDGET:
+    if reason == outcomes.TIME_BUDGET:
         return (
             f"time_budget (search.time_budget_s: no trial started after {search.time_budget_s:g}"
             f" s; the running ones finished; {ran})"
         )
-    if reason == stoppers.PATIENCE:
+    if reason == outcomes.PATIENCE:
         return (
             f"patience (search.patience_trials: the best did not improve in "
             f"{search.patience_trials} finished trials in a row; {ran})"
         )
-    if reason == stoppers.INTERRUPTED:
+    if reason == outcomes.INTERRUPTED:
         return "interrupted (Ctrl-C or a crash; tuner resume continues it)"
     return f"{reason} ({ran})"
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pandas as pd
 
@@ -21,9 +21,6 @@ from tuner.results import diagnostics, outcomes
 from tuner.results.pareto import pareto_front
 from tuner.spec.job_spec import JobSpec
 from tuner.tracking import schema
-
-if TYPE_CHECKING:
-    from tuner.driver.progress import TrialRecord
 
 #: the metrics each row carries at the trial's best epoch
 SUMMARY_METRICS = (
@@ -34,6 +31,29 @@ SUMMARY_METRICS = (
     m.GENERALIZATION_GAP,
     *m.MODEL_COSTS,  # the same at every epoch; absent from runs of earlier versions
 )
+
+
+@dataclass
+class TrialRecord:
+    """One trial as the driver saw it: config, per-epoch results (by epoch), how it ended."""
+
+    trial_id: str
+    number: int
+    config: dict[str, Any]
+    epochs: dict[int, dict[str, float]] = field(default_factory=dict)
+    status: str | None = None  # None while running
+    error: str | None = None
+    finished: int | None = None  # 1 for the first trial to end, 2 for the next, ...
+    node: str | None = None  # the Ray node that ran its last epoch
+    gpu_ids: str | None = None  # the GPU ids Ray gave it for its last epoch ("" for none)
+    device: str | None = None  # what its last epoch trained on: "cuda:0" or "cpu"
+
+    @property
+    def history(self) -> list[dict[str, float]]:
+        return [self.epochs[e] for e in sorted(self.epochs)]
+
+    def best(self, metric: str, mode: str) -> dict[str, float] | None:
+        return outcomes.best_epoch(self.history, metric, mode)
 
 
 def plain(value: Any) -> Any:

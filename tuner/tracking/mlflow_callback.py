@@ -23,8 +23,8 @@ from ray.tune import Callback
 from trainables import metrics as m
 from trainables.plugins import PluginCode
 from tuner.cluster.redaction import redact, without_passwords
-from tuner.driver.journal import relocated
-from tuner.driver.progress import StudyRecorder, TrialRecord
+from tuner.cluster.storage import relocated
+from tuner.driver.progress import StudyRecorder
 from tuner.results import diagnostics, outcomes
 from tuner.results.figures import FigureProcess, learning_curve_figure
 from tuner.results.finalists import confirmed_metrics
@@ -39,7 +39,7 @@ from tuner.tracking.writer_thread import WriterThread
 if TYPE_CHECKING:
     import pandas as pd
 
-    from tuner.results.trials import Finalists, StudyResult
+    from tuner.results.trials import Finalists, StudyResult, TrialRecord
 
 RUN_IDS_FILE = "mlflow_runs.json"
 LEARNING_CURVE = "learning_curve.png"
