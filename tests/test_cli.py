@@ -46,6 +46,17 @@ def test_catalogue_commands(command: list[str], expected: list[str]) -> None:
         assert text in result.output
 
 
+def test_spaces_prints_every_line_of_each_space_file_as_written() -> None:
+    """Categorical choices such as `[adam, adamw, sgd]` are not rich markup to drop."""
+    import search_spaces
+
+    output = runner.invoke(app, ["spaces"]).output
+    for name in search_spaces.names():
+        for line in search_spaces.path_of(name).read_text().splitlines():
+            assert line.rstrip() in output, line
+    assert "choices: [adam, adamw, sgd]" in output
+
+
 @pytest.mark.parametrize(
     ("sections", "overrides", "message"),
     [

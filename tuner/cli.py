@@ -30,6 +30,13 @@ app = typer.Typer(
 out = Console(width=None if sys.stdout.isatty() else 120)  # logs and pipes: no 80-column wrap
 err = Console(stderr=True)
 
+
+def say(text: str, console: Console = out) -> None:
+    """Print text as it is: no rich markup (a YAML list such as `[adam, sgd]` is not a style
+    tag), no highlighting, no wrapping inside words."""
+    console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
 SetOption = Annotated[
     list[str] | None,
     typer.Option("--set", help="Override a spec key: dotted.key=value (YAML-typed). Repeatable."),
@@ -149,7 +156,7 @@ def print_summary(result) -> None:
 
     out.print()
     for line in summary_lines(result):
-        out.print(line, highlight=False, soft_wrap=True)
+        say(line)
     best = result.best
     if best is None:
         return
@@ -159,22 +166,16 @@ def print_summary(result) -> None:
         out.print(finalists)
     which = "Winner's config" if finalists is not None else "Best config"
     out.print(f"[bold]{which}[/] (train it to its best epoch):")
-    out.print(
-        yaml.safe_dump(best_config(result), sort_keys=False).rstrip(),
-        highlight=False,
-        soft_wrap=True,
-    )
+    say(yaml.safe_dump(best_config(result), sort_keys=False).rstrip())
     where = (
         f"{result.results_uri} (a working copy without checkpoints: {result.results_path})"
         if result.results_uri
         else result.results_path
     )
-    out.print(
+    say(
         f"\nResults, per-trial checkpoints and logs: {where}\n"
         f"  trials.csv (every trial, best first), best-config.yaml, tuner.log\n"
-        f"Optuna study {result.execution!r}: {redact(result.spec.search.storage)}",
-        highlight=False,
-        soft_wrap=True,
+        f"Optuna study {result.execution!r}: {redact(result.spec.search.storage)}"
     )
     if result.tracking_buffered:
         err.print(
@@ -190,13 +191,11 @@ def print_summary(result) -> None:
             if uri == default_tracking_uri()
             else f"tuner ui --tracking-uri {redact(uri)}"
         )
-        out.print(
+        say(
             f"MLflow: experiment {result.spec.tracking.experiment!r}, parent run "
             f"{result.parent_run_id} with one nested run per trial, in {redact(uri)}\n"
             f"  compare the trials: {ui}  (then open http://127.0.0.1:5000)\n"
-            f"  export the best: tuner export {result.spec.name} --top-k 3",
-            highlight=False,
-            soft_wrap=True,
+            f"  export the best: tuner export {result.spec.name} --top-k 3"
         )
 
 
@@ -275,7 +274,7 @@ def spaces() -> None:
 
     for name in search_spaces.names():
         out.print(f"[bold]{name}[/] ({search_spaces.path_of(name)})")
-        out.print(search_spaces.path_of(name).read_text().rstrip(), highlight=False, soft_wrap=True)
+        say(search_spaces.path_of(name).read_text().rstrip())
         out.print()
 
 
@@ -296,13 +295,11 @@ def submit(
 
     address = resolve_address(address)
     job_id = submit_study(spec, address, set_)
-    out.print(
+    say(
         f"Submitted job {job_id} to {address}\n"
         f"  status:  tuner status {job_id} --address {address}\n"
         f"  follow:  tuner logs {job_id} --follow --address {address}\n"
-        f"  stop:    tuner stop {job_id} --address {address}",
-        highlight=False,
-        soft_wrap=True,
+        f"  stop:    tuner stop {job_id} --address {address}"
     )
 
 
@@ -319,7 +316,7 @@ def status(
 
     info = job_info(job, resolve_address(address))
     message = f" ({info['message']})" if info["message"] else ""
-    out.print(f"{job}: {info['status']}{message}", highlight=False, soft_wrap=True)
+    say(f"{job}: {info['status']}{message}")
 
 
 @app.command()
@@ -438,7 +435,7 @@ def export(
     uri = tracking_uri or default_tracking_uri()
     paths = export_study(study, uri, top_k, format, out_path, pareto=pareto)
     for path in paths:
-        out.print(str(path), highlight=False, soft_wrap=True)
+        say(str(path))
 
 
 @app.command()
@@ -462,12 +459,10 @@ def train(
     result = train_config(config, uri, epochs, device=device.value)
     final = result.final
     acc = f", val_acc {final['val_acc']:.4f}" if "val_acc" in final else ""
-    out.print(
+    say(
         f"Trained {len(result.history)} epochs on {result.device}: "
         f"val_loss {final['val_loss']:.4f}{acc}; "
-        f"diagnosis {result.diagnosis}; MLflow run {result.run_id} in {redact(uri)}",
-        highlight=False,
-        soft_wrap=True,
+        f"diagnosis {result.diagnosis}; MLflow run {result.run_id} in {redact(uri)}"
     )
     if result.test:
         scores = ", ".join(f"{key} {value:.4f}" for key, value in result.test.items())
@@ -489,7 +484,7 @@ def report(
 
     path = report_study(study, tracking_uri or default_tracking_uri(), out_path)
     size = path.stat().st_size / 1e6
-    out.print(f"{path} ({size:.1f} MB): open it in a browser", highlight=False, soft_wrap=True)
+    say(f"{path} ({size:.1f} MB): open it in a browser")
 
 
 @app.command()
