@@ -38,6 +38,7 @@ STATUS_SYMBOLS = {
     outcomes.COMPLETED: "circle",
     outcomes.STOPPED_BY_SCHEDULER: "x",
     outcomes.STOPPED_ON_OVERFIT: "diamond",
+    outcomes.DIVERGED: "star",
     outcomes.ERRORED: "square",
     outcomes.INTERRUPTED: "triangle-up",
 }

@@ -157,3 +157,4 @@ def test_a_study_where_every_trial_diverges_exits_1(study_dir: Path) -> None:
     result = runner.invoke(app, ["run", str(spec)])
     assert result.exit_code == 1
     assert "none of 2 trials produced a finite val_loss" in " ".join(result.output.split())
+    assert "(2 diverged)" in result.output

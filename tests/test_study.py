@@ -20,7 +20,7 @@ from trainables import metrics as m
 from tuner.driver.study import require_success, run_study
 from tuner.errors import SpecError, StudyError
 from tuner.results import outcomes
-from tuner.results.summary import BEST_CONFIG_FILE, TRIALS_FILE
+from tuner.results.summary import BEST_CONFIG_FILE, TRIALS_FILE, summary_lines
 from tuner.spec.job_spec import JobSpec
 
 pytestmark = pytest.mark.usefixtures("ray_local")
@@ -158,7 +158,8 @@ def test_diverging_trials_end_cleanly_and_fail_the_study(study_dir: Path) -> Non
         scheduler={"name": "fifo", "max_epochs": 5},
     )
     result = run_study(spec, show_progress=False)
-    assert (result.trials["status"] == outcomes.COMPLETED).all()
+    assert (result.trials["status"] == outcomes.DIVERGED).all()  # not counted as completed
+    assert "(2 diverged)" in summary_lines(result)[0]
     assert (result.trials["epochs"] < 5).all(), "a diverged trial kept training"
     # Optuna hears PRUNED, so TPE learns to avoid the region (not FAIL, which it ignores)
     assert [t.state for t in optuna_trials(spec, result.execution)] == [TrialState.PRUNED] * 2

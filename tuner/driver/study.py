@@ -793,8 +793,8 @@ def require_success(result: StudyResult) -> None:
         done = int((statuses != outcomes.INTERRUPTED).sum())
         raise StudyError(
             f"study {result.spec.name!r} was interrupted after {done} of "
-            f"{result.spec.search.num_samples} trials finished; Ray saved its state in "
-            f"{result.results_path}"
+            f"{result.spec.search.num_samples} trials finished; continue it with: "
+            f"tuner resume {result.results_uri or result.results_path}"
         )
     if result.best is None:
         errors = result.trials.get("error", pd.Series(dtype=object)).dropna().unique().tolist()

@@ -15,9 +15,10 @@ from trainables import metrics as m
 COMPLETED = "completed"
 STOPPED_BY_SCHEDULER = "stopped_by_scheduler"  # ASHA, or any early-stopping scheduler
 STOPPED_ON_OVERFIT = "stopped_on_overfit"
+DIVERGED = "diverged"  # ended itself: its loss became NaN or infinite
 ERRORED = "errored"
 INTERRUPTED = "interrupted"  # still running when the study was stopped (Ctrl-C)
-STATUSES = (COMPLETED, STOPPED_BY_SCHEDULER, STOPPED_ON_OVERFIT, ERRORED, INTERRUPTED)
+STATUSES = (COMPLETED, STOPPED_BY_SCHEDULER, STOPPED_ON_OVERFIT, DIVERGED, ERRORED, INTERRUPTED)
 #: why a study ended (`tuner.stop_reason` on the parent run): every trial ran (COMPLETED), the
 #: search stopped early (tuner.driver.stoppers), or it was INTERRUPTED before every trial finished
 TIME_BUDGET, PATIENCE = "time_budget", "patience"
@@ -34,15 +35,17 @@ def current_status(status: str) -> str:
 def trial_status(
     last_result: dict[str, Any] | None, max_epochs: int, *, errored: bool = False
 ) -> str:
-    """completed (ran its budget, or ended itself by diverging), stopped_by_scheduler, ... or
-    errored."""
+    """completed (ran its budget), stopped_by_scheduler, stopped_on_overfit, diverged (ended
+    itself on a non-finite loss) or errored."""
     if errored:
         return ERRORED
     if last_result and last_result.get(m.STOPPED_ON_OVERFIT):
         return STOPPED_ON_OVERFIT
     if not last_result:
         return STOPPED_BY_SCHEDULER  # stopped before it reported anything
-    if last_result.get(m.DIVERGED) or last_result.get(m.EPOCH, 0) >= max_epochs:
+    if last_result.get(m.DIVERGED):
+        return DIVERGED
+    if last_result.get(m.EPOCH, 0) >= max_epochs:
         return COMPLETED
     return STOPPED_BY_SCHEDULER
 

@@ -52,8 +52,9 @@ def summary_lines(result: StudyResult) -> list[str]:
     budget = len(result.trials) * spec.scheduler.max_epochs
     statuses = ", ".join(f"{counts[s]} {s}" for s in outcomes.STATUSES if counts.get(s))
     lines = [
-        f"Study {result.execution}: {len(result.trials)} trials in {result.wall_time_s:.0f}s "
-        f"({statuses}); {epochs} epochs trained of {budget} without early stopping",
+        f"Study {result.execution}: {len(result.trials)} trials in {result.wall_time_s:.0f}s"
+        f"{f' ({statuses})' if statuses else ''}; {epochs} epochs trained of {budget} without "
+        "early stopping",
     ]
     if result.stop_reason:
         lines.append(f"Stop reason: {stop_text(result)}")

@@ -182,7 +182,10 @@ class StudyResult:
 
     @property
     def best(self) -> pd.Series | None:
-        ranked = self.trials.dropna(subset=[schema.best(self.spec.objective.metric)])
+        objective = schema.best(self.spec.objective.metric)
+        if objective not in self.trials:  # no trial reported an epoch (Ctrl-C as they started)
+            return None
+        ranked = self.trials.dropna(subset=[objective])
         return None if ranked.empty else ranked.iloc[0]
 
     @property

@@ -659,11 +659,15 @@ def finish_parent_run(
     spec, trials = result.spec, result.trials
     ts = now_ms()
     values: dict[str, float] = {"wall_time_s": result.wall_time_s, schema.TRIALS_TOTAL: len(trials)}
-    counts = (("status", schema.STATUS_COUNT_PREFIX), ("diagnosis", schema.DIAGNOSIS_COUNT_PREFIX))
-    for column, prefix in counts:
-        if column in trials:
-            for name, count in trials[column].value_counts().items():
-                values[f"{prefix}{name}"] = int(count)
+    # every count, zeros too: a resumed study's end replaces the counts its interruption logged
+    counts = (
+        ("status", schema.STATUS_COUNT_PREFIX, outcomes.STATUSES),
+        ("diagnosis", schema.DIAGNOSIS_COUNT_PREFIX, diagnostics.DIAGNOSES),
+    )
+    for column, prefix, names in counts:
+        found = trials[column].value_counts() if column in trials else {}
+        for name in dict.fromkeys([*names, *found.keys()]):
+            values[f"{prefix}{name}"] = int(found.get(name, 0))
     if len(trials):
         values["epochs_trained"] = int(trials["epochs"].sum())
     if schema.PARETO in trials:
