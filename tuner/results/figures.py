@@ -103,6 +103,9 @@ class FigureProcess:
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 text=True,
+                # out of the terminal's process group: Ctrl-C is the driver's to handle (the
+                # helper printed a KeyboardInterrupt traceback); it ends when its stdin closes
+                start_new_session=True,
             )
         return self._helper
 
