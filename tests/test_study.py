@@ -15,7 +15,7 @@ import ray
 import yaml
 from optuna.trial import TrialState
 
-from tests.helpers import is_loopback, listening_sockets, tiny_spec
+from tests.helpers import free_port, is_loopback, listening_sockets, tiny_spec
 from trainables import metrics as m
 from tuner.driver.study import require_success, run_study
 from tuner.errors import SpecError, StudyError
@@ -167,10 +167,26 @@ def test_diverging_trials_end_cleanly_and_fail_the_study(study_dir: Path) -> Non
         require_success(result)
 
 
+def assert_nothing_claimed(spec: JobSpec, study_dir: Path) -> None:
+    """A refused run leaves no Optuna study and no results folder behind."""
+    assert optuna.get_all_study_names(spec.search.storage) == []
+    assert not (study_dir / "tuner-results").exists()
+
+
 def test_gpu_request_on_a_cpu_cluster_is_refused_up_front(study_dir: Path) -> None:
     spec = tiny_spec(resources={"gpu": 0.25})
     with pytest.raises(SpecError, match=r"resources.gpu.*0.25 GPU.*cluster has 0 GPU"):
         run_study(spec, show_progress=False)
+    assert_nothing_claimed(spec, study_dir)
+
+
+def test_an_unreachable_tracking_server_is_refused_before_anything_is_claimed(
+    study_dir: Path,
+) -> None:
+    spec = tiny_spec(tracking={"uri": f"http://127.0.0.1:{free_port()}"})
+    with pytest.raises(StudyError, match="tracking.uri: the MLflow server at .* cannot be reached"):
+        run_study(spec, show_progress=False)
+    assert_nothing_claimed(spec, study_dir)
 
 
 def test_incompatible_model_and_data_are_refused_before_ray(study_dir: Path) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import logging.handlers
 import os
 import threading
 import time
@@ -307,29 +308,53 @@ def make_searcher(
     )
 
 
+class StudyLog:
+    """The study's log file. Until `write_to` names it (a new study's folder exists only once
+    its execution is claimed, after every check) records wait in memory; then they and every
+    later one go to the file."""
+
+    def __init__(self) -> None:
+        self.handler = logging.handlers.MemoryHandler(capacity=1_000_000, target=None)
+
+    def write_to(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        file = logging.FileHandler(path)
+        file.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        self.handler.setTarget(file)
+        self.handler.capacity = 1  # from now on each record is written as it comes
+        self.handler.flush()
+
+    def close(self) -> None:
+        file = self.handler.target
+        self.handler.close()  # writes what is left to the file, if there is one
+        if file is not None:
+            file.close()
+
+
 @contextlib.contextmanager
-def logs_to_file(path: Path) -> Iterator[None]:
+def logs_to_file(path: Path | None) -> Iterator[StudyLog]:
     """Send Ray's, Optuna's, MLflow's (its database set-up, alembic's migrations) and Python's
-    warnings to the study's log file, not the terminal."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(path)
-    handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    warnings to the study's log file (`path`, or the one `StudyLog.write_to` names later), not
+    the terminal."""
+    log = StudyLog()
+    if path is not None:
+        log.write_to(path)
     import mlflow  # noqa: F401  (its import sets the mlflow logger's handler: do it first)
 
     names = ("ray", "optuna", "mlflow", "alembic", "py.warnings", "tuner")
     loggers = [logging.getLogger(n) for n in names]
     saved = [(lg.handlers[:], lg.propagate) for lg in loggers]
     for lg in loggers:
-        lg.handlers, lg.propagate = [handler], False
+        lg.handlers, lg.propagate = [log.handler], False
     logging.captureWarnings(True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        yield
+        yield log
     finally:
         logging.captureWarnings(False)
         for lg, (handlers, propagate) in zip(loggers, saved, strict=True):
             lg.handlers, lg.propagate = handlers, propagate
-        handler.close()
+        log.close()
 
 
 def run_study(
@@ -347,14 +372,17 @@ def run_study(
     prepared.warm_start = plan_warm_start(spec, prepared.space)
     for line in prepared.warm_start.lines() if prepared.warm_start else []:
         print(line)
-    execution = claim_execution(spec)
-    folder = study_folder(spec.storage, execution)
-    results_path = folder.local
-    results_path.mkdir(parents=True, exist_ok=True)
-    save_spec(spec, prepared.plugins, results_path)
-    publish(folder)  # a remote study's spec and plug-ins are in the bucket before any trial
-    with study_environment(results_path, spec), ray_session(address, num_cpus) as session:
+    with study_environment(None, spec) as log, ray_session(address, num_cpus) as session:
         training = place_trials(prepared)
+        if spec.tracking.enabled:
+            check_tracking(spec)
+        # only now, every check passed: a refused run leaves no Optuna study and no folder
+        execution = claim_execution(spec)
+        folder = study_folder(spec.storage, execution)
+        results_path = folder.local
+        log.write_to(results_path / LOG_FILE)
+        save_spec(spec, prepared.plugins, results_path)
+        publish(folder)  # a remote study's spec and plug-ins are in the bucket before any trial
         study = StudyRun.start(prepared, execution, folder, show_progress, trainable, training)
         return study.run(after_fit=session.release)
 
@@ -447,14 +475,37 @@ def snapshot_period_s(num_samples: int) -> float | str:
 
 
 @contextlib.contextmanager
-def study_environment(results_path: Path, spec: JobSpec) -> Iterator[None]:
-    """Quiet Ray output, logs to the study's log file, Optuna's experimental warnings off."""
+def study_environment(results_path: Path | None, spec: JobSpec) -> Iterator[StudyLog]:
+    """Quiet Ray output, logs to the study's log file (in `results_path`, or where
+    `StudyLog.write_to` says once the folder exists), Optuna's experimental warnings off."""
     os.environ.update(QUIET_RAY)
     os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = str(snapshot_period_s(spec.search.num_samples))
     os.environ.update(HTTP_SETTINGS)
-    with logs_to_file(results_path / LOG_FILE), warnings.catch_warnings():
+    log_file = results_path / LOG_FILE if results_path is not None else None
+    with logs_to_file(log_file) as log, warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        yield log
+
+
+def check_tracking(spec: JobSpec) -> None:
+    """An unreachable MLflow server refuses the study before anything is claimed or trained."""
+    with unreachable_tracking(spec):
+        client_for(spec.tracking.uri).search_experiments(max_results=1)
+
+
+@contextlib.contextmanager
+def unreachable_tracking(spec: JobSpec) -> Iterator[None]:
+    """A transient error from the tracking store, as the StudyError that says what to do."""
+    try:
         yield
+    except Exception as exc:
+        if not is_transient(exc):
+            raise
+        raise StudyError(
+            f"tracking.uri: the MLflow server at {redact(spec.tracking.uri)} cannot be reached "
+            f"({first_line(exc)}); start it, point tracking.uri elsewhere, or set "
+            "tracking.enabled: false"
+        ) from None
 
 
 def open_tracking(
@@ -466,17 +517,9 @@ def open_tracking(
 ) -> tuple[str, str]:
     """The study's MLflow experiment and parent run; an unreachable server fails the study here,
     before any training (mid-study outages are buffered instead)."""
-    try:
+    with unreachable_tracking(spec):
         client = client_for(spec.tracking.uri)
         return start_parent_run(client, spec, execution, results_path, plugins, inputs)
-    except Exception as exc:
-        if not is_transient(exc):
-            raise
-        raise StudyError(
-            f"tracking.uri: the MLflow server at {redact(spec.tracking.uri)} cannot be reached "
-            f"({first_line(exc)}); start it, point tracking.uri elsewhere, or set "
-            "tracking.enabled: false"
-        ) from None
 
 
 def trial_settings(
