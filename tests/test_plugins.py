@@ -395,7 +395,8 @@ def test_import_tuner_is_light() -> None:
     assert proc.stdout.strip() == "[]"
     help_code = (
         "import sys; sys.argv = ['tuner', '--help']\n"
-        "try:\n    import tuner.__main__\nexcept SystemExit:\n    pass\n"
+        "from tuner.__main__ import main\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
         "print(sorted(m for m in ('ray', 'mlflow', 'torch', 'optuna') if m in sys.modules))"
     )
     proc = subprocess.run(

@@ -234,3 +234,101 @@ def test_a_trial_failing_past_its_retries_is_errored_and_the_study_goes_on(
     require_success(result)  # one trial finished: the study succeeded
     lines = " ".join(summary_lines(result))
     assert "1 errored" in lines and "Trial 1 failed after its retries:" in lines
+
+
+# --------------------------------------------------------------------------- Ctrl-C at any moment
+
+INTERRUPTED_TRIALS = 4
+
+
+def results_folders(cwd: Path) -> list[Path]:
+    return sorted((cwd / "tuner-results").glob("*/"))
+
+
+def spec_loaded(cwd: Path, output: list[str]) -> bool:
+    """The CLI printed the study's first line: the spec is read, Ray not started yet."""
+    return bool(output)
+
+
+def claimed(cwd: Path, output: list[str]) -> bool:
+    """The execution is claimed: its folder exists (before any trial reports)."""
+    return bool(results_folders(cwd))
+
+
+def training(cwd: Path, output: list[str]) -> bool:
+    return any(e["event"] == "result" for e in journal_events(cwd / "tuner-results"))
+
+
+def ending(cwd: Path, output: list[str]) -> bool:
+    """Every trial has ended: the driver is ranking, reporting and closing the runs."""
+    ends = [e for e in journal_events(cwd / "tuner-results") if e["event"] == "end"]
+    return len(ends) >= INTERRUPTED_TRIALS
+
+
+@pytest.mark.parametrize(
+    "reached",
+    [spec_loaded, claimed, training, ending],
+    ids=["before_ray", "trials_starting", "training", "writing_results"],
+)
+def test_ctrl_c_at_any_moment_ends_in_one_message_and_resume_completes_the_study(
+    tmp_path: Path, reached
+) -> None:
+    """SIGINT to the driver's process group, as a terminal sends it: exit 1, no traceback, and
+    the `tuner resume` command, which then finishes the study; before Ray saved the study's
+    first state, a message that nothing was kept (and nothing is); once every trial has run,
+    the study's end is written first and the study completes."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        yaml.safe_dump(
+            {
+                "name": "ctrl-c",
+                "model": "mlp",
+                "dataset": {"name": "digits"},
+                "search": {"num_samples": INTERRUPTED_TRIALS, "max_concurrent": 2},
+                "scheduler": {"name": "fifo", "max_epochs": 4},
+            }
+        )
+    )
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "tuner", "run", str(spec)],
+        cwd=tmp_path,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(driver.stdout), daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 120
+    while not reached(tmp_path, lines) and driver.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert driver.poll() is None, f"the study ended before it was interrupted: {lines}"
+    os.killpg(driver.pid, signal.SIGINT)
+    driver.wait(timeout=120)
+    reader.join(timeout=10)
+    output = "".join(lines)
+
+    assert "Traceback" not in output and "KeyboardInterrupt" not in output, output
+    if reached is ending:  # every trial has run: the study's end is finished, not cut
+        assert driver.returncode == 0, output
+        assert "Stop reason: completed (4 of 4 trials ran)" in output, output
+        return
+    assert driver.returncode == 1, output
+    if "tuner resume" not in output:  # interrupted before Ray saved the study's first state
+        assert reached in (spec_loaded, claimed), output
+        assert "interrupted" in output and results_folders(tmp_path) == [], output
+        return
+    (folder,) = results_folders(tmp_path)
+    assert f"tuner resume {folder}" in " ".join(output.split()), output
+    resumed = subprocess.run(
+        [sys.executable, "-m", "tuner", "resume", str(folder)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    trials = pd.read_csv(folder / "trials.csv")
+    assert sorted(trials["trial"]) == list(range(1, INTERRUPTED_TRIALS + 1))
+    assert outcomes.INTERRUPTED not in set(trials["status"])

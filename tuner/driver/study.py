@@ -10,6 +10,9 @@ import contextlib
 import logging
 import logging.handlers
 import os
+import shutil
+import signal
+import sys
 import threading
 import time
 import traceback
@@ -383,8 +386,9 @@ def run_study(
         log.write_to(results_path / LOG_FILE)
         save_spec(spec, prepared.plugins, results_path)
         publish(folder)  # a remote study's spec and plug-ins are in the bucket before any trial
-        study = StudyRun.start(prepared, execution, folder, show_progress, trainable, training)
-        return study.run(after_fit=session.release)
+        with resumable(spec, folder):
+            study = StudyRun.start(prepared, execution, folder, show_progress, trainable, training)
+            return study.run(after_fit=session.release)
 
 
 def resume_study(
@@ -420,8 +424,52 @@ def resume_study(
         ray_session(address, num_cpus) as session,
     ):
         training = place_trials(prepared)
-        run = StudyRun.restore(prepared, folder, show_progress, training)
-        return run.run(after_fit=session.release)
+        with resumable(spec, folder):
+            run = StudyRun.restore(prepared, folder, show_progress, training)
+            return run.run(after_fit=session.release)
+
+
+@contextlib.contextmanager
+def resumable(spec: JobSpec, folder: StudyFolder) -> Iterator[None]:
+    """Ctrl-C, or `tuner stop` (SIGTERM, which Ray's driver raises as SystemExit), at any moment
+    of a claimed study that Ray Tune does not catch itself (starting, writing the results):
+    one message with the command that continues the study. Before Ray saved the study's first
+    state there is nothing to continue: the claim is released and the message says so."""
+    try:
+        yield
+    except (KeyboardInterrupt, SystemExit) as exc:
+        if isinstance(exc, SystemExit) and exc.code in (0, None):
+            raise
+        if not tune.Tuner.can_restore(folder.location):
+            release_claim(spec, folder)
+            raise StudyError(
+                f"study {spec.name!r} was interrupted before its first trial started: nothing "
+                "was kept (no Optuna study, MLflow run or results folder); start it again"
+            ) from None
+        raise StudyError(
+            f"study {spec.name!r} was interrupted; continue it with: "
+            f"tuner resume {folder.uri or folder.local}"
+        ) from None
+
+
+def release_claim(spec: JobSpec, folder: StudyFolder) -> None:
+    """Undo an execution Ray never saved: its Optuna study, its MLflow runs, its local folder
+    (a remote study's bucket keeps its spec, which no resume can use)."""
+    execution = folder.local.name
+    with contextlib.suppress(Exception):
+        optuna.delete_study(study_name=execution, storage=optuna_storage(spec.search.storage))
+    if spec.tracking.enabled:
+        with contextlib.suppress(Exception):
+            client = client_for(spec.tracking.uri)
+            experiment = client.get_experiment_by_name(spec.tracking.experiment)
+            if experiment is not None:
+                found = client.search_runs(
+                    [experiment.experiment_id],
+                    filter_string=f"tags.`{schema.EXECUTION_TAG}` = '{execution}'",
+                )
+                for run in found:
+                    client.delete_run(run.info.run_id)
+    shutil.rmtree(folder.local, ignore_errors=True)
 
 
 def extension(spec: JobSpec, overrides: list[str]) -> int | None:
@@ -555,6 +603,39 @@ def make_trainable(
         tune.with_parameters(trainable, data=data, settings=settings),
         {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
     )
+
+
+@contextlib.contextmanager
+def ctrl_c_restored() -> Iterator[None]:
+    """Around a Ray Tune fit: Ray installs its own Ctrl-C handler (which ends the fit
+    gracefully) and leaves it installed after a fit that ended normally, where it would swallow
+    the next Ctrl-C; the handler from before the fit comes back after it."""
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        yield
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, handler)
+
+
+@contextlib.contextmanager
+def finishing_first() -> Iterator[None]:
+    """Around the end of a study (ranking, results files, report, MLflow), which takes seconds
+    and is better finished than cut: the first Ctrl-C says so and lets it finish, a second one
+    interrupts it (`tuner resume` then writes the end again)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def first(signum: int, frame: Any) -> None:
+        sys.stderr.write("Ctrl-C: writing the study's results first; Ctrl-C again to stop now\n")
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    handler = signal.signal(signal.SIGINT, first)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, handler)
 
 
 class StudyRun:
@@ -710,11 +791,19 @@ class StudyRun:
             trials = trials_table(self.recorder.trials.values(), self.spec)
             interrupted = self.interrupted()
             if self.spec.selection is not None and not interrupted:
-                self.guarded(lambda: self.run_finalists(trials))
+                with ctrl_c_restored():
+                    self.guarded(lambda: self.run_finalists(trials))
         except BaseException:
             with contextlib.suppress(Exception):
                 upload(self.folder)
             raise
+        with finishing_first():
+            return self.conclude(trials, interrupted, after_fit)
+
+    def conclude(
+        self, trials: pd.DataFrame, interrupted: bool, after_fit: Callable[[], None] | None
+    ) -> StudyResult:
+        """Rank, save, report, close the MLflow runs and upload: the end of `run`."""
         if after_fit:
             after_fit()
         result = StudyResult(
@@ -750,7 +839,7 @@ class StudyRun:
         """Run every trial; on Ctrl-C or a crash, leave no MLflow run RUNNING."""
 
         def fit() -> None:
-            with self.progress or contextlib.nullcontext():
+            with self.progress or contextlib.nullcontext(), ctrl_c_restored():
                 self.tuner.fit()
 
         self.guarded(fit)
