@@ -260,11 +260,26 @@ def changed_files(root: Path = ROOT) -> list[str] | None:
     return None if status is None else [line for line in status.splitlines() if line]
 
 
-def git_state(root: Path = ROOT) -> dict[str, Any]:
-    """The commit measured, and whether the tree had uncommitted changes."""
+def git_state(root: Path = ROOT, dirty_because: str | None = None) -> dict[str, Any]:
+    """The commit measured, and whether (and why) the tree had uncommitted changes."""
     changed = changed_files(root)
     return {
         "commit": command_output("git", "rev-parse", "HEAD", cwd=root),
         "branch": command_output("git", "rev-parse", "--abbrev-ref", "HEAD", cwd=root),
         "dirty": None if changed is None else bool(changed),
+        "dirty_because": dirty_because if changed else None,
     }
+
+
+def dirty_refusal(root: Path, dirty_because: str | None) -> str | None:
+    """Why results may not be written from `root`'s tree, or None when they may: a results file
+    must name the code that produced it, so a tree with uncommitted changes to tracked files
+    needs a stated reason (recorded in the file)."""
+    changed = changed_files(root)
+    if not changed or (dirty_because and dirty_because.strip()):
+        return None
+    return (
+        f"refusing to write results: {len(changed)} tracked file(s) have uncommitted changes "
+        f"(git status --porcelain), so the commit would not name the code measured; commit "
+        f'them, or pass --dirty-because "REASON" to run anyway with the reason recorded'
+    )

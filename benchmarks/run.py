@@ -1,16 +1,17 @@
 """Side-by-side performance measurements: `python -m benchmarks.run [--quick] [--only NAME ...]
-[--json PATH]`.
+[--json PATH [--dirty-because REASON]]`.
 
 Each benchmark times tuner against a baseline in the same run, alternating which of the two runs
 first from one repeat to the next (A B, B A, ...) so that both see the same machine, and
 repeating (fewer repeats in quick mode). Each reports `{"name", "ratio", "spread", "target",
 "detail", "spans", "samples"}`: the ratio is the median repeat's, `spread` the lowest and highest
 ratio over the repeats, `spans` says what each side's timed span includes, `samples` holds every
-repeat's raw figures. `--json` writes them with the machine, the git commit and the date.
-Timings are never asserted in tests; these ratios are the measure. Run it from the repository
-root on an otherwise idle machine. The suites, one module each: trainable_vs_bare, overhead
-(tiny, small, vs_optuna), tracking_overhead, search_efficiency, scale, gpu; what they share is
-in benchmarks.common.
+repeat's raw figures. `--json` writes them with the machine, the git commit and the date, and
+only from a tree without uncommitted changes to tracked files, unless `--dirty-because` says why
+(recorded in the file). Timings are never asserted in tests; these ratios are the measure. Run it
+from the repository root on an otherwise idle machine. The suites, one module each:
+trainable_vs_bare, overhead (tiny, small, vs_optuna), tracking_overhead, search_efficiency,
+scale, gpu; what they share is in benchmarks.common.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from benchmarks import (
 from benchmarks.common import (
     ROOT,
     Benchmark,
+    dirty_refusal,
     git_state,
     machine,
     machine_line,
@@ -76,7 +78,15 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="fewer repeats, smaller studies")
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--only", nargs="*", choices=list(BENCHMARKS), help="run just these")
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--dirty-because",
+        metavar="REASON",
+        help="write --json from a tree with uncommitted changes; the reason is recorded",
+    )
+    args = parser.parse_args(argv)
+    if args.json and (refusal := dirty_refusal(ROOT, args.dirty_because)):
+        parser.exit(2, f"{refusal}\n")
+    return args
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -89,7 +99,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ),
         "mode": "quick" if args.quick else "full",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "git": git_state(ROOT),
+        "git": git_state(ROOT, args.dirty_because),
         "machine": about,
         "about": ABOUT,
         "benchmarks": [],

@@ -1,14 +1,17 @@
-"""The benchmark runner's pure parts: how repeats alternate and are summed up, how censored
-seeds rank, how epochs to a target are counted, the plain Optuna baseline's space and its ASHA
-rule. (The benchmarks themselves are not run here.)"""
+"""The benchmark runner's pure parts: how repeats alternate and are summed up, when results may
+be written, how censored seeds rank, how epochs to a target are counted, the plain Optuna
+baseline's space and its ASHA rule. (The benchmarks themselves are not run here.)"""
 
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
 from types import SimpleNamespace
 
 import optuna
+import pytest
 
-from benchmarks.common import abab, median_sample, spread, spread_text
+from benchmarks.common import abab, dirty_refusal, git_state, median_sample, spread, spread_text
 from benchmarks.gpu import GpuSamples, memory_per_trial
 from benchmarks.optuna_study import AshaPruner, asha_rungs, asha_stops, suggest
 from benchmarks.run import BENCHMARKS, parse, result_line
@@ -122,10 +125,58 @@ def test_search_efficiency_spread_is_over_each_seeds_own_ratio():
     assert per_seed_ratios(slow, fast) == [3.0, 1.0, 5.0]
 
 
-def test_the_command_keeps_its_flags_and_its_order():
+def git(folder: Path, *args: str) -> None:
+    subprocess.run(
+        ["git", "-c", "user.name=bench", "-c", "user.email=bench@example.com", *args],
+        cwd=folder,
+        check=True,
+        capture_output=True,
+    )
+
+
+@pytest.fixture
+def repository(tmp_path: Path) -> Path:
+    """A git repository with one committed file."""
+    git(tmp_path, "init", "-q")
+    (tmp_path / "tuner.py").write_text("x = 1\n")
+    git(tmp_path, "add", "tuner.py")
+    git(tmp_path, "commit", "-q", "-m", "first")
+    return tmp_path
+
+
+def test_results_from_a_clean_tree_are_written_and_untracked_files_do_not_count(repository):
+    (repository / "scratch.txt").write_text("not tracked")
+    assert dirty_refusal(repository, None) is None
+    assert git_state(repository)["dirty"] is False
+
+
+def test_results_from_a_dirty_tree_are_refused_without_a_reason(repository):
+    (repository / "tuner.py").write_text("x = 2\n")
+    refusal = dirty_refusal(repository, None)
+    assert refusal is not None
+    assert "1 tracked file(s) have uncommitted changes" in refusal
+    assert "--dirty-because" in refusal
+    assert dirty_refusal(repository, "  ") == refusal  # a blank reason is no reason
+
+
+def test_a_dirty_tree_with_a_reason_is_allowed_and_the_reason_is_recorded(repository):
+    (repository / "tuner.py").write_text("x = 2\n")
+    assert dirty_refusal(repository, "timing the old scheduler against the new") is None
+    state = git_state(repository, "timing the old scheduler against the new")
+    assert state["dirty"] is True
+    assert state["dirty_because"] == "timing the old scheduler against the new"
+    assert git_state(repository)["dirty_because"] is None
+
+
+def test_the_command_keeps_its_flags_and_refuses_json_only_from_a_dirty_tree(monkeypatch, tmp_path):
+    monkeypatch.setattr("benchmarks.run.dirty_refusal", lambda root, why: None if why else "no")
     args = parse(["--quick", "--only", "overhead_tiny", "overhead_small"])
     assert args.quick and args.only == ["overhead_tiny", "overhead_small"]
-    assert parse([]).json is None
+    assert parse([]).json is None  # no file written: nothing refused
+    with pytest.raises(SystemExit) as refused:
+        parse(["--json", str(tmp_path / "r.json")])
+    assert refused.value.code == 2
+    assert parse(["--json", str(tmp_path / "r.json"), "--dirty-because", "why"]).dirty_because
     assert list(BENCHMARKS)[:4] == [
         "trainable_vs_bare",
         "overhead_tiny",
