@@ -159,7 +159,7 @@ def in_temporary_folder(side):
 def overhead(work: Workload, quick: bool) -> dict[str, Any]:
     """tuner's whole path (Ray, Optuna, MLflow, checkpoints) against the same configs trained by
     the same loop in plain local processes; both whole processes, alternating."""
-    sampled: list[dict[str, Any]] = []  # search.seed is fixed: every tuner run samples these
+    sampled: list[dict[str, Any]] = []  # the configs of the latest tuner run (search.seed 0)
 
     def tuner() -> dict[str, Any]:
         figures = in_temporary_folder(
@@ -201,8 +201,8 @@ def overhead(work: Workload, quick: bool) -> dict[str, Any]:
             "report and the MLflow summary",
             "baseline": "the `python -m benchmarks.local_trials` process from start to exit: "
             "Python's start and imports, a pool of 2 freshly spawned processes (their start, "
-            "imports and data loading), then the configs tuner sampled (search.seed 0: the same "
-            "in every repeat), trained by the same loop for the same epochs; no search, "
+            "imports and data loading), then the configs the latest tuner run sampled "
+            "(search.seed 0), trained by the same loop for the same epochs; no search, "
             "tracking, checkpoints or results written",
         },
         "samples": samples,
