@@ -52,7 +52,7 @@ def median_sample(samples: list[dict[str, Any]]) -> dict[str, Any]:
     return sorted(samples, key=lambda s: s["ratio"])[len(samples) // 2]
 
 
-def spread(values: list[float]) -> list[float] | None:
+def spread(values: list[float | None]) -> list[float] | None:
     """[lowest, highest] of the repeats' ratios; None without a repeat to compare."""
     finite = [v for v in values if v is not None]
     return [min(finite), max(finite)] if finite else None

@@ -44,7 +44,14 @@ GPU_FRACTIONS = (1, 0.5, 0.25, 0.125)
 
 
 def skipped(name: str, why: str) -> dict[str, Any]:
-    return {"name": name, "ratio": None, "target": "skipped", "detail": why, "samples": []}
+    return {
+        "name": name,
+        "ratio": None,
+        "spread": None,
+        "target": "skipped",
+        "detail": why,
+        "samples": [],
+    }
 
 
 def mnist_dataset() -> dict[str, Any]:
@@ -121,6 +128,7 @@ def gpu_packing(quick: bool) -> dict[str, Any]:
     return {
         "name": "gpu_packing",
         "ratio": best / by_fraction[1]["trials_per_hour"],
+        "spread": spread(pass_ratios(samples)),
         "target": "report",
         "detail": f"CNN on {dataset['name']}, {work.trials} trials x {work.epochs} epochs per "
         f"fraction, {gpus} GPU(s); trials/hour, mean GPU utilisation, peak memory per trial "
@@ -136,6 +144,18 @@ def gpu_packing(quick: bool) -> dict[str, Any]:
         },
         "samples": samples,
     }
+
+
+def pass_ratios(samples: list[dict[str, Any]]) -> list[float]:
+    """Each pass over the fractions (forward, then backward in full mode): its best trials/hour
+    over its trials/hour at a whole GPU per trial."""
+    size = len(GPU_FRACTIONS)
+    passes = [samples[i : i + size] for i in range(0, len(samples), size)]
+    return [
+        max(s["trials_per_hour"] for s in p)
+        / next(s["trials_per_hour"] for s in p if s["gpu_fraction"] == 1)
+        for p in passes
+    ]
 
 
 def memory_per_trial(gpu: dict[str, Any], trials_per_gpu: int) -> dict[str, Any]:

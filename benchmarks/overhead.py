@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -147,7 +148,7 @@ def optuna_process(work: Workload, folder: Path) -> dict[str, Any]:
     }
 
 
-def in_temporary_folder(side):
+def in_temporary_folder(side: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
     """`side(folder)` run in a fresh temporary folder."""
     with tempfile.TemporaryDirectory() as folder:
         return side(Path(folder))

@@ -291,6 +291,7 @@ def scale(quick: bool) -> dict[str, Any]:
     return {
         "name": "scale",
         "ratio": on["results_per_s"],
+        "spread": None,  # one study a side: nothing to spread over
         "target": ">= 100/s",
         "detail": scale_text(run, on, off, rows),
         "targets": rows,

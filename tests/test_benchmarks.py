@@ -12,7 +12,7 @@ import optuna
 import pytest
 
 from benchmarks.common import abab, dirty_refusal, git_state, median_sample, spread, spread_text
-from benchmarks.gpu import GpuSamples, memory_per_trial
+from benchmarks.gpu import GpuSamples, memory_per_trial, pass_ratios
 from benchmarks.optuna_study import AshaPruner, asha_rungs, asha_stops, suggest
 from benchmarks.run import BENCHMARKS, parse, result_line
 from benchmarks.search_efficiency import TargetWatch, censored_median, per_seed_ratios, shown
@@ -211,3 +211,10 @@ def test_the_asha_pruner_compares_with_the_trials_that_reached_the_rung_before()
             study.tell(trial, value)
     # Optuna's SuccessiveHalvingPruner would also stop 0.45: only 4 // 3 = 1 value goes on
     assert decisions == [False, True, False, False]
+
+
+def test_gpu_packing_spreads_over_its_passes_best_fraction_against_a_whole_gpu():
+    forward = [(1, 100.0), (0.5, 150.0), (0.25, 180.0), (0.125, 120.0)]
+    backward = [(0.125, 110.0), (0.25, 160.0), (0.5, 140.0), (1, 80.0)]
+    samples = [{"gpu_fraction": f, "trials_per_hour": t} for f, t in forward + backward]
+    assert pass_ratios(samples) == [1.8, 2.0]
