@@ -69,8 +69,10 @@ timeout -k 10 "$PYTEST_LIMIT_S" "$PY" -m pytest -m gpu tests/test_gpu.py -q -rs 
 pytest_rc=${PIPESTATUS[0]}
 
 echo "== benchmarks (limit ${BENCH_LIMIT_S} s)" | tee "$OUT/bench.log"
+# a check of whatever tree it is run from, not a kept result: the reason is recorded if it is dirty
 timeout -k 10 "$BENCH_LIMIT_S" "$PY" -m benchmarks.run --quick --only gpu_packing gpu_precision \
-    --json "$OUT/gpu.json" 2>&1 | tee -a "$OUT/bench.log"
+    --json "$OUT/gpu.json" --dirty-because "gpu_check.sh: a check of the working tree" 2>&1 \
+    | tee -a "$OUT/bench.log"
 bench_rc=${PIPESTATUS[0]}
 
 {

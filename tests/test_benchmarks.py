@@ -1,19 +1,21 @@
-"""The benchmark runner's pure parts: how censored seeds rank, how epochs to a target are
-counted, and the plain Optuna baseline's space. (The benchmarks themselves are not run here.)"""
+"""The benchmark runner's pure parts: how repeats alternate and are summed up, when results may
+be written, how censored seeds rank, how epochs to a target are counted, the plain Optuna
+baseline's space and its ASHA rule. (The benchmarks themselves are not run here.)"""
 
 from __future__ import annotations
 
-import optuna
+import subprocess
+from pathlib import Path
+from types import SimpleNamespace
 
-from benchmarks.optuna_study import suggest
-from benchmarks.run import (
-    GpuSamples,
-    TargetWatch,
-    censored_median,
-    median_sample,
-    memory_per_trial,
-    shown,
-)
+import optuna
+import pytest
+
+from benchmarks.common import abab, dirty_refusal, git_state, median_sample, spread, spread_text
+from benchmarks.gpu import GpuSamples, memory_per_trial, pass_ratios
+from benchmarks.optuna_study import AshaPruner, asha_rungs, asha_stops, suggest
+from benchmarks.run import BENCHMARKS, parse, result_line
+from benchmarks.search_efficiency import TargetWatch, censored_median, per_seed_ratios, shown
 
 
 def run(epochs: int, reached: bool) -> dict:
@@ -87,3 +89,132 @@ def test_gpu_samples_summarise_only_their_window_and_per_trial_memory_prefers_pr
     named = memory_per_trial(samples.summary(5.0, 12.0), trials_per_gpu=4)
     assert named == {"peak_memory_per_trial_mib": 1100.0, "memory_from": "process"}
     assert memory_per_trial(samples.summary(20.0, 30.0), 2)["peak_memory_per_trial_mib"] is None
+
+
+def test_the_two_sides_alternate_which_runs_first():
+    assert abab(4, "tuner", "local") == [
+        ("tuner", "local"),
+        ("local", "tuner"),
+        ("tuner", "local"),
+        ("local", "tuner"),
+    ]
+    assert abab(1, "a", "b") == [("a", "b")]
+    assert abab(0, "a", "b") == []
+
+
+def test_the_median_repeat_and_the_spread_of_the_ratio():
+    samples = [{"ratio": 1.3}, {"ratio": 0.9}, {"ratio": 1.1}, {"ratio": 1.2}]
+    assert median_sample(samples) == {"ratio": 1.2}  # the upper middle of an even number
+    assert spread([s["ratio"] for s in samples]) == [0.9, 1.3]
+    assert spread([]) is None and spread([None, 2.0]) == [2.0, 2.0]
+    assert spread_text([0.9, 1.3]) == "0.90-1.30" and spread_text(None) == ""
+
+
+def test_the_printed_line_carries_the_median_ratio_and_its_spread():
+    result = {"name": "overhead_tiny", "ratio": 1.634, "spread": [1.55, 1.702], "target": "<= 2.0"}
+    line = result_line({**result, "detail": "16 mlp trials", "seconds": 61.4})
+    assert line.split()[:6] == ["overhead_tiny", "1.63", "spread", "1.55-1.70", "target", "<="]
+    assert line.endswith("16 mlp trials  [61 s]")
+    unspread = result_line({**result, "spread": None, "detail": "d", "seconds": 1.0})
+    assert "spread -" in unspread
+
+
+def test_search_efficiency_spread_is_over_each_seeds_own_ratio():
+    slow = [{"epochs": 300}, {"epochs": 90}, {"epochs": 100}]
+    fast = [{"epochs": 100}, {"epochs": 90}, {"epochs": 20}]
+    assert per_seed_ratios(slow, fast) == [3.0, 1.0, 5.0]
+
+
+def git(folder: Path, *args: str) -> None:
+    subprocess.run(
+        ["git", "-c", "user.name=bench", "-c", "user.email=bench@example.com", *args],
+        cwd=folder,
+        check=True,
+        capture_output=True,
+    )
+
+
+@pytest.fixture
+def repository(tmp_path: Path) -> Path:
+    """A git repository with one committed file."""
+    git(tmp_path, "init", "-q")
+    (tmp_path / "tuner.py").write_text("x = 1\n")
+    git(tmp_path, "add", "tuner.py")
+    git(tmp_path, "commit", "-q", "-m", "first")
+    return tmp_path
+
+
+def test_results_from_a_clean_tree_are_written_and_untracked_files_do_not_count(repository):
+    (repository / "scratch.txt").write_text("not tracked")
+    assert dirty_refusal(repository, None) is None
+    assert git_state(repository)["dirty"] is False
+
+
+def test_results_from_a_dirty_tree_are_refused_without_a_reason(repository):
+    (repository / "tuner.py").write_text("x = 2\n")
+    refusal = dirty_refusal(repository, None)
+    assert refusal is not None
+    assert "1 tracked file(s) have uncommitted changes" in refusal
+    assert "--dirty-because" in refusal
+    assert dirty_refusal(repository, "  ") == refusal  # a blank reason is no reason
+
+
+def test_a_dirty_tree_with_a_reason_is_allowed_and_the_reason_is_recorded(repository):
+    (repository / "tuner.py").write_text("x = 2\n")
+    assert dirty_refusal(repository, "timing the old scheduler against the new") is None
+    state = git_state(repository, "timing the old scheduler against the new")
+    assert state["dirty"] is True
+    assert state["dirty_because"] == "timing the old scheduler against the new"
+    assert git_state(repository)["dirty_because"] is None
+
+
+def test_the_command_keeps_its_flags_and_refuses_json_only_from_a_dirty_tree(monkeypatch, tmp_path):
+    monkeypatch.setattr("benchmarks.run.dirty_refusal", lambda root, why: None if why else "no")
+    args = parse(["--quick", "--only", "overhead_tiny", "overhead_small"])
+    assert args.quick and args.only == ["overhead_tiny", "overhead_small"]
+    assert parse([]).json is None  # no file written: nothing refused
+    with pytest.raises(SystemExit) as refused:
+        parse(["--json", str(tmp_path / "r.json")])
+    assert refused.value.code == 2
+    assert parse(["--json", str(tmp_path / "r.json"), "--dirty-because", "why"]).dirty_because
+    assert list(BENCHMARKS)[:4] == [
+        "trainable_vs_bare",
+        "overhead_tiny",
+        "overhead_small",
+        "overhead_vs_optuna",
+    ]
+
+
+def test_the_optuna_baseline_prunes_by_rays_asha_rule():
+    from ray.tune.schedulers.async_hyperband import _Bracket
+
+    assert asha_rungs(2, 3, 6) == [2] and asha_rungs(1, 3, 27) == [1, 3, 9]
+    bracket = _Bracket(min_t=2, max_t=6, reduction_factor=3, s=0)
+    values = [0.5, 0.7, 0.4, 0.45, 0.9, 0.3, 0.42, 0.41, 0.6, 0.35]  # val_loss: lower is better
+    for i, value in enumerate(values):
+        ray_stops = bracket.on_result(SimpleNamespace(trial_id=str(i)), 2, -value) == "STOP"
+        assert asha_stops(-value, [-v for v in values[:i]], 3) == ray_stops, i
+
+
+def test_the_asha_pruner_compares_with_the_trials_that_reached_the_rung_before():
+    study = optuna.create_study(direction="minimize", pruner=AshaPruner(2, 3, 6))
+    decisions = []
+    for value in (0.5, 0.7, 0.4, 0.45):
+        trial = study.ask()
+        trial.report(1.0, 1)
+        assert not trial.should_prune()  # epoch 1 is no rung
+        trial.report(value, 2)
+        decisions.append(trial.should_prune())
+        if decisions[-1]:
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        else:
+            study.tell(trial, value)
+    # Optuna's SuccessiveHalvingPruner would also stop 0.45: only 4 // 3 = 1 value goes on
+    assert decisions == [False, True, False, False]
+
+
+def test_gpu_packing_spreads_over_its_passes_best_fraction_against_a_whole_gpu():
+    forward = [(1, 100.0), (0.5, 150.0), (0.25, 180.0), (0.125, 120.0)]
+    backward = [(0.125, 110.0), (0.25, 160.0), (0.5, 140.0), (1, 80.0)]
+    samples = [{"gpu_fraction": f, "trials_per_hour": t} for f, t in forward + backward]
+    assert pass_ratios(samples) == [1.8, 2.0]
