@@ -352,12 +352,15 @@ def test_stop_ends_a_running_study_and_its_mlflow_runs_killed(
     assert result.exit_code == 0, result.output
     assert "Stopping" in result.output
     assert wait_for_status(job, jobs_env.address, {"STOPPED"}, timeout_s=60) == "STOPPED"
+    status = runner.invoke(app, ["status", job, "--address", jobs_env.address])
+    assert status.exit_code == 1 and "STOPPED" in status.output  # scripts can tell
     again = runner.invoke(app, ["stop", job, "--address", jobs_env.address])
     assert again.exit_code == 0 and "already ended: STOPPED" in again.output
 
     # the driver's SIGTERM closes the study's runs as Ctrl-C does: none is left RUNNING
     logs = runner.invoke(app, ["logs", job, "--address", jobs_env.address]).output
     assert parent_statuses(db) == ["KILLED"], logs
+    assert "was interrupted; continue it with: tuner resume" in " ".join(logs.split()), logs
     children = child_runs(db)
     assert "RUNNING" not in {status for status, _ in children.values()}, (children, logs)
     ended = set(outcomes.STATUSES) - {outcomes.INTERRUPTED, outcomes.ERRORED}

@@ -311,12 +311,16 @@ def status(
         str | None, typer.Option(help="Ray Jobs server, http://HEAD:8265. Default: $RAY_ADDRESS.")
     ] = None,
 ) -> None:
-    """Status of a submitted study (Ray Job): PENDING, RUNNING, SUCCEEDED, FAILED or STOPPED."""
+    """Status of a submitted study (Ray Job): PENDING, RUNNING, SUCCEEDED, FAILED or STOPPED.
+    Exit 0 while it is pending or running and when it succeeded, 1 when it failed or was
+    stopped."""
     from tuner.cluster.jobs import job_info, resolve_address
 
     info = job_info(job, resolve_address(address))
     message = f" ({info['message']})" if info["message"] else ""
     say(f"{job}: {info['status']}{message}")
+    if info["status"] in ("FAILED", "STOPPED"):
+        raise typer.Exit(1)
 
 
 @app.command()
