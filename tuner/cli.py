@@ -514,10 +514,8 @@ def ui(
     tracking_uri: TrackingOption = None,
 ) -> None:
     """The MLflow UI on the study's tracking store, bound to 127.0.0.1 by default."""
-    import subprocess
-
     from tuner.cluster.redaction import redact
-    from tuner.tracking.mlflow_server import UI_SERVER_ENV, ui_server_command
+    from tuner.tracking.mlflow_server import UI_SERVER_ENV, serve_until_stopped, ui_server_command
     from tuner.tracking.runs import default_tracking_uri
 
     uri = tracking_uri or default_tracking_uri()
@@ -526,7 +524,7 @@ def ui(
         return
     out.print(f"MLflow UI on {redact(uri)}: http://{host}:{port} (Ctrl-C to stop)", highlight=False)
     command = ui_server_command(uri, host, port)
-    raise typer.Exit(subprocess.call(command, env={**os.environ, **UI_SERVER_ENV}))
+    raise typer.Exit(serve_until_stopped(command, {**os.environ, **UI_SERVER_ENV}))
 
 
 @app.command()
