@@ -46,6 +46,23 @@ def test_catalogue_commands(command: list[str], expected: list[str]) -> None:
         assert text in result.output
 
 
+def test_check_says_what_run_would_refuse_and_starts_nothing(
+    study_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ray
+
+    spec = write_spec(study_dir)
+    ok = runner.invoke(app, ["check", str(spec)])
+    assert ok.exit_code == 0, ok.output
+    assert "ok: mlp on digits (image (1, 8, 8)), 10 hyperparameters searched" in ok.output
+    bad = runner.invoke(app, ["check", str(spec), "--set", "search.num_samples=0"])
+    refused = runner.invoke(app, ["run", str(spec), "--set", "search.num_samples=0"])
+    assert bad.exit_code == refused.exit_code == 2
+    assert bad.output in refused.output  # the same message
+    assert not ray.is_initialized()
+    assert sorted(p.name for p in study_dir.iterdir()) == ["spec.yaml"]
+
+
 def test_spaces_prints_every_line_of_each_space_file_as_written() -> None:
     """Categorical choices such as `[adam, adamw, sgd]` are not rich markup to drop."""
     import search_spaces

@@ -143,6 +143,28 @@ def run(
 
 @app.command()
 @handle_errors
+def check(
+    spec: Annotated[Path, typer.Argument(help="Job spec YAML file.")],
+    set_: SetOption = None,
+) -> None:
+    """Check a spec as `tuner run` does before it starts Ray (keys and values, the search space,
+    plug-ins, the data, a model built and trained a step with every categorical choice),
+    starting nothing and touching no store. Exit 0, or 2 with `tuner run`'s message."""
+    from tuner.driver.study import prepare
+    from tuner.spec.job_spec import load_spec
+
+    loaded = load_spec(spec, set_)
+    prepared = prepare(loaded)
+    data, space = prepared.dataset, prepared.space
+    say(
+        f"{spec}: ok: {loaded.model} on {data.name} ({data.layout} {tuple(data.sample_shape)}), "
+        f"{len(space.params)} hyperparameters searched, {loaded.search.num_samples} trials "
+        f"({loaded.search.algorithm} + {loaded.scheduler.name})"
+    )
+
+
+@app.command()
+@handle_errors
 def demo(set_: SetOption = None, address: AddressOption = None) -> None:
     """Run the built-in demo study (an MLP on the bundled digits)."""
     run_and_report(demo_spec_path(), set_, address)
