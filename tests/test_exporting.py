@@ -61,11 +61,16 @@ def test_export_top_k_ranks_by_best_epoch(study: StudyResult, tmp_path: Path) ->
     assert values == sorted(values)
 
 
-def test_export_then_train_reaches_the_tuned_accuracy(study: StudyResult, tmp_path: Path) -> None:
+def test_export_then_train_reaches_the_tuned_accuracy(
+    study: StudyResult, tmp_path: Path, capfd: pytest.CaptureFixture
+) -> None:
     uri = study.spec.tracking.uri
     (path,) = export_study(study.parent_run_id, uri, top_k=1, out=tmp_path / "best.yaml")
     tuned = yaml.safe_load(path.read_text())
+    capfd.readouterr()
     result = train_config(path, uri)
+    echoed = capfd.readouterr()
+    assert "Successfully registered" not in echoed.out + echoed.err  # tuner train says it
     assert len(result.history) == tuned["epochs"]
     assert abs(result.final["val_acc"] - tuned["metrics"]["val_acc"]) <= 0.01
     assert result.registered_model == "export-me-best"

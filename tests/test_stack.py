@@ -161,6 +161,9 @@ def test_export_and_train_work_against_the_server(
     train = tuner(stack_study, "train", str(config_path), "--device", "cpu")
     assert train.returncode == 0, train.stdout + train.stderr
     assert "Registered as model 'stack-best'" in train.stdout
+    said = train.stdout + train.stderr  # tuner's lines only, not MLflow's repeating them
+    for echo in ("View run", "View experiment", "Successfully registered", "Created version"):
+        assert echo not in said, said
     [version] = MlflowClient(stack_study.tracking_uri).search_model_versions("name='stack-best'")
     trained = client.get_run(version.run_id)
     assert trained.info.status == "FINISHED"

@@ -9,6 +9,10 @@ once, at the end: `test_loss` (and `test_acc`), the figures to ship it on.
 
 from __future__ import annotations
 
+import contextlib
+import io
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +33,10 @@ from tuner.tracking.mlflow_callback import (
 from tuner.tracking.runs import client_for
 
 DEVICES = ("auto", "cpu", "cuda")
+
+
+#: MLflow's switch for its "View run ..." lines at the end of a run on a server
+SUPPRESS_URLS = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
 
 
 @dataclass
@@ -108,6 +116,24 @@ def train_config(
     )
 
 
+@contextlib.contextmanager
+def mlflow_echoes_off() -> Iterator[None]:
+    """Around logging and registering the model: MLflow's lines there repeat what `tuner train`
+    prints ("Successfully registered model", "Created version", on a server "View run ..." and
+    "View experiment ..." at each end of the run), and torch's export notes on the input
+    example's shape say nothing to the user. Failures still raise."""
+    saved = os.environ.get(SUPPRESS_URLS)
+    os.environ[SUPPRESS_URLS] = "true"
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        if saved is None:
+            os.environ.pop(SUPPRESS_URLS, None)
+        else:
+            os.environ[SUPPRESS_URLS] = saved
+
+
 def log_trained_model(
     config: ExportedConfig,
     model,
@@ -177,7 +203,7 @@ def log_trained_model(
     registered = f"{study}-best" if register and rank == 1 and config.source.get("study") else None
     model = getattr(model, "_orig_mod", model)  # torch.compile's wrapper: log the model itself
     mlflow.set_tracking_uri(tracking_uri)
-    with mlflow.start_run(run_id=run_id):
+    with mlflow_echoes_off(), mlflow.start_run(run_id=run_id):
         mlflow.pytorch.log_model(
             model.cpu().eval(),
             name="model",
@@ -189,5 +215,6 @@ def log_trained_model(
             # the plug-in code the model's classes live in, loaded with it from the model's folder
             code_paths=code_paths(plugins) or None,
         )
-    client.set_terminated(run_id, status="FINISHED")
+    with mlflow_echoes_off():
+        client.set_terminated(run_id, status="FINISHED")
     return TrainResult(run_id, history, verdict.diagnosis, registered, device, dict(test or {}))
