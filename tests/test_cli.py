@@ -10,6 +10,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from tests.helpers import make_study
 from tuner.cli import app
 from tuner.results.summary import BEST_CONFIG_FILE, TRIALS_FILE
 
@@ -61,6 +62,28 @@ def test_check_says_what_run_would_refuse_and_starts_nothing(
     assert bad.output in refused.output  # the same message
     assert not ray.is_initialized()
     assert sorted(p.name for p in study_dir.iterdir()) == ["spec.yaml"]
+
+
+def test_list_in_80_columns_shows_every_run_id_whole(
+    study_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/cluster.md has users copy run ids from `tuner list`."""
+    from mlflow.tracking import MlflowClient
+    from rich.console import Console
+
+    import tuner.cli
+
+    uri = f"sqlite:///{study_dir / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    ids = [
+        make_study(client, name, "val_loss:min", {1: 0.5, 2: 0.3}).info.run_id
+        for name in ("a-study-with-a-rather-long-name", "short")
+    ]
+    monkeypatch.setattr(tuner.cli, "out", Console(width=80))
+    result = runner.invoke(app, ["list", "--tracking-uri", uri])
+    assert result.exit_code == 0, result.output
+    for run_id in ids:
+        assert run_id in result.output, result.output
 
 
 def test_spaces_prints_every_line_of_each_space_file_as_written() -> None:

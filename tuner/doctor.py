@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tuner.cluster.jobs import cluster_ray_version
 from tuner.cluster.redaction import redact
-from tuner.errors import TunerError
+from tuner.errors import TunerError, brief
 from tuner.versions import installed_version, key_packages
 
 TIMEOUT_S = 5.0
@@ -135,7 +135,7 @@ def database(topic: str, url: str, key: str) -> Finding:
         finally:
             engine.dispose()
     except (sqlalchemy.exc.SQLAlchemyError, TunerError) as exc:
-        detail = " ".join(str(getattr(exc, "orig", None) or exc).split())[:200]
+        detail = brief(str(getattr(exc, "orig", None) or exc))
         return Finding(topic, f"{redact(url)}: no answer ({redact(detail)})", False)
     return Finding(topic, f"{redact(url)}: answers", True)
 

@@ -17,3 +17,13 @@ class StudyError(TunerError):
 
 class ClusterError(TunerError):
     """A Ray cluster that cannot be reached, refuses the request or has no such job (exit 1)."""
+
+
+def brief(text: str, limit: int = 200) -> str:
+    """`text` on one line, cut after about `limit` characters at a space, never inside a word:
+    a URL or a path in an error stays whole."""
+    text = " ".join(str(text).split())
+    if len(text) <= limit:
+        return text
+    end = text.find(" ", limit)
+    return text if end == -1 else f"{text[:end]} …"

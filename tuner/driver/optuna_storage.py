@@ -16,7 +16,7 @@ import sqlalchemy
 
 from tuner.cluster.databases import OptunaStorage, engine_options, remember, reveal, sqlalchemy_url
 from tuner.cluster.redaction import has_password, redact
-from tuner.errors import StudyError
+from tuner.errors import StudyError, brief
 from tuner.spec.job_spec import JobSpec
 
 
@@ -48,7 +48,7 @@ def optuna_storage(url: str) -> optuna.storages.RDBStorage:
 
 def storage_failure(url: str, exc: Exception) -> str:
     """Why the Optuna storage did not open (the driver's own words, redacted), and what to do."""
-    detail = " ".join(str(getattr(exc, "orig", None) or exc).split())[:300]
+    detail = brief(str(getattr(exc, "orig", None) or exc), 300)
     message = f"search.storage: cannot open the Optuna storage {redact(url)} ({redact(detail)})"
     if url.startswith("postgresql") and not has_password(url):
         message += (

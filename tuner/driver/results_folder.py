@@ -22,7 +22,7 @@ from tuner.cluster.storage import (
     upload,
     working_folder,
 )
-from tuner.errors import SpecError, StudyError
+from tuner.errors import SpecError, StudyError, brief
 from tuner.spec.job_spec import JobSpec, read_yaml_file, spec_from_dict
 from tuner.spec.plugin_files import copy_plugins
 from tuner.tracking import schema
@@ -64,7 +64,7 @@ def study_spec(results_path: Path) -> JobSpec:
 
 def first_line(exc: Exception) -> str:
     text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__
+    return brief(text[0]) if text else type(exc).__name__
 
 
 def find_results(study: str, tracking_uri: str | None) -> StudyFolder:

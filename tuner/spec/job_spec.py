@@ -39,7 +39,7 @@ from trainables.plugins import PluginCode, is_file_entry
 from trainables.registry import Registry
 from tuner.driver.samplers import MULTI_OBJECTIVE_SAMPLERS, SAMPLERS
 from tuner.driver.schedulers import SCHEDULERS
-from tuner.errors import SpecError
+from tuner.errors import SpecError, brief
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
 
@@ -396,7 +396,7 @@ def parse_yaml(text: str, what: str) -> Any:
     try:
         return yaml.safe_load(text)
     except YAML_ERRORS as exc:
-        detail = " ".join(str(exc).split())[:300]
+        detail = brief(str(exc), 300)
         raise SpecError(f"{what} is not valid YAML: {detail}") from None
 
 

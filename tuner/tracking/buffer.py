@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from tuner.errors import StudyError
+from tuner.errors import StudyError, brief
 from tuner.internals.mlflow_internals import upload_artifact
 from tuner.tracking.inputs import as_dataset_inputs
 
@@ -226,7 +226,7 @@ class BufferedWriter:
                 raise StudyError(
                     f"the MLflow server did not answer for {self.read_patience_s:g} s (a read, "
                     f"{getattr(call, '__name__', call)}, with {len(self.queue)} writes buffered): "
-                    f"{str(error or 'unreachable')[:300]}; try again once it answers"
+                    f"{brief(str(error or 'unreachable'), 300)}; try again once it answers"
                 ) from error
             log.warning("MLflow read waits for the server (%s)", error or "writes buffered")
             time.sleep(delay)
