@@ -248,6 +248,8 @@ def test_tuner_run_without_token_mode_says_what_to_set(cluster: Cluster, tmp_pat
     assert "set RAY_AUTH_MODE=token in this environment" in text and "RAY_AUTH_TOKEN" in text
     assert "Traceback" not in proc.stderr and cluster.token not in proc.stdout + proc.stderr
     assert not (tmp_path / "mlflow.db").exists()  # refused before any MLflow run
+    # Ray's C++ retry lines (gcs_client.cc ... for ~20 s) do not reach the terminal
+    assert "gcs_client" not in proc.stderr and "InvalidAuthToken" not in proc.stderr, proc.stderr
 
 
 def test_a_driver_address_where_nothing_listens_is_told_apart_from_a_refusal() -> None:

@@ -15,6 +15,7 @@ import contextlib
 import logging
 import os
 import secrets
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -192,7 +193,8 @@ def driver_connection_errors(address: str) -> Iterator[None]:
     cluster with token authentication refuses a driver that has no RAY_AUTH_MODE=token (or no
     valid token) exactly like an unreachable one, after retrying for about 20 s."""
     try:
-        yield
+        with native_output_to_log():
+            yield
     except ConnectionError as exc:
         detail = _scrub(str(exc).splitlines()[0] if str(exc) else "", _token_or_none())
         token_mode = os.environ.get("RAY_AUTH_MODE", "").lower() == "token"
@@ -212,6 +214,30 @@ def driver_connection_errors(address: str) -> Iterator[None]:
             f"the Ray cluster at {address} refused this driver ({detail}) although "
             f"RAY_AUTH_MODE=token is set: the token is missing or wrong. {_TOKEN_HELP}."
         ) from None
+
+
+@contextlib.contextmanager
+def native_output_to_log() -> Iterator[None]:
+    """While a driver connects: what Ray's C++ core writes to the process's stderr (file
+    descriptor 2: `gcs_client.cc ... InvalidAuthToken` a few times a second for the ~20 s it
+    retries a refused connection) goes to the study's log (the `ray` logger), token scrubbed,
+    not the terminal; tuner's own message says what went wrong."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            text = sink.read().decode(errors="replace").strip()
+            if text:
+                logging.getLogger("ray").warning(
+                    "while connecting:\n%s", _scrub(text, _token_or_none())
+                )
 
 
 @contextlib.contextmanager
