@@ -248,3 +248,12 @@ def test_the_tests_ray_listens_on_127_0_0_1_only() -> None:
     sockets = listening_sockets(psutil.Process())
     assert {"gcs_server", "raylet", "ray::"} <= seen_processes(sockets), sockets
     assert [s for s in sockets if not is_loopback(s["ip"])] == []
+
+
+def test_a_loopback_cluster_address_is_reached_on_loopback() -> None:
+    from tuner.driver.study import is_loopback_address
+
+    for address in ("127.0.0.1:6379", "localhost:6379", "ray://127.0.0.1:10001", "[::1]:6379"):
+        assert is_loopback_address(address), address
+    for address in ("10.0.0.5:6379", "head.example.org:6379", "auto", "ray://HEAD:10001"):
+        assert not is_loopback_address(address), address

@@ -211,6 +211,12 @@ class RaySession:
             ray.shutdown()
 
 
+def is_loopback_address(address: str) -> bool:
+    """`127.0.0.1:6379`, `localhost:6379` (a Ray GCS address on this machine's loopback)."""
+    host = address.removeprefix("ray://").rsplit(":", 1)[0].strip("[]")
+    return host == "localhost" or host.startswith("127.") or host == "::1"
+
+
 @contextlib.contextmanager
 def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iterator[RaySession]:
     """Start a local Ray (or attach to `address`), unless this process already has one; on exit
@@ -225,7 +231,10 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
         )
     quiet = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
     if address:
-        with driver_connection_errors(address):
+        # a cluster started on loopback (docs/cluster.md) is reached on loopback: Ray would
+        # look for it at the machine's outward IP instead
+        on_loopback = loopback_node() if is_loopback_address(address) else contextlib.nullcontext()
+        with driver_connection_errors(address), on_loopback:
             ray.init(address=address, **quiet)
     else:
         with loopback_node():
