@@ -13,6 +13,7 @@ import pytest
 import ray.cloudpickle
 from ray import tune
 
+from tests.helpers import save_ray_trials
 from tuner.driver.picklable_samplers import WithoutLocks
 from tuner.driver.samplers import SAMPLERS, make_sampler
 from tuner.driver.searcher import TruthfulOptunaSearch
@@ -53,6 +54,7 @@ def test_a_searcher_restored_from_its_checkpoint_asks_what_it_would_have(
     """`tuner resume`: Ray restores the searcher from the file `save` wrote."""
     searcher = searcher_after_trials(algorithm)
     searcher.save(str(tmp_path / "searcher.pkl"))
+    save_ray_trials(tmp_path, [f"t{n}" for n in range(8)])  # Ray's trials, saved beside it
     restored = searcher_after_trials(algorithm, trials=0)
     restored.restore(str(tmp_path / "searcher.pkl"))
     assert type(restored._sampler) is type(searcher._sampler)

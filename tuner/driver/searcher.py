@@ -70,8 +70,9 @@ class TruthfulOptunaSearch(OptunaSearch):
         again for its Optuna trial. Optuna trials the crashed driver asked for and no trial
         runs fail too."""
         super().restore(checkpoint_path)
-        ray_trials = set(saved_trial_ids(Path(checkpoint_path).parent))
+        saved = saved_trial_ids(Path(checkpoint_path).parent)
         study, asked = optuna_study(self), optuna_trials(self)
+        ray_trials = set(asked) if saved is None else set(saved)  # None: restored by hand
         for trial_id in set(asked) - ray_trials:
             study.tell(asked.pop(trial_id), state=TrialState.FAIL, skip_if_finished=True)
             self._curves.pop(trial_id, None)

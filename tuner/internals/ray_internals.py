@@ -104,17 +104,19 @@ def completed_trials(searcher) -> set[str]:
 # ------------------------------------------------------------------------- restoring a saved study
 
 
-def saved_trial_ids(experiment_dir) -> list[str]:
+def saved_trial_ids(experiment_dir) -> list[str] | None:
     """The trials a restore of a saved Ray experiment will know: those in its newest experiment
-    state file (Ray's own pick, by name)."""
+    state file (Ray's own pick, by name); None when the folder has none."""
     import json
     from pathlib import Path
 
     from ray.tune.execution.tune_controller import TuneController
 
     pattern = TuneController.CKPT_FILE_TMPL.format("*")
-    newest = max(Path(experiment_dir).glob(pattern), key=lambda p: p.name)
-    state = json.loads(newest.read_text())
+    files = sorted(Path(experiment_dir).glob(pattern), key=lambda p: p.name)
+    if not files:
+        return None
+    state = json.loads(files[-1].read_text())
     return [json.loads(trial)["trial_id"] for trial, _ in state["trial_data"]]
 
 
@@ -140,11 +142,12 @@ def align_search_count(results_path) -> tuple[int, int]:
     generator by one. Restored as it is, Ray counts a trial it never restores as created and
     ends one trial short; the other way round, it creates one trial too many. Rewrites the
     generator's file; returns (count before, count after)."""
-    created = len(saved_trial_ids(results_path))
+    saved = saved_trial_ids(results_path)
 
     def align(state: dict) -> tuple[int, int]:
-        before, state["counter"] = state["counter"], created
-        return before, created
+        before = state["counter"]
+        state["counter"] = before if saved is None else len(saved)
+        return before, state["counter"]
 
     return _rewrite_search_state(results_path, align)
 
