@@ -10,9 +10,6 @@ import contextlib
 import logging
 import logging.handlers
 import os
-import shutil
-import signal
-import sys
 import threading
 import time
 import traceback
@@ -38,7 +35,6 @@ from trainables.models import MODELS
 from trainables.plugins import PluginCode
 from trainables.trainable import TrialSettings, train_trial
 from tuner.cluster.jobs import driver_connection_errors
-from tuner.cluster.redaction import RedactingFormatter
 from tuner.cluster.storage import (
     StagingMirror,
     StudyFolder,
@@ -47,6 +43,7 @@ from tuner.cluster.storage import (
     upload,
 )
 from tuner.driver.finalist_runs import FinalistRuns, run_finalists
+from tuner.driver.interrupts import ctrl_c_restored, finishing_first, resumable
 from tuner.driver.journal import JOURNAL_FILE, append_event, read_journal
 from tuner.driver.optuna_storage import claim_execution, open_optuna_storage, optuna_storage
 from tuner.driver.placement import (
@@ -74,6 +71,7 @@ from tuner.driver.stoppers import (
     StudyStop,
     stop_reason,
 )
+from tuner.driver.study_log import StudyLog, logs_to_file
 from tuner.driver.warm_start import WarmStart, plan_warm_start
 from tuner.errors import SpecError, StudyError
 from tuner.internals.optuna_internals import SoleWriterCache
@@ -320,55 +318,6 @@ def make_searcher(
     )
 
 
-class StudyLog:
-    """The study's log file. Until `write_to` names it (a new study's folder exists only once
-    its execution is claimed, after every check) records wait in memory; then they and every
-    later one go to the file."""
-
-    def __init__(self) -> None:
-        self.handler = logging.handlers.MemoryHandler(capacity=1_000_000, target=None)
-
-    def write_to(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        file = logging.FileHandler(path)
-        file.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        self.handler.setTarget(file)
-        self.handler.capacity = 1  # from now on each record is written as it comes
-        self.handler.flush()
-
-    def close(self) -> None:
-        file = self.handler.target
-        self.handler.close()  # writes what is left to the file, if there is one
-        if file is not None:
-            file.close()
-
-
-@contextlib.contextmanager
-def logs_to_file(path: Path | None) -> Iterator[StudyLog]:
-    """Send Ray's, Optuna's, MLflow's (its database set-up, alembic's migrations) and Python's
-    warnings to the study's log file (`path`, or the one `StudyLog.write_to` names later), not
-    the terminal."""
-    log = StudyLog()
-    if path is not None:
-        log.write_to(path)
-    import mlflow  # noqa: F401  (its import sets the mlflow logger's handler: do it first)
-
-    names = ("ray", "optuna", "mlflow", "alembic", "py.warnings", "tuner")
-    loggers = [logging.getLogger(n) for n in names]
-    saved = [(lg.handlers[:], lg.propagate) for lg in loggers]
-    for lg in loggers:
-        lg.handlers, lg.propagate = [log.handler], False
-    logging.captureWarnings(True)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        yield log
-    finally:
-        logging.captureWarnings(False)
-        for lg, (handlers, propagate) in zip(loggers, saved, strict=True):
-            lg.handlers, lg.propagate = handlers, propagate
-        log.close()
-
-
 def run_study(
     spec: JobSpec,
     *,
@@ -436,49 +385,6 @@ def resume_study(
         with resumable(spec, folder):
             run = StudyRun.restore(prepared, folder, show_progress, training)
             return run.run(after_fit=session.release)
-
-
-@contextlib.contextmanager
-def resumable(spec: JobSpec, folder: StudyFolder) -> Iterator[None]:
-    """Ctrl-C, or `tuner stop` (SIGTERM, which Ray's driver raises as SystemExit), at any moment
-    of a claimed study that Ray Tune does not catch itself (starting, writing the results):
-    one message with the command that continues the study. Before Ray saved the study's first
-    state there is nothing to continue: the claim is released and the message says so."""
-    try:
-        yield
-    except (KeyboardInterrupt, SystemExit) as exc:
-        if isinstance(exc, SystemExit) and exc.code in (0, None):
-            raise
-        if not tune.Tuner.can_restore(folder.location):
-            release_claim(spec, folder)
-            raise StudyError(
-                f"study {spec.name!r} was interrupted before its first trial started: nothing "
-                "was kept (no Optuna study, MLflow run or results folder); start it again"
-            ) from None
-        raise StudyError(
-            f"study {spec.name!r} was interrupted; continue it with: "
-            f"tuner resume {folder.uri or folder.local}"
-        ) from None
-
-
-def release_claim(spec: JobSpec, folder: StudyFolder) -> None:
-    """Undo an execution Ray never saved: its Optuna study, its MLflow runs, its local folder
-    (a remote study's bucket keeps its spec, which no resume can use)."""
-    execution = folder.local.name
-    with contextlib.suppress(Exception):
-        optuna.delete_study(study_name=execution, storage=optuna_storage(spec.search.storage))
-    if spec.tracking.enabled:
-        with contextlib.suppress(Exception):
-            client = client_for(spec.tracking.uri)
-            experiment = client.get_experiment_by_name(spec.tracking.experiment)
-            if experiment is not None:
-                found = client.search_runs(
-                    [experiment.experiment_id],
-                    filter_string=f"tags.`{schema.EXECUTION_TAG}` = '{execution}'",
-                )
-                for run in found:
-                    client.delete_run(run.info.run_id)
-    shutil.rmtree(folder.local, ignore_errors=True)
 
 
 def extension(spec: JobSpec, overrides: list[str]) -> int | None:
@@ -612,39 +518,6 @@ def make_trainable(
         tune.with_parameters(trainable, data=data, settings=settings),
         {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
     )
-
-
-@contextlib.contextmanager
-def ctrl_c_restored() -> Iterator[None]:
-    """Around a Ray Tune fit: Ray installs its own Ctrl-C handler (which ends the fit
-    gracefully) and leaves it installed after a fit that ended normally, where it would swallow
-    the next Ctrl-C; the handler from before the fit comes back after it."""
-    handler = signal.getsignal(signal.SIGINT)
-    try:
-        yield
-    finally:
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGINT, handler)
-
-
-@contextlib.contextmanager
-def finishing_first() -> Iterator[None]:
-    """Around the end of a study (ranking, results files, report, MLflow), which takes seconds
-    and is better finished than cut: the first Ctrl-C says so and lets it finish, a second one
-    interrupts it (`tuner resume` then writes the end again)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def first(signum: int, frame: Any) -> None:
-        sys.stderr.write("Ctrl-C: writing the study's results first; Ctrl-C again to stop now\n")
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-
-    handler = signal.signal(signal.SIGINT, first)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, handler)
 
 
 class StudyRun:
