@@ -270,19 +270,29 @@ def stack_mlflow(
 
 @dataclass(frozen=True)
 class RayHead:
-    """A one-node Ray cluster with token authentication and its Jobs API on 127.0.0.1."""
+    """A Ray cluster on 127.0.0.1 with token authentication, as a team starts one."""
 
-    address: str  # the Jobs server, http://127.0.0.1:PORT
-    gcs: str  # 127.0.0.1:PORT, what other nodes (`ray start --address`) join
+    address: str  # the Jobs server, http://127.0.0.1:PORT ("" without a dashboard)
+    gcs: str  # 127.0.0.1:PORT: what `tuner run --address` and other nodes take
     token: str
     temp_dir: Path
+    env: dict[str, str]  # the nodes' environment: a driver of this cluster runs with it
 
 
 @contextlib.contextmanager
-def ray_head(num_cpus: int, env: dict[str, str] | None = None) -> Iterator[RayHead]:
-    """`ray start --head` as a team starts it (token auth on, dashboard = Jobs API), killed by
-    its processes at the end (see tests/test_jobs.py: `ray stop` would stop everybody's Ray).
-    `env` joins the nodes' environment (what every job driver and trial inherits)."""
+def ray_head(
+    num_cpus: int,
+    env: dict[str, str] | None = None,
+    *,
+    num_gpus: int = 0,
+    workers: int = 0,
+    dashboard: bool = True,
+    object_store_mb: int = 150,
+) -> Iterator[RayHead]:
+    """`ray start --head` (and `workers` more nodes of the same size), token auth on, the
+    dashboard (the Jobs API) on 127.0.0.1 unless `dashboard` is false; killed by its processes
+    at the end (`ray stop` would stop everybody's Ray). `env` joins the nodes' environment (what
+    every job driver and trial inherits). Ready for jobs when it is yielded."""
     temp_dir = Path(tempfile.mkdtemp(prefix="rh-", dir="/tmp"))  # short: Ray's unix sockets
     token = secrets.token_hex(32)
     node_env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
@@ -294,21 +304,31 @@ def ray_head(num_cpus: int, env: dict[str, str] | None = None) -> Iterator[RayHe
         **{CLUSTER_MARKER: str(temp_dir)},
     )
     gcs_port, dashboard_port = free_port(), free_port()
+    node = ["--num-cpus", str(num_cpus), "--num-gpus", str(num_gpus)]
+    node += ["--node-ip-address", "127.0.0.1", "--disable-usage-stats"]
+    node += ["--object-store-memory", str(object_store_mb * 1024**2)]
+    served = ["--include-dashboard", "true", "--dashboard-host", "127.0.0.1"]
+    served += ["--dashboard-port", str(dashboard_port)]
     try:
         ray_start(
-            ["--head", "--port", str(gcs_port), "--temp-dir", str(temp_dir)]
-            + ["--num-cpus", str(num_cpus), "--num-gpus", "0", "--node-ip-address", "127.0.0.1"]
-            + ["--object-store-memory", str(150 * 1024**2), "--disable-usage-stats"]
-            + ["--include-dashboard", "true", "--dashboard-host", "127.0.0.1"]
-            + ["--dashboard-port", str(dashboard_port), "--ray-client-server-port"]
-            + [str(free_port()), "--dashboard-agent-listen-port", str(free_port())],
+            ["--head", "--port", str(gcs_port), "--temp-dir", str(temp_dir), *node]
+            + (served if dashboard else ["--include-dashboard", "false"])
+            + ["--ray-client-server-port", str(free_port())]
+            + ["--dashboard-agent-listen-port", str(free_port())],
             node_env,
             temp_dir,
         )
-        head = RayHead(
-            f"http://127.0.0.1:{dashboard_port}", f"127.0.0.1:{gcs_port}", token, temp_dir
-        )
-        wait_for_jobs(head)
+        for n in range(workers):  # each its own temp dir: shared, they delete job folders
+            ray_start(
+                ["--address", f"127.0.0.1:{gcs_port}", "--temp-dir", str(temp_dir / f"w{n}")]
+                + [*node, "--dashboard-agent-listen-port", str(free_port())],
+                node_env,
+                temp_dir,
+            )
+        jobs = f"http://127.0.0.1:{dashboard_port}" if dashboard else ""
+        head = RayHead(jobs, f"127.0.0.1:{gcs_port}", token, temp_dir, node_env)
+        if dashboard:
+            wait_for_jobs(head)
         yield head
     finally:
         kill_cluster(temp_dir)
@@ -454,6 +474,21 @@ def callbacks(study_dir: Path) -> tuple[StudyRecorder, MlflowTracking, MlflowCli
     recorder = StudyRecorder("val_loss", "min", max_epochs=2)
     tracking = MlflowTracking(spec, recorder, parent_id, experiment_id, study_dir / RUN_IDS_FILE)
     return recorder, tracking, client
+
+
+def recorded_ops(tracking, delay_s: float = 0.0) -> list[str]:
+    """The writes `tracking` sends from now on, by kind (each still sent, after `delay_s`)."""
+    import time
+
+    ops, write = [], tracking.writer._write
+
+    def counted(op):
+        ops.append(op["op"])
+        time.sleep(delay_s)
+        return write(op)
+
+    tracking.writer._write = counted
+    return ops
 
 
 def drive(callbacks_: list, hook: str, trial, **kwargs) -> None:

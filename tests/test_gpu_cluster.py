@@ -13,11 +13,8 @@ this pytest process may already hold the session's local Ray (`ray_local`).
 from __future__ import annotations
 
 import os
-import secrets
-import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +24,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.helpers import CLUSTER_MARKER, RAY, free_port, kill_cluster, max_concurrency, ray_start
+from tests.helpers import max_concurrency, ray_head
 from tuner.driver.journal import JOURNAL_FILE, read_journal
 from tuner.tracking import schema
 
@@ -50,32 +47,12 @@ class GpuCluster:
 @pytest.fixture(scope="module")
 def gpu_cluster() -> Iterator[GpuCluster]:
     """One head node with 8 CPUs and 2 (simulated) GPUs, token auth, on 127.0.0.1 only."""
-    temp_dir = Path(tempfile.mkdtemp(prefix="rg-", dir="/tmp"))  # short: Ray's socket paths
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    env.update(
-        PATH=f"{RAY.parent}{os.pathsep}{env.get('PATH', '')}",
-        # trials import trainables from this checkout, as the driver does
-        PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p),
-        RAY_AUTH_MODE="token",
-        RAY_AUTH_TOKEN=secrets.token_hex(32),
-        **{CLUSTER_MARKER: str(temp_dir)},
-    )
-    gcs_port = free_port()
-    try:
-        ray_start(
-            ["--head", "--port", str(gcs_port), "--temp-dir", str(temp_dir)]
-            + ["--num-cpus", str(NODE_CPUS), "--num-gpus", str(NODE_GPUS)]
-            + ["--node-ip-address", "127.0.0.1", "--include-dashboard", "false"]
-            + ["--object-store-memory", str(100 * 1024**2), "--disable-usage-stats"]
-            + ["--ray-client-server-port", str(free_port())]
-            + ["--dashboard-agent-listen-port", str(free_port())],
-            env,
-            temp_dir,
-        )
-        yield GpuCluster(f"127.0.0.1:{gcs_port}", env)
-    finally:
-        kill_cluster(temp_dir)
-        shutil.rmtree(temp_dir, ignore_errors=True)
+    # trials import trainables from this checkout, as the driver does
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    with ray_head(
+        NODE_CPUS, {"PYTHONPATH": path}, num_gpus=NODE_GPUS, dashboard=False, object_store_mb=100
+    ) as head:
+        yield GpuCluster(head.gcs, head.env)
 
 
 def write_spec(folder: Path, **sections: Any) -> Path:

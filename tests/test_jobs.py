@@ -15,7 +15,6 @@ import shutil
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,11 +27,8 @@ from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 from tests.helpers import (
-    CLUSTER_MARKER,
-    RAY,
     free_port,
-    kill_cluster,
-    ray_start,
+    ray_head,
     submit,
     wait_for_status,
 )
@@ -57,41 +53,9 @@ class Cluster:
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
     """Head + worker node, 1 CPU each, token auth on, Jobs API on 127.0.0.1; ready for jobs."""
-    # Short: Ray's unix sockets live under it (a ~100 character limit), pytest's tmp paths are long.
-    temp_dir = Path(tempfile.mkdtemp(prefix="rj-", dir="/tmp"))
-    token = secrets.token_hex(32)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    env.update(
-        PATH=f"{RAY.parent}{os.pathsep}{env.get('PATH', '')}",  # `python` in job entrypoints
-        RAY_AUTH_MODE="token",
-        RAY_AUTH_TOKEN=token,
-        **{CLUSTER_MARKER: str(temp_dir)},
-    )
-    gcs_port, dashboard_port = free_port(), free_port()
-    common = ["--num-cpus", "1", "--num-gpus", "0", "--node-ip-address", "127.0.0.1"]
-    common += ["--object-store-memory", str(100 * 1024**2), "--disable-usage-stats"]
-    try:
-        ray_start(
-            ["--head", "--port", str(gcs_port), "--temp-dir", str(temp_dir), *common]
-            + ["--include-dashboard", "true", "--dashboard-host", "127.0.0.1"]
-            + ["--dashboard-port", str(dashboard_port), "--ray-client-server-port"]
-            + [str(free_port()), "--dashboard-agent-listen-port", str(free_port())],
-            env,
-            temp_dir,
-        )
-        # Its own temp dir: nodes sharing one would share (and delete) job working dirs.
-        ray_start(
-            ["--address", f"127.0.0.1:{gcs_port}", "--temp-dir", str(temp_dir / "w"), *common]
-            + ["--dashboard-agent-listen-port", str(free_port())],
-            env,
-            temp_dir,
-        )
-        address = f"http://127.0.0.1:{dashboard_port}"
-        wait_for_two_nodes(address, token)
-        yield Cluster(address, token, temp_dir, f"127.0.0.1:{gcs_port}")
-    finally:
-        kill_cluster(temp_dir)
-        shutil.rmtree(temp_dir, ignore_errors=True)
+    with ray_head(num_cpus=1, workers=1, object_store_mb=100) as head:
+        wait_for_two_nodes(head.address, head.token)
+        yield Cluster(head.address, head.token, head.temp_dir, head.gcs)
 
 
 def wait_for_two_nodes(address: str, token: str, timeout_s: float = 90) -> None:

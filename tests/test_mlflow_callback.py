@@ -10,13 +10,12 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.helpers import EPOCH_1, callbacks, drive, fake_trial, tiny_spec
+from tests.helpers import EPOCH_1, callbacks, drive, fake_trial, recorded_ops, tiny_spec
 from trainables.data import DataOptions, load_dataset
 from tuner.driver.journal import JOURNAL_FILE, read_journal
 from tuner.driver.study import run_study
 from tuner.results import diagnostics, outcomes
 from tuner.results.trials import StudyResult
-from tuner.tracking import writer_thread
 from tuner.tracking.inputs import dataset_inputs, digests
 from tuner.tracking.mlflow_callback import (
     RUN_IDS_FILE,
@@ -326,21 +325,6 @@ def test_passwords_in_urls_never_reach_mlflow(study_dir: Path) -> None:
     assert run.data.params["search.storage"] == "postgresql://optuna:***@db-host:5432/optuna"
 
 
-def recorded_ops(tracking: MlflowTracking, delay_s: float = 0.0) -> list[str]:
-    """The writes `tracking` sends from now on, by kind (each still sent, after `delay_s`)."""
-    import time
-
-    ops, write = [], tracking.writer._write
-
-    def counted(op):
-        ops.append(op["op"])
-        time.sleep(delay_s)
-        return write(op)
-
-    tracking.writer._write = counted
-    return ops
-
-
 def test_a_trial_that_ended_before_its_run_was_made_takes_four_writes(study_dir: Path) -> None:
     """What the writer thread meets when it is behind: the trial's start, epochs and end are all
     queued when it creates the run. Params, every epoch and the summary go in one batch."""
@@ -365,45 +349,3 @@ def test_a_trial_that_ended_before_its_run_was_made_takes_four_writes(study_dir:
     assert run.info.status == "FINISHED" and run.data.params == {"lr": "0.01", "optimizer": "adam"}
     assert [p.value for p in client.get_metric_history(run.info.run_id, "val_loss")] == [1.0, 0.8]
     assert run.data.metrics["best_val_loss"] == 0.8
-
-
-@pytest.mark.parametrize("max_lag_s", [0.3, 1_000.0])
-def test_the_event_loop_waits_for_a_writer_that_falls_behind(
-    study_dir: Path, monkeypatch, max_lag_s: float
-) -> None:
-    """Writes that take 0.1 s each, results queued faster: with a 0.3 s limit the queue stays
-    a few writes long; without one (the control) it holds nearly every result."""
-    import time
-
-    monkeypatch.setattr(writer_thread, "MAX_WRITER_LAG_S", max_lag_s)
-    recorder, tracking, _ = callbacks(study_dir)
-    tracking.background, tracking.flush_interval_s = True, 0.0  # each epoch: its own batch
-    recorded_ops(tracking, delay_s=0.1)
-    trial = fake_trial("t1", 1)
-    drive([recorder, tracking], "on_trial_start", trial)
-    queued = []
-    for epoch in range(1, 21):  # a result every 0.01 s, ten times the writer's pace
-        time.sleep(0.01)
-        drive([recorder, tracking], "on_trial_result", trial, result={**EPOCH_1, "epoch": epoch})
-        queued.append(tracking._writes.queued)
-    tracking.wait()
-    assert max(queued) <= 8 if max_lag_s < 1 else max(queued) >= 14
-
-
-def test_a_write_that_hangs_is_not_waited_for(study_dir: Path, monkeypatch) -> None:
-    """A server that stops answering holds the writer thread, not the study."""
-    import time
-
-    monkeypatch.setattr(writer_thread, "MAX_WRITER_LAG_S", 0.1)
-    monkeypatch.setattr(writer_thread, "STUCK_WRITE_S", 0.3)
-    recorder, tracking, _ = callbacks(study_dir)
-    tracking.background, tracking.flush_interval_s = True, 0.0
-    recorded_ops(tracking, delay_s=3.0)
-    trial = fake_trial("t1", 1)
-    began = time.monotonic()
-    drive([recorder, tracking], "on_trial_start", trial)
-    for epoch in (1, 2, 3):
-        drive([recorder, tracking], "on_trial_result", trial, result={**EPOCH_1, "epoch": epoch})
-    held = time.monotonic() - began
-    tracking.wait()
-    assert held < 2.0, f"the hooks waited {held:.1f} s for a write that hung"

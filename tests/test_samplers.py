@@ -4,9 +4,12 @@ search."""
 
 from __future__ import annotations
 
+import importlib.util
+import math
 import pickle
 import threading
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
@@ -14,6 +17,7 @@ import ray.cloudpickle
 from ray import tune
 
 from tests.helpers import save_ray_trials
+from trainables.registry import UnknownNameError
 from tuner.driver.picklable_samplers import WithoutLocks
 from tuner.driver.samplers import SAMPLERS, make_sampler
 from tuner.driver.searcher import TruthfulOptunaSearch
@@ -92,3 +96,59 @@ def test_a_sampler_without_locks_makes_new_ones_when_unpickled() -> None:
     assert copy.lock.acquire(blocking=False) and copy.rlock.acquire(blocking=False)
     assert copy.lock is not holder.lock
     assert type(copy.rlock) is type(threading.RLock())
+
+
+# --------------------------------------------------------------------------- seeds and names
+
+
+def first_configs(algorithm: str, seed: int, n: int = 4) -> list[dict[str, Any]]:
+    space = load_space("mlp", "mlp")
+    study = optuna.create_study(sampler=make_sampler(algorithm, seed))
+    configs = []
+    for _ in range(n):
+        trial = study.ask()
+        config = space.sample(trial)
+        configs.append(config)
+        study.tell(trial, math.log10(config["lr"]) + config["num_layers"])
+    return configs
+
+
+def test_cmaes_sampler_can_sample_relative() -> None:
+    """CmaEsSampler imports the `cmaes` package from its second trial on."""
+    assert importlib.util.find_spec("cmaes") is not None, (
+        "search.algorithm=cmaes needs the `cmaes` package, which is not installed"
+    )
+
+
+@pytest.mark.parametrize("algorithm", SAMPLERS.names())
+def test_same_seed_same_first_configs(algorithm: str) -> None:
+    first = first_configs(algorithm, seed=11)
+    assert first == first_configs(algorithm, seed=11)
+    assert len({repr(c) for c in first}) > 1  # not one config repeated
+
+
+@pytest.mark.parametrize("algorithm", ["tpe", "random", "cmaes"])
+def test_different_seed_different_first_configs(algorithm: str) -> None:
+    assert first_configs(algorithm, seed=1) != first_configs(algorithm, seed=2)
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "kind"),
+    [
+        ("tpe", optuna.samplers.TPESampler),
+        ("random", optuna.samplers.RandomSampler),
+        ("cmaes", optuna.samplers.CmaEsSampler),
+        ("qmc", optuna.samplers.QMCSampler),
+    ],
+)
+def test_make_sampler_kinds(algorithm: str, kind: type) -> None:
+    assert isinstance(make_sampler(algorithm, 0), kind)
+
+
+def test_unknown_algorithm() -> None:
+    with pytest.raises(UnknownNameError) as info:
+        make_sampler("grid", 0)
+    msg = str(info.value)
+    assert "search.algorithm" in msg
+    assert "'grid'" in msg
+    assert "cmaes, nsgaii, qmc, random, tpe" in msg

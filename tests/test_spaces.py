@@ -3,8 +3,6 @@ samplers."""
 
 from __future__ import annotations
 
-import importlib.util
-import math
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +13,6 @@ import yaml
 import search_spaces
 from trainables.loop import OPTIMIZER_DEFAULTS
 from trainables.models import MODELS
-from trainables.registry import UnknownNameError
-from tuner.driver.samplers import SAMPLERS, make_sampler
 from tuner.errors import SpecError
 from tuner.spec.spaces import SearchSpace, load_space, parse_space
 
@@ -408,85 +404,3 @@ def test_bad_space_files(tmp_path: Path, text: str, words: str) -> None:
     path.write_text(text)
     with pytest.raises(SpecError, match=words):
         load_space(str(path), "mlp")
-
-
-# --------------------------------------------------------------------------- samplers
-
-
-def first_configs(algorithm: str, seed: int, n: int = 4) -> list[dict[str, Any]]:
-    space = load_space("mlp", "mlp")
-    study = optuna.create_study(sampler=make_sampler(algorithm, seed))
-    configs = []
-    for _ in range(n):
-        trial = study.ask()
-        config = space.sample(trial)
-        configs.append(config)
-        study.tell(trial, math.log10(config["lr"]) + config["num_layers"])
-    return configs
-
-
-def test_cmaes_sampler_can_sample_relative() -> None:
-    """CmaEsSampler imports the `cmaes` package from its second trial on."""
-    assert importlib.util.find_spec("cmaes") is not None, (
-        "search.algorithm=cmaes needs the `cmaes` package, which is not installed"
-    )
-
-
-@pytest.mark.parametrize("algorithm", SAMPLERS.names())
-def test_same_seed_same_first_configs(algorithm: str) -> None:
-    first = first_configs(algorithm, seed=11)
-    assert first == first_configs(algorithm, seed=11)
-    assert len({repr(c) for c in first}) > 1  # not one config repeated
-
-
-@pytest.mark.parametrize("algorithm", ["tpe", "random", "cmaes"])
-def test_different_seed_different_first_configs(algorithm: str) -> None:
-    assert first_configs(algorithm, seed=1) != first_configs(algorithm, seed=2)
-
-
-@pytest.mark.parametrize(
-    ("algorithm", "kind"),
-    [
-        ("tpe", optuna.samplers.TPESampler),
-        ("random", optuna.samplers.RandomSampler),
-        ("cmaes", optuna.samplers.CmaEsSampler),
-        ("qmc", optuna.samplers.QMCSampler),
-    ],
-)
-def test_make_sampler_kinds(algorithm: str, kind: type) -> None:
-    assert isinstance(make_sampler(algorithm, 0), kind)
-
-
-def test_unknown_algorithm() -> None:
-    with pytest.raises(UnknownNameError) as info:
-        make_sampler("grid", 0)
-    msg = str(info.value)
-    assert "search.algorithm" in msg
-    assert "'grid'" in msg
-    assert "cmaes, nsgaii, qmc, random, tpe" in msg
-
-
-def test_warm_start_misfit_names_why_a_config_is_not_a_point_of_the_space() -> None:
-    from tuner.driver.warm_start import misfit
-
-    space = parse_space(
-        {
-            "lr": {"type": "float", "low": 0.001, "high": 0.1, "log": True},
-            "optimizer": {"type": "categorical", "choices": ["adam", "sgd"]},
-            "momentum": {"type": "float", "low": 0.5, "high": 0.9, "when": {"optimizer": "sgd"}},
-            "hidden_units": {"type": "int", "low": 16, "high": 64, "step": 16},
-            "batch_size": 64,
-        }
-    )
-    fits = {"lr": 0.01, "optimizer": "adam", "hidden_units": 32, "batch_size": 64}
-    assert misfit(fits, space) is None  # momentum is inactive for adam
-    cases = {
-        "lr=0.5 is outside this space's range [0.001, 0.1]": {"lr": 0.5},
-        "it has no momentum, which this space samples": {"optimizer": "sgd"},
-        "hidden_units=40 is outside this space's range [16, 64] step 16": {"hidden_units": 40},
-        "hidden_units=32.0 is outside": {"hidden_units": 32.0},
-        "batch_size=128 but this space fixes batch_size=64": {"batch_size": 128},
-        "dropout is not in this space": {"dropout": 0.1},
-    }
-    for reason, change in cases.items():
-        assert misfit({**fits, **change}, space).startswith(reason), change
