@@ -717,6 +717,13 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def ctrl_c_reaches_it() -> None:
+    """`preexec_fn` of a process a test will interrupt: Ctrl-C acts on it as on a command typed
+    at a terminal. A shell without job control starts background commands with SIGINT ignored,
+    and every child inherits that (the suite run in the background, as CI may run it)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def spawn(command: list[str], **kwargs) -> subprocess.Popen:
     """A server in its own process group: MLflow's server forks uvicorn workers and a job
     runner that outlive a plain terminate() of their parent."""

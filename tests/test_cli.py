@@ -84,6 +84,7 @@ def test_list_in_80_columns_shows_every_run_id_whole(
     assert result.exit_code == 0, result.output
     for run_id in ids:
         assert run_id in result.output, result.output
+    assert result.output.count("FINISHED") == 2  # `tuner list | grep -q RUNNING` must work
 
 
 def test_spaces_prints_every_line_of_each_space_file_as_written() -> None:

@@ -11,6 +11,7 @@ import textwrap
 import time
 from pathlib import Path
 
+from tests.helpers import ctrl_c_reaches_it
 from tuner.results.figures import FigureProcess, learning_curve_figure
 
 HISTORY = [
@@ -64,6 +65,7 @@ def test_ctrl_c_at_the_terminal_does_not_reach_the_helper(tmp_path: Path) -> Non
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        preexec_fn=ctrl_c_reaches_it,
     )
     assert process.stdout.readline() == "drawn\n"
     time.sleep(0.5)

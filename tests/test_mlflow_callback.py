@@ -10,7 +10,15 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.helpers import EPOCH_1, callbacks, drive, fake_trial, recorded_ops, tiny_spec
+from tests.helpers import (
+    EPOCH_1,
+    callbacks,
+    ctrl_c_reaches_it,
+    drive,
+    fake_trial,
+    recorded_ops,
+    tiny_spec,
+)
 from trainables.data import DataOptions, load_dataset
 from tuner.driver.journal import JOURNAL_FILE, read_journal
 from tuner.driver.study import run_study
@@ -281,6 +289,7 @@ def test_ctrl_c_leaves_no_run_running_and_exits_1(tmp_path: Path) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        preexec_fn=ctrl_c_reaches_it,
     )
     db = tmp_path / "mlflow.db"
 

@@ -20,7 +20,13 @@ import psutil
 import pytest
 import yaml
 
-from tests.helpers import NUM_TRIALS, assert_every_trial_once, run_counts, tiny_spec
+from tests.helpers import (
+    NUM_TRIALS,
+    assert_every_trial_once,
+    ctrl_c_reaches_it,
+    run_counts,
+    tiny_spec,
+)
 from tuner.driver.journal import JOURNAL_FILE, read_journal
 from tuner.driver.study import resume_study, run_study
 from tuner.results import outcomes
@@ -293,6 +299,7 @@ def test_ctrl_c_at_any_moment_ends_in_one_message_and_resume_completes_the_study
         [sys.executable, "-m", "tuner", "run", str(spec)],
         cwd=tmp_path,
         start_new_session=True,
+        preexec_fn=ctrl_c_reaches_it,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

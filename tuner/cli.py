@@ -422,10 +422,12 @@ def list_studies(tracking_uri: TrackingOption = None) -> None:
         out.print(f"No studies in {redact(uri)} (run `tuner demo` or `tuner run SPEC`).")
         return
     table = Table(title=f"Studies in {redact(uri)}", box=box.SIMPLE_HEAD)
-    # ids are copied from here (docs/cluster.md): never shortened, other columns wrap first
+    # ids are copied from here and statuses grepped (docs/cluster.md): neither is ever cut or
+    # wrapped; the other columns wrap first
     table.add_column("execution", overflow="fold")
     table.add_column("run id", no_wrap=True, min_width=32)
-    for name in ("status", "trials", "best"):
+    table.add_column("status", no_wrap=True, min_width=8)
+    for name in ("trials", "best"):
         table.add_column(name, overflow="fold")
     for _, row in studies.iterrows():
         trials = f"{row['trials']} ({row['stopped_early']} stopped early, {row['errored']} err)"
