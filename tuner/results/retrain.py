@@ -22,6 +22,7 @@ from tuner.results.exporting import ExportedConfig, load_exported
 from tuner.spec.job_spec import DiagnosticsSpec, ObjectiveSpec, load_plugins
 from tuner.spec.plugin_files import code_paths, plugins_tag
 from tuner.tracking import schema
+from tuner.tracking.buffer import SUPPRESS_URLS
 from tuner.tracking.inputs import as_dataset_inputs, dataset_inputs
 from tuner.tracking.mlflow_callback import (
     as_params,
@@ -33,10 +34,6 @@ from tuner.tracking.mlflow_callback import (
 from tuner.tracking.runs import client_for
 
 DEVICES = ("auto", "cpu", "cuda")
-
-
-#: MLflow's switch for its "View run ..." lines at the end of a run on a server
-SUPPRESS_URLS = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
 
 
 @dataclass

@@ -32,13 +32,15 @@ PENDING = "pending-"  # prefix of a placeholder run id
 BUFFER_FILE = "tracking-buffer.jsonl"
 SKIPPED_FILE = "tracking-buffer.skipped"  # unreadable lines of the queue file, kept for a person
 ARTIFACTS_DIR = "tracking-artifacts"  # files waiting to be uploaded
+#: MLflow's switch for its "View run ..." lines at the end of a run on a server
+SUPPRESS_URLS = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
 HTTP_SETTINGS = {
     # our retries replace MLflow's own (7 by default, with back-off factor 2: minutes per call)
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
     # ending a run on a server otherwise fetches the whole run again, to print its URL over the
     # live progress line
-    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+    SUPPRESS_URLS: "true",
 }
 READ_PATIENCE_S = 60.0  # how long a read waits for an unreachable server before failing the study
 
