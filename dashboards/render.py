@@ -255,7 +255,8 @@ def learning_curves(data: ReportData) -> Section:
 
 
 def gap_scatter(data: ReportData) -> Section:
-    trials = data.trials.dropna(subset=["best_generalization_gap"])
+    column = "best_generalization_gap"  # absent when no trial finished an epoch
+    trials = data.trials.dropna(subset=[column]) if column in data.trials else data.trials[:0]
     has_acc = "best_val_acc" in trials and trials["best_val_acc"].notna().any()
     x_key = "best_val_acc" if has_acc else "best_val_loss"
     x_label = (

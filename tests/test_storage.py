@@ -24,6 +24,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from mlflow.tracking import MlflowClient
 
 from tests.helpers import (
     BUCKET,
@@ -38,12 +39,15 @@ from tests.helpers import (
     fake_trial,
     free_port,
     kill_cluster,
+    make_study,
     ray_start,
     run_counts,
+    tiny_spec,
 )
-from tuner.cluster.storage import WORK_DIR, is_remote, study_folder, working_folder
+from tuner.cluster.storage import WORK_DIR, download, is_remote, study_folder, working_folder
 from tuner.driver.journal import JOURNAL_FILE, read_journal
 from tuner.driver.results_folder import SPEC_FILE, find_results
+from tuner.errors import SpecError, StudyError
 from tuner.results import outcomes
 from tuner.results.summary import TRIALS_FILE
 from tuner.tracking import schema
@@ -65,6 +69,46 @@ def test_a_remote_storage_keeps_a_local_working_folder_per_execution(
     local = study_folder(str(tmp_path / "runs"), "x-1")
     assert (local.local, local.uri, local.location) == (tmp_path / "runs/x-1", None, local.location)
     assert working_folder("s3://b/x-1") == tmp_path / WORK_DIR / "s3/b/x-1"
+
+
+@pytest.mark.parametrize(
+    "uri",
+    ["s3://b/runs/../../../../escaped", "s3://../escaped", "s3:///escaped", "s3://b/a\\..\\x"],
+)
+def test_a_storage_uri_that_climbs_out_of_the_working_folder_is_refused(
+    uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As written in a spec (exit 2 before anything starts), or read from a study's
+    `tuner.results_path` tag, which anyone with access to the MLflow server can write."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SpecError, match="must be a relative path that stays below its folder"):
+        working_folder(uri)
+    with pytest.raises(SpecError, match=r"storage '.*': bucket and path .* must be a relative"):
+        tiny_spec(storage=uri)
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(store)
+    run_id = make_study(client, "steered", "val_loss:min", {1: 0.3}).info.run_id
+    client.set_tag(run_id, schema.RESULTS_PATH_TAG, uri)
+    with pytest.raises(SpecError, match="must be a relative path that stays below its folder"):
+        find_results("steered", store)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mlflow.db"]  # no .tuner/ folder
+
+
+def test_a_bucket_key_that_climbs_out_is_not_downloaded(
+    object_store: ObjectStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A key written into the shared bucket below a study's prefix, with `..` in it."""
+    monkeypatch.chdir(tmp_path)
+    for name, value in object_store.env.items():
+        monkeypatch.setenv(name, value)
+    prefix = f"climb-{uuid.uuid4().hex[:8]}/exec"
+    s3 = object_store.client()
+    s3.put_object(Bucket=BUCKET, Key=f"{prefix}/{SPEC_FILE}", Body=b"name: x\n")
+    s3.put_object(Bucket=BUCKET, Key=f"{prefix}/a/../../../../../escaped", Body=b"x")
+    assert f"{prefix}/a/../../../../../escaped" in object_store.keys(BUCKET, prefix)
+    with pytest.raises(StudyError, match=r"bucket key 'a/\.\./.*escaped' must be a relative"):
+        download(f"s3://{BUCKET}/{prefix}")
+    assert not list(tmp_path.rglob("escaped"))
 
 
 def s3_env(store: ObjectStore) -> dict[str, str]:

@@ -153,6 +153,7 @@ def export(
     top_k: int = 1,
     out: str | Path | None = None,
     tracking_uri: str | None = None,
+    trust_plugins: bool = False,
 ) -> list[dict[str, Any]]:
     """Write the best configs of a study as files that ``tuner train`` accepts, as
     ``tuner export`` does.
@@ -171,6 +172,10 @@ def export(
             directory, one ``<study>-rank<N>.yaml`` per config.
         tracking_uri:
             The MLflow tracking store. Default: ``$MLFLOW_TRACKING_URI`` or ``./mlflow.db``.
+        trust_plugins:
+            Take plug-in files that no file here holds from the study's MLflow run (code from
+            a shared store), printing each one's source and sha256 first. Without it such a
+            study raises SpecError, and nothing is written or imported.
 
     Returns:
         The exported configs, best first, as mappings (what each file holds; the written path
@@ -178,7 +183,8 @@ def export(
 
     Raises:
         SpecError:
-            No such study, ``top_k`` below 1, or no trial with a finite objective.
+            No such study, ``top_k`` below 1, no trial with a finite objective, or plug-in
+            code only the tracking store holds and ``trust_plugins`` is False.
 
     Example:
 
@@ -195,7 +201,8 @@ def export(
     from tuner.tracking.runs import default_tracking_uri
 
     uri = tracking_uri or default_tracking_uri()
-    paths = export_study(study, uri, top_k, "yaml", Path(out) if out is not None else None)
+    folder = Path(out) if out is not None else None
+    paths = export_study(study, uri, top_k, "yaml", folder, trust_plugins=trust_plugins)
     return [{**yaml.safe_load(path.read_text()), "path": str(path)} for path in paths]
 
 

@@ -452,13 +452,23 @@ def export(
             "(instead of --top-k).",
         ),
     ] = False,
+    trust_plugins: Annotated[
+        bool,
+        typer.Option(
+            "--trust-plugins",
+            help="Take plug-in files no file here holds from the study's MLflow run (code from "
+            "a shared store), showing each one's source and sha256 first.",
+        ),
+    ] = False,
 ) -> None:
     """The best config(s) of a study as files `tuner train` accepts (ranked by best epoch)."""
     from tuner.results.exporting import export_study
     from tuner.tracking.runs import default_tracking_uri
 
     uri = tracking_uri or default_tracking_uri()
-    paths = export_study(study, uri, top_k, format, out_path, pareto=pareto)
+    paths = export_study(
+        study, uri, top_k, format, out_path, pareto, trust_plugins, lambda text: say(text, err)
+    )
     for path in paths:
         say(str(path))
 

@@ -24,6 +24,9 @@ from urllib.parse import urlparse
 
 from ray.tune import Callback
 
+from tuner.errors import SpecError, StudyError
+from tuner.safe_names import UnsafeName, relative_key
+
 WORK_DIR = ".tuner"  # under the driver's working directory: remote studies' working folders
 TRIAL_PREFIX = "trial_"  # the trials' folders (checkpoints): never downloaded by the driver
 
@@ -47,10 +50,17 @@ class StudyFolder:
 
 
 def working_folder(uri: str) -> Path:
-    """The local folder a driver works in for the remote execution `uri`."""
+    """The local folder a driver works in for the remote execution `uri` (a SpecError when
+    the URI's bucket or path would lead out of `.tuner/`: it may come from an MLflow tag)."""
     parsed = urlparse(uri)
-    parts = PurePosixPath(parsed.path).parts[1:]
-    return Path.cwd() / WORK_DIR / parsed.scheme / parsed.netloc / Path(*parts)
+    bucket = parsed.netloc.rpartition("@")[2]  # never a user or password
+    try:
+        relative = relative_key(
+            f"{bucket}{parsed.path}", f"storage {parsed.scheme}:// bucket and path"
+        )
+    except UnsafeName as exc:
+        raise SpecError(str(exc)) from None
+    return Path.cwd() / WORK_DIR / parsed.scheme / relative
 
 
 def study_folder(storage: str, execution: str) -> StudyFolder:
@@ -100,7 +110,10 @@ def download(uri: str) -> StudyFolder:
     fs, root = _filesystem(uri)
     folder = StudyFolder(working_folder(uri), uri)
     for name in remote_files(uri):
-        target = folder.local / name
+        try:
+            target = folder.local / relative_key(name, "bucket key")
+        except UnsafeName as exc:
+            raise StudyError(f"storage: {exc}; remove it from the bucket") from None
         target.parent.mkdir(parents=True, exist_ok=True)
         with fs.open_input_stream(f"{root}/{name}") as source, open(target, "wb") as out:
             shutil.copyfileobj(source, out)

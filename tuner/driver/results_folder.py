@@ -88,8 +88,9 @@ def find_results(study: str, tracking_uri: str | None) -> StudyFolder:
 
 def fetch_remote_results(uri: str) -> StudyFolder:
     """The driver's files of a remote execution, downloaded (nothing when it has no spec)."""
+    local = working_folder(uri)  # a URI that leads out of it is refused before any request
     try:
-        return download(uri) if has_file(uri, SPEC_FILE) else StudyFolder(working_folder(uri), uri)
+        return download(uri) if has_file(uri, SPEC_FILE) else StudyFolder(local, uri)
     except OSError as exc:
         raise StudyError(
             f"storage: {redact(uri)} cannot be read ({first_line(exc)}); check the storage's "

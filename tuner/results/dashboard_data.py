@@ -14,6 +14,7 @@ from tuner.driver.progress import StudyRecorder
 from tuner.driver.schedulers import SCHEDULERS
 from tuner.results.exporting import finalists_from_runs
 from tuner.results.trials import objective_pairs, with_pareto
+from tuner.safe_names import file_name
 from tuner.spec.job_spec import JobSpec, SchedulerSpec
 from tuner.tracking import schema
 from tuner.tracking.runs import client_for, find_study_run, run_row, trial_runs
@@ -136,5 +137,6 @@ def from_mlflow(study: str, tracking_uri: str) -> ReportData:
 def report_study(study: str, tracking_uri: str, out: Path | None = None) -> Path:
     """`tuner report`: write the dashboard of a study in the tracking store."""
     data = from_mlflow(study, tracking_uri)
-    path = out or Path.cwd() / f"{data.title.removeprefix('Study ')}-{REPORT_FILE}"
+    name = file_name(data.title.removeprefix("Study "))  # an MLflow run name: never a path
+    path = out or Path.cwd() / f"{name}-{REPORT_FILE}"
     return write_report(data, path)

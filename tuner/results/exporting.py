@@ -9,7 +9,7 @@ are ranked by their best-epoch objective, as everywhere else. With several objec
 from __future__ import annotations
 
 import json
-import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +20,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from trainables import metrics as m
 from tuner.cluster.redaction import redact
 from tuner.errors import SpecError
+from tuner.results.exported_plugins import fetch_plugins
 from tuner.results.finalists import confirmed_metrics, finalists_table, rerun_from_run
 from tuner.results.trials import Finalists, plain
+from tuner.safe_names import file_name
 from tuner.spec.job_spec import (
     DatasetSpec,
     JobSpec,
@@ -32,7 +34,7 @@ from tuner.spec.job_spec import (
     read_yaml_file,
     show,
 )
-from tuner.spec.plugin_files import fetch_plugins, relative_entries, resolve_entries
+from tuner.spec.plugin_files import relative_entries, resolve_entries
 from tuner.tracking import schema
 from tuner.tracking.runs import (
     client_for,
@@ -185,9 +187,12 @@ def export_study(
     fmt: str = "yaml",
     out: Path | None = None,
     pareto: bool = False,
+    trust_plugins: bool = False,
+    show: Callable[[str], None] = print,
 ) -> list[Path]:
     """Write the top-k configs of a study; `out` is a file for one config, a folder for several.
-    The study's plug-in files, fetched from its parent run, go to `plugins/` beside them. With
+    The study's plug-in files go to `plugins/` beside them: from files the user has, or, with
+    `trust_plugins`, from its parent run, each shown (`show`) first (`exported_plugins`). With
     `pareto`, every config on the Pareto front instead (`export_pareto`)."""
     if top_k < 1:
         raise SpecError(f"--top-k must be at least 1 but got {top_k}")
@@ -196,7 +201,7 @@ def export_study(
     client = client_for(tracking_uri)
     parent = find_study_run(client, study)
     if pareto:
-        return export_pareto(client, parent, study, tracking_uri, fmt, out)
+        return export_pareto(client, parent, study, tracking_uri, fmt, out, trust_plugins, show)
     children = [r for r in ranked_trial_runs(client, parent) if schema.BEST_EPOCH in r.data.metrics]
     if not children:
         raise SpecError(f"STUDY: {study!r} has no trial with a finite objective to export")
@@ -204,7 +209,7 @@ def export_study(
     children, confirmed = confirmed_order(client, parent, children)
     ranked = children[:top_k]
     folder = config_paths(list(range(1, len(ranked) + 1)), fmt, out, name)[0].parent
-    plugins = fetch_plugins(client, parent, folder)
+    plugins = fetch_plugins(client, parent, folder, trust_plugins, show)
     load_plugins(resolve_entries(plugins, folder))
     configs = [
         config_from_runs(
@@ -216,7 +221,14 @@ def export_study(
 
 
 def export_pareto(
-    client, parent, study: str, tracking_uri: str, fmt: str, out: Path | None
+    client,
+    parent,
+    study: str,
+    tracking_uri: str,
+    fmt: str,
+    out: Path | None,
+    trust_plugins: bool = False,
+    show: Callable[[str], None] = print,
 ) -> list[Path]:
     """Every config on the study's Pareto front, one file each named by its trial
     (`<name>-pareto-trial0007.yaml`), ranked (`source.rank`) by the first objective; `out` is a
@@ -234,20 +246,15 @@ def export_pareto(
         raise SpecError(f"--out {str(out)!r}: with --pareto it must be a folder (one file each)")
     name = parent.data.tags.get(schema.STUDY_TAG, "study")
     folder = out if out is not None else Path.cwd()
-    plugins = fetch_plugins(client, parent, folder)
+    plugins = fetch_plugins(client, parent, folder, trust_plugins, show)
     load_plugins(resolve_entries(plugins, folder))
     paths = []
     for rank, child in enumerate(front, start=1):
         number = int(child.data.tags.get(schema.TRIAL_NUMBER_TAG, 0))
-        path = folder / f"{safe_name(name)}-pareto-trial{number:04d}.{fmt}"
+        path = folder / f"{file_name(name)}-pareto-trial{number:04d}.{fmt}"
         write_config(path, config_from_runs(parent, child, rank, tracking_uri, plugins))
         paths.append(path)
     return paths
-
-
-def safe_name(name: str) -> str:
-    """A study name as a file name's start: never a path."""
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", name).lstrip(".") or "study"
 
 
 def finalists_from_runs(client, parent) -> Finalists | None:
@@ -285,7 +292,7 @@ def config_paths(ranks: list[int], fmt: str, out: Path | None, name: str) -> lis
     if len(ranks) == 1 and out is not None and out.suffix in (".yaml", ".yml", ".json"):
         return [out]
     folder = out if out is not None else Path.cwd()
-    return [folder / f"{safe_name(name)}-rank{rank}.{fmt}" for rank in ranks]
+    return [folder / f"{file_name(name)}-rank{rank}.{fmt}" for rank in ranks]
 
 
 def write_configs(

@@ -14,6 +14,7 @@ import re
 import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlparse
 
 import yaml
 from pydantic import (
@@ -40,6 +41,7 @@ from trainables.registry import Registry
 from tuner.driver.samplers import MULTI_OBJECTIVE_SAMPLERS, SAMPLERS
 from tuner.driver.schedulers import SCHEDULERS
 from tuner.errors import SpecError, brief
+from tuner.safe_names import UnsafeName, relative_key
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
 
@@ -336,6 +338,18 @@ class JobSpec(Section):
     ) -> ObjectiveSpec | list[ObjectiveSpec]:
         check_objectives(objective if isinstance(objective, list) else [objective])
         return objective
+
+    @field_validator("storage")
+    @classmethod
+    def _storage_stays_in_its_folder(cls, storage: str) -> str:
+        parsed = urlparse(storage)
+        if parsed.scheme not in ("", "file"):  # a remote storage names a local working folder
+            try:
+                what = f"storage {storage!r}: bucket and path"
+                relative_key(f"{parsed.netloc}{parsed.path}", what)
+            except UnsafeName as exc:
+                raise ValueError(f"{exc} (it names the driver's working folder too)") from None
+        return storage
 
     @field_validator("search")
     @classmethod

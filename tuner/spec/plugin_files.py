@@ -4,26 +4,21 @@ exported config, in a Ray Job.
 A file plug-in travels as the text the study imported (`PluginCode.source`), written to
 `plugins/<module>.py` in the folder that needs it, and named relative to that folder, so the
 folder can move and the original file can change or disappear. A module plug-in travels by name;
-when it is a local package (not installed in site-packages) a job ships its folder.
+when it is a local package (not installed in site-packages) a job ships its folder. What an
+export takes back from an MLflow run, and when, is `tuner.results.exported_plugins`' business.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
-import os
 import sysconfig
-import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from trainables.plugins import PluginCode, is_file_entry
-from tuner.errors import SpecError
 from tuner.tracking import schema
 
 PLUGINS_DIR = "plugins"  # beside a spec, an exported config, in a job's working dir
-PROGRESS_BAR = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 
 
 def copy_name(module: str) -> str:
@@ -58,52 +53,6 @@ def log_plugins(client, run_id: str, codes: Sequence[PluginCode]) -> None:
     for code in codes:
         if code.is_file:
             client.log_text(run_id, code.source, copy_name(code.module))
-
-
-def fetch_plugins(client, run, folder: Path) -> list[str]:
-    """The plug-ins a study's parent run recorded, its files downloaded into `folder/plugins/`
-    (checked against their recorded hash); the entries naming them relative to `folder`."""
-    records = json.loads(run.data.tags.get(schema.PLUGINS_TAG) or "[]")
-    for record in records:
-        if is_file_entry(record["entry"]):
-            text = download_text(client, run.info.run_id, copy_name(record["module"]), record)
-            target = folder / copy_name(record["module"])
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(text, encoding="utf-8")
-    return relative_entries(record["entry"] for record in records)
-
-
-def download_text(client, run_id: str, name: str, record: dict[str, str]) -> str:
-    """The text of the run's artifact `name`, which must hash to what the study recorded."""
-    with tempfile.TemporaryDirectory(prefix="tuner-plugin-") as tmp, quiet_downloads():
-        try:
-            text = Path(client.download_artifacts(run_id, name, tmp)).read_text(encoding="utf-8")
-        except Exception as exc:  # MLflow's own errors or OSError, depending on the store
-            raise SpecError(
-                f"plugins: the study's run {run_id} has no readable artifact {name!r} "
-                f"({type(exc).__name__}); it recorded the plug-in {record['entry']!r}"
-            ) from None
-    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
-    if digest != record["sha256"]:
-        raise SpecError(
-            f"plugins: artifact {name!r} of run {run_id} has sha256 {digest[:12]}..., not the "
-            f"{record['sha256'][:12]}... the study recorded for {record['entry']!r}"
-        )
-    return text
-
-
-@contextlib.contextmanager
-def quiet_downloads() -> Iterator[None]:
-    """No MLflow progress bar on the terminal for a file of a few kilobytes."""
-    saved = os.environ.get(PROGRESS_BAR)
-    os.environ[PROGRESS_BAR] = "false"
-    try:
-        yield
-    finally:
-        if saved is None:
-            os.environ.pop(PROGRESS_BAR, None)
-        else:
-            os.environ[PROGRESS_BAR] = saved
 
 
 def resolve_entries(entries: Iterable[str], base: Path) -> list[str]:
