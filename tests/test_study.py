@@ -17,9 +17,11 @@ from optuna.trial import TrialState
 
 from tests.helpers import free_port, is_loopback, listening_sockets, tiny_spec
 from trainables import metrics as m
+from tuner.driver.journal import JOURNAL_FILE
 from tuner.driver.study import require_success, run_study
 from tuner.errors import SpecError, StudyError
 from tuner.results import outcomes
+from tuner.results.dashboard_data import REPORT_FILE
 from tuner.results.summary import BEST_CONFIG_FILE, TRIALS_FILE, summary_lines
 from tuner.spec.job_spec import JobSpec
 
@@ -257,3 +259,48 @@ def test_a_loopback_cluster_address_is_reached_on_loopback() -> None:
         assert is_loopback_address(address), address
     for address in ("10.0.0.5:6379", "head.example.org:6379", "auto", "ray://HEAD:10001"):
         assert not is_loopback_address(address), address
+
+
+#: a whole study in a fresh process (its own local Ray), noting where Ray is shut down
+SHUTDOWN_WHEN = """
+import json, pathlib, threading, ray
+from tests.helpers import tiny_spec
+from tuner.driver.study import run_study
+
+real_shutdown, seen = ray.shutdown, []
+
+def shutdown(*args, **kwargs):
+    files = sorted(p.name for p in pathlib.Path("results").glob("*/*") if p.is_file())
+    seen.append({"main": threading.current_thread() is threading.main_thread(), "files": files})
+    real_shutdown(*args, **kwargs)
+
+ray.shutdown = shutdown
+spec = tiny_spec(storage="results", tracking={"uri": "sqlite:///mlflow.db"})
+spec.search.num_samples = 1
+run_study(spec, show_progress=False, num_cpus=1)
+print("SHUTDOWNS", json.dumps(seen))
+"""
+
+
+def test_ray_is_shut_down_on_the_main_thread_after_the_results_are_written(
+    tmp_path: Path,
+) -> None:
+    """Ray's shutdown in a thread while the main thread still wrote results (and dropped Ray
+    objects) crashed a job's driver after its last trial; it comes last, on the main thread."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", SHUTDOWN_WHEN],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        env=env,
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith("SHUTDOWNS ")]
+    assert done.returncode == 0 and lines, done.stderr[-3000:]
+    (shutdown, *_) = json.loads(lines[-1].removeprefix("SHUTDOWNS "))
+    assert shutdown["main"] is True
+    assert {TRIALS_FILE, REPORT_FILE, JOURNAL_FILE} <= set(shutdown["files"]), shutdown

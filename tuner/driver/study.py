@@ -10,7 +10,6 @@ import contextlib
 import logging
 import logging.handlers
 import os
-import threading
 import time
 import traceback
 import warnings
@@ -188,27 +187,6 @@ def model_build_failure(
 # --------------------------------------------------------------------------- Ray
 
 
-class RaySession:
-    """The Ray a study runs on; `release` stops a local one that this process started."""
-
-    def __init__(self, owned: bool):
-        self.owned = owned
-        self._stopping: threading.Thread | None = None
-
-    def release(self) -> None:
-        """Stop the local Ray in the background: its processes take a second or more to exit,
-        which the study spends writing its results, report and MLflow summary."""
-        if self.owned and self._stopping is None:
-            self._stopping = threading.Thread(target=ray.shutdown, name="ray-shutdown")
-            self._stopping.start()
-
-    def close(self) -> None:
-        if self._stopping is not None:
-            self._stopping.join()
-        elif self.owned:
-            ray.shutdown()
-
-
 def is_loopback_address(address: str) -> bool:
     """`127.0.0.1:6379`, `localhost:6379` (a Ray GCS address on this machine's loopback)."""
     host = address.removeprefix("ray://").rsplit(":", 1)[0].strip("[]")
@@ -216,11 +194,13 @@ def is_loopback_address(address: str) -> bool:
 
 
 @contextlib.contextmanager
-def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iterator[RaySession]:
-    """Start a local Ray (or attach to `address`), unless this process already has one; on exit
-    the Ray this started is stopped."""
+def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iterator[None]:
+    """Start a local Ray (or attach to `address`), unless this process already has one. On exit
+    the Ray this started is stopped (or the cluster left), on the main thread once the study's
+    results are written: Ray's shutdown beside a thread that still drops Ray objects can crash
+    the driver (a segfault after "2/2 trials done" ended a Ray Job FAILED)."""
     if ray.is_initialized():
-        yield RaySession(owned=False)
+        yield
         return
     if address and address.startswith(("http://", "https://")):
         raise SpecError(
@@ -238,11 +218,10 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
         with loopback_node():
             ray.init(address="local", num_cpus=num_cpus, **quiet)
         stop_local_daemons()
-    session = RaySession(owned=True)
     try:
-        yield session
+        yield
     finally:
-        session.close()
+        ray.shutdown()
 
 
 def check_cluster_resources(spec: JobSpec) -> None:
@@ -333,7 +312,7 @@ def run_study(
     prepared.warm_start = plan_warm_start(spec, prepared.space)
     for line in prepared.warm_start.lines() if prepared.warm_start else []:
         print(line)
-    with study_environment(None, spec) as log, ray_session(address, num_cpus) as session:
+    with study_environment(None, spec) as log, ray_session(address, num_cpus):
         training = place_trials(prepared)
         if spec.tracking.enabled:
             check_tracking(spec)
@@ -346,7 +325,7 @@ def run_study(
         publish(folder)  # a remote study's spec and plug-ins are in the bucket before any trial
         with resumable(spec, folder):
             study = StudyRun.start(prepared, execution, folder, show_progress, trainable, training)
-            return study.run(after_fit=session.release)
+            return study.run()
 
 
 def resume_study(
@@ -379,12 +358,12 @@ def resume_study(
         upload(folder)  # Ray restores a remote study from its URI: the new counts go there
     with (
         study_environment(results_path, prepared.spec),
-        ray_session(address, num_cpus) as session,
+        ray_session(address, num_cpus),
     ):
         training = place_trials(prepared)
         with resumable(spec, folder):
             run = StudyRun.restore(prepared, folder, show_progress, training)
-            return run.run(after_fit=session.release)
+            return run.run()
 
 
 def extension(spec: JobSpec, overrides: list[str]) -> int | None:
@@ -664,10 +643,9 @@ class StudyRun:
             tracking.reconcile()
         return cls(prepared, folder, tuner, recorder, tracking, show_progress, training=training)
 
-    def run(self, after_fit: Callable[[], None] | None = None) -> StudyResult:
-        """Fit (and re-run the finalists), then rank, save, report and close the MLflow runs
-        (Ray is no longer needed then: `after_fit` may stop it meanwhile); a remote study's
-        files are uploaded last."""
+    def run(self) -> StudyResult:
+        """Fit (and re-run the finalists), then rank, save, report and close the MLflow runs;
+        a remote study's files are uploaded last."""
         try:
             self.fit()
             trials = trials_table(self.recorder.trials.values(), self.spec)
@@ -680,14 +658,10 @@ class StudyRun:
                 upload(self.folder)
             raise
         with finishing_first():
-            return self.conclude(trials, interrupted, after_fit)
+            return self.conclude(trials, interrupted)
 
-    def conclude(
-        self, trials: pd.DataFrame, interrupted: bool, after_fit: Callable[[], None] | None
-    ) -> StudyResult:
+    def conclude(self, trials: pd.DataFrame, interrupted: bool) -> StudyResult:
         """Rank, save, report, close the MLflow runs and upload: the end of `run`."""
-        if after_fit:
-            after_fit()
         result = StudyResult(
             self.spec,
             self.execution,
