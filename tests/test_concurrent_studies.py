@@ -173,15 +173,19 @@ def test_concurrent_studies_keep_their_own_stores_and_limits_and_one_stops_alone
 
         # its own Optuna study, named after its execution, holding exactly its trials (the
         # stopped one may also hold the trial it had asked for when the stop came, never
-        # started: RUNNING, as `tuner resume` would find and close it)
+        # started); none left RUNNING: the stopped study told FAIL, marked interrupted, for
+        # each trial it had asked for and not told
         study = optuna.load_study(study_name=folder.name, storage=optuna_url)
         ray_id = schema.TRIAL_ID_TAG
-        asked = {t.user_attrs.get(ray_id, f"#{t.number}"): t.state for t in study.trials}
+        asked = {t.user_attrs.get(ray_id, f"#{t.number}"): t for t in study.trials}
         optuna_ids = set(asked)
         unstarted = optuna_ids - journal_ids
         assert journal_ids <= optuna_ids, folder.name
         assert unstarted == set() or (trials is None and len(unstarted) == 1), folder.name
-        assert {asked[t] for t in unstarted} <= {TrialState.RUNNING}, folder.name
+        assert TrialState.RUNNING not in {t.state for t in study.trials}, folder.name
+        for trial in study.trials:
+            if trial.state == TrialState.FAIL:
+                assert trial.user_attrs.get(schema.INTERRUPTED_ATTR), (folder.name, trial)
 
         # its own parent run, whose children are exactly its trials
         (parent,) = client.search_runs(

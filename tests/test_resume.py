@@ -19,6 +19,7 @@ import pandas as pd
 import psutil
 import pytest
 import yaml
+from optuna.trial import TrialState
 
 from tests.helpers import (
     NUM_TRIALS,
@@ -30,6 +31,7 @@ from tests.helpers import (
 from tuner.driver.journal import JOURNAL_FILE, read_journal
 from tuner.driver.study import resume_study, run_study
 from tuner.results import outcomes
+from tuner.tracking import schema
 
 pytestmark = pytest.mark.integration  # studies whose drivers are killed and resumed
 
@@ -328,6 +330,13 @@ def test_ctrl_c_at_any_moment_ends_in_one_message_and_resume_completes_the_study
         return
     (folder,) = results_folders(tmp_path)
     assert f"tuner resume {folder}" in " ".join(output.split()), output
+    # no Optuna trial left RUNNING by a study that is not running: those it had asked for
+    # (running or not yet started) are FAIL, marked interrupted
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    stopped = optuna.load_study(study_name=folder.name, storage=storage).trials
+    assert TrialState.RUNNING not in {t.state for t in stopped}, stopped
+    interrupted = [t for t in stopped if t.state == TrialState.FAIL]
+    assert all(t.user_attrs.get(schema.INTERRUPTED_ATTR) for t in interrupted), interrupted
     resumed = subprocess.run(
         [sys.executable, "-m", "tuner", "resume", str(folder)],
         cwd=tmp_path,
@@ -339,3 +348,15 @@ def test_ctrl_c_at_any_moment_ends_in_one_message_and_resume_completes_the_study
     trials = pd.read_csv(folder / "trials.csv")
     assert sorted(trials["trial"]) == list(range(1, INTERRUPTED_TRIALS + 1))
     assert outcomes.INTERRUPTED not in set(trials["status"])
+    # Optuna told each trial once, the interrupted ones again under a new number (same params)
+    after = optuna.load_study(study_name=folder.name, storage=storage).trials
+    complete = [t for t in after if t.state == TrialState.COMPLETE]
+    told = sorted(t.user_attrs[schema.TRIAL_ID_TAG] for t in complete)
+    assert told == sorted(trials["trial_id"]), (told, after)
+    assert {t.number for t in after if t.state == TrialState.FAIL} == {
+        t.number for t in interrupted
+    }
+    params = {t.user_attrs[schema.TRIAL_ID_TAG]: t.params for t in complete}
+    for attempt in interrupted:
+        trial_id = attempt.user_attrs.get(schema.TRIAL_ID_TAG)
+        assert trial_id is None or params.get(trial_id, attempt.params) == attempt.params

@@ -18,11 +18,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import optuna
+from optuna.trial import TrialState
 from ray import tune
 
 from tuner.cluster.storage import StudyFolder
 from tuner.driver.optuna_storage import optuna_storage
 from tuner.errors import StudyError
+from tuner.internals.optuna_internals import running_trial
 from tuner.spec.job_spec import JobSpec
 from tuner.tracking import schema
 from tuner.tracking.runs import client_for
@@ -49,6 +51,24 @@ def resumable(spec: JobSpec, folder: StudyFolder) -> Iterator[None]:
             f"study {spec.name!r} was interrupted; continue it with: "
             f"tuner resume {folder.uri or folder.local}"
         ) from None
+
+
+def fail_asked_trials(storage: str, execution: str) -> int:
+    """Tell Optuna FAIL for every trial of the execution still RUNNING there: on an interrupt,
+    the trials the searcher asked for and never told (running, or asked and not yet started),
+    marked `schema.INTERRUPTED_ATTR`, so that the team's Optuna study shows no trial alive that
+    is not. `tuner resume` asks again for those Ray runs on (`TruthfulOptunaSearch.restore`).
+    Returns how many; quick and first, since Ray kills a stopped job 3 s after SIGTERM."""
+    with contextlib.suppress(KeyError):  # no such study: nothing was asked
+        study = optuna.load_study(study_name=execution, storage=optuna_storage(storage))
+        failed = 0
+        for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            trial = running_trial(study, frozen)
+            trial.set_user_attr(schema.INTERRUPTED_ATTR, True)
+            study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+            failed += 1
+        return failed
+    return 0
 
 
 def release_claim(spec: JobSpec, folder: StudyFolder) -> None:

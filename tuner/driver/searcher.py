@@ -33,7 +33,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from trainables import metrics as m
 from tuner.driver.stoppers import StudyStop
-from tuner.internals.optuna_internals import report_curve, running_trial
+from tuner.internals.optuna_internals import asked_again, report_curve, running_trial
 from tuner.internals.ray_internals import (
     completed_trials,
     optuna_study,
@@ -83,6 +83,19 @@ class TruthfulOptunaSearch(OptunaSearch):
                 asked[trial_id] = running_trial(study, frozen)
             elif frozen.number not in known:
                 study.tell(frozen.number, state=TrialState.FAIL)
+        self._ask_again_for_interrupted(study, asked)
+
+    def _ask_again_for_interrupted(self, study, asked: dict) -> None:
+        """Trials the interrupt told FAIL (`interrupts.fail_asked_trials`) that Ray runs on:
+        each gets a new RUNNING Optuna trial with the same parameters, told when it ends (Optuna
+        cannot reopen a finished trial; the FAIL stays as the interrupted attempt)."""
+        by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
+        told = completed_trials(self)
+        for trial_id, trial in list(asked.items()):
+            frozen = by_number.get(trial.number)
+            interrupted = frozen is not None and frozen.user_attrs.get(schema.INTERRUPTED_ATTR)
+            if interrupted and frozen.state == TrialState.FAIL and trial_id not in told:
+                asked[trial_id] = asked_again(study, frozen, without=schema.INTERRUPTED_ATTR)
 
     def suggest(self, trial_id: str) -> dict | None:
         """Ray's suggestion; the Optuna trial keeps Ray's trial id, as MLflow's runs do. None

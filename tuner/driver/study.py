@@ -42,7 +42,12 @@ from tuner.cluster.storage import (
     upload,
 )
 from tuner.driver.finalist_runs import FinalistRuns, run_finalists
-from tuner.driver.interrupts import ctrl_c_restored, finishing_first, resumable
+from tuner.driver.interrupts import (
+    ctrl_c_restored,
+    fail_asked_trials,
+    finishing_first,
+    resumable,
+)
 from tuner.driver.journal import JOURNAL_FILE, append_event, read_journal
 from tuner.driver.optuna_storage import claim_execution, open_optuna_storage, optuna_storage
 from tuner.driver.placement import (
@@ -650,6 +655,8 @@ class StudyRun:
             self.fit()
             trials = trials_table(self.recorder.trials.values(), self.spec)
             interrupted = self.interrupted()
+            if interrupted:
+                self.fail_asked_trials()
             if self.spec.selection is not None and not interrupted:
                 with ctrl_c_restored():
                     self.guarded(lambda: self.run_finalists(trials))
@@ -701,15 +708,21 @@ class StudyRun:
         self.guarded(fit)
 
     def guarded(self, work: Callable[[], None]) -> None:
-        """Run `work`; on Ctrl-C or a crash, leave no MLflow run RUNNING."""
+        """Run `work`; on Ctrl-C or a crash, leave no Optuna trial or MLflow run RUNNING."""
         try:
             work()
         except BaseException:
+            self.fail_asked_trials()
             if self.tracking:
                 self.tracking.close_open_runs("KILLED")
                 self.tracking.writer.set_terminated(self.parent_run_id, status="KILLED")
                 self.tracking.writer.drain_until(DRAIN_AT_END_S)
             raise
+
+    def fail_asked_trials(self) -> None:
+        """Optuna's trials this study asked for and will not tell: FAIL (`interrupts`)."""
+        with contextlib.suppress(Exception):  # the study's end must not fail on it
+            fail_asked_trials(self.spec.search.storage, self.execution)
 
     def run_finalists(self, trials: pd.DataFrame) -> None:
         """Train the best trials again with new seeds (`selection`), on this study's cluster."""

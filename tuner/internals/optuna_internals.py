@@ -50,6 +50,24 @@ def running_trial(study, frozen):
     return Trial(study, frozen._trial_id)
 
 
+def asked_again(study, frozen, without: str):
+    """A new RUNNING trial with `frozen`'s parameters and user attributes (but `without`), as
+    the `optuna.Trial` to report to and tell: `add_trial` and `create_trial` are public, the
+    way back to a Trial is `running_trial`'s."""
+    from optuna.trial import TrialState, create_trial
+
+    attrs = {k: v for k, v in frozen.user_attrs.items() if k != without}
+    template = create_trial(
+        state=TrialState.RUNNING,
+        params=frozen.params,
+        distributions=frozen.distributions,
+        user_attrs=attrs,
+    )
+    study.add_trial(template)
+    newest = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))[-1]
+    return running_trial(study, newest)
+
+
 class SoleWriterCache(_CachedStorage):
     """Optuna's trial cache (`_CachedStorage`, over an RDBStorage) for a study this process
     alone writes, as a driver writes its execution's study.

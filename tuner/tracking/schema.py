@@ -41,7 +41,9 @@ EXTENDED_TAG = "tuner.num_samples"  # N, once `tuner resume --set search.num_sam
 
 # a trial's child run
 CONFIG_TAG = "tuner.config"  # JSON: the trial's hyperparameters
-TRIAL_ID_TAG = "tuner.trial_id"
+TRIAL_ID_TAG = "tuner.trial_id"  # also the Optuna trial's user attribute
+#: the Optuna user attribute of a trial told FAIL because its study was interrupted
+INTERRUPTED_ATTR = "tuner.interrupted"
 TRIAL_NUMBER_TAG = "tuner.trial_number"
 GPU_IDS_TAG = "tuner.gpu_ids"  # the GPU ids Ray assigned the trial ("" for none)
 DEVICE_TAG = "tuner.device"  # what the trial trained on: "cuda:0" or "cpu"
