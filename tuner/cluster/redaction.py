@@ -47,6 +47,8 @@ def redact_url(url: str) -> str:
     """`scheme://user:secret@host/db?password=x` -> `scheme://user:***@host/db?password=***`;
     `https://TOKEN@host` -> `https://***@host`; a user or query value that is a secret
     variable's value, however short, -> `***`."""
+    if "://" not in url:  # a path
+        return url
     known = env_secret_values()
     scheme, _, rest = url.partition("://")
     userinfo, at, address = rest.rpartition("@")  # the last `@`: raw passwords may hold `@?/#`
