@@ -504,9 +504,10 @@ def test_a_submitted_study_gets_its_secrets_through_its_environment_never_a_file
     keys = object_store.keys(BUCKET, "jobs-secrets/")  # and the bucket
     assert [k for k in keys if k.endswith(f"/{TRIALS_FILE}")], keys
 
-    shipped = list(jobs_env.temp_dir.glob("**/runtime_resources/working_dir_files/*/spec.yaml"))
-    assert shipped, "the job's working directory was not found on the nodes"
-    sent = yaml.safe_load(shipped[0].read_text())
+    found = jobs_env.temp_dir.glob("**/runtime_resources/working_dir_files/*/spec.yaml")
+    shipped = [yaml.safe_load(p.read_text()) for p in found]  # other tests' jobs' too
+    sent = next((s for s in shipped if s["name"] == "jobs-secrets"), None)
+    assert sent, "the job's working directory was not found on the nodes"
     assert sent["search"]["storage"] == storage.replace(
         f":{quote(postgres.password, safe='')}@", "@"
     )
