@@ -8,6 +8,13 @@
 # so the base is CUDA 13.0's runtime. The lock pins torch==2.13.0: on this project's CPU-only
 # machines that resolves to the local 2.13.0+cpu wheel, here (PyPI only) to the CUDA 13.0 one.
 # Changing the torch pin means checking which CUDA its PyPI wheel needs (tests/test_dockerfile.py).
+#
+# The base should be pinned by digest, so that a re-pushed tag cannot change what is built:
+#   FROM nvidia/cuda:${CUDA}-runtime-ubuntu24.04@sha256:<digest>
+# with the digest that `docker buildx imagetools inspect nvidia/cuda:13.0.0-runtime-ubuntu24.04`
+# prints (the multi-platform index's "Digest:"), read from the registry, never copied from
+# elsewhere. It is not pinned yet: the machines this project is built on cannot reach a registry
+# to read it (tests/test_dockerfile.py accepts the tag alone or the tag with a sha256 digest).
 ARG CUDA=13.0.0
 FROM nvidia/cuda:${CUDA}-runtime-ubuntu24.04
 
@@ -30,3 +37,10 @@ COPY dashboards dashboards
 # the `cluster` extra: the PostgreSQL driver and boto3 for S3
 RUN pip install -c requirements.lock '.[cluster]' \
     && python -c "import torch, ray, tuner; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+
+# Ray, its jobs and the trials run as an unprivileged user, not root: a job runs whatever code it
+# was sent, and the installed packages (root's, in /opt/venv) stay read-only to it. Numeric, so
+# that Kubernetes' `runAsNonRoot: true` can check it (the base's `ubuntu` user has uid 1000).
+RUN useradd --create-home --uid 1001 --user-group --shell /bin/bash tuner
+USER 1001:1001
+WORKDIR /home/tuner

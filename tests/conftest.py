@@ -18,7 +18,15 @@ pytest_plugins = ["tests.helpers"]
 #: fixtures that start a Ray, a server or a browser: a test that uses one (itself or through
 #: another fixture) is marked `integration`, and `make test-quick` leaves it out
 STARTS_SOMETHING = frozenset(
-    {"ray_local", "mlflow_server", "postgres", "object_store", "stack_mlflow", "browser"}
+    {
+        "ray_local",
+        "mlflow_server",
+        "mlflow_auth_server",
+        "postgres",
+        "object_store",
+        "stack_mlflow",
+        "browser",
+    }
 )
 
 

@@ -809,6 +809,52 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             stop(process)
 
 
+@dataclass(frozen=True)
+class AuthServer:
+    """An `mlflow server --app-name basic-auth` (MLflow's login): its admin account, from the
+    auth config file it was started with; every request needs a user's password."""
+
+    uri: str
+    admin: tuple[str, str]
+
+    def create_user(self, username: str, password: str) -> None:
+        """A plain account (the config's default permission: READ; it manages what it creates),
+        made through the server's REST API by the admin, as a team's admin does."""
+        import requests
+
+        response = requests.post(
+            f"{self.uri}/api/2.0/mlflow/users/create",
+            json={"username": username, "password": password},
+            auth=self.admin,
+            timeout=30,
+        )
+        response.raise_for_status()
+
+
+@pytest.fixture(scope="module")
+def mlflow_auth_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthServer]:
+    """A real MLflow server with MLflow's basic-auth app on 127.0.0.1 (SQLite for runs and
+    for users), its admin configured through the auth config file (MLFLOW_AUTH_CONFIG_PATH)."""
+    folder = tmp_path_factory.mktemp("mlflow-auth")
+    admin = ("admin", f"adm1n-{secrets.token_hex(8)}")
+    config = folder / "basic_auth.ini"
+    config.write_text(
+        "[mlflow]\n"
+        "default_permission = READ\n"
+        f"database_uri = sqlite:///{folder / 'users.db'}\n"
+        f"admin_username = {admin[0]}\n"
+        f"admin_password = {admin[1]}\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+    )
+    port = free_port()
+    with open(folder / "server.log", "w") as log:
+        process = start_mlflow_server(folder, port, log=log, auth_config=config)
+        try:
+            yield AuthServer(f"http://127.0.0.1:{port}", admin)
+        finally:
+            stop(process)
+
+
 def start_mlflow_server(
     folder: Path,
     port: int,
@@ -816,11 +862,20 @@ def start_mlflow_server(
     artifacts: str | None = None,
     env: dict[str, str] | None = None,
     log: Any = subprocess.DEVNULL,
+    auth_config: Path | None = None,
 ) -> subprocess.Popen:
     """`mlflow server` as `tuner ui` starts it, on 127.0.0.1:`port` (SQLite and artifacts in
-    `folder` unless given), once its /health answers; stopped by `stop`."""
+    `folder` unless given), once its /health answers; stopped by `stop`. With `auth_config`,
+    MLflow's basic-auth app, configured by that file (users, admin, default permission)."""
     backend_uri = backend_uri or f"sqlite:///{folder / 'server.db'}"
     command = ui_server_command(backend_uri, "127.0.0.1", port, artifacts or folder / "artifacts")
+    if auth_config is not None:
+        command += ["--app-name", "basic-auth"]
+        env = {
+            **(env or {}),
+            "MLFLOW_AUTH_CONFIG_PATH": str(auth_config),
+            "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16),  # its CSRF protection
+        }
     process = spawn(
         command,
         stdout=log,

@@ -67,7 +67,9 @@ def test_base_is_the_cuda_runtime_of_the_pinned_torch(dockerfile) -> None:
     args = dict(a.split("=", 1) for word, a in dockerfile if word == "ARG" and "=" in a)
     (base,) = [a for word, a in dockerfile if word == "FROM"]
     image = base.replace("${CUDA}", args["CUDA"])
-    assert re.fullmatch(r"nvidia/cuda:\d+\.\d+\.\d+-runtime-ubuntu\d\d\.\d\d", image), image
+    # a digest, when pinned, is the registry's (see the Dockerfile's note on reading it)
+    digest = r"(@sha256:[0-9a-f]{64})?"
+    assert re.fullmatch(rf"nvidia/cuda:\d+\.\d+\.\d+-runtime-ubuntu\d\d\.\d\d{digest}", image)
     cuda = ".".join(args["CUDA"].split(".")[:2])
     assert TORCH_WHEEL_CUDA[pinned("torch")] == cuda
 
@@ -113,3 +115,22 @@ def test_cluster_doc_builds_pushes_and_runs_the_same_image() -> None:
     assert f"docker push {built}" in doc
     images = re.findall(r"image: (\S+)", doc)
     assert images and set(images) == {built}
+
+
+def test_ray_and_its_jobs_run_as_an_unprivileged_user(dockerfile) -> None:
+    """The last USER is a numeric uid:gid other than root's (Kubernetes' runAsNonRoot checks a
+    number), created in the image with a home of its own (Ray writes ~/.ray), after every
+    install: the packages stay root's, read-only to the jobs."""
+    words = [word for word, _ in dockerfile]
+    users = [a for word, a in dockerfile if word == "USER"]
+    assert users, "the image runs as root"
+    uid, _, gid = users[-1].partition(":")
+    assert uid.isdigit() and int(uid) != 0 and (not gid or (gid.isdigit() and int(gid) != 0))
+    runs = [a for word, a in dockerfile if word == "RUN"]
+    (create,) = [r for r in runs if "useradd" in r]
+    assert f"--uid {uid}" in create and "--create-home" in create
+    last_user = len(words) - 1 - words[::-1].index("USER")
+    assert "RUN" not in words[last_user:] and "COPY" not in words[last_user:]
+    assert words.index("USER") > max(i for i, w in enumerate(words) if w == "RUN")
+    workdirs = [a for word, a in dockerfile[last_user:] if word == "WORKDIR"]
+    assert workdirs and workdirs[-1].startswith("/home/"), workdirs  # writable by the user

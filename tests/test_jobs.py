@@ -17,8 +17,9 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 import pandas as pd
 import pytest
@@ -27,6 +28,9 @@ from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 from tests.helpers import (
+    BUCKET,
+    ObjectStore,
+    Postgres,
     free_port,
     ray_head,
     submit,
@@ -48,6 +52,7 @@ class Cluster:
     token: str
     temp_dir: Path
     gcs_address: str = ""  # 127.0.0.1:PORT, what `tuner run --address` takes
+    node_env: dict[str, str] = field(default_factory=dict)  # what every job inherits
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +60,7 @@ def cluster() -> Iterator[Cluster]:
     """Head + worker node, 1 CPU each, token auth on, Jobs API on 127.0.0.1; ready for jobs."""
     with ray_head(num_cpus=1, workers=1, object_store_mb=100) as head:
         wait_for_two_nodes(head.address, head.token)
-        yield Cluster(head.address, head.token, head.temp_dir, head.gcs)
+        yield Cluster(head.address, head.token, head.temp_dir, head.gcs, head.env)
 
 
 def wait_for_two_nodes(address: str, token: str, timeout_s: float = 90) -> None:
@@ -137,6 +142,29 @@ def test_bad_spec_or_address_exit_2_before_contacting_a_cluster(
     assert result.exit_code == 1, result.output
     assert "cannot reach the Ray Jobs server" in flat(result.output)
     assert "Traceback" not in result.output
+
+
+def test_a_url_password_that_differs_from_its_variable_is_refused_before_the_cluster(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The job gets one PostgreSQL password, through PGPASSWORD: a different one in the URL is
+    an error naming both, and printing neither."""
+    nobody = f"http://127.0.0.1:{free_port()}"  # nothing listens: contacting it would exit 1
+    url = "postgresql+psycopg://optuna:url-pw-123@db-host:5432/optuna"
+    monkeypatch.setenv("PGPASSWORD", "env-pw-456")
+    spec = write_spec(tmp_path, search={"num_samples": 1, "storage": url})
+    result = runner.invoke(app, ["submit", str(spec), "--address", nobody])
+    assert result.exit_code == 2, result.output
+    text = flat(result.output)
+    assert "search.storage: the URL's password and PGPASSWORD (set in this environment)" in text
+    assert "url-pw-123" not in result.output and "env-pw-456" not in result.output
+
+    monkeypatch.delenv("PGPASSWORD")
+    token = write_spec(tmp_path, tracking={"uri": "https://tok3n-abc@mlflow.example.com"})
+    result = runner.invoke(app, ["submit", str(token), "--address", nobody])
+    assert result.exit_code == 2, result.output
+    assert "tracking.uri: https://***@mlflow.example.com holds a credential" in flat(result.output)
+    assert "MLFLOW_TRACKING_TOKEN" in result.output and "tok3n" not in result.output
 
 
 def test_token_is_found_where_ray_looks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -436,3 +464,60 @@ def test_submitted_cnn_on_an_image_folder_runs_on_both_nodes(
     )
     job = submit(spec, jobs_env.address)
     two_trials_on_two_nodes(job, jobs_env.address, tmp_path / "results")
+
+
+def test_a_submitted_study_gets_its_secrets_through_its_environment_never_a_file(
+    jobs_env: Cluster,
+    postgres: Postgres,
+    object_store: ObjectStore,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The Optuna storage's password is in the spec's URL and the bucket's keys in this
+    environment; the cluster's nodes have neither. The job package (as Ray unpacked it on the
+    nodes) holds no secret, and the job still reaches PostgreSQL and the bucket: the password
+    went as PGPASSWORD, the keys as AWS_*, in the job's runtime environment."""
+    import optuna
+
+    for name in ("PGPASSWORD", *object_store.env):
+        assert name not in jobs_env.node_env, name  # the nodes cannot reach the stores alone
+    for name, value in object_store.env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("PGPASSWORD", raising=False)
+    storage = postgres.create_database("optuna_jobs_secrets")  # password in the URL
+    assert quote(postgres.password, safe="") in storage
+    spec = write_spec(
+        tmp_path,
+        name="jobs-secrets",
+        search={"num_samples": 2, "max_concurrent": 2, "storage": storage},
+        scheduler={"name": "fifo", "max_epochs": 1},
+        storage=f"s3://{BUCKET}/jobs-secrets",
+    )
+    job = submit(spec, jobs_env.address)
+    status = wait_for_status(job, jobs_env.address, {"SUCCEEDED"}, timeout_s=300)
+    logs = runner.invoke(app, ["logs", job, "--address", jobs_env.address]).output
+    assert status == "SUCCEEDED", logs
+
+    (summary,) = optuna.get_all_study_summaries(storage)  # the job reached PostgreSQL
+    trials = optuna.load_study(study_name=summary.study_name, storage=storage).trials
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 2
+    keys = object_store.keys(BUCKET, "jobs-secrets/")  # and the bucket
+    assert [k for k in keys if k.endswith(f"/{TRIALS_FILE}")], keys
+
+    found = jobs_env.temp_dir.glob("**/runtime_resources/working_dir_files/*/spec.yaml")
+    shipped = [yaml.safe_load(p.read_text()) for p in found]  # other tests' jobs' too
+    sent = next((s for s in shipped if s["name"] == "jobs-secrets"), None)
+    assert sent, "the job's working directory was not found on the nodes"
+    assert sent["search"]["storage"] == storage.replace(
+        f":{quote(postgres.password, safe='')}@", "@"
+    )
+    secrets_ = [postgres.password, quote(postgres.password, safe="")]
+    secrets_ += [object_store.env["AWS_SECRET_ACCESS_KEY"]]
+    packages = [p for p in jobs_env.temp_dir.glob("**/runtime_resources/**/*") if p.is_file()]
+    leaks = [(p, s[:4]) for p in packages for s in secrets_ if s.encode() in p.read_bytes()]
+    assert not leaks
+    stored_spec = [k for k in keys if k.endswith("/spec.yaml")]
+    body = object_store.client().get_object(Bucket=BUCKET, Key=stored_spec[0])["Body"].read()
+    assert not [s for s in secrets_ if s.encode() in body] and not [
+        s for s in secrets_ if s in logs
+    ]

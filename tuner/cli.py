@@ -413,11 +413,12 @@ def list_studies(tracking_uri: TrackingOption = None) -> None:
     """The studies in the tracking store: status, trial counts, best objective."""
     from tuner.cluster.redaction import redact
     from tuner.results.trials import plain
-    from tuner.tracking.runs import default_tracking_uri
+    from tuner.tracking.runs import default_tracking_uri, tracking_access
     from tuner.tracking.runs import list_studies as read_studies
 
     uri = tracking_uri or default_tracking_uri()
-    studies = read_studies(uri)
+    with tracking_access(uri):
+        studies = read_studies(uri)
     if studies.empty:
         out.print(f"No studies in {redact(uri)} (run `tuner demo` or `tuner run SPEC`).")
         return
@@ -463,12 +464,13 @@ def export(
 ) -> None:
     """The best config(s) of a study as files `tuner train` accepts (ranked by best epoch)."""
     from tuner.results.exporting import export_study
-    from tuner.tracking.runs import default_tracking_uri
+    from tuner.tracking.runs import default_tracking_uri, tracking_access
 
     uri = tracking_uri or default_tracking_uri()
-    paths = export_study(
-        study, uri, top_k, format, out_path, pareto, trust_plugins, lambda text: say(text, err)
-    )
+    with tracking_access(uri):
+        paths = export_study(
+            study, uri, top_k, format, out_path, pareto, trust_plugins, lambda text: say(text, err)
+        )
     for path in paths:
         say(str(path))
 
@@ -487,11 +489,12 @@ def train(
     from tuner.cluster.redaction import redact
     from tuner.results.exporting import load_exported
     from tuner.results.retrain import train_config
-    from tuner.tracking.runs import default_tracking_uri
+    from tuner.tracking.runs import default_tracking_uri, tracking_access
 
     source_uri = load_exported(config).source.get("tracking_uri")
     uri = tracking_uri or source_uri or default_tracking_uri()
-    result = train_config(config, uri, epochs, device=device.value)
+    with tracking_access(uri):
+        result = train_config(config, uri, epochs, device=device.value)
     final = result.final
     acc = f", val_acc {final['val_acc']:.4f}" if "val_acc" in final else ""
     say(
@@ -515,9 +518,11 @@ def report(
 ) -> None:
     """The study's HTML dashboard (one self-contained file), for a finished or running study."""
     from tuner.results.dashboard_data import report_study
-    from tuner.tracking.runs import default_tracking_uri
+    from tuner.tracking.runs import default_tracking_uri, tracking_access
 
-    path = report_study(study, tracking_uri or default_tracking_uri(), out_path)
+    uri = tracking_uri or default_tracking_uri()
+    with tracking_access(uri):
+        path = report_study(study, uri, out_path)
     size = path.stat().st_size / 1e6
     say(f"{path} ({size:.1f} MB): open it in a browser")
 

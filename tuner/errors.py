@@ -15,6 +15,10 @@ class StudyError(TunerError):
     """A study that ran but failed as a whole (CLI exit code 1)."""
 
 
+class AccessError(TunerError):
+    """A server that refused this client's credentials or permissions (CLI exit code 1)."""
+
+
 class ClusterError(TunerError):
     """A Ray cluster that cannot be reached, refuses the request or has no such job (exit 1)."""
 

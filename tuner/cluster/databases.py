@@ -36,14 +36,15 @@ def reveal(url: str) -> str:
     without it (the driver finds the password in its own environment)."""
     if url in _REAL_URLS:
         return _REAL_URLS[url]
-    if f":{MASK}@" not in url and f"={MASK}" not in url:
+    if not any(hidden in url for hidden in (f":{MASK}@", f"//{MASK}@", f"={MASK}")):
         return url
     from sqlalchemy.engine import make_url
 
     parsed = make_url(url)
     query = {k: v for k, v in parsed.query.items() if v != MASK}
     password = None if parsed.password == MASK else parsed.password
-    bare = parsed._replace(password=password).set(query=query)  # set() ignores None
+    user = None if parsed.username == MASK else parsed.username  # a token as the user
+    bare = parsed._replace(username=user, password=password).set(query=query)  # set(): not None
     return bare.render_as_string(hide_password=False)
 
 

@@ -17,15 +17,18 @@ import os
 import secrets
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import urlparse
+from urllib.parse import parse_qsl, unquote, urlencode, urlparse
 
+from tuner.cluster.redaction import SECRET_ENV, SECRET_KEY, has_password, is_token_user, redact
 from tuner.errors import ClusterError, SpecError
 
 if TYPE_CHECKING:
     from ray.job_submission import JobSubmissionClient
+
+    from tuner.spec.job_spec import JobSpec
 
 #: The project's packages, shipped with every job as `py_modules` (the cluster's Python needs
 #: their dependencies: torch, ray[tune,default], optuna, mlflow, ...).
@@ -46,6 +49,26 @@ EXCLUDES = [
 ]
 SPEC_FILE = "spec.yaml"
 ENTRYPOINT = f"python -m tuner run {SPEC_FILE} --address auto"
+#: What `tuner submit` copies from this environment into the job's (Ray's runtime_env
+#: `env_vars`, which the job's driver and every trial inherit): the stores' credentials and
+#: where to find them, so that no file sent to the cluster needs to hold a secret. Not the
+#: cluster's own token: the nodes have it already.
+JOB_ENV = tuple(name for name in SECRET_ENV if name != "RAY_AUTH_TOKEN") + (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_ENDPOINT_URL",
+    "AWS_DEFAULT_REGION",
+    "MLFLOW_TRACKING_USERNAME",
+)
+#: Where a job finds a password `tuner submit` took out of a URL, by the URL's scheme: the
+#: variables that scheme's client reads (libpq, MLflow's REST client, S3 clients), as (the
+#: variable for the user, the variable for the password); None: the user stays in the URL.
+PASSWORD_ENV: dict[str, tuple[str | None, str]] = {
+    "postgresql": (None, "PGPASSWORD"),
+    "postgres": (None, "PGPASSWORD"),
+    "http": ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"),
+    "https": ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"),
+    "s3": ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"),
+}
 _CHATTY_LOGGERS = (
     "ray.dashboard.modules.dashboard_sdk",
     "ray.dashboard.modules.job.sdk",
@@ -275,6 +298,97 @@ def package_dirs() -> list[str]:
     return [str(Path(importlib.import_module(name).__file__).parent) for name in PACKAGES]
 
 
+def split_credentials(url: str, key: str) -> tuple[str, dict[str, str]]:
+    """`url` without its credentials, and the variables that carry them instead
+    (`postgresql://u:pw@db/x` -> `postgresql://u@db/x`, PGPASSWORD=pw). A job gets its secrets
+    through its environment, never inside the files sent to the cluster. A credential tuner
+    knows no variable for (another scheme, a token as the URL's user, a secret query key other
+    than PostgreSQL's `password`) is an error naming `key`."""
+    if not has_password(url):
+        return url, {}
+    scheme, _, rest = url.partition("://")
+    transport = scheme.lower().partition("+")[0]
+    userinfo, at, address = rest.rpartition("@")
+    user, colon, password = userinfo.partition(":")
+    where = PASSWORD_ENV.get(transport)
+    refusal = (
+        f"{key}: {redact(url)} holds a credential, and `tuner submit` sends none to the cluster "
+        "inside a file; take it out of the URL and set the variable its client reads "
+        "(PostgreSQL: PGPASSWORD; an MLflow server: MLFLOW_TRACKING_USERNAME and "
+        "MLFLOW_TRACKING_PASSWORD, or MLFLOW_TRACKING_TOKEN; S3: AWS_ACCESS_KEY_ID and "
+        "AWS_SECRET_ACCESS_KEY): `tuner submit` passes those to the job"
+    )
+    if where is None or (at and not colon and is_token_user(scheme, userinfo)):
+        raise SpecError(refusal)  # another scheme, or a token as the user
+    user_var, password_var = where
+    found: dict[str, str] = {}
+    if at and colon:
+        found[password_var] = unquote(password)
+        if user_var is None:
+            rest = f"{user}@{address}"
+        else:
+            found[user_var] = unquote(user)
+            rest = address
+    head, mark, query = rest.partition("?")
+    pairs = parse_qsl(query, keep_blank_values=True) if mark else []
+    for name, value in pairs:
+        if transport.startswith("postgres") and name == "password":
+            if found.get(password_var, value) != value:
+                raise SpecError(f"{key}: {redact(url)} holds two different passwords")
+            found[password_var] = value
+        elif SECRET_KEY.search(name):
+            raise SpecError(refusal)
+    kept = [(name, value) for name, value in pairs if name != "password"]
+    bare = f"{scheme}://{head}" + (f"?{urlencode(kept)}" if kept else "")
+    return bare, found
+
+
+def job_environment(
+    spec: JobSpec, environ: Mapping[str, str] | None = None
+) -> tuple[JobSpec, dict[str, str]]:
+    """The spec as it is sent (no URL holds a credential) and the job's environment: the
+    `JOB_ENV` variables set here, and each credential taken out of a URL under the variable its
+    client reads. A URL's password that differs from that variable as set here (or from
+    another URL's, for the same variable) is an error naming both: the job can have only one.
+    """
+    environ = os.environ if environ is None else environ
+    env = {name: environ[name] for name in JOB_ENV if environ.get(name)}
+    origin = {name: f"{name} (set in this environment)" for name in env}
+    urls = {"search.storage": spec.search.storage, "tracking.uri": spec.tracking.uri}
+    urls["storage"] = spec.storage
+    bare: dict[str, str] = {}
+    for key, url in urls.items():
+        if not url:
+            continue
+        bare[key], found = split_credentials(url, key)
+        for name, value in found.items():
+            if env.get(name, value) != value:
+                what = "user" if name.endswith(("_USERNAME", "_KEY_ID")) else "password"
+                raise SpecError(
+                    f"{key}: the URL's {what} and {origin[name]} differ, and the job gets only "
+                    f"{name}: drop the {what} from the URL, or make them the same"
+                )
+            env[name], origin[name] = value, f"the one in {key}"
+    search = spec.search.model_copy(update={"storage": bare.get("search.storage")})
+    tracking = spec.tracking.model_copy(update={"uri": bare["tracking.uri"]})
+    update = {"search": search, "tracking": tracking, "storage": bare["storage"]}
+    return spec.model_copy(update=update), env
+
+
+def check_no_secret(folder: Path) -> None:
+    """The last look before upload: no file of the job's working directory holds anything
+    `redact` would hide (a URL's password, a secret query value, a secret variable's value)."""
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            text = path.read_text(errors="replace")
+            if redact(text) != text:
+                raise SpecError(
+                    f"{path.relative_to(folder)}: holds a password or a secret variable's value, "
+                    "and `tuner submit` sends no secret to the cluster inside a file; take it out "
+                    "(the job gets the stores' credentials through its environment)"
+                )
+
+
 def submission_id(name: str) -> str:
     return f"tuner-{name}-{secrets.token_hex(4)}"
 
@@ -282,8 +396,9 @@ def submission_id(name: str) -> str:
 def submit_study(spec_path: Path, address: str, overrides: list[str] | None = None) -> str:
     """Validate the spec here, then submit it as a Ray Job; returns the job (submission) id.
 
-    The job's working directory holds only the resolved spec and copies of its plug-in files
-    (named relative to it); the code travels as `py_modules`, with the folder of each module
+    The job's working directory holds only the resolved spec, without any URL's credentials,
+    and copies of its plug-in files (named relative to it); the credentials travel in the job's
+    environment (`job_environment`), the code as `py_modules`, with the folder of each module
     plug-in that is a local package (installed ones must be installed on the cluster). Paths in
     the spec are resolved on this machine, so on a real cluster they must name shared storage (or
     be URLs): results, SQLite files and dataset paths must exist on the head node.
@@ -302,13 +417,16 @@ def submit_study(spec_path: Path, address: str, overrides: list[str] | None = No
             spec.search_space = read_space(spec.search_space)[0]
     job_id = submission_id(spec.name)
     local_modules = [str(p) for code in plugins if (p := local_module_path(code))]
+    spec, env_vars = job_environment(spec)
     with tempfile.TemporaryDirectory(prefix="tuner-job-") as folder:
         spec.plugins = copy_plugins(plugins, Path(folder))
         (Path(folder) / SPEC_FILE).write_text(spec.to_yaml())
+        check_no_secret(Path(folder))
         runtime_env = {
             "working_dir": folder,
             "py_modules": package_dirs() + list(dict.fromkeys(local_modules)),
             "excludes": EXCLUDES,
+            "env_vars": env_vars,  # the stores' credentials: see JOB_ENV
         }
         with _client(address) as client:
             return client.submit_job(

@@ -110,7 +110,7 @@ from tuner.tracking.mlflow_callback import (
     start_parent_run,
     tag_pareto,
 )
-from tuner.tracking.runs import client_for
+from tuner.tracking.runs import client_for, refused_access
 
 LOG_FILE = "tuner.log"
 DRAIN_AT_END_S = 30.0  # how long a finished study waits for an unreachable MLflow server
@@ -446,6 +446,9 @@ def unreachable_tracking(spec: JobSpec) -> Iterator[None]:
     try:
         yield
     except Exception as exc:
+        refusal = refused_access(exc, spec.tracking.uri)
+        if refusal is not None:
+            raise refusal from None
         if not is_transient(exc):
             raise
         raise StudyError(

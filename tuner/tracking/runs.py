@@ -6,14 +6,16 @@ names in `tracking.schema`, and trial runs become rows of the same trials table 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from tuner.errors import SpecError
+from tuner.errors import AccessError, SpecError
 from tuner.results import outcomes
 from tuner.results.trials import rank_trials, trial_row, with_pareto
 from tuner.tracking import schema
@@ -36,6 +38,46 @@ def client_for(uri: str):
     from tuner.cluster.databases import remember, reveal, sqlalchemy_url
 
     return MlflowClient(tracking_uri=sqlalchemy_url(remember(reveal(uri)), "tracking.uri"))
+
+
+def refused_access(exc: BaseException, uri: str) -> AccessError | None:
+    """An MLflow server's 401 or 403 as one line naming the server, what it refused and what
+    to set; None for any other error. MLflow's own message is a stack of its REST call."""
+    from mlflow.exceptions import MlflowException
+
+    from tuner.cluster.redaction import redact
+
+    if not isinstance(exc, MlflowException):
+        return None
+    status = exc.get_http_status_code()
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    server = f"tracking.uri: the MLflow server at {redact(uri)}"
+    if status == 401:
+        sent = f"the user {user!r} (MLFLOW_TRACKING_USERNAME)" if user else "no credentials"
+        return AccessError(
+            f"{server} refused {sent}: authentication failed (HTTP 401); set "
+            "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to an account of that server "
+            "(or MLFLOW_TRACKING_TOKEN)"
+        )
+    if status == 403:
+        return AccessError(
+            f"{server} let {user or 'this client'!r} in but refused the request: permission "
+            "denied (HTTP 403); ask the server's admin for EDIT on the study's experiment "
+            "(or MANAGE on its registered model)"
+        )
+    return None
+
+
+@contextlib.contextmanager
+def tracking_access(uri: str) -> Iterator[None]:
+    """Within: a server that refuses the credentials is an AccessError (`refused_access`)."""
+    try:
+        yield
+    except Exception as exc:
+        refusal = refused_access(exc, uri)
+        if refusal is None:
+            raise
+        raise refusal from None
 
 
 def find_study_run(client, study: str):
