@@ -19,6 +19,7 @@ from tests.helpers import (
     recorded_ops,
     tiny_spec,
 )
+from trainables import metrics as m
 from trainables.data import DataOptions, load_dataset
 from tuner.driver.journal import JOURNAL_FILE, read_journal
 from tuner.driver.study import run_study
@@ -174,6 +175,31 @@ def test_errored_trial_is_failed_with_its_message(study_dir: Path) -> None:
     assert run.data.tags["trial_status"] == outcomes.ERRORED
     assert run.data.tags["error"] == "RuntimeError: CUDA out of memory"
     assert [p.value for p in client.get_metric_history(run.info.run_id, "val_loss")] == [1.0]
+
+
+def test_a_restored_trial_s_earlier_epochs_fill_what_the_journal_and_mlflow_lack(
+    study_dir: Path,
+) -> None:
+    """A trial restored from a checkpoint newer than the driver's journal (a bucket's copy lags
+    the trial's own upload) sends the rows up to its checkpoint with its first result: the
+    epochs nobody recorded are journaled and logged once, the others not again."""
+    recorder, tracking, client = callbacks(study_dir)
+    recorder.journal = study_dir / JOURNAL_FILE
+    trial = fake_trial("t1", 1)
+    rows = [{**EPOCH_1, "epoch": e, "val_loss": 1.0 / e} for e in (1, 2, 3, 4)]
+    drive([recorder, tracking], "on_trial_start", trial)
+    drive([recorder, tracking], "on_trial_result", trial, result=rows[0])
+    restored = {**rows[3], m.EARLIER_EPOCHS: rows[:3]}  # checkpointed at epoch 3
+    drive([recorder, tracking], "on_trial_result", trial, result=restored)
+    tracking.flush()
+
+    journaled = [
+        e["row"]["epoch"] for e in read_journal(recorder.journal) if e["event"] == "result"
+    ]
+    assert sorted(journaled) == [1, 2, 3, 4]
+    assert sorted(recorder.trials["t1"].epochs) == [1, 2, 3, 4]
+    history = client.get_metric_history(tracking.run_ids["t1"], "val_loss")
+    assert sorted((p.step, p.value) for p in history) == [(e, 1.0 / e) for e in (1, 2, 3, 4)]
 
 
 def test_interrupted_study_leaves_no_run_running(study_dir: Path) -> None:

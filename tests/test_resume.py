@@ -18,6 +18,7 @@ import optuna
 import pandas as pd
 import psutil
 import pytest
+import torch
 import yaml
 from optuna.trial import TrialState
 
@@ -105,6 +106,76 @@ def test_killed_trial_worker_resumes_from_its_checkpoint(study_dir: Path) -> Non
             )
         ]
     assert steps == list(range(1, 11)), "the MLflow curve has a gap or a duplicate"
+
+
+def test_epochs_only_a_trial_s_checkpoint_remembers_reach_the_journal_and_mlflow(
+    tmp_path: Path,
+) -> None:
+    """The driver killed mid-trial, its journal and MLflow then losing every epoch after the
+    first, as when the journal that reached a bucket is older than the checkpoint the trial
+    uploaded itself (a CI failure of test_storage): the resumed trial's first result brings the
+    rows up to its checkpoint, so the curve is whole in the journal, MLflow and Optuna."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        yaml.safe_dump(
+            {
+                "name": "lagging-journal",
+                "model": "mlp",
+                "dataset": {"name": "digits"},
+                "search_space": {"hidden_units": 512, "num_layers": 3, "batch_size": 16},
+                "search": {"num_samples": 1, "max_concurrent": 1},
+                "scheduler": {"name": "fifo", "max_epochs": 10},
+            }
+        )
+    )
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "tuner", "run", str(spec)],
+        cwd=tmp_path,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    results = tmp_path / "tuner-results"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and driver.poll() is None:
+        if sum(e["event"] == "result" for e in journal_events(results)) >= 6:
+            break
+        time.sleep(0.1)
+    assert driver.poll() is None, "the study ended before it could be killed"
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+
+    (folder,) = results.iterdir()
+    journal = folder / JOURNAL_FILE
+    kept = [e for e in read_journal(journal) if e["event"] != "result" or e["row"]["epoch"] == 1]
+    journal.write_text("".join(json.dumps(e) + "\n" for e in kept))
+    with sqlite3.connect(tmp_path / "mlflow.db") as db:
+        for table in ("metrics", "latest_metrics"):
+            db.execute(f"delete from {table} where step > 1")
+    checkpoints = sorted(folder.glob("*/checkpoint_*/state.pt"))
+    restored_epoch = torch.load(checkpoints[-1], weights_only=False)["epoch"]
+    assert restored_epoch >= 2, "no checkpoint past epoch 1: nothing to prove"
+
+    resumed = subprocess.run(
+        [sys.executable, "-m", "tuner", "resume", str(folder)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    epochs = [e["row"]["epoch"] for e in read_journal(journal) if e["event"] == "result"]
+    assert sorted(set(epochs)) == list(range(1, 11)), epochs
+    assert all(epochs.count(e) == 1 for e in range(1, restored_epoch + 1)), epochs
+    with sqlite3.connect(tmp_path / "mlflow.db") as db:
+        steps = [
+            s
+            for (s,) in db.execute("select step from metrics where key = 'val_loss' order by step")
+        ]
+    assert steps == list(range(1, 11)), steps
+    study = optuna.load_study(study_name=folder.name, storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    (trial,) = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert sorted(trial.intermediate_values) == list(range(1, 11))
 
 
 def test_driver_killed_mid_study_then_resume_completes_it_once(tmp_path: Path) -> None:

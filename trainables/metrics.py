@@ -14,6 +14,10 @@ STOPPED_ON_OVERFIT = "stopped_on_overfit"  # set on the result on which the over
 #: seconds `torch.compile` took (a warm-up before the first epoch a run trains, outside its
 #: epoch_time_s); only on that epoch's result, only when compile is on
 COMPILE_TIME_S = "compile_time_s"
+#: a restored trial's rows up to its checkpoint (a list, not a metric), sent once with its first
+#: result after the restore: the driver that recorded some of them may have died with them, as
+#: when its journal reached a bucket older than the trial's checkpoint
+EARLIER_EPOCHS = "earlier_epochs"
 
 #: a finalist's scores on the held-out test split (dataset.test_fraction), measured once, after its
 #: last epoch; search trials never see the test split, so only finalists report these

@@ -28,6 +28,7 @@ CHECKPOINT_FILE = "state.pt"
 NODE_ID = "node_id"  # which Ray node ran the epoch (not a metric)
 GPU_IDS = "gpu_ids"  # the GPU ids Ray assigned the trial, "0" or "0,1" ("" for none; not a metric)
 DEVICE = "device"  # what the trial trains on: "cuda:0" or "cpu" (not a metric)
+REPORTED_STATE = "reported"  # a checkpoint's rows of every epoch to it (`m.EARLIER_EPOCHS`)
 #: the config key of a finalist re-run: {"hparams": {...}, "seed": int, "epochs": int, "trial":
 #: the tuned trial's number}; a search trial's config is its hyperparameters alone
 FINALIST = "_finalist"
@@ -84,11 +85,14 @@ def train_trial(config: dict[str, Any], data: Dataset, settings: TrialSettings) 
         settings.model, hparams, data, device=device, seed=seed, options=settings.training
     )
 
+    reported: list[dict[str, float]] = []  # every epoch's numbers, kept in each checkpoint
     checkpoint = tune.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as folder:
             state = load_state(Path(folder) / CHECKPOINT_FILE)  # on CPU, wherever written
+        reported = list(state.pop(REPORTED_STATE, []))
         run.load_state_dict(state)
+    earlier = list(reported)
 
     placement = {
         NODE_ID: ray.get_runtime_context().get_node_id(),
@@ -101,6 +105,9 @@ def train_trial(config: dict[str, Any], data: Dataset, settings: TrialSettings) 
         result = {**run.run_epoch(), **costs, **placement}
         if run.epoch == epochs and data.has_test and not result.get(m.DIVERGED):
             result.update(run.test_metrics(data.x_test, data.y_test))
+        reported.append({k: v for k, v in result.items() if isinstance(v, int | float)})
+        if earlier:
+            result[m.EARLIER_EPOCHS], earlier = earlier, []
         if result.get(m.DIVERGED):
             tune.report(result)  # no checkpoint of a diverged model; the trial ends here
             return
@@ -108,6 +115,8 @@ def train_trial(config: dict[str, Any], data: Dataset, settings: TrialSettings) 
             tune.report(result)
             continue
         with tempfile.TemporaryDirectory() as folder:
-            save_state(run.state_dict(), Path(folder) / CHECKPOINT_FILE)
+            save_state(
+                {**run.state_dict(), REPORTED_STATE: reported}, Path(folder) / CHECKPOINT_FILE
+            )
             tune.report(result, checkpoint=tune.Checkpoint.from_directory(folder))
         last_checkpoint = time.monotonic()

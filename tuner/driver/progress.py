@@ -149,7 +149,17 @@ class StudyRecorder(Callback):
         self._event(trial, "start")
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-        row = {k: result[k] for k in REPORTED if k in result}
+        for earlier in result.get(m.EARLIER_EPOCHS) or ():  # a restored trial's, to its checkpoint
+            record = self.trials.get(trial.trial_id)
+            if m.EPOCH in earlier and (
+                record is None or int(earlier[m.EPOCH]) not in record.epochs
+            ):
+                self._result(trial, earlier, result)
+        self._result(trial, result, result)
+
+    def _result(self, trial, values: dict[str, Any], result: dict[str, Any]) -> None:
+        """Journal one epoch's row out of `values`, placed where `result` says."""
+        row = {k: values[k] for k in REPORTED if k in values}
         if m.EPOCH in row:
             placement = {k: result[k] for k in (GPU_IDS, DEVICE) if k in result}
             self._event(trial, "result", row=row, node=result.get(NODE_ID), **placement)

@@ -109,6 +109,8 @@ class TruthfulOptunaSearch(OptunaSearch):
         return config
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
+        for earlier in result.get(m.EARLIER_EPOCHS) or ():  # a restored trial's, to its checkpoint
+            self._report(trial_id, earlier)
         self._report(trial_id, result)
 
     def on_trial_complete(

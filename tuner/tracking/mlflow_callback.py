@@ -295,8 +295,9 @@ class MlflowTracking(Callback):
         record = self.recorder.trials.get(trial.trial_id)
         if record is None or m.EPOCH not in result:
             return
-        row = record.epochs[int(result[m.EPOCH])]
-        self._submit(self._log_epoch, record, row, now_ms())
+        earlier = [int(r[m.EPOCH]) for r in result.get(m.EARLIER_EPOCHS) or () if m.EPOCH in r]
+        for epoch in (*earlier, int(result[m.EPOCH])):  # a restored trial's rows first
+            self._submit(self._log_epoch, record, record.epochs[epoch], now_ms())
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         self._submit(self._end_trial, trial.trial_id, "FINISHED")
