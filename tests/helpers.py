@@ -277,6 +277,7 @@ class RayHead:
     token: str
     temp_dir: Path
     env: dict[str, str]  # the nodes' environment: a driver of this cluster runs with it
+    node_args: tuple[str, ...] = ()  # every node's size and address (`add_worker` reuses them)
 
 
 @contextlib.contextmanager
@@ -318,21 +319,38 @@ def ray_head(
             node_env,
             temp_dir,
         )
-        for n in range(workers):  # each its own temp dir: shared, they delete job folders
-            ray_start(
-                ["--address", f"127.0.0.1:{gcs_port}", "--temp-dir", str(temp_dir / f"w{n}")]
-                + [*node, "--dashboard-agent-listen-port", str(free_port())],
-                node_env,
-                temp_dir,
-            )
         jobs = f"http://127.0.0.1:{dashboard_port}" if dashboard else ""
-        head = RayHead(jobs, f"127.0.0.1:{gcs_port}", token, temp_dir, node_env)
+        head = RayHead(jobs, f"127.0.0.1:{gcs_port}", token, temp_dir, node_env, tuple(node))
+        for n in range(workers):
+            add_worker(head, f"w{n}")
         if dashboard:
             wait_for_jobs(head)
         yield head
     finally:
         kill_cluster(temp_dir)
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def add_worker(head: RayHead, name: str) -> None:
+    """One more node of the head's size, with its own temp dir `name` under the head's (shared,
+    the nodes would delete each other's job folders)."""
+    ray_start(
+        ["--address", head.gcs, "--temp-dir", str(head.temp_dir / name), *head.node_args]
+        + ["--dashboard-agent-listen-port", str(free_port())],
+        head.env,
+        head.temp_dir,
+    )
+
+
+def node_raylet(head: RayHead, name: str) -> psutil.Process:
+    """The raylet of the worker node `add_worker(head, name)` started."""
+    folder = str(head.temp_dir / name)
+    (raylet,) = [
+        p
+        for p in cluster_processes(head.temp_dir)
+        if p.name() == "raylet" and folder in " ".join(p.cmdline())
+    ]
+    return raylet
 
 
 def wait_for_jobs(head: RayHead, timeout_s: float = 90) -> None:

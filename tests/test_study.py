@@ -4,20 +4,32 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import optuna
+import pandas as pd
 import psutil
 import pytest
 import ray
 import yaml
 from optuna.trial import TrialState
 
-from tests.helpers import free_port, is_loopback, listening_sockets, tiny_spec
+from tests.helpers import (
+    add_worker,
+    free_port,
+    is_loopback,
+    listening_sockets,
+    node_raylet,
+    ray_head,
+    spawn,
+    tiny_spec,
+)
 from trainables import metrics as m
-from tuner.driver.journal import JOURNAL_FILE
+from tuner.driver.journal import JOURNAL_FILE, read_journal
 from tuner.driver.study import require_success, run_study
 from tuner.errors import SpecError, StudyError
 from tuner.results import outcomes
@@ -304,3 +316,101 @@ def test_ray_is_shut_down_on_the_main_thread_after_the_results_are_written(
     (shutdown, *_) = json.loads(lines[-1].removeprefix("SHUTDOWNS "))
     assert shutdown["main"] is True
     assert {TRIALS_FILE, REPORT_FILE, JOURNAL_FILE} <= set(shutdown["files"]), shutdown
+
+
+def trial_results(journal: Path) -> dict[str, list[dict]]:
+    """Each trial's result events, in order."""
+    results: dict[str, list[dict]] = {}
+    for event in read_journal(journal):
+        if event["event"] == "result":
+            results.setdefault(event["trial_id"], []).append(event)
+    return results
+
+
+@pytest.mark.integration
+def test_a_worker_node_that_dies_and_returns_costs_no_work(tmp_path: Path) -> None:
+    """A two-node cluster on 127.0.0.1; while trials run on the worker node its raylet is
+    killed. Its trials go on from their checkpoints on the head, another worker node joins
+    mid-study, and the study completes: every trial once in the journal, MLflow and Optuna,
+    each with its whole curve, none started over."""
+    epochs, num_trials = 6, 4
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        yaml.safe_dump(
+            {
+                "name": "node-dies",
+                "model": "mlp",
+                "dataset": {"name": "digits"},
+                "search_space": {"hidden_units": 512, "num_layers": 3, "batch_size": 16},
+                "search": {"num_samples": num_trials, "max_concurrent": 2},
+                "scheduler": {"name": "fifo", "max_epochs": epochs},
+                "resources": {"cpu": 1},
+            }
+        )
+    )
+    with ray_head(num_cpus=1, workers=1, dashboard=False) as head:
+        driver = spawn(
+            [sys.executable, "-m", "tuner", "run", str(spec), "--address", head.gcs],
+            cwd=tmp_path,
+            env=head.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        journals = tmp_path / "tuner-results"
+        deadline = time.monotonic() + 240
+        nodes: set[str] = set()
+        while time.monotonic() < deadline and driver.poll() is None and len(nodes) < 2:
+            found = list(journals.glob(f"*/{JOURNAL_FILE}"))
+            results = trial_results(found[0]) if found else {}
+            nodes = {r[-1]["node"] for r in results.values() if r[-1]["row"]["epoch"] >= 2}
+            time.sleep(0.1)
+        assert len(nodes) == 2, f"no trial ran on both nodes: {nodes}"
+        node_raylet(head, "w0").kill()  # the worker node dies with its trial
+        killed_at = time.time()
+        time.sleep(5)
+        add_worker(head, "w1")  # and another joins mid-study
+        output, _ = driver.communicate(timeout=600)
+    assert driver.returncode == 0, output
+
+    (folder,) = journals.iterdir()
+    trials = pd.read_csv(folder / TRIALS_FILE)
+    assert list(trials["status"]) == [outcomes.COMPLETED] * num_trials, trials
+    assert list(trials["epochs"]) == [epochs] * num_trials
+    results = trial_results(folder / JOURNAL_FILE)
+    summary = {
+        t: [(r["row"]["epoch"], r["node"][:6], round(r["time"] - killed_at, 1)) for r in rows]
+        for t, rows in results.items()
+    }
+    # the trial that ran on the dead node went on elsewhere, and that node reported no more
+    moved = [rows for rows in results.values() if rows[0]["node"] != rows[-1]["node"]]
+    assert len(moved) == 1, summary
+    dead = moved[0][0]["node"]
+    elsewhere = min(r["time"] for r in moved[0] if r["node"] != dead)
+    later = {r["node"] for rows in results.values() for r in rows if r["time"] >= elsewhere}
+    assert dead not in later, summary
+    for trial_id, rows in results.items():
+        seen = [r["row"]["epoch"] for r in rows]
+        assert seen.count(1) == 1, (trial_id, seen)  # from a checkpoint, not from scratch
+        assert sorted(set(seen)) == list(range(1, epochs + 1)), (trial_id, seen)
+    ends = [e for e in read_journal(folder / JOURNAL_FILE) if e["event"] == "end"]
+    assert sorted(e["trial_id"] for e in ends) == sorted(results)
+
+    with sqlite3.connect(tmp_path / "mlflow.db") as db:
+        runs = db.execute("select status from runs where lifecycle_stage = 'active'").fetchall()
+        assert sorted(s for (s,) in runs) == ["FINISHED"] * (num_trials + 1)
+        for trial_id in results:
+            steps = [
+                s
+                for (s,) in db.execute(
+                    "select m.step from metrics m join tags t on t.run_uuid = m.run_uuid "
+                    "where t.key = 'tuner.trial_id' and t.value = ? and m.key = 'val_loss' "
+                    "order by m.step",
+                    (trial_id,),
+                )
+            ]
+            assert steps == list(range(1, epochs + 1)), (trial_id, steps)
+    study = optuna.load_study(study_name=folder.name, storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * num_trials
+    assert sorted(t.user_attrs["tuner.trial_id"] for t in study.trials) == sorted(results)
+    assert all(sorted(t.intermediate_values) == list(range(1, epochs + 1)) for t in study.trials)
