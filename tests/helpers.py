@@ -16,13 +16,16 @@ import os
 import pwd
 import re
 import secrets
+import selectors
 import shutil
 import signal
 import socket
 import sqlite3
+import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections import Counter
@@ -939,3 +942,78 @@ def assert_stratified(data: Dataset, tolerance: float = 0.02) -> None:
 def assert_standardised(x: np.ndarray, tol: float = 1e-3) -> None:
     assert abs(float(x.mean())) < tol
     assert abs(float(x.std()) - 1.0) < tol
+
+
+class OutageProxy:
+    """A TCP relay on 127.0.0.1 in front of a server (MLflow's, PostgreSQL) that can play an
+    outage at a chosen moment, for free (restarting the server costs seconds): while it is down,
+    every request, on a new or a kept-alive connection, gets a connection reset, as from a
+    server that died. A request relayed before the outage gets its response, so no write is
+    half done."""
+
+    def __init__(self, upstream: str):
+        self.upstream = ("127.0.0.1", int(upstream.rsplit(":", 1)[1]))
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.down = threading.Event()
+        self.outages = 0
+        self.turned_away = 0  # requests reset while down
+        self._closed = False
+        self._thread = threading.Thread(target=self._relay, name="outage-proxy", daemon=True)
+        self._thread.start()
+
+    def outage(self, min_s: float, max_s: float = 60.0) -> None:
+        """Go down now; come back once `min_s` have passed and a request was turned away (so
+        the outage is seen, whatever the phase), or after `max_s`."""
+        self.down.set()
+        self.outages += 1
+        turned_away = self.turned_away
+
+        def come_back() -> None:
+            started = time.monotonic()
+            while time.monotonic() - started < max_s and (
+                time.monotonic() - started < min_s or self.turned_away == turned_away
+            ):
+                time.sleep(0.05)
+            self.down.clear()
+
+        threading.Thread(target=come_back, name="outage-end", daemon=True).start()
+
+    def close(self) -> None:
+        self._closed = True
+        self._thread.join()
+
+    def _relay(self) -> None:
+        selector = selectors.DefaultSelector()
+        selector.register(self.listener, selectors.EVENT_READ)
+        while not self._closed:
+            for key, _ in selector.select(timeout=0.1):
+                if key.fileobj is self.listener:
+                    client, _ = self.listener.accept()
+                    upstream = socket.create_connection(self.upstream)
+                    selector.register(client, selectors.EVENT_READ, (upstream, True))
+                    selector.register(upstream, selectors.EVENT_READ, (client, False))
+                    continue
+                sock, (peer, from_client) = key.fileobj, key.data
+                try:
+                    data = sock.recv(1 << 16)
+                    if data and from_client and self.down.is_set():
+                        self.turned_away += 1
+                        data = b""
+                        reset(sock)
+                    if data:
+                        peer.sendall(data)
+                        continue
+                except OSError:
+                    pass
+                for s in (sock, peer):
+                    selector.unregister(s)
+                    s.close()
+        for key in list(selector.get_map().values()):
+            key.fileobj.close()
+
+
+def reset(sock: socket.socket) -> None:
+    """Close with a TCP reset (what the client of a dead server sees), not a clean FIN."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))

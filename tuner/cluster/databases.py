@@ -9,10 +9,16 @@ resume`) the password is dropped from the URL, so the driver takes it from its o
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+import logging
+import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
-from optuna.storages import RDBStorage
+import sqlalchemy.exc
+from optuna.storages import BaseStorage, RDBStorage
 
 from tuner.cluster.redaction import MASK, redact, redact_url
 from tuner.errors import SpecError
@@ -23,6 +29,11 @@ POSTGRES_SCHEMES = ("postgresql", "postgres")
 INSTALL_HINT = "pip install 'tuner[cluster]' (it brings psycopg, PostgreSQL's driver)"
 #: real URLs this process was given, by their redacted form
 _REAL_URLS: dict[str, str] = {}
+#: how long an Optuna storage call waits for a database server that stopped answering (a
+#: restart, a failover, a network blip) before the study fails, as MLflow's writes wait
+OUTAGE_S = 60.0
+log = logging.getLogger(__name__)
+_calling = threading.local()  # inside a storage call: its own inner calls do not retry again
 
 
 def remember(url: str) -> str:
@@ -81,7 +92,10 @@ def engine_options(url: str) -> dict[str, Any]:
 
 
 class OptunaStorage(RDBStorage):
-    """Optuna's RDB storage, pickled (by Ray, into the results folder) without its password."""
+    """Optuna's RDB storage, pickled (by Ray, into the results folder) without its password,
+    whose calls wait out a database server that is briefly unreachable (`riding_out_outages`)."""
+
+    outage_s = OUTAGE_S
 
     def __init__(self, url: str, **kwargs: Any):
         super().__init__(remember(url), **kwargs)
@@ -93,3 +107,54 @@ class OptunaStorage(RDBStorage):
 
     def __setstate__(self, state: dict[Any, Any]) -> None:
         super().__setstate__({**state, "url": reveal(state["url"])})
+
+
+def unreachable(exc: BaseException) -> bool:
+    """Whether `exc` (or what caused it: Optuna wraps SQLAlchemy's errors) says the database
+    server could not be reached or dropped the connection, rather than refusing the request."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError):
+            return True
+        if isinstance(seen, sqlalchemy.exc.DBAPIError) and seen.connection_invalidated:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def riding_out_outages(method: Callable) -> Callable:
+    """`method` of a database server's Optuna storage, tried again while the server is
+    unreachable, for up to `OUTAGE_S` (the study pauses, then goes on; a SQLite file is never
+    unreachable). A call that failed was rolled back, so trying it again does it once."""
+
+    @functools.wraps(method)
+    def call(self: OptunaStorage, *args: Any, **kwargs: Any) -> Any:
+        if getattr(_calling, "inside", False) or self.url.startswith("sqlite"):
+            return method(self, *args, **kwargs)
+        _calling.inside = True
+        try:
+            started, delay = time.monotonic(), 0.25
+            while True:
+                try:
+                    return method(self, *args, **kwargs)
+                except Exception as exc:
+                    waited = time.monotonic() - started
+                    if not unreachable(exc) or waited + delay > self.outage_s:
+                        raise
+                    log.warning(
+                        "Optuna storage %s unreachable (%s); trying %s again for up to %.0f s",
+                        redact(self.url),
+                        type(exc).__name__,
+                        method.__name__,
+                        self.outage_s - waited,
+                    )
+                    time.sleep(delay)
+                    delay = min(2 * delay, 5.0)
+        finally:
+            _calling.inside = False
+
+    return call
+
+
+for _name in sorted(BaseStorage.__abstractmethods__):  # every call Optuna's Study makes
+    setattr(OptunaStorage, _name, riding_out_outages(getattr(RDBStorage, _name)))
