@@ -430,8 +430,9 @@ def assert_every_trial_once(
                 s
                 for (s,) in db.execute(
                     "select m.step from metrics m join tags t on t.run_uuid = m.run_uuid "
-                    "where t.key = 'tuner.trial_id' and t.value = ? and m.key = 'val_loss' "
-                    "order by m.step",
+                    "join runs r on r.run_uuid = m.run_uuid "  # a superseded run is deleted
+                    "where r.lifecycle_stage = 'active' and t.key = 'tuner.trial_id' "
+                    "and t.value = ? and m.key = 'val_loss' order by m.step",
                     (row["trial_id"],),
                 )
             ]
@@ -996,6 +997,8 @@ class OutageProxy:
                     selector.register(upstream, selectors.EVENT_READ, (client, False))
                     continue
                 sock, (peer, from_client) = key.fileobj, key.data
+                if sock.fileno() == -1:  # closed with its peer earlier in this round
+                    continue
                 try:
                     data = sock.recv(1 << 16)
                     if data and from_client and self.down.is_set():
@@ -1008,8 +1011,9 @@ class OutageProxy:
                 except OSError:
                     pass
                 for s in (sock, peer):
-                    selector.unregister(s)
-                    s.close()
+                    if s.fileno() != -1:
+                        selector.unregister(s)
+                        s.close()
         for key in list(selector.get_map().values()):
             key.fileobj.close()
 

@@ -33,6 +33,7 @@ from tests.helpers import (
     NUM_TRIALS,
     RAY,
     ObjectStore,
+    OutageProxy,
     assert_every_trial_once,
     callbacks,
     drive,
@@ -221,6 +222,58 @@ def test_driver_killed_then_resumed_from_the_bucket_after_its_folder_is_deleted(
         "bucket_keys_at_kill": len(keys),
     }
     print(figures)
+
+
+def test_a_study_rides_out_its_bucket_going_away(object_store: ObjectStore, tmp_path: Path) -> None:
+    """The S3 server, behind a relay, turns every request away for at least 3 s from a trial's
+    second epoch on (the trial's checkpoint upload, Ray's experiment sync and the driver's
+    copies meet it): the study completes, every trial with its whole curve, all in the bucket."""
+    prefix = f"outage-{uuid.uuid4().hex[:8]}"
+    proxy = OutageProxy(object_store.endpoint)
+    env = {**s3_env(object_store), "AWS_ENDPOINT_URL": proxy.uri}
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        yaml.safe_dump(
+            {
+                "name": "s3-outage",
+                "model": "mlp",
+                "dataset": {"name": "digits"},
+                "search_space": {"hidden_units": 512, "num_layers": 3, "batch_size": 16},
+                "search": {"num_samples": 2, "max_concurrent": 1},
+                "scheduler": {"name": "fifo", "max_epochs": 4},
+                "storage": f"s3://{BUCKET}/{prefix}",
+            }
+        )
+    )
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "tuner", "run", str(spec)],
+        cwd=tmp_path,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and driver.poll() is None:
+            journals = list((tmp_path / WORK_DIR).glob(f"s3/{BUCKET}/{prefix}/*/{JOURNAL_FILE}"))
+            events = read_journal(journals[0]) if journals else []
+            if any(e["event"] == "result" and e["row"]["epoch"] == 2 for e in events):
+                proxy.outage(min_s=3.0)
+                break
+            time.sleep(0.05)
+        output, _ = driver.communicate(timeout=600)
+    finally:
+        proxy.close()
+    assert proxy.outages == 1 and proxy.turned_away >= 1, output
+    assert driver.returncode == 0, output
+    (local,) = (tmp_path / WORK_DIR).glob(f"s3/{BUCKET}/{prefix}/*")
+    trials = pd.read_csv(local / TRIALS_FILE)
+    assert list(trials["status"]) == [outcomes.COMPLETED] * 2, trials
+    assert list(trials["epochs"]) == [4, 4]
+    names = {k.rsplit("/", 1)[-1] for k in object_store.keys(BUCKET, f"{prefix}/{local.name}/")}
+    assert {SPEC_FILE, JOURNAL_FILE, TRIALS_FILE} <= names, sorted(names)
 
 
 def test_two_nodes_share_only_the_bucket(object_store: ObjectStore, tmp_path: Path) -> None:
