@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import optuna
@@ -108,28 +109,14 @@ def test_killed_trial_worker_resumes_from_its_checkpoint(study_dir: Path) -> Non
     assert steps == list(range(1, 11)), "the MLflow curve has a gap or a duplicate"
 
 
-def test_epochs_only_a_trial_s_checkpoint_remembers_reach_the_journal_and_mlflow(
-    tmp_path: Path,
-) -> None:
-    """The driver killed mid-trial, its journal and MLflow then losing every epoch after the
-    first, as when the journal that reached a bucket is older than the checkpoint the trial
-    uploaded itself (a CI failure of test_storage): the resumed trial's first result brings the
-    rows up to its checkpoint, so the curve is whole in the journal, MLflow and Optuna."""
-    spec = tmp_path / "spec.yaml"
-    spec.write_text(
-        yaml.safe_dump(
-            {
-                "name": "lagging-journal",
-                "model": "mlp",
-                "dataset": {"name": "digits"},
-                "search_space": {"hidden_units": 512, "num_layers": 3, "batch_size": 16},
-                "search": {"num_samples": 1, "max_concurrent": 1},
-                "scheduler": {"name": "fifo", "max_epochs": 10},
-            }
-        )
-    )
+def killed_mid_study(tmp_path: Path, spec: dict, enough: Callable[[list[dict]], bool]) -> Path:
+    """`tuner run` of `spec` in `tmp_path`, its process group (the driver and the local Ray it
+    started) killed as a reboot would once its journal's events are `enough`; returns the
+    study's results folder."""
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
     driver = subprocess.Popen(
-        [sys.executable, "-m", "tuner", "run", str(spec)],
+        [sys.executable, "-m", "tuner", "run", str(path)],
         cwd=tmp_path,
         start_new_session=True,
         stdout=subprocess.DEVNULL,
@@ -138,14 +125,34 @@ def test_epochs_only_a_trial_s_checkpoint_remembers_reach_the_journal_and_mlflow
     results = tmp_path / "tuner-results"
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline and driver.poll() is None:
-        if sum(e["event"] == "result" for e in journal_events(results)) >= 6:
+        if enough(journal_events(results)):
             break
         time.sleep(0.1)
     assert driver.poll() is None, "the study ended before it could be killed"
     os.killpg(driver.pid, signal.SIGKILL)
     driver.wait()
-
     (folder,) = results.iterdir()
+    return folder
+
+
+def test_epochs_only_a_trial_s_checkpoint_remembers_reach_the_journal_and_mlflow(
+    tmp_path: Path,
+) -> None:
+    """The driver killed mid-trial, its journal and MLflow then losing every epoch after the
+    first, as when the journal that reached a bucket is older than the checkpoint the trial
+    uploaded itself (a CI failure of test_storage): the resumed trial's first result brings the
+    rows up to its checkpoint, so the curve is whole in the journal, MLflow and Optuna."""
+    spec = {
+        "name": "lagging-journal",
+        "model": "mlp",
+        "dataset": {"name": "digits"},
+        "search_space": {"hidden_units": 512, "num_layers": 3, "batch_size": 16},
+        "search": {"num_samples": 1, "max_concurrent": 1},
+        "scheduler": {"name": "fifo", "max_epochs": 10},
+    }
+    folder = killed_mid_study(
+        tmp_path, spec, lambda events: sum(e["event"] == "result" for e in events) >= 6
+    )
     journal = folder / JOURNAL_FILE
     kept = [e for e in read_journal(journal) if e["event"] != "result" or e["row"]["epoch"] == 1]
     journal.write_text("".join(json.dumps(e) + "\n" for e in kept))
@@ -179,38 +186,19 @@ def test_epochs_only_a_trial_s_checkpoint_remembers_reach_the_journal_and_mlflow
 
 
 def test_driver_killed_mid_study_then_resume_completes_it_once(tmp_path: Path) -> None:
-    spec = tmp_path / "spec.yaml"
-    spec.write_text(
-        yaml.safe_dump(
-            {
-                "name": "crash-me",
-                "model": "mlp",
-                "dataset": {"name": "digits"},
-                "search": {"num_samples": NUM_TRIALS, "max_concurrent": 2},
-                "scheduler": {"name": "asha", "max_epochs": 12, "grace_period": 2},
-            }
-        )
+    spec = {
+        "name": "crash-me",
+        "model": "mlp",
+        "dataset": {"name": "digits"},
+        "search": {"num_samples": NUM_TRIALS, "max_concurrent": 2},
+        "scheduler": {"name": "asha", "max_epochs": 12, "grace_period": 2},
+    }
+    folder = killed_mid_study(
+        tmp_path, spec, lambda events: sum(e["event"] == "end" for e in events) >= 3
     )
-    driver = subprocess.Popen(
-        [sys.executable, "-m", "tuner", "run", str(spec)],
-        cwd=tmp_path,
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    results = tmp_path / "tuner-results"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and driver.poll() is None:
-        if sum(e["event"] == "end" for e in journal_events(results)) >= 3:
-            break
-        time.sleep(0.2)
-    assert driver.poll() is None, "the study ended before it could be killed"
-    os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started: a reboot
-    driver.wait()
     before = run_counts(tmp_path / "mlflow.db")
     assert before["RUNNING"] >= 1, before  # what a crash leaves behind
 
-    (folder,) = results.iterdir()
     resumed = subprocess.run(
         [sys.executable, "-m", "tuner", "resume", str(folder)],
         cwd=tmp_path,

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pandas as pd
@@ -237,22 +238,23 @@ def seen_processes(sockets: list[dict]) -> set[str]:
     return {kind for s in sockets for kind in RAY_PROCESSES if kind in s["process"]}
 
 
-def test_a_study_s_local_ray_listens_on_127_0_0_1_only(tmp_path: Path) -> None:
+def printed_json(code: str, marker: str, cwd: Path) -> Any:
+    """Run `code` in a fresh Python (this checkout importable) and return the JSON it printed
+    on its last line starting with `marker`."""
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
     }
     done = subprocess.run(
-        [sys.executable, "-c", LOCAL_RAY_SOCKETS],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=tmp_path,
-        env=env,
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=cwd, env=env
     )
-    lines = [line for line in done.stdout.splitlines() if line.startswith("SOCKETS ")]
+    lines = [line for line in done.stdout.splitlines() if line.startswith(f"{marker} ")]
     assert done.returncode == 0 and lines, done.stderr[-3000:]
-    sockets = json.loads(lines[-1].removeprefix("SOCKETS "))
+    return json.loads(lines[-1].removeprefix(f"{marker} "))
+
+
+def test_a_study_s_local_ray_listens_on_127_0_0_1_only(tmp_path: Path) -> None:
+    sockets = printed_json(LOCAL_RAY_SOCKETS, "SOCKETS", tmp_path)
     assert seen_processes(sockets) == set(RAY_PROCESSES), sockets
     assert [s for s in sockets if not is_loopback(s["ip"])] == []
 
@@ -299,21 +301,7 @@ def test_ray_is_shut_down_on_the_main_thread_after_the_results_are_written(
 ) -> None:
     """Ray's shutdown in a thread while the main thread still wrote results (and dropped Ray
     objects) crashed a job's driver after its last trial; it comes last, on the main thread."""
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-    }
-    done = subprocess.run(
-        [sys.executable, "-c", SHUTDOWN_WHEN],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=tmp_path,
-        env=env,
-    )
-    lines = [line for line in done.stdout.splitlines() if line.startswith("SHUTDOWNS ")]
-    assert done.returncode == 0 and lines, done.stderr[-3000:]
-    (shutdown, *_) = json.loads(lines[-1].removeprefix("SHUTDOWNS "))
+    (shutdown, *_) = printed_json(SHUTDOWN_WHEN, "SHUTDOWNS", tmp_path)
     assert shutdown["main"] is True
     assert {TRIALS_FILE, REPORT_FILE, JOURNAL_FILE} <= set(shutdown["files"]), shutdown
 
