@@ -68,7 +68,7 @@ class TruthfulOptunaSearch(OptunaSearch):
         in a file that can be a save older or newer than it): a trial Ray does not know is never
         run, so Optuna is told it failed; a trial Ray knows and this searcher does not is asked
         again for its Optuna trial. Optuna trials the crashed driver asked for and no trial
-        runs fail too."""
+        runs fail too; a trial an interrupt told FAIL that Ray runs on is asked again."""
         super().restore(checkpoint_path)
         saved = saved_trial_ids(Path(checkpoint_path).parent)
         study, asked = optuna_study(self), optuna_trials(self)
