@@ -62,9 +62,8 @@ TUNED_PREFIX = "tuned_"  # tuned_<objective>: the tuned trial's best-epoch score
 WINNER_TRIAL_TAG = "tuner.winner_trial"  # the winning finalist's trial number
 WINNER_RUN_TAG = "tuner.winner_run_id"  # its tuned trial's run id
 
-# a `tuner train` run
+# a `tuner train` run (and DEVICE_TAG: where it trained)
 SOURCE_RUN_TAG = "tuner.source_run_id"
-DEVICE_TAG = "tuner.device"  # cpu or cuda: where it trained
 
 #: the trials table's hyperparameter columns: "config.lr", "config.batch_size", ...
 CONFIG_PREFIX = "config."
