@@ -69,6 +69,11 @@ PASSWORD_ENV: dict[str, tuple[str | None, str]] = {
     "https": ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"),
     "s3": ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"),
 }
+#: How long `tuner stop` (`ray job stop`) lets a study's driver close its books after SIGTERM
+#: before Ray kills it: Ray's default, 3 s, did not always leave a busy driver time to tell
+#: Optuna its unfinished trials FAIL and close the MLflow runs KILLED. Ray's job supervisor
+#: reads RAY_JOB_STOP_WAIT_TIME_S from the job's runtime_env, where `tuner submit` puts it.
+STOP_WAIT_S = 20
 _CHATTY_LOGGERS = (
     "ray.dashboard.modules.dashboard_sdk",
     "ray.dashboard.modules.job.sdk",
@@ -426,7 +431,8 @@ def submit_study(spec_path: Path, address: str, overrides: list[str] | None = No
             "working_dir": folder,
             "py_modules": package_dirs() + list(dict.fromkeys(local_modules)),
             "excludes": EXCLUDES,
-            "env_vars": env_vars,  # the stores' credentials: see JOB_ENV
+            # the stores' credentials (see JOB_ENV); the time a stop leaves the driver
+            "env_vars": {"RAY_JOB_STOP_WAIT_TIME_S": str(STOP_WAIT_S), **env_vars},
         }
         with _client(address) as client:
             return client.submit_job(

@@ -58,7 +58,7 @@ def fail_asked_trials(storage: str, execution: str) -> int:
     the trials the searcher asked for and never told (running, or asked and not yet started),
     marked `schema.INTERRUPTED_ATTR`, so that the team's Optuna study shows no trial alive that
     is not. `tuner resume` asks again for those Ray runs on (`TruthfulOptunaSearch.restore`).
-    Returns how many; quick and first, since Ray kills a stopped job 3 s after SIGTERM."""
+    Returns how many; run beside the MLflow runs' closing (a stopped job is killed soon)."""
     with contextlib.suppress(KeyError):  # no such study: nothing was asked
         study = optuna.load_study(study_name=execution, storage=optuna_storage(storage))
         failed = 0

@@ -10,6 +10,7 @@ import contextlib
 import logging
 import logging.handlers
 import os
+import threading
 import time
 import traceback
 import warnings
@@ -715,11 +716,14 @@ class StudyRun:
         try:
             work()
         except BaseException:
-            self.fail_asked_trials()
+            # side by side: Ray kills a stopped job soon after SIGTERM (jobs.STOP_WAIT_S)
+            failing = threading.Thread(target=self.fail_asked_trials, name="optuna-fail")
+            failing.start()
             if self.tracking:
                 self.tracking.close_open_runs("KILLED")
                 self.tracking.writer.set_terminated(self.parent_run_id, status="KILLED")
                 self.tracking.writer.drain_until(DRAIN_AT_END_S)
+            failing.join()
             raise
 
     def fail_asked_trials(self) -> None:
