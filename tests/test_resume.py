@@ -109,6 +109,19 @@ def test_killed_trial_worker_resumes_from_its_checkpoint(study_dir: Path) -> Non
     assert steps == list(range(1, 11)), "the MLflow curve has a gap or a duplicate"
 
 
+def resume_in_a_new_process(folder: Path, cwd: Path) -> subprocess.CompletedProcess:
+    """`tuner resume FOLDER` in a fresh process, which must succeed."""
+    resumed = subprocess.run(
+        [sys.executable, "-m", "tuner", "resume", str(folder)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    return resumed
+
+
 def killed_mid_study(tmp_path: Path, spec: dict, enough: Callable[[list[dict]], bool]) -> Path:
     """`tuner run` of `spec` in `tmp_path`, its process group (the driver and the local Ray it
     started) killed as a reboot would once its journal's events are `enough`; returns the
@@ -163,14 +176,7 @@ def test_epochs_only_a_trial_s_checkpoint_remembers_reach_the_journal_and_mlflow
     restored_epoch = torch.load(checkpoints[-1], weights_only=False)["epoch"]
     assert restored_epoch >= 2, "no checkpoint past epoch 1: nothing to prove"
 
-    resumed = subprocess.run(
-        [sys.executable, "-m", "tuner", "resume", str(folder)],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    resume_in_a_new_process(folder, tmp_path)
     epochs = [e["row"]["epoch"] for e in read_journal(journal) if e["event"] == "result"]
     assert sorted(set(epochs)) == list(range(1, 11)), epochs
     assert all(epochs.count(e) == 1 for e in range(1, restored_epoch + 1)), epochs
@@ -199,14 +205,7 @@ def test_driver_killed_mid_study_then_resume_completes_it_once(tmp_path: Path) -
     before = run_counts(tmp_path / "mlflow.db")
     assert before["RUNNING"] >= 1, before  # what a crash leaves behind
 
-    resumed = subprocess.run(
-        [sys.executable, "-m", "tuner", "resume", str(folder)],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    resumed = resume_in_a_new_process(folder, tmp_path)
     assert "Best: trial" in resumed.stdout
 
     after = run_counts(tmp_path / "mlflow.db")
@@ -396,14 +395,7 @@ def test_ctrl_c_at_any_moment_ends_in_one_message_and_resume_completes_the_study
     assert TrialState.RUNNING not in {t.state for t in stopped}, stopped
     interrupted = [t for t in stopped if t.state == TrialState.FAIL]
     assert all(t.user_attrs.get(schema.INTERRUPTED_ATTR) for t in interrupted), interrupted
-    resumed = subprocess.run(
-        [sys.executable, "-m", "tuner", "resume", str(folder)],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    resume_in_a_new_process(folder, tmp_path)
     trials = pd.read_csv(folder / "trials.csv")
     assert sorted(trials["trial"]) == list(range(1, INTERRUPTED_TRIALS + 1))
     assert outcomes.INTERRUPTED not in set(trials["status"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from pathlib import PurePosixPath
+from urllib.parse import urlparse
 
 UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
@@ -39,3 +40,11 @@ def relative_key(key: str, what: str) -> PurePosixPath:
             "'/', no '..' part, no backslash): tuner writes nothing outside the folder it is for"
         )
     return path
+
+
+def bucket_path(uri: str) -> PurePosixPath:
+    """A remote URI's bucket and path (never its user or password) as the relative folder it
+    names on this machine; UnsafeName when that folder would climb out (`..`)."""
+    parsed = urlparse(uri)
+    bucket = parsed.netloc.rpartition("@")[2]
+    return relative_key(f"{bucket}{parsed.path}", f"storage '{parsed.scheme}://': bucket and path")

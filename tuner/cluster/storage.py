@@ -25,7 +25,7 @@ from urllib.parse import urlparse
 from ray.tune import Callback
 
 from tuner.errors import SpecError, StudyError
-from tuner.safe_names import UnsafeName, relative_key
+from tuner.safe_names import UnsafeName, bucket_path, relative_key
 
 WORK_DIR = ".tuner"  # under the driver's working directory: remote studies' working folders
 TRIAL_PREFIX = "trial_"  # the trials' folders (checkpoints): never downloaded by the driver
@@ -52,15 +52,11 @@ class StudyFolder:
 def working_folder(uri: str) -> Path:
     """The local folder a driver works in for the remote execution `uri` (a SpecError when
     the URI's bucket or path would lead out of `.tuner/`: it may come from an MLflow tag)."""
-    parsed = urlparse(uri)
-    bucket = parsed.netloc.rpartition("@")[2]  # never a user or password
     try:
-        relative = relative_key(
-            f"{bucket}{parsed.path}", f"storage {parsed.scheme}:// bucket and path"
-        )
+        relative = bucket_path(uri)
     except UnsafeName as exc:
         raise SpecError(str(exc)) from None
-    return Path.cwd() / WORK_DIR / parsed.scheme / relative
+    return Path.cwd() / WORK_DIR / urlparse(uri).scheme / relative
 
 
 def study_folder(storage: str, execution: str) -> StudyFolder:

@@ -41,7 +41,7 @@ from trainables.registry import Registry
 from tuner.driver.samplers import MULTI_OBJECTIVE_SAMPLERS, SAMPLERS
 from tuner.driver.schedulers import SCHEDULERS
 from tuner.errors import SpecError, brief
-from tuner.safe_names import UnsafeName, relative_key
+from tuner.safe_names import UnsafeName, bucket_path
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
 
@@ -342,11 +342,9 @@ class JobSpec(Section):
     @field_validator("storage")
     @classmethod
     def _storage_stays_in_its_folder(cls, storage: str) -> str:
-        parsed = urlparse(storage)
-        if parsed.scheme not in ("", "file"):  # a remote storage names a local working folder
+        if urlparse(storage).scheme not in ("", "file"):  # it names a local working folder
             try:
-                what = f"storage {storage!r}: bucket and path"
-                relative_key(f"{parsed.netloc}{parsed.path}", what)
+                bucket_path(storage)
             except UnsafeName as exc:
                 raise ValueError(f"{exc} (it names the driver's working folder too)") from None
         return storage
