@@ -965,17 +965,21 @@ class OutageProxy:
         self._thread.start()
 
     def outage(self, min_s: float, max_s: float = 60.0) -> None:
-        """Go down now; come back once `min_s` have passed and a request was turned away (so
-        the outage is seen, whatever the phase), or after `max_s`."""
+        """Go down now; come back `min_s` after the first request was turned away (so a client
+        meets the outage for that long, whatever the phase: a connection pool's own quick
+        reconnect does not slip past it), or after `max_s`."""
         self.down.set()
         self.outages += 1
         turned_away = self.turned_away
 
         def come_back() -> None:
             started = time.monotonic()
-            while time.monotonic() - started < max_s and (
-                time.monotonic() - started < min_s or self.turned_away == turned_away
-            ):
+            first_seen: float | None = None
+            while time.monotonic() - started < max_s:
+                if first_seen is None and self.turned_away != turned_away:
+                    first_seen = time.monotonic()
+                if first_seen is not None and time.monotonic() - first_seen >= min_s:
+                    break
                 time.sleep(0.05)
             self.down.clear()
 

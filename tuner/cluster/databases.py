@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy.exc
 from optuna.storages import BaseStorage, RDBStorage
@@ -33,6 +33,7 @@ _REAL_URLS: dict[str, str] = {}
 #: restart, a failover, a network blip) before the study fails, as MLflow's writes wait
 OUTAGE_S = 60.0
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 _calling = threading.local()  # inside a storage call: its own inner calls do not retry again
 
 
@@ -124,36 +125,48 @@ def unreachable(exc: BaseException) -> bool:
 
 def riding_out_outages(method: Callable) -> Callable:
     """`method` of a database server's Optuna storage, tried again while the server is
-    unreachable, for up to `OUTAGE_S` (the study pauses, then goes on; a SQLite file is never
-    unreachable). A call that failed was rolled back, so trying it again does it once."""
+    unreachable (`ride_out`)."""
 
     @functools.wraps(method)
     def call(self: OptunaStorage, *args: Any, **kwargs: Any) -> Any:
-        if getattr(_calling, "inside", False) or self.url.startswith("sqlite"):
-            return method(self, *args, **kwargs)
-        _calling.inside = True
-        try:
-            started, delay = time.monotonic(), 0.25
-            while True:
-                try:
-                    return method(self, *args, **kwargs)
-                except Exception as exc:
-                    waited = time.monotonic() - started
-                    if not unreachable(exc) or waited + delay > self.outage_s:
-                        raise
-                    log.warning(
-                        "Optuna storage %s unreachable (%s); trying %s again for up to %.0f s",
-                        redact(self.url),
-                        type(exc).__name__,
-                        method.__name__,
-                        self.outage_s - waited,
-                    )
-                    time.sleep(delay)
-                    delay = min(2 * delay, 5.0)
-        finally:
-            _calling.inside = False
+        return ride_out(self, method, self, *args, **kwargs)
 
     return call
+
+
+def ride_out(storage: BaseStorage, call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """`call(*args, **kwargs)`, a request to `storage` (an Optuna storage, or Optuna's cache
+    over one), tried again while its database server is unreachable, for up to `OUTAGE_S` (the
+    study pauses, then goes on; a SQLite file is never unreachable). A call that failed was
+    rolled back, so trying it again does it once."""
+    backend = getattr(storage, "_backend", storage)  # Optuna's _CachedStorage wraps an RDB
+    if (
+        not isinstance(backend, OptunaStorage)
+        or backend.url.startswith("sqlite")
+        or getattr(_calling, "inside", False)
+    ):
+        return call(*args, **kwargs)
+    _calling.inside = True
+    try:
+        started, delay = time.monotonic(), 0.25
+        while True:
+            try:
+                return call(*args, **kwargs)
+            except Exception as exc:
+                waited = time.monotonic() - started
+                if not unreachable(exc) or waited + delay > backend.outage_s:
+                    raise
+                log.warning(
+                    "Optuna storage %s unreachable (%s); trying %s again for up to %.0f s",
+                    redact(backend.url),
+                    type(exc).__name__,
+                    getattr(call, "__name__", "the call"),
+                    backend.outage_s - waited,
+                )
+                time.sleep(delay)
+                delay = min(2 * delay, 5.0)
+    finally:
+        _calling.inside = False
 
 
 for _name in sorted(BaseStorage.__abstractmethods__):  # every call Optuna's Study makes

@@ -32,6 +32,7 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from trainables import metrics as m
+from tuner.cluster.databases import ride_out
 from tuner.driver.stoppers import StudyStop
 from tuner.internals.optuna_internals import asked_again, report_curve, running_trial
 from tuner.internals.ray_internals import (
@@ -148,7 +149,8 @@ class TruthfulOptunaSearch(OptunaSearch):
             return  # Optuna keeps intermediate values for one objective only
         values = {int(step): float(row[metric]) for step, row in sorted(curve.items())}
         with contextlib.suppress(UpdateFinishedTrialError):  # told before a crash (see below)
-            report_curve(optuna_trials(self)[trial_id], values)
+            trial = optuna_trials(self)[trial_id]
+            ride_out(trial.storage, report_curve, trial, values)
 
     def _verdict(
         self, trial_id: str, result: dict | None, error: bool
