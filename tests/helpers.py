@@ -52,13 +52,10 @@ from tuner.driver.journal import read_journal
 from tuner.driver.progress import StudyRecorder
 from tuner.spec.job_spec import JobSpec, spec_from_dict
 from tuner.tracking import schema
-from tuner.tracking.mlflow_callback import (
-    RUN_IDS_FILE,
-    MlflowTracking,
-    start_parent_run,
-)
+from tuner.tracking.mlflow_callback import RUN_IDS_FILE, MlflowTracking
 from tuner.tracking.mlflow_server import ui_server_command
 from tuner.tracking.runs import client_for
+from tuner.tracking.study_run import start_parent_run
 
 POSTGRES_USER = "tuner-pg"  # the system user PostgreSQL runs as when the tests run as root
 runner = CliRunner()

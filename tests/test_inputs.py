@@ -11,8 +11,8 @@ import numpy as np
 from tests.helpers import tiny_spec
 from trainables.data import DataOptions, load_dataset, register_dataset
 from tuner.tracking.inputs import dataset_inputs, digests
-from tuner.tracking.mlflow_callback import start_parent_run
 from tuner.tracking.runs import client_for
+from tuner.tracking.study_run import start_parent_run
 
 
 def logged_inputs(client, run_id: str) -> dict[str, dict]:

@@ -6,7 +6,6 @@ import json
 import threading
 from pathlib import Path
 
-import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -24,15 +23,8 @@ from trainables.data import DataOptions, load_dataset
 from tuner.driver.journal import JOURNAL_FILE, read_journal
 from tuner.driver.study import run_study
 from tuner.results import diagnostics, outcomes
-from tuner.results.trials import StudyResult
 from tuner.tracking.inputs import dataset_inputs, digests
-from tuner.tracking.mlflow_callback import (
-    RUN_IDS_FILE,
-    MlflowTracking,
-    finish_parent_run,
-    load_run_ids,
-    start_parent_run,
-)
+from tuner.tracking.mlflow_callback import RUN_IDS_FILE, MlflowTracking, load_run_ids
 from tuner.tracking.runs import client_for
 from tuner.tracking.schema import PARENT_TAG, ROLE_TAG
 
@@ -216,32 +208,6 @@ def test_interrupted_study_leaves_no_run_running(study_dir: Path) -> None:
         assert [(p.step, p.value) for p in history] == [(1, 1.0)], "buffered epochs were lost"
 
 
-def test_the_counts_a_resumed_study_ends_with_replace_those_of_its_interruption(
-    study_dir: Path,
-) -> None:
-    """Ctrl-C logged 2 interrupted of 3; the resumed study ends with 3 completed: the parent run
-    says 3 completed and 0 interrupted (it said 2 interrupted + 3 completed of 3)."""
-    _, tracking, client = callbacks(study_dir)
-
-    def end(statuses: list[str]) -> None:
-        trials = pd.DataFrame(
-            {"trial": [1, 2, 3], "status": statuses, "diagnosis": ["good_fit"] * 3, "epochs": 2}
-        )
-        result = StudyResult(tracking.spec, "callbacks-x", study_dir, trials, 1.0)
-        finish_parent_run(tracking.writer, tracking.parent_run_id, result, None, None)
-        tracking.writer.drain_until(10)
-
-    end([outcomes.COMPLETED, outcomes.INTERRUPTED, outcomes.INTERRUPTED])
-    end([outcomes.COMPLETED] * 3)
-    metrics = client.get_run(tracking.parent_run_id).data.metrics
-    statuses = {k: v for k, v in metrics.items() if k.startswith("trials_") and k != "trials_total"}
-    counted = {k for k in statuses if k.removeprefix("trials_") in outcomes.STATUSES}
-    assert {k: statuses[k] for k in counted} == {
-        f"trials_{s}": (3 if s == outcomes.COMPLETED else 0) for s in outcomes.STATUSES
-    }
-    assert metrics["trials_total"] == 3
-
-
 def test_compile_time_is_logged_once_at_step_1(study_dir: Path) -> None:
     recorder, tracking, client = callbacks(study_dir)
     trial = fake_trial("t1", 1)
@@ -343,21 +309,6 @@ def test_ctrl_c_leaves_no_run_running_and_exits_1(tmp_path: Path) -> None:
         statuses = dict(conn.execute("select status, count(*) from runs group by status"))
     assert "RUNNING" not in statuses, statuses
     assert statuses.get("FINISHED", 0) >= 2 and statuses.get("KILLED", 0) >= 1  # parent killed
-
-
-def test_passwords_in_urls_never_reach_mlflow(study_dir: Path) -> None:
-    spec = tiny_spec(
-        name="secrets",
-        search={"storage": "postgresql://optuna:s3cr3t-pw@db-host:5432/optuna"},
-    )
-    client = client_for(spec.tracking.uri)
-    _, run_id = start_parent_run(client, spec, "secrets-x", study_dir)
-    run = client.get_run(run_id)
-    logged = [*run.data.params.values(), *run.data.tags.values()]
-    spec_artifact = client.download_artifacts(run_id, "spec.yaml", str(study_dir))
-    logged.append(Path(spec_artifact).read_text())
-    assert not [text for text in logged if "s3cr3t-pw" in text]
-    assert run.data.params["search.storage"] == "postgresql://optuna:***@db-host:5432/optuna"
 
 
 def test_a_trial_that_ended_before_its_run_was_made_takes_four_writes(study_dir: Path) -> None:

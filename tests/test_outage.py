@@ -35,14 +35,10 @@ from tuner.driver.study import LOG_FILE, require_success, run_study
 from tuner.errors import StudyError
 from tuner.results.trials import StudyResult
 from tuner.tracking.buffer import BUFFER_FILE, HTTP_SETTINGS, BufferedWriter
-from tuner.tracking.mlflow_callback import (
-    RUN_IDS_FILE,
-    MlflowTracking,
-    load_run_ids,
-    start_parent_run,
-)
+from tuner.tracking.mlflow_callback import RUN_IDS_FILE, MlflowTracking, load_run_ids
 from tuner.tracking.runs import client_for
 from tuner.tracking.schema import PARENT_TAG
+from tuner.tracking.study_run import start_parent_run
 
 OUTAGE_S = 15
 SLOW_EPOCHS = {"hidden_units": 512, "num_layers": 3, "batch_size": 16}  # ~0.3 s an epoch

@@ -122,3 +122,14 @@ def test_results_corner_is_layered() -> None:
         assert "tuner.results.summary" not in graph[reader]
     assert "tuner.tracking.mlflow_callback" not in graph["tuner.tracking.runs"]
     assert "tuner.results.exporting" not in graph["tuner.tracking.mlflow_callback"]
+
+
+@pytest.mark.parametrize("folder", ["tuner.tracking"])
+def test_the_driver_is_imported_by_nothing_it_drives(folder: str) -> None:
+    """The driver runs the study with the tracking writers, never the other way round: what
+    tracking needs of the driver's live state it names as a Protocol (`RecordedTrials`)."""
+    graph = import_graph()
+    modules = [name for name in graph if name == folder or name.startswith(f"{folder}.")]
+    assert modules
+    back = {(name, i) for name in modules for i in graph[name] if i.startswith("tuner.driver")}
+    assert back == set()

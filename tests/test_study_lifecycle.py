@@ -95,7 +95,7 @@ def test_warm_start_runs_the_earlier_best_configs_first_and_skips_the_misfits(
 def test_warm_start_from_a_missing_study_or_another_model_exits_2_before_ray(
     study_dir: Path, ray_starts: list
 ) -> None:
-    from tuner.tracking.mlflow_callback import start_parent_run
+    from tuner.tracking.study_run import start_parent_run
 
     uri = f"sqlite:///{study_dir / 'mlflow.db'}"
     cnn = tiny_spec(name="cnn-study", model="cnn", search_space=None)

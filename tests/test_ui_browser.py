@@ -14,7 +14,7 @@ from tests.helpers import CHROMIUM_FLAGS, system_chromium, tiny_spec, tuner_ui
 from tuner.driver.study import run_study
 from tuner.results.dashboard_data import REPORT_FILE
 from tuner.results.trials import StudyResult
-from tuner.tracking.mlflow_callback import LEARNING_CURVE
+from tuner.tracking.run_writes import LEARNING_CURVE
 from tuner.tracking.runs import client_for
 from tuner.tracking.schema import CONFIG_PREFIX, DIAGNOSIS_TAG, TRIAL_NUMBER_TAG
 

@@ -35,6 +35,7 @@ from trainables.models import MODELS
 from trainables.plugins import PluginCode
 from trainables.trainable import TrialSettings, train_trial
 from tuner.cluster.jobs import driver_connection_errors
+from tuner.cluster.redaction import redact
 from tuner.cluster.storage import (
     StagingMirror,
     StudyFolder,
@@ -102,16 +103,14 @@ from tuner.spec.spaces import CategoricalParam, SearchSpace, load_space
 from tuner.tracking import schema
 from tuner.tracking.buffer import HTTP_SETTINGS, is_transient
 from tuner.tracking.inputs import dataset_inputs
-from tuner.tracking.mlflow_callback import (
-    RUN_IDS_FILE,
-    MlflowTracking,
+from tuner.tracking.mlflow_callback import RUN_IDS_FILE, MlflowTracking
+from tuner.tracking.runs import client_for, refused_access
+from tuner.tracking.study_run import (
     finish_parent_run,
     log_finalists,
-    redact,
     start_parent_run,
     tag_pareto,
 )
-from tuner.tracking.runs import client_for, refused_access
 
 LOG_FILE = "tuner.log"
 DRAIN_AT_END_S = 30.0  # how long a finished study waits for an unreachable MLflow server

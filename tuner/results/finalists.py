@@ -126,7 +126,7 @@ def rerun_row(
 
 
 def rerun_from_run(run, metric: str) -> dict[str, Any]:
-    """A finalist's MLflow run (`tuner.tracking.mlflow_callback.log_finalists`) as a re-run row."""
+    """A finalist's MLflow run (`tuner.tracking.study_run.log_finalists`) as a re-run row."""
     tags, metrics = run.data.tags, run.data.metrics
     plan = {
         "trial": tags.get(schema.CONFIRMS_TRIAL_TAG, 0),

@@ -24,7 +24,7 @@ from tuner.spec.plugin_files import code_paths, plugins_tag
 from tuner.tracking import schema
 from tuner.tracking.buffer import SUPPRESS_URLS
 from tuner.tracking.inputs import as_dataset_inputs, dataset_inputs
-from tuner.tracking.mlflow_callback import (
+from tuner.tracking.run_writes import (
     as_params,
     epoch_metrics,
     log_batch,

@@ -12,7 +12,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pandas as pd
 
@@ -54,6 +54,14 @@ class TrialRecord:
 
     def best(self, metric: str, mode: str) -> dict[str, float] | None:
         return outcomes.best_epoch(self.history, metric, mode)
+
+
+class RecordedTrials(Protocol):
+    """What the readers of a running study (the MLflow callback, the live report) need of the
+    driver's recorder (`tuner.driver.progress.StudyRecorder`): each trial's record by Ray's
+    trial id, kept current as Ray reports."""
+
+    trials: dict[str, TrialRecord]
 
 
 def plain(value: Any) -> Any:

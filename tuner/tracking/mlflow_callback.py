@@ -1,11 +1,12 @@
-"""MLflow tracking from the driver: a parent run per study execution, a nested child run per trial.
+"""MLflow tracking from the driver: a nested child run per trial, under the study's parent run
+(`tuner.tracking.study_run`).
 
 Workers never talk to the tracking server: the `MlflowTracking` callback runs in the driver,
-reads each trial's curve from the `StudyRecorder`, and writes per-epoch metrics in batches
-(`log_batch`, step = epoch), never a call per key. At a trial's end it logs the summary at the
-best epoch, the diagnosis and a learning-curve figure, and closes the run FINISHED (FAILED for
-errored trials). The trial -> run ids are saved in the Ray run folder, so a resumed study
-continues the same runs.
+reads each trial's curve from the driver's recorder (`RecordedTrials`), and writes per-epoch
+metrics in batches (`log_batch`, step = epoch), never a call per key. At a trial's end it logs
+the summary at the best epoch, the diagnosis and a learning-curve figure, and closes the run
+FINISHED (FAILED for errored trials). The trial -> run ids are saved in the Ray run folder, so a
+resumed study continues the same runs.
 """
 
 from __future__ import annotations
@@ -17,37 +18,32 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
 from ray.tune import Callback
 
 from trainables import metrics as m
-from trainables.plugins import PluginCode
-from tuner.cluster.redaction import redact, without_passwords
+from tuner.cluster.redaction import without_passwords
 from tuner.cluster.storage import relocated
-from tuner.driver.progress import StudyRecorder
-from tuner.results import diagnostics, outcomes
-from tuner.results.figures import FigureProcess, learning_curve_figure
-from tuner.results.finalists import confirmed_metrics
-from tuner.spec.job_spec import DiagnosticsSpec, JobSpec, ObjectiveSpec
-from tuner.spec.plugin_files import log_plugins, plugins_tag
+from tuner.results import outcomes
+from tuner.results.figures import FigureProcess
+from tuner.spec.job_spec import JobSpec
 from tuner.tracking import schema
 from tuner.tracking.buffer import PENDING, BufferedWriter
-from tuner.tracking.inputs import as_dataset_inputs
-from tuner.tracking.runs import child_runs, client_for
+from tuner.tracking.run_writes import (
+    MAX_TAG_LENGTH,
+    as_params,
+    epoch_metrics,
+    log_batch,
+    log_trial_end,
+    now_ms,
+)
+from tuner.tracking.runs import client_for
 from tuner.tracking.writer_thread import WriterThread
 
 if TYPE_CHECKING:
-    import pandas as pd
-
-    from tuner.results.trials import Finalists, StudyResult, TrialRecord
+    from tuner.results.trials import RecordedTrials, TrialRecord
 
 RUN_IDS_FILE = "mlflow_runs.json"
-LEARNING_CURVE = "learning_curve.png"
-CURVE_METRICS = (*m.CURVES, m.COMPILE_TIME_S)  # compile time: in the first epoch's row only
 log = logging.getLogger(__name__)
-MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
-MAX_TAG_LENGTH = 8000
-BATCH_LIMIT = 1000  # MLflow's limit on entities per log_batch call
 #: the run ids file is rewritten whole: at every new run up to this many runs, then at most every
 #: RUN_IDS_SAVE_EVERY_S and at every flush (a restore claims runs the file lacks: claim_orphans)
 RUN_IDS_SAVED_EVERY_RUN = 100
@@ -58,122 +54,6 @@ RUN_IDS_SAVE_EVERY_S = 5.0
 #: after the last trial ended). MLflow's own charts show each run's curves from its metrics, and
 #: the study's report.html every trial's
 CURVE_FIGURES_UP_TO = 200
-
-
-def flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"a": {"b": 1}} -> {"a.b": 1}."""
-    flat: dict[str, Any] = {}
-    for key, value in mapping.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{name}."))
-        else:
-            flat[name] = value
-    return flat
-
-
-def as_params(mapping: dict[str, Any]) -> list:
-    """MLflow params from a (nested) mapping: dotted keys, redacted, within MLflow's limits."""
-    from mlflow.entities import Param
-
-    return [
-        Param(key[:250], redact(str(value))[:MAX_PARAM_LENGTH])
-        for key, value in flatten(mapping).items()
-        if value is not None
-    ]
-
-
-def log_batch(client, run_id: str, metrics=(), params=(), tags=()) -> None:
-    """log_batch in chunks of MLflow's per-call limit; tag values redacted (an error message
-    may quote a URL)."""
-    from mlflow.entities import RunTag
-
-    metrics, params = list(metrics), list(params)
-    tags = [RunTag(tag.key, redact(tag.value)) for tag in tags]
-    while metrics or params or tags:
-        room = BATCH_LIMIT
-        chunk_p, params = params[:100], params[100:]  # at most 100 params per call
-        room -= len(chunk_p)
-        chunk_t, tags = tags[:room], tags[room:]
-        room -= len(chunk_t)
-        chunk_m, metrics = metrics[:room], metrics[room:]
-        client.log_batch(run_id, metrics=chunk_m, params=chunk_p, tags=chunk_t)
-
-
-def epoch_metrics(row: dict[str, float], timestamp: int) -> list:
-    """One epoch's curve points (step = epoch), accuracy gap included; non-finite values skipped."""
-    from mlflow.entities import Metric
-
-    values = {k: row.get(k) for k in CURVE_METRICS}
-    values[diagnostics.GAP_ACC] = diagnostics.accuracy_gaps([row])[0]
-    step = int(row[m.EPOCH])
-    return [
-        Metric(key, float(v), timestamp, step) for key, v in values.items() if outcomes.is_finite(v)
-    ]
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-def run_note(headline: str, diagnosis: str, summary: dict[str, float]) -> str:
-    """A run's description in MLflow (Markdown): e.g. "Trial 3: **completed**, diagnosis
-    **healthy**; best val_loss 0.1234 at epoch 4"."""
-    note = f"{headline}, diagnosis **{diagnosis}**"
-    if schema.BEST_EPOCH in summary and schema.best(m.VAL_LOSS) in summary:
-        note += (
-            f"; best {m.VAL_LOSS} {summary[schema.best(m.VAL_LOSS)]:.4f} at epoch "
-            f"{int(summary[schema.BEST_EPOCH])}"
-        )
-    return note
-
-
-def log_trial_end(
-    client,
-    run_id: str,
-    history: list[dict[str, float]],
-    objective: ObjectiveSpec,
-    thresholds: DiagnosticsSpec,
-    title: str,
-    metrics: list | None = None,
-    tags: list | None = None,
-    figures: FigureProcess | None = None,
-    headline: str | None = None,
-    figure: bool = True,
-    params: list | None = None,
-) -> diagnostics.Diagnosis:
-    """One batch (the summary at the best epoch, the diagnosis, the run's note under `headline`
-    when given, and the caller's `metrics`, `tags` and `params`), then the learning-curve
-    figure, drawn by `figures` when given (none when not `figure`)."""
-    from mlflow.entities import Metric, RunTag
-
-    verdict = diagnostics.diagnose(history, thresholds)
-    summary = diagnostics.summary_metrics(history, objective.metric, objective.mode)
-    summary[diagnostics.OVERFIT_SCORE] = verdict.overfit_score
-    ts = now_ms()
-    tags = [*(tags or []), RunTag(schema.DIAGNOSIS_TAG, verdict.diagnosis)]
-    if headline:
-        tags.append(RunTag(schema.NOTE_TAG, run_note(headline, verdict.diagnosis, summary)))
-    log_batch(
-        client,
-        run_id,
-        metrics=[*(metrics or []), *(Metric(k, v, ts, 0) for k, v in summary.items())],
-        params=params or [],
-        tags=tags,
-    )
-    if not history or not figure:
-        return verdict
-    title = f"{title}: {verdict.diagnosis}"
-    if figures is None:
-        client.log_figure(run_id, learning_curve_figure(history, title), LEARNING_CURVE)
-        return verdict
-    try:
-        client.log_file(
-            run_id, LEARNING_CURVE, lambda path: figures.save_learning_curve(history, title, path)
-        )
-    except RuntimeError as exc:  # a missing figure is not worth failing a study for
-        log.warning("%s", exc)
-    return verdict
 
 
 class MlflowTracking(Callback):
@@ -193,7 +73,7 @@ class MlflowTracking(Callback):
     def __init__(
         self,
         spec: JobSpec,
-        recorder: StudyRecorder,
+        recorder: RecordedTrials,
         parent_run_id: str,
         experiment_id: str,
         run_ids_path: Path,
@@ -550,242 +430,3 @@ def save_run_ids(path: Path, parent_run_id: str, run_ids: dict[str, str]) -> Non
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(payload, indent=1))
     tmp.replace(path)
-
-
-# --------------------------------------------------------------------------- the parent run
-
-
-def ensure_experiment(client, spec: JobSpec) -> str:
-    """The study's experiment; SQLite stores keep artifacts in `mlartifacts/` beside the file."""
-    name = spec.tracking.experiment or spec.name
-    experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        if experiment.lifecycle_stage == "deleted":
-            client.restore_experiment(experiment.experiment_id)
-        return experiment.experiment_id
-    location = None
-    if spec.tracking.uri.startswith("sqlite:///"):
-        db = Path(spec.tracking.uri.removeprefix("sqlite:///"))
-        location = (db.parent / "mlartifacts").as_uri()
-    # MLflow 3's UI opens an experiment of this kind on its runs table (model training view)
-    tags = {schema.EXPERIMENT_KIND_TAG: "custom_model_development"}
-    return client.create_experiment(name, artifact_location=location, tags=tags)
-
-
-def training_tag(spec: JobSpec) -> dict[str, str]:
-    """The spec's training section as the parent run's tag, which `tuner export` reads back."""
-    return {schema.TRAINING_TAG: json.dumps(spec.training.model_dump(mode="json"))}
-
-
-def objectives_tag(spec: JobSpec) -> dict[str, str]:
-    """Several objectives: all of them as the parent's tag (`tuner.objective` is the first)."""
-    if not spec.multi_objective:
-        return {}
-    pairs = [(o.metric, o.mode) for o in spec.objectives]
-    return {schema.OBJECTIVES_TAG: schema.encode_objectives(pairs)}
-
-
-def tag_pareto(client, run_ids: dict[str, str], trials: pd.DataFrame) -> int:
-    """Tag every trial's run `tuner.pareto` true or false (several objectives only); returns how
-    many are on the front."""
-    if schema.PARETO not in trials:
-        return 0
-    for trial_id, on_front in zip(trials["trial_id"], trials[schema.PARETO], strict=True):
-        if trial_id in run_ids:
-            client.set_tag(run_ids[trial_id], schema.PARETO_TAG, "true" if on_front else "false")
-    return int(trials[schema.PARETO].sum())
-
-
-def start_parent_run(
-    client,
-    spec: JobSpec,
-    execution: str,
-    results_path: Path | str,
-    plugins: Sequence[PluginCode] = (),
-    inputs: Sequence[dict[str, Any]] = (),
-) -> tuple[str, str]:
-    """Create the study's parent run with the resolved spec, the plug-ins' code and the dataset
-    inputs (`tuner.tracking.inputs`); returns (experiment id, run id)."""
-    from mlflow.entities import RunTag
-
-    experiment_id = ensure_experiment(client, spec)
-    run = client.create_run(
-        experiment_id,
-        run_name=execution,
-        tags={
-            schema.ROLE_TAG: schema.STUDY_ROLE,
-            schema.STUDY_TAG: spec.name,
-            schema.EXECUTION_TAG: execution,
-            schema.MODEL_TAG: spec.model,
-            schema.DATASET_TAG: json.dumps(spec.dataset.model_dump(exclude_none=True)),
-            schema.OBJECTIVE_TAG: schema.encode_objective(
-                spec.objective.metric, spec.objective.mode
-            ),
-            **objectives_tag(spec),
-            schema.SEED_TAG: str(spec.search.seed),
-            **training_tag(spec),
-            schema.RESULTS_PATH_TAG: str(results_path),
-            schema.OPTUNA_TAG: redact(f"{spec.search.storage}#{execution}"),
-            **plugins_tag(plugins),
-        },
-    )
-    run_id = run.info.run_id
-    log_batch(
-        client,
-        run_id,
-        params=as_params(spec.model_dump(mode="json")),
-        tags=[
-            RunTag(schema.NOTE_TAG, f"tuner study {execution}: running (its summary comes here)")
-        ],
-    )
-    if inputs:
-        client.log_inputs(run_id, datasets=as_dataset_inputs(list(inputs)))
-    client.log_text(run_id, redact(spec.to_yaml()), "spec.yaml")
-    log_plugins(client, run_id, plugins)
-    return experiment_id, run_id
-
-
-def finish_parent_run(
-    client: BufferedWriter,
-    run_id: str,
-    result: StudyResult,
-    best_config: dict[str, Any] | None,
-    importances: dict[str, float] | None,
-    note: str | None = None,
-) -> None:
-    """Results table, best config, importances, counts, the best objective and the study's
-    description (`note`, Markdown) on the parent."""
-    from mlflow.entities import Metric, RunTag
-
-    spec, trials = result.spec, result.trials
-    ts = now_ms()
-    values: dict[str, float] = {"wall_time_s": result.wall_time_s, schema.TRIALS_TOTAL: len(trials)}
-    # every count, zeros too: a resumed study's end replaces the counts its interruption logged
-    counts = (
-        ("status", schema.STATUS_COUNT_PREFIX, outcomes.STATUSES),
-        ("diagnosis", schema.DIAGNOSIS_COUNT_PREFIX, diagnostics.DIAGNOSES),
-    )
-    for column, prefix, names in counts:
-        found = trials[column].value_counts() if column in trials else {}
-        for name in dict.fromkeys([*names, *found.keys()]):
-            values[f"{prefix}{name}"] = int(found.get(name, 0))
-    if len(trials):
-        values["epochs_trained"] = int(trials["epochs"].sum())
-    if schema.PARETO in trials:
-        values["pareto_trials"] = int(trials[schema.PARETO].sum())
-    best = result.best
-    if best is not None:
-        objective = schema.best(spec.objective.metric)
-        keys = [schema.best(k) for k in (m.VAL_LOSS, m.VAL_ACC, m.TRAIN_LOSS)]
-        for key in (*keys, schema.BEST_EPOCH, objective):
-            value = best.get(key)
-            if outcomes.is_finite(value):
-                values[key] = float(value)
-    for name, importance in (importances or {}).items():
-        values[f"{schema.IMPORTANCE_PREFIX}{name}"] = float(importance)
-    note_tags = [RunTag(schema.NOTE_TAG, note[:MAX_TAG_LENGTH])] if note else []
-    metrics = [Metric(k, float(v), ts, 0) for k, v in values.items()]
-    log_batch(client, run_id, metrics=metrics, tags=note_tags)
-
-    as_text = trials.astype({c: str for c in trials.columns if trials[c].dtype == object})
-    client.log_file(run_id, "results.csv", lambda path: trials.to_csv(path, index=False))
-    client.log_file(run_id, "results.parquet", lambda path: as_text.to_parquet(path, index=False))
-    if best_config:
-        client.log_text(run_id, yaml.safe_dump(best_config, sort_keys=False), "best_config.yaml")
-    if importances:
-        client.log_dict(run_id, importances, "param_importances.json")
-
-
-# --------------------------------------------------------------------------- finalists
-
-
-def finalist_note(row: dict[str, Any], metric: str) -> str:
-    """A re-run's description in MLflow (Markdown)."""
-    test = f", test_loss {row[m.TEST_LOSS]:.4f}" if outcomes.is_finite(row.get(m.TEST_LOSS)) else ""
-    return (
-        f"Finalist re-run of trial {row['trial']} (run `trial-{row['trial']:04d}`) with seed "
-        f"{row['seed']}, {row['epochs']} epochs: {metric} {row['score']:.4f} (tuned "
-        f"{row['tuned']:.4f}){test}"
-    )
-
-
-def log_finalists(
-    client: BufferedWriter,
-    experiment_id: str,
-    parent_run_id: str,
-    spec: JobSpec,
-    finalists: Finalists,
-    histories: dict[str, list[dict[str, float]]],
-) -> None:
-    """One child run of the parent per re-run, tagged as a finalist (the tuned trial and run it
-    confirms, its seed): its curves, its last epoch's scores and test metrics. The parent gets the
-    winner, its confirmed score, test metrics and optimism, and the finalists table. Re-runs an
-    earlier execution of the study logged (before it was extended) are deleted first."""
-    from mlflow.entities import Metric, RunTag
-
-    metric = finalists.metric
-    earlier = client.read(child_runs, client.client, experiment_id, parent_run_id)
-    for run in earlier:
-        if run.data.tags.get(schema.ROLE_TAG) == schema.FINALIST_ROLE:
-            client.delete_run(run.info.run_id)
-    for row in finalists.reruns.to_dict("records"):
-        confirms = client.real_id(row["run_id"]) if row.get("run_id") else ""
-        run_id = client.create_run(
-            experiment_id,
-            f"finalist-{row['trial']:04d}-seed{row['seed']}",
-            {
-                schema.PARENT_TAG: parent_run_id,
-                schema.ROLE_TAG: schema.FINALIST_ROLE,
-                schema.STUDY_TAG: spec.name,
-                schema.CONFIRMS_TRIAL_TAG: str(row["trial"]),
-                schema.CONFIRMS_RUN_TAG: confirms,
-                schema.TRIAL_ID_TAG: str(row["trial_id"]),
-                schema.SEED_TAG: str(row["seed"]),
-            },
-        )
-        ts = now_ms()
-        history = histories.get(row["rerun_id"], [])
-        points = [p for epoch in history for p in epoch_metrics(epoch, ts)]
-        last = int(history[-1][m.EPOCH]) if history else 0
-        values = {
-            m.EPOCH: row["epochs"],
-            f"{schema.TUNED_PREFIX}{metric}": row["tuned"],
-            **{k: row.get(k) for k in (m.TEST_LOSS, m.TEST_ACC)},
-        }
-        points += [
-            Metric(k, float(v), ts, last) for k, v in values.items() if outcomes.is_finite(v)
-        ]
-        tags = [
-            RunTag(schema.TRIAL_STATUS_TAG, str(row["status"])),
-            RunTag(schema.NOTE_TAG, finalist_note(row, metric)),
-        ]
-        log_batch(client, run_id, metrics=points, tags=tags)
-        status = "FAILED" if row["status"] == outcomes.ERRORED else "FINISHED"
-        client.set_terminated(run_id, status=status)
-    log_winner(client, parent_run_id, finalists)
-
-
-def log_winner(client: BufferedWriter, parent_run_id: str, finalists: Finalists) -> None:
-    """The winner (trial, run), its confirmed score, test metrics and optimism on the parent,
-    with the finalists table as an artifact."""
-    from mlflow.entities import Metric, RunTag
-
-    winner = finalists.winner
-    tags = []
-    if finalists.note:
-        tags.append(RunTag("tuner.finalists_note", finalists.note[:MAX_TAG_LENGTH]))
-    metrics = []
-    if winner is not None:
-        ts = now_ms()
-        values = {
-            "winner_trial": int(winner["trial"]),
-            **confirmed_metrics(winner, finalists.metric),
-        }
-        metrics = [Metric(k, float(v), ts, 0) for k, v in values.items() if outcomes.is_finite(v)]
-        tags += [
-            RunTag(schema.WINNER_TRIAL_TAG, str(int(winner["trial"]))),
-            RunTag(schema.WINNER_RUN_TAG, client.real_id(winner["run_id"] or "")),
-        ]
-    log_batch(client, parent_run_id, metrics=metrics, tags=tags)
-    table = finalists.table
-    client.log_file(parent_run_id, "finalists.csv", lambda path: table.to_csv(path, index=False))
