@@ -67,7 +67,8 @@ def gpu_packing(quick: bool) -> dict[str, Any]:
     if not torch.cuda.is_available():
         return skipped("gpu_packing", NO_GPU)
     try:
-        from tuner.driver.study import ray_session, run_study
+        from tuner.driver.ray_session import ray_session
+        from tuner.driver.study import run_study
         from tuner.spec.job_spec import spec_from_dict
     except ImportError as exc:
         return skipped("gpu_packing", f"skipped: {exc.name} is not installed on this machine")

@@ -230,7 +230,7 @@ def per_seed_ratios(slow: list[dict[str, Any]], fast: list[dict[str, Any]]) -> l
 def search_efficiency_on(problem: SearchProblem, name: str, target: str, quick: bool):
     """Epochs until the first trial reaches the target, for every arm over seeds (the arms take
     turns within each seed, in reverse order on every other seed), all in one Ray session."""
-    from tuner.driver.study import ray_session
+    from tuner.driver.ray_session import ray_session
     from tuner.driver.study_log import logs_to_file
 
     seeds = range(3 if quick else 7)

@@ -79,7 +79,7 @@ def trial_epochs_per_s(data, epochs: int) -> float:
     from ray import tune
 
     from trainables.trainable import TrialSettings, train_trial
-    from tuner.driver.study import QUIET_RAY, ray_session
+    from tuner.driver.ray_session import QUIET_RAY, ray_session
     from tuner.driver.study_log import logs_to_file
 
     os.environ.update(QUIET_RAY)

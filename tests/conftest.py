@@ -83,7 +83,7 @@ def ray_local() -> Iterator[None]:
     """A real local Ray with 2 CPUs, started once; `run_study` reuses it instead of its own."""
     import ray
 
-    from tuner.driver.study import QUIET_RAY
+    from tuner.driver.ray_session import QUIET_RAY
     from tuner.internals.ray_internals import loopback_node
 
     os.environ.update(QUIET_RAY)

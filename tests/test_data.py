@@ -411,7 +411,7 @@ def test_spec_options_reach_the_loader(plugin) -> None:
 
 
 def test_a_plugin_dataset_s_bad_data_is_a_spec_error_before_ray(plugin) -> None:
-    from tuner.driver.study import prepare
+    from tuner.driver.preparation import prepare
     from tuner.errors import SpecError
 
     @plugin("blobs", layout="vector")

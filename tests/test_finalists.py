@@ -21,7 +21,8 @@ from tests.helpers import open_report, tiny_spec
 from trainables import metrics as m
 from trainables.trainable import FINALIST
 from tuner.cli import app, print_summary
-from tuner.driver.study import prepare, run_study
+from tuner.driver.preparation import prepare
+from tuner.driver.study import run_study
 from tuner.results.dashboard_data import REPORT_FILE
 from tuner.results.exporting import export_study
 from tuner.results.trials import StudyResult

@@ -16,7 +16,8 @@ from tuner.driver.placement import (
     trials_per_gpu,
     worst_case_estimate,
 )
-from tuner.driver.study import prepare, trial_settings
+from tuner.driver.preparation import prepare
+from tuner.driver.study import trial_settings
 from tuner.errors import SpecError
 from tuner.spec.spaces import parse_space
 

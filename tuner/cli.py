@@ -150,7 +150,7 @@ def check(
     """Check a spec as `tuner run` does before it starts Ray (keys and values, the search space,
     plug-ins, the data, a model built and trained a step with every categorical choice),
     starting nothing and touching no store. Exit 0, or 2 with `tuner run`'s message."""
-    from tuner.driver.study import prepare
+    from tuner.driver.preparation import prepare
     from tuner.spec.job_spec import load_spec
 
     loaded = load_spec(spec, set_)

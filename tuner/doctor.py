@@ -82,7 +82,7 @@ def cluster_size(address: str) -> str:
     import ray
 
     from tuner.cluster.jobs import ClusterError, listens
-    from tuner.driver.study import ray_session
+    from tuner.driver.ray_session import ray_session
 
     if address != "auto" and not listens(address, TIMEOUT_S):
         raise ClusterError(f"{address}: nothing answers there")

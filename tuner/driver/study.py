@@ -7,15 +7,11 @@ loaded once on the driver and reaches every trial through the object store.
 from __future__ import annotations
 
 import contextlib
-import logging
-import logging.handlers
 import os
 import threading
 import time
-import traceback
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,14 +23,11 @@ from ray import tune
 
 from dashboards.render import write_report
 from trainables import metrics as m
-from trainables import plugins
-from trainables.data import DataOptions, Dataset, DatasetError, load_dataset
-from trainables.loop import TrainingOptions, check_trainable
+from trainables.data import DataOptions
+from trainables.loop import TrainingOptions
 from trainables.memory import GIB
-from trainables.models import MODELS
 from trainables.plugins import PluginCode
 from trainables.trainable import TrialSettings, train_trial
-from tuner.cluster.jobs import driver_connection_errors
 from tuner.cluster.redaction import redact
 from tuner.cluster.storage import (
     StagingMirror,
@@ -59,7 +52,9 @@ from tuner.driver.placement import (
     plan_gpu_memory,
     training_options,
 )
+from tuner.driver.preparation import PreparedStudy, prepare
 from tuner.driver.progress import LiveProgress, StudyRecorder, trial_dirname
+from tuner.driver.ray_session import QUIET_RAY, ray_session
 from tuner.driver.results_folder import (
     SPEC_FILE,
     find_results,
@@ -78,15 +73,13 @@ from tuner.driver.stoppers import (
     stop_reason,
 )
 from tuner.driver.study_log import StudyLog, logs_to_file
-from tuner.driver.warm_start import WarmStart, plan_warm_start
+from tuner.driver.warm_start import plan_warm_start
 from tuner.errors import SpecError, StudyError
 from tuner.internals.optuna_internals import SoleWriterCache
 from tuner.internals.ray_internals import (
     align_search_count,
     extend_search,
-    loopback_node,
     restored_callbacks,
-    stop_local_daemons,
 )
 from tuner.results import outcomes
 from tuner.results.dashboard_data import REPORT_FILE, from_study
@@ -94,12 +87,11 @@ from tuner.results.summary import best_config, param_importances, save_results, 
 from tuner.results.trials import StudyResult, trials_table
 from tuner.spec.job_spec import (
     JobSpec,
-    load_plugins,
     parse_override,
     read_yaml_file,
     show,
 )
-from tuner.spec.spaces import CategoricalParam, SearchSpace, load_space
+from tuner.spec.spaces import SearchSpace
 from tuner.tracking import schema
 from tuner.tracking.buffer import HTTP_SETTINGS, is_transient
 from tuner.tracking.inputs import dataset_inputs
@@ -114,119 +106,9 @@ from tuner.tracking.study_run import (
 
 LOG_FILE = "tuner.log"
 DRAIN_AT_END_S = 30.0  # how long a finished study waits for an unreachable MLflow server
-#: Tune's own console output off (the live line replaces it); its warnings go to LOG_FILE.
-QUIET_RAY = {
-    "RAY_AIR_NEW_OUTPUT": "0",
-    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
-    # Ray's CSV, JSON and TensorBoard result files: the journal and MLflow already hold every
-    # result, and writing them cost the driver about a millisecond per epoch
-    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
-}
-
-
-@dataclass
-class PreparedStudy:
-    """A spec with its data loaded and its search space compiled: ready for Ray."""
-
-    spec: JobSpec
-    dataset: Dataset
-    space: SearchSpace
-    plugins: tuple[PluginCode, ...] = ()
-    warm_start: WarmStart | None = None  # the earlier study's configs to run first
-
-
-# --------------------------------------------------------------------------- before Ray
-
-
-def prepare(spec: JobSpec) -> PreparedStudy:
-    """Load the data, compile the space and build the model once; any problem is a SpecError."""
-    plugins = tuple(load_plugins(spec.plugins))  # imported already: this names their code
-    try:
-        dataset = load_dataset(DataOptions(**spec.dataset.model_dump()))
-    except DatasetError as exc:
-        raise SpecError(str(exc)) from None
-    if spec.objective.metric in m.CLASSIFICATION_ONLY and dataset.task == "regression":
-        raise SpecError(
-            f"objective.metric: {spec.objective.metric!r} needs a classification dataset, but "
-            f"dataset {dataset.name!r} has a regression target; use val_loss"
-        )
-    space = load_space(spec.search_space, spec.model)
-    check_model_builds(spec.model, space, dataset)
-    return PreparedStudy(spec, dataset, space, plugins)
-
-
-def check_model_builds(model: str, space: SearchSpace, dataset: Dataset) -> None:
-    """Build the model with each categorical choice and constant of the space, on 2 samples."""
-    probes: list[dict[str, Any]] = [dict(space.constants)]
-    for name, param in space.params.items():
-        if isinstance(param, CategoricalParam):
-            probes += [{**space.constants, name: choice} for choice in param.choices]
-    for hparams in probes:
-        try:
-            check_trainable(model, hparams, dataset)
-        except Exception as exc:  # a plug-in's builder or forward can raise anything
-            raise SpecError(model_build_failure(model, hparams, dataset, exc)) from None
-
-
-def model_build_failure(
-    model: str, hparams: dict[str, Any], dataset: Dataset, exc: Exception
-) -> str:
-    """What the probe says: the model (and its plug-in file, at the failing line), the data, the
-    hyperparameters and the error's last line."""
-    file = None
-    if model in MODELS:  # what the builder received: the family's defaults, overridden
-        hparams = {**MODELS.get(model).defaults, **hparams}
-        file = plugins.module_file(MODELS.owner(model))
-    origin = ""
-    if file is not None:
-        frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == file]
-        origin = f" (plug-in {file}" + (f", line {frames[-1].lineno})" if frames else ")")
-    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
-    message = f"{type(exc).__name__}: {lines[-1].strip() if lines else ''}".rstrip(": ")
-    return (
-        f"search_space: model {model!r}{origin} cannot be built and trained one step on dataset "
-        f"{dataset.name!r} ({dataset.layout} {dataset.sample_shape}) with {hparams}: {message}"
-    )
 
 
 # --------------------------------------------------------------------------- Ray
-
-
-def is_loopback_address(address: str) -> bool:
-    """`127.0.0.1:6379`, `localhost:6379` (a Ray GCS address on this machine's loopback)."""
-    host = address.removeprefix("ray://").rsplit(":", 1)[0].strip("[]")
-    return host == "localhost" or host.startswith("127.") or host == "::1"
-
-
-@contextlib.contextmanager
-def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iterator[None]:
-    """Start a local Ray (or attach to `address`), unless this process already has one. On exit
-    the Ray this started is stopped (or the cluster left), on the main thread once the study's
-    results are written: Ray's shutdown beside a thread that still drops Ray objects can crash
-    the driver (a segfault after "2/2 trials done" ended a Ray Job FAILED)."""
-    if ray.is_initialized():
-        yield
-        return
-    if address and address.startswith(("http://", "https://")):
-        raise SpecError(
-            f"--address {address!r} is a Ray Jobs server; `tuner run` needs 'auto' or a "
-            "ray://HEAD:10001 address (use `tuner submit` for the Jobs server)"
-        )
-    quiet = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
-    if address:
-        # a cluster started on loopback (docs/cluster.md) is reached on loopback: Ray would
-        # look for it at the machine's outward IP instead
-        on_loopback = loopback_node() if is_loopback_address(address) else contextlib.nullcontext()
-        with driver_connection_errors(address), on_loopback:
-            ray.init(address=address, **quiet)
-    else:
-        with loopback_node():
-            ray.init(address="local", num_cpus=num_cpus, **quiet)
-        stop_local_daemons()
-    try:
-        yield
-    finally:
-        ray.shutdown()
 
 
 def check_cluster_resources(spec: JobSpec) -> None:
