@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections import Counter
@@ -28,20 +26,16 @@ from mlflow.tracking import MlflowClient
 
 from tests.helpers import (
     BUCKET,
-    CLUSTER_MARKER,
     EPOCH_1,
     NUM_TRIALS,
-    RAY,
     ObjectStore,
     OutageProxy,
     assert_every_trial_once,
     callbacks,
     drive,
     fake_trial,
-    free_port,
-    kill_cluster,
     make_study,
-    ray_start,
+    ray_head,
     run_counts,
     tiny_spec,
 )
@@ -279,19 +273,7 @@ def test_a_study_rides_out_its_bucket_going_away(object_store: ObjectStore, tmp_
 def test_two_nodes_share_only_the_bucket(object_store: ObjectStore, tmp_path: Path) -> None:
     """Head and worker node, each with its own temp dir, the driver in a third folder: no folder
     is shared, so trials on the worker node could only checkpoint to the bucket."""
-    temp_dir = Path(tempfile.mkdtemp(prefix="rs-", dir="/tmp"))  # short: Ray's socket paths
     prefix = f"nodes-{uuid.uuid4().hex[:8]}"
-    env = s3_env(object_store)
-    env.update(
-        PATH=f"{RAY.parent}{os.pathsep}{env.get('PATH', '')}",
-        PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p),
-        RAY_AUTH_MODE="token",  # as the project's other clusters (and a real one) run
-        RAY_AUTH_TOKEN=secrets.token_hex(32),
-        **{CLUSTER_MARKER: str(temp_dir)},
-    )
-    common = ["--num-cpus", "1", "--num-gpus", "0", "--node-ip-address", "127.0.0.1"]
-    common += ["--object-store-memory", str(100 * 1024**2), "--disable-usage-stats"]
-    gcs_port = free_port()
     driver_dir = tmp_path / "driver"
     driver_dir.mkdir()
     spec = driver_dir / "spec.yaml"
@@ -309,31 +291,15 @@ def test_two_nodes_share_only_the_bucket(object_store: ObjectStore, tmp_path: Pa
             }
         )
     )
-    try:
-        ray_start(
-            ["--head", "--port", str(gcs_port), "--temp-dir", str(temp_dir / "h"), *common]
-            + ["--include-dashboard", "false", "--ray-client-server-port", str(free_port())]
-            + ["--dashboard-agent-listen-port", str(free_port())],
-            env,
-            temp_dir,
-        )
-        ray_start(
-            ["--address", f"127.0.0.1:{gcs_port}", "--temp-dir", str(temp_dir / "w"), *common]
-            + ["--dashboard-agent-listen-port", str(free_port())],
-            env,
-            temp_dir,
-        )
+    with ray_head(1, object_store.env, workers=1, dashboard=False, object_store_mb=100) as head:
         run = subprocess.run(
-            [sys.executable, "-m", "tuner", "run", str(spec), "--address", f"127.0.0.1:{gcs_port}"],
+            [sys.executable, "-m", "tuner", "run", str(spec), "--address", head.gcs],
             cwd=driver_dir,
-            env={**env, "COLUMNS": "200"},
+            env={**head.env, "COLUMNS": "200"},
             capture_output=True,
             text=True,
             timeout=300,
         )
-    finally:
-        kill_cluster(temp_dir)
-        shutil.rmtree(temp_dir, ignore_errors=True)
     assert run.returncode == 0, run.stdout + run.stderr
     (local,) = (driver_dir / WORK_DIR).glob(f"s3/{BUCKET}/{prefix}/*")
     trials = pd.read_csv(local / TRIALS_FILE)
