@@ -10,10 +10,9 @@ import pandas as pd
 
 from dashboards.render import ReportData, write_report
 from trainables import metrics as m
-from tuner.driver.progress import StudyRecorder
 from tuner.driver.schedulers import SCHEDULERS
 from tuner.results.exporting import finalists_from_runs
-from tuner.results.trials import objective_pairs, with_pareto
+from tuner.results.trials import RecordedTrials, objective_pairs, with_pareto
 from tuner.safe_names import file_name
 from tuner.spec.job_spec import JobSpec, SchedulerSpec
 from tuner.tracking import schema
@@ -35,7 +34,7 @@ def from_study(
     spec: JobSpec,
     execution: str,
     trials: pd.DataFrame,
-    recorder: StudyRecorder,
+    recorder: RecordedTrials,
     importances: dict[str, float] | None,
     finalists: pd.DataFrame | None = None,
 ) -> ReportData:
