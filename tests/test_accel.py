@@ -1,4 +1,5 @@
-"""trainables/accel.py and trainables/batches.py: precision, device setup, compile, data placement.
+"""trainables/accel.py: precision, device setup, compile, and training with the data on the device
+or in host memory (the batches themselves: tests/test_batches.py).
 
 Everything here runs on CPU: autocast takes bf16 and fp16 there, GradScaler("cpu") exists and
 torch.compile works, so only what is CUDA-specific by nature (TF32, cuDNN, pinned memory, bf16
@@ -172,23 +173,6 @@ def test_data_in_host_memory_trains_exactly_as_on_device(digits: Dataset) -> Non
     host = TrainingRun("mlp", hp, digits, seed=2, options=TrainingOptions(data_on_device=False))
     assert isinstance(host.train_data, InHostMemory)
     assert [{**host.run_epoch(), m.EPOCH_TIME_S: 0} for _ in range(2)] == expected
-
-
-def test_host_batches_are_the_device_batches() -> None:
-    x = np.arange(70, dtype=np.float32).reshape(35, 2)
-    y = np.arange(35)
-    on_device, in_host = OnDevice(x, y, CPU), InHostMemory(x, y, CPU)
-    order = torch.randperm(35, generator=torch.Generator().manual_seed(0))
-    for _ in range(2):  # the staging buffers are reused across passes
-        for batches in ((8, order), (8, None), (50, order), (4, order[:10])):
-            got = [(bx.clone(), by.clone()) for bx, by in in_host.batches(*batches)]
-            want = list(on_device.batches(*batches))
-            assert len(got) == len(want)
-            for (gx, gy), (wx, wy) in zip(got, want, strict=True):
-                assert torch.equal(gx, wx)
-                assert torch.equal(gy, wy)
-    assert [len(b) for b, _ in in_host.batches(8, order)] == [8, 8, 8, 8, 3]
-    assert not in_host.pinned  # pinned staging is for CUDA copies only
 
 
 # --------------------------------------------------------------------------- host syncs

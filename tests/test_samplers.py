@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import importlib.util
 import math
-import pickle
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +16,6 @@ from ray import tune
 
 from tests.helpers import save_ray_trials
 from trainables.registry import UnknownNameError
-from tuner.driver.picklable_samplers import WithoutLocks
 from tuner.driver.samplers import SAMPLERS, make_sampler
 from tuner.driver.searcher import TruthfulOptunaSearch
 from tuner.spec.spaces import load_space
@@ -81,21 +78,6 @@ def test_a_tuner_can_be_made_with_each_sampler(algorithm: str) -> None:
     searcher = searcher_after_trials(algorithm, trials=0)
     tuner = tune.Tuner(lambda config: None, tune_config=tune.TuneConfig(search_alg=searcher))
     assert tuner is not None
-
-
-class Holder(WithoutLocks):
-    def __init__(self) -> None:
-        self.lock, self.rlock, self.value = threading.Lock(), threading.RLock(), 3
-
-
-def test_a_sampler_without_locks_makes_new_ones_when_unpickled() -> None:
-    holder = Holder()
-    holder.lock.acquire()  # a held lock is not carried over: the copy's is free
-    copy = pickle.loads(pickle.dumps(holder))
-    assert copy.value == 3
-    assert copy.lock.acquire(blocking=False) and copy.rlock.acquire(blocking=False)
-    assert copy.lock is not holder.lock
-    assert type(copy.rlock) is type(threading.RLock())
 
 
 # --------------------------------------------------------------------------- seeds and names

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import CHROMIUM_FLAGS, system_chromium, tiny_spec, tuner_ui
+from tests.helpers import CHROMIUM_FLAGS, open_page, system_chromium, tiny_spec, tuner_ui
 from tuner.driver.study import run_study
 from tuner.results.dashboard_data import REPORT_FILE
 from tuner.results.trials import StudyResult
@@ -195,3 +195,20 @@ def test_a_user_compares_three_trials_in_the_mlflow_ui(
         "08-trial-learning-curve.png",
         "09-study-report.png",
     ]
+
+
+def test_mlflow_ui_lists_the_child_runs_under_the_parent(study: StudyResult, browser) -> None:
+    uri = study.spec.tracking.uri
+    with tuner_ui(uri) as (port, _):
+        experiment = client_for(uri).get_experiment_by_name("uicompare").experiment_id
+        page, _ = open_page(browser, f"http://127.0.0.1:{port}/#/experiments/{experiment}/runs")
+        parent = page.get_by_text(study.execution, exact=True)
+        parent.wait_for(timeout=60_000)
+        assert page.get_by_text("trial-0001", exact=True).count() == 0  # collapsed under it
+        cell = page.locator(".ag-cell-wrapper", has=parent)  # the parent's run-name cell
+        cell.locator("button").first.click()  # its expander
+        page.get_by_text("trial-0001", exact=True).wait_for(timeout=30_000)
+        names = [f"trial-{int(n):04d}" for n in study.trials["trial"]]
+        visible = [n for n in names if page.get_by_text(n, exact=True).count() == 1]
+        assert visible == names
+        page.screenshot(path=str(study.results_path / "mlflow-ui.png"))
