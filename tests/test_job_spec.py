@@ -730,3 +730,26 @@ def test_a_registered_scheduler_is_named_by_the_spec_and_judges_its_own_keys(cwd
         SCHEDULERS.forget(__name__)
     assert "budgeted" not in SCHEDULERS
     assert "must be one of ['asha', 'fifo']" in spec_error(with_(scheduler={"name": "budgeted"}))
+
+
+def test_a_saved_spec_of_an_older_version_keeps_loading(tmp_path: Path, cwd: Path) -> None:
+    """Older versions saved ASHA's keys under every scheduler; `tuner resume` drops them."""
+    from tuner.driver.results_folder import SPEC_FILE, study_spec
+    from tuner.spec.job_spec import without_other_schedulers_keys
+
+    old = spec_from_dict(with_(scheduler={"name": "fifo", "max_epochs": 4})).model_dump()
+    old["scheduler"] |= {"grace_period": 1, "reduction_factor": 3.0}  # as older versions saved it
+    write_spec(tmp_path, old, SPEC_FILE)
+    assert study_spec(tmp_path).scheduler.model_dump() == {
+        "name": "fifo",
+        "max_epochs": 4,
+        "stop_on_overfit": None,
+    }
+    assert "not a known key of scheduler fifo" in spec_error(old)  # written by hand: refused
+
+    fifo = {"name": "fifo", "max_epochs": 4, "grace_period": 1, "reduction_factor": 3.0}
+    raw = without_other_schedulers_keys(with_(scheduler=fifo))
+    assert raw["scheduler"] == {"name": "fifo", "max_epochs": 4}
+    assert spec_from_dict(raw).scheduler.model_dump()["max_epochs"] == 4
+    asha = {"max_epochs": 4, "grace_period": 2, "typo": 1}  # a key no scheduler takes stays
+    assert without_other_schedulers_keys(with_(scheduler=asha))["scheduler"] == asha

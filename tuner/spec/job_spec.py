@@ -286,6 +286,21 @@ class SchedulerSpec(Section):
         return self._settings
 
 
+def without_other_schedulers_keys(raw: dict[str, Any]) -> dict[str, Any]:
+    """A spec saved before each scheduler owned its keys holds ASHA's keys whatever its
+    scheduler (`fifo` with `grace_period: 1`); drop from its `scheduler` section the keys that
+    only other schedulers take, so that `tuner resume` still reads it. A spec someone writes
+    gets no such pass: a key its scheduler does not take is an error."""
+    section = raw.get("scheduler")
+    name = section.get("name", "asha") if isinstance(section, dict) else None
+    if not isinstance(section, dict) or not isinstance(name, str) or name not in SCHEDULERS:
+        return raw  # nothing to drop, or validation says what is wrong
+    own = SCHEDULERS.get(name).settings.model_fields
+    others = {k for n in SCHEDULERS.names() for k in SCHEDULERS.get(n).settings.model_fields}
+    kept = {k: v for k, v in section.items() if k in own or k not in others}
+    return {**raw, "scheduler": kept}
+
+
 class ResourcesSpec(Section):
     cpu: float = Field(1.0, gt=0)  # CPUs per trial (torch threads on CPU)
     gpu: float = Field(0.0, ge=0)  # GPUs per trial, up to 1; a fraction shares one GPU
