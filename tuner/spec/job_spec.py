@@ -281,8 +281,8 @@ class SchedulerSpec(Section):
     @property
     def settings(self) -> BaseModel:
         """The named scheduler's own keys, as its settings model validated them."""
-        if self._settings is None:
-            raise AttributeError("scheduler.settings: the section was not validated")
+        if self._settings is None:  # built with model_construct, which validates nothing
+            raise RuntimeError("scheduler.settings: the section was never validated")
         return self._settings
 
 
