@@ -8,7 +8,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.helpers import make_study
-from tuner.results.dashboard_data import report_study
+from tuner.results.dashboard_data import logged_scheduler, report_study
 
 
 def test_a_run_name_that_is_a_path_names_a_file_in_the_working_directory(
@@ -27,3 +27,24 @@ def test_a_run_name_that_is_a_path_names_a_file_in_the_working_directory(
     assert path == work / "_.._escaped_x-report.html"
     assert path.stat().st_size > 10_000
     assert not (tmp_path / "escaped").exists()
+
+
+@pytest.mark.parametrize(
+    ("params", "max_epochs", "expected"),
+    [
+        ({"scheduler.name": "asha", "scheduler.grace_period": "2"}, 20, ("asha", [2, 6, 18, 20])),
+        (
+            {"scheduler.grace_period": "1", "scheduler.reduction_factor": "2.0"},
+            5,
+            ("asha", [1, 2, 4, 5]),
+        ),
+        ({}, 9, ("asha", [1, 3, 9])),  # runs of versions that logged no scheduler: asha
+        ({"scheduler.grace_period": "7"}, 4, ("asha", [4])),  # max_epochs counted from curves
+        # older versions logged ASHA's keys under fifo too: fifo reads none of them
+        ({"scheduler.name": "fifo", "scheduler.grace_period": "1"}, 9, ("fifo", [])),
+    ],
+)
+def test_the_logged_schedulers_milestones_come_from_its_own_keys(
+    params: dict[str, str], max_epochs: int, expected: tuple[str, list[int]]
+) -> None:
+    assert logged_scheduler(params, max_epochs) == expected

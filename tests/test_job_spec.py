@@ -261,25 +261,6 @@ def test_num_samples_must_be_at_least_one() -> None:
     assert "but got 0" in msg
 
 
-def test_grace_period_cannot_exceed_max_epochs() -> None:
-    msg = spec_error(with_(scheduler={"max_epochs": 5, "grace_period": 6}))
-    assert "scheduler.grace_period must be at most scheduler.max_epochs (5) but got 6" in msg
-
-
-def test_asha_keys_are_checked_by_asha_only() -> None:
-    """grace_period belongs to ASHA: FIFO never reads it, so it does not judge it."""
-    fifo = spec_from_dict(with_(scheduler={"name": "fifo", "max_epochs": 5, "grace_period": 6}))
-    assert fifo.scheduler.name == "fifo"
-    msg = spec_error(with_(scheduler={"name": "asha", "max_epochs": 5, "grace_period": 6}))
-    assert "scheduler.grace_period must be at most" in msg
-
-
-def test_grace_period_check_sees_set_overrides() -> None:
-    msg = spec_error(MINIMAL, overrides=["scheduler.max_epochs=3", "scheduler.grace_period=4"])
-    assert "scheduler.grace_period" in msg
-    assert "(3) but got 4" in msg
-
-
 @pytest.mark.parametrize(
     ("metric", "mode", "natural"),
     [("val_loss", "max", "min"), ("val_acc", "min", "max"), ("train_loss", "max", "min")],
@@ -627,3 +608,148 @@ def test_finalists_of_several_objectives_are_judged_on_the_first() -> None:
     spec = spec_from_dict(with_(objective=TWO_OBJECTIVES, selection={"finalists": 2, "seeds": 2}))
     assert spec.selection.finalists == 2
     assert spec.objective.metric == "val_acc" and len(spec.objectives) == 2
+
+
+# --------------------------------------------------------------------------- scheduler keys
+
+
+def test_grace_period_cannot_exceed_max_epochs() -> None:
+    msg = spec_error(with_(scheduler={"max_epochs": 5, "grace_period": 6}))
+    assert "scheduler.grace_period must be at most scheduler.max_epochs (5) but got 6" in msg
+
+
+def test_grace_period_check_sees_set_overrides() -> None:
+    msg = spec_error(MINIMAL, overrides=["scheduler.max_epochs=3", "scheduler.grace_period=4"])
+    assert "scheduler.grace_period" in msg
+    assert "(3) but got 4" in msg
+
+
+def test_a_flat_asha_section_loads_as_written(tmp_path: Path, cwd: Path) -> None:
+    """ASHA's keys sit beside `name` as they always did; the resolved spec keeps them."""
+    written = "scheduler: {name: asha, max_epochs: 9, grace_period: 2, reduction_factor: 3}"
+    path = write_spec(tmp_path, f"name: s\nmodel: mlp\ndataset: {{name: digits}}\n{written}\n")
+    scheduler = load_spec(path).scheduler
+    assert (scheduler.name, scheduler.max_epochs) == ("asha", 9)
+    assert (scheduler.grace_period, scheduler.reduction_factor) == (2, 3.0)
+    assert scheduler.settings.model_dump() == {"grace_period": 2, "reduction_factor": 3.0}
+    saved = yaml.safe_load(load_spec(path).to_yaml())["scheduler"]
+    assert saved == {
+        "name": "asha",
+        "max_epochs": 9,
+        "stop_on_overfit": None,
+        "grace_period": 2,
+        "reduction_factor": 3.0,
+    }
+
+
+def test_ashas_defaults_are_filled_in_and_saved(cwd: Path) -> None:
+    spec = spec_from_dict(with_(scheduler={"max_epochs": 9}))
+    assert (spec.scheduler.grace_period, spec.scheduler.reduction_factor) == (1, 3.0)
+    assert yaml.safe_load(spec.to_yaml())["scheduler"]["reduction_factor"] == 3.0
+
+
+def test_fifo_saves_no_keys_of_ashas(cwd: Path) -> None:
+    spec = spec_from_dict(with_(scheduler={"name": "fifo", "max_epochs": 5}))
+    assert spec.scheduler.model_dump() == {"name": "fifo", "max_epochs": 5, "stop_on_overfit": None}
+
+
+def test_fifo_refuses_ashas_keys_naming_the_scheduler_and_its_keys() -> None:
+    """grace_period belongs to ASHA: a FIFO spec that sets it expects something FIFO never does."""
+    msg = spec_error(with_(scheduler={"name": "fifo", "max_epochs": 5, "grace_period": 2}))
+    assert msg == (
+        "invalid job spec: scheduler.grace_period is not a known key of scheduler fifo (value 2); "
+        "valid keys here: name, max_epochs, stop_on_overfit (grace_period belongs to asha)"
+    )
+    msg = spec_error(MINIMAL, overrides=["scheduler.name=fifo", "scheduler.reduction_factor=2"])
+    assert "scheduler.reduction_factor is not a known key of scheduler fifo (value 2)" in msg
+
+
+def test_a_key_no_scheduler_takes_is_unknown_to_the_named_one() -> None:
+    msg = spec_error(with_(scheduler={"grace_periode": 2}))
+    assert msg == (
+        "invalid job spec: scheduler.grace_periode is not a known key of scheduler asha (value 2); "
+        "valid keys here: name, max_epochs, stop_on_overfit, grace_period, reduction_factor"
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "rule"),
+    [
+        (1, "must be greater than 1 but got 1"),
+        (0.5, "must be greater than 1 but got 0.5"),
+        ("3", "must be a valid number but got '3'"),
+        (float("inf"), "must be a finite number but got inf"),
+    ],
+)
+def test_a_bad_reduction_factor_names_the_key_the_value_and_the_rule(value: Any, rule: str) -> None:
+    assert spec_error(with_(scheduler={"reduction_factor": value})) == (
+        f"invalid job spec: scheduler.reduction_factor {rule}"
+    )
+
+
+def test_set_reaches_ashas_keys(cwd: Path) -> None:
+    spec = spec_from_dict(MINIMAL, overrides=["scheduler.grace_period=2"])
+    assert spec.scheduler.grace_period == 2
+    msg = spec_error(MINIMAL, overrides=["scheduler.grace_period=0"])
+    assert msg == (
+        "invalid job spec: scheduler.grace_period must be greater than or equal to 1 but got 0"
+    )
+
+
+def test_a_registered_scheduler_is_named_by_the_spec_and_judges_its_own_keys(cwd: Path) -> None:
+    """The extension point: a scheduler registered with its settings model is a `scheduler.name`
+    whose keys the spec takes, validates with that model, fills in and saves."""
+    from pydantic import Field
+
+    from tuner.driver.live_trials import LiveFIFO
+    from tuner.driver.schedulers import SCHEDULERS, SchedulerKind, SchedulerSettings
+
+    class Budget(SchedulerSettings):
+        budget: int = Field(ge=1)  # required: a key with no default
+        patience: float = Field(0.5, gt=0, le=1)
+
+    kind = SchedulerKind("a test scheduler", Budget, lambda s, b, j: LiveFIFO(), lambda s, b: [])
+    SCHEDULERS.register("budgeted", owner=__name__)(kind)
+    try:
+        spec = spec_from_dict(with_(scheduler={"name": "budgeted", "budget": 7}))
+        assert (spec.scheduler.budget, spec.scheduler.patience) == (7, 0.5)
+        assert spec.scheduler.settings == Budget(budget=7, patience=0.5)
+        assert yaml.safe_load(spec.to_yaml())["scheduler"]["patience"] == 0.5
+        msg = spec_error(with_(scheduler={"name": "budgeted", "budget": 7, "patience": 2}))
+        assert msg == (
+            "invalid job spec: scheduler.patience must be less than or equal to 1 but got 2"
+        )
+        msg = spec_error(with_(scheduler={"name": "budgeted"}))
+        assert msg == "invalid job spec: scheduler.budget is required and has no default"
+        msg = spec_error(with_(scheduler={"name": "budgeted", "budget": 7, "grace_period": 2}))
+        assert "scheduler.grace_period is not a known key of scheduler budgeted (value 2)" in msg
+        assert "valid keys here: name, max_epochs, stop_on_overfit, budget, patience" in msg
+        msg = spec_error(with_(scheduler={"name": "fifo", "budget": 7}))
+        assert "(budget belongs to budgeted)" in msg
+    finally:
+        SCHEDULERS.forget(__name__)
+    assert "budgeted" not in SCHEDULERS
+    assert "must be one of ['asha', 'fifo']" in spec_error(with_(scheduler={"name": "budgeted"}))
+
+
+def test_a_saved_spec_of_an_older_version_keeps_loading(tmp_path: Path, cwd: Path) -> None:
+    """Older versions saved ASHA's keys under every scheduler; `tuner resume` drops them."""
+    from tuner.driver.results_folder import SPEC_FILE, study_spec
+    from tuner.spec.job_spec import without_other_schedulers_keys
+
+    old = spec_from_dict(with_(scheduler={"name": "fifo", "max_epochs": 4})).model_dump()
+    old["scheduler"] |= {"grace_period": 1, "reduction_factor": 3.0}  # as older versions saved it
+    write_spec(tmp_path, old, SPEC_FILE)
+    assert study_spec(tmp_path).scheduler.model_dump() == {
+        "name": "fifo",
+        "max_epochs": 4,
+        "stop_on_overfit": None,
+    }
+    assert "not a known key of scheduler fifo" in spec_error(old)  # written by hand: refused
+
+    fifo = {"name": "fifo", "max_epochs": 4, "grace_period": 1, "reduction_factor": 3.0}
+    raw = without_other_schedulers_keys(with_(scheduler=fifo))
+    assert raw["scheduler"] == {"name": "fifo", "max_epochs": 4}
+    assert spec_from_dict(raw).scheduler.model_dump()["max_epochs"] == 4
+    asha = {"max_epochs": 4, "grace_period": 2, "typo": 1}  # a key no scheduler takes stays
+    assert without_other_schedulers_keys(with_(scheduler=asha))["scheduler"] == asha

@@ -23,7 +23,12 @@ from tuner.cluster.storage import (
     working_folder,
 )
 from tuner.errors import SpecError, StudyError, brief
-from tuner.spec.job_spec import JobSpec, read_yaml_file, spec_from_dict
+from tuner.spec.job_spec import (
+    JobSpec,
+    read_yaml_file,
+    spec_from_dict,
+    without_other_schedulers_keys,
+)
 from tuner.spec.plugin_files import copy_plugins
 from tuner.tracking import schema
 from tuner.tracking.buffer import HTTP_SETTINGS, BufferedWriter
@@ -59,6 +64,8 @@ def save_spec(spec: JobSpec, plugins: tuple[PluginCode, ...], results_path: Path
 def study_spec(results_path: Path) -> JobSpec:
     """The resolved spec a study saved beside Ray's state (its plug-ins relative to it)."""
     raw = read_yaml_file(results_path / SPEC_FILE, "study spec")
+    if isinstance(raw, dict):  # saved by an older version, it may list others' scheduler keys
+        raw = without_other_schedulers_keys(raw)
     return spec_from_dict(raw, base_dir=results_path)
 
 

@@ -1,12 +1,16 @@
-"""Trial schedulers by name: each owns its keys of the spec's `scheduler` section (their check,
-the Ray scheduler built from them, the milestones a dashboard shows) and its resume step."""
+"""Trial schedulers by name: each owns its keys of the spec's `scheduler` section (a settings
+model: their defaults, rules and checks), the Ray scheduler built from them, the milestones a
+dashboard shows, and its resume step. The section itself keeps only the keys every scheduler
+reads, so a new scheduler brings its keys along instead of adding them to everyone's section."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
 
 from trainables import metrics as m
 from trainables.registry import Registry
@@ -15,68 +19,100 @@ if TYPE_CHECKING:
     from ray.tune.schedulers import TrialScheduler
 
 
-class SchedulerSpec(Protocol):
-    """What a scheduler reads of the spec's `scheduler` section (the section's model,
-    tuner.spec.job_spec.SchedulerSpec, validates it and calls each scheduler's check)."""
+class CommonKeys(Protocol):
+    """The keys of the spec's `scheduler` section that every scheduler may read (the section's
+    model, tuner.spec.job_spec.SchedulerSpec, validates them and the named scheduler's own keys
+    with its settings model)."""
 
     name: str
     max_epochs: int
-    grace_period: int
-    reduction_factor: float
+
+
+class SchedulerSettings(BaseModel):
+    """A scheduler's own keys of the `scheduler` section, read like a spec section: unknown keys
+    are errors, values are not silently coerced. A check across keys (a model validator) finds
+    the section's keys every scheduler reads in `section_of(info)`."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+
+#: the validation context key that holds the section being validated (see section_of)
+SECTION = "section"
+
+
+def section_of(info: ValidationInfo) -> CommonKeys | None:
+    """The section whose keys a settings model is validating (None: validated on its own, as
+    when a dashboard reads a run's logged params, which it does not judge)."""
+    return (info.context or {}).get(SECTION)
+
+
+S = TypeVar("S", bound=BaseModel)
 
 
 @dataclass(frozen=True)
-class SchedulerKind:
+class SchedulerKind(Generic[S]):
     """A trial scheduler that `scheduler.name` can name (a `SCHEDULERS` entry).
 
     Attributes:
         description: one line for messages and docs.
-        build: `(section, journal) -> TrialScheduler`: the Ray Tune scheduler for the spec's
-            `scheduler` section; `journal` is the study's journal file, from which a scheduler
-            that keeps state rebuilds it on `tuner resume` (None: nothing to resume from).
-        milestones: `(section) -> [epoch, ...]`: the epochs at which it may stop a trial (the
-            dashboard draws them; empty for a scheduler that never stops one).
-        check: `(section) -> None`: raises ValueError, naming the key, the value and the rule,
-            when the section's keys do not fit this scheduler (run as the spec is validated).
+        settings: the scheduler's own keys of the section (a SchedulerSettings: defaults,
+            rules, checks across keys); the spec takes only these beside the common keys, and
+            refuses the others naming the scheduler and the keys it takes.
+        build: `(section, settings, journal) -> TrialScheduler`: the Ray Tune scheduler for the
+            spec's `scheduler` section; `journal` is the study's journal file, from which a
+            scheduler that keeps state rebuilds it on `tuner resume` (None: nothing to resume
+            from).
+        milestones: `(section, settings) -> [epoch, ...]`: the epochs at which it may stop a trial
+            (the dashboard draws them; empty for a scheduler that never stops one).
     """
 
     description: str
-    build: Callable[[SchedulerSpec, Path | None], TrialScheduler]
-    milestones: Callable[[SchedulerSpec], list[int]]
-    check: Callable[[SchedulerSpec], None] = lambda section: None
+    settings: type[S]
+    build: Callable[[CommonKeys, S, Path | None], TrialScheduler]
+    milestones: Callable[[CommonKeys, S], list[int]]
 
 
-SCHEDULERS: Registry[SchedulerKind] = Registry("scheduler")
+SCHEDULERS: Registry[SchedulerKind[Any]] = Registry("scheduler")
 
 
 # --------------------------------------------------------------------------- ASHA
 
 
-def asha_milestones(section: SchedulerSpec) -> list[int]:
+class AshaSettings(SchedulerSettings):
+    """ASHA's keys: trials run grace_period epochs before the first rung, and each rung keeps
+    the best 1/reduction_factor of the trials that reach it."""
+
+    grace_period: int = Field(1, ge=1)  # epochs before a trial can be stopped
+    reduction_factor: float = Field(3.0, gt=1)  # keep 1/reduction_factor at each rung
+
+    @model_validator(mode="after")
+    def _grace_within_max_epochs(self, info: ValidationInfo) -> AshaSettings:
+        section = section_of(info)
+        if section is not None and self.grace_period > section.max_epochs:
+            raise ValueError(
+                f"scheduler.grace_period must be at most scheduler.max_epochs "
+                f"({section.max_epochs}) but got {self.grace_period}"
+            )
+        return self
+
+
+def asha_milestones(section: CommonKeys, asha: AshaSettings) -> list[int]:
     """grace_period * reduction_factor**k below max_epochs, then max_epochs."""
-    rungs, rung = [], float(section.grace_period)
+    rungs, rung = [], float(asha.grace_period)
     while rung < section.max_epochs:
         rungs.append(int(rung))
-        rung *= section.reduction_factor
+        rung *= asha.reduction_factor
     return [*rungs, section.max_epochs]
 
 
-def check_asha(section: SchedulerSpec) -> None:
-    if section.grace_period > section.max_epochs:
-        raise ValueError(
-            f"scheduler.grace_period must be at most scheduler.max_epochs "
-            f"({section.max_epochs}) but got {section.grace_period}"
-        )
-
-
-def build_asha(section: SchedulerSpec, journal: Path | None) -> TrialScheduler:
+def build_asha(section: CommonKeys, asha: AshaSettings, journal: Path | None) -> TrialScheduler:
     from tuner.driver.asha import ResumableASHA  # resumes from the journal (see its docstring)
 
     return ResumableASHA(
         time_attr=m.EPOCH,
         max_t=section.max_epochs,
-        grace_period=section.grace_period,
-        reduction_factor=section.reduction_factor,
+        grace_period=asha.grace_period,
+        reduction_factor=asha.reduction_factor,
         journal=journal,
     )
 
@@ -84,9 +120,9 @@ def build_asha(section: SchedulerSpec, journal: Path | None) -> TrialScheduler:
 SCHEDULERS.register("asha")(
     SchedulerKind(
         "asynchronous successive halving: keeps the best 1/reduction_factor at each rung",
+        AshaSettings,
         build_asha,
         asha_milestones,
-        check_asha,
     )
 )
 
@@ -94,16 +130,34 @@ SCHEDULERS.register("asha")(
 # --------------------------------------------------------------------------- FIFO
 
 
-def build_fifo(section: SchedulerSpec, journal: Path | None) -> TrialScheduler:
+class NoSettings(SchedulerSettings):
+    """A scheduler with no keys of its own (FIFO): any key beyond the common ones is refused."""
+
+
+def build_fifo(section: CommonKeys, settings: NoSettings, journal: Path | None) -> TrialScheduler:
     from tuner.driver.live_trials import LiveFIFO  # nothing to resume: it never stops a trial
 
     return LiveFIFO()
 
 
 SCHEDULERS.register("fifo")(
-    SchedulerKind("every trial runs max_epochs", build_fifo, lambda section: [])
+    SchedulerKind(
+        "every trial runs max_epochs", NoSettings, build_fifo, lambda section, settings: []
+    )
 )
 
 
-def make_scheduler(section: SchedulerSpec, journal: Path | None = None) -> TrialScheduler:
-    return SCHEDULERS.get(section.name).build(section, journal)
+class ValidatedSection(CommonKeys, Protocol):
+    """A section validated with its scheduler's settings (tuner.spec.job_spec.SchedulerSpec)."""
+
+    @property
+    def settings(self) -> BaseModel: ...
+
+
+def make_scheduler(section: ValidatedSection, journal: Path | None = None) -> TrialScheduler:
+    return SCHEDULERS.get(section.name).build(section, section.settings, journal)
+
+
+def milestones(section: ValidatedSection) -> list[int]:
+    """The epochs at which the section's scheduler may stop a trial."""
+    return SCHEDULERS.get(section.name).milestones(section, section.settings)

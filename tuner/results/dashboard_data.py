@@ -10,7 +10,7 @@ import pandas as pd
 
 from dashboards.render import ReportData, write_report
 from trainables import metrics as m
-from tuner.driver.schedulers import SCHEDULERS
+from tuner.driver.schedulers import SCHEDULERS, milestones
 from tuner.results.exporting import finalists_from_runs
 from tuner.results.trials import RecordedTrials, objective_pairs, with_pareto
 from tuner.safe_names import file_name
@@ -20,10 +20,6 @@ from tuner.tracking.runs import client_for, find_study_run, run_row, trial_runs
 
 REPORT_FILE = "report.html"
 CURVE_KEYS = (m.TRAIN_LOSS, m.VAL_LOSS)
-
-
-def milestones(section: SchedulerSpec) -> list[int]:
-    return SCHEDULERS.get(section.name).milestones(section)
 
 
 def _subtitle(model: str, dataset: str, n: int, algorithm: str, scheduler: str) -> str:
@@ -78,14 +74,21 @@ def curve_rows(client, run) -> list[dict]:
     ]
 
 
-def scheduler_section(params: dict[str, str], max_epochs: int) -> SchedulerSpec:
-    """The scheduler section a parent run logged as params (runs of older versions: asha)."""
-    section = {"name": params.get("scheduler.name", "asha"), "max_epochs": max_epochs}
-    for key, cast in (("grace_period", int), ("reduction_factor", float)):
-        if f"scheduler.{key}" in params:
-            section[key] = cast(params[f"scheduler.{key}"])
-    section["grace_period"] = min(section.get("grace_period", 1), max_epochs)
-    return SchedulerSpec.model_validate(section)
+def logged_scheduler(params: dict[str, str], max_epochs: int) -> tuple[str, list[int]]:
+    """The name and milestones of the scheduler a parent run logged as params (runs of older
+    versions: asha). Its own keys are those its settings model names, typed by that model; they
+    are not judged against max_epochs, which older runs did not log (it is then counted from the
+    curves), nor are keys an older version logged for every scheduler (fifo's grace_period)."""
+    name = params.get("scheduler.name", "asha")
+    kind = SCHEDULERS.get(name)
+    logged = {
+        k: params[f"scheduler.{k}"]
+        for k in kind.settings.model_fields
+        if f"scheduler.{k}" in params
+    }
+    settings = kind.settings.model_validate_strings(logged)  # no section in context: no cross check
+    section = SchedulerSpec.model_construct(name=name, max_epochs=max_epochs)  # the common keys
+    return name, kind.milestones(section, settings)
 
 
 def from_mlflow(study: str, tracking_uri: str) -> ReportData:
@@ -111,7 +114,7 @@ def from_mlflow(study: str, tracking_uri: str) -> ReportData:
     max_epochs = int(params.get("scheduler.max_epochs", 0)) or max(
         (r["epochs"] for r in rows), default=1
     )
-    section = scheduler_section(params, max(max_epochs, 1))
+    scheduler, rungs = logged_scheduler(params, max(max_epochs, 1))
     return ReportData(
         title=f"Study {parent.info.run_name}",
         subtitle=_subtitle(
@@ -119,14 +122,14 @@ def from_mlflow(study: str, tracking_uri: str) -> ReportData:
             json.loads(parent.data.tags.get(schema.DATASET_TAG, "{}")).get("name", "?"),
             len(rows),
             params.get("search.algorithm", "?"),
-            section.name,
+            scheduler,
         ),
         objective=metric,
         mode=mode,
         max_epochs=max_epochs,
         trials=with_pareto(pd.DataFrame(rows), objectives),  # in completion order
         curves=pd.DataFrame(curves, columns=["trial", m.EPOCH, *CURVE_KEYS]),
-        rungs=milestones(section),
+        rungs=rungs,
         importances=importances or None,
         objectives=objectives if len(objectives) > 1 else [],
         finalists=finalists.table if finalists is not None else None,

@@ -31,6 +31,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from trainables import metrics as m
 from trainables import plugins
@@ -39,7 +40,7 @@ from trainables.models import MODELS
 from trainables.plugins import PluginCode, is_file_entry
 from trainables.registry import Registry
 from tuner.driver.samplers import MULTI_OBJECTIVE_SAMPLERS, SAMPLERS
-from tuner.driver.schedulers import SCHEDULERS
+from tuner.driver.schedulers import SCHEDULERS, SECTION
 from tuner.errors import SpecError, brief
 from tuner.safe_names import UnsafeName, bucket_path
 
@@ -231,19 +232,73 @@ class OverfitStopSpec(Section):
 
 
 class SchedulerSpec(Section):
-    """The keys of every scheduler; each checks and reads its own (tuner/driver/schedulers.py)."""
+    """The `scheduler` section: the keys every scheduler reads, and beside them (the section stays
+    flat: `grace_period` sits next to `name`) the named scheduler's own keys, which its settings
+    model validates (tuner/driver/schedulers.py). After validation those keys, defaults filled
+    in, are attributes of the section and part of its dump, and `settings` holds them typed."""
+
+    model_config = ConfigDict(extra="allow")  # the scheduler's own keys: judged by its model
 
     name: Annotated[str, registered(SCHEDULERS)] = "asha"  # asha | fifo
     max_epochs: int = Field(20, ge=1)  # epochs of a trial that is never stopped early
-    grace_period: int = Field(1, ge=1)  # ASHA: epochs before a trial can be stopped
-    reduction_factor: float = Field(3.0, gt=1)  # ASHA: keep 1/reduction_factor at each rung
     stop_on_overfit: OverfitStopSpec | None = None
 
+    _settings: BaseModel | None = PrivateAttr(None)
+
     @model_validator(mode="after")
-    def _scheduler_checks(self) -> SchedulerSpec:
-        if self.name in SCHEDULERS:
-            SCHEDULERS.get(self.name).check(self)
+    def _scheduler_settings(self) -> SchedulerSpec:
+        kind = SCHEDULERS.get(self.name)  # a registered name: the field's check ran first
+        given = dict(self.__pydantic_extra__ or {})
+        foreign = [key for key in given if key not in kind.settings.model_fields]
+        if foreign:
+            raise ValidationError.from_exception_data(
+                type(self).__name__,
+                [
+                    {
+                        "type": PydanticCustomError("not_its_key", self._not_its_key(key, value)),
+                        "loc": (key,),
+                        "input": value,
+                    }
+                    for key, value in given.items()
+                    if key in foreign
+                ],
+            )
+        self._settings = kind.settings.model_validate(given, context={SECTION: self})
+        self.__pydantic_extra__ = dict(self._settings)
         return self
+
+    def _not_its_key(self, key: Any, value: Any) -> str:
+        """Names the key, its value, the scheduler, the keys it takes and who takes this one."""
+        kind = SCHEDULERS.get(self.name)
+        valid = [*type(self).model_fields, *kind.settings.model_fields]
+        owners = [n for n in SCHEDULERS.names() if key in SCHEDULERS.get(n).settings.model_fields]
+        whose = f" ({key} belongs to {', '.join(owners)})" if owners else ""
+        return (
+            f"scheduler.{key} is not a known key of scheduler {self.name} (value {show(value)}); "
+            f"valid keys here: {', '.join(valid)}{whose}"
+        )
+
+    @property
+    def settings(self) -> BaseModel:
+        """The named scheduler's own keys, as its settings model validated them."""
+        if self._settings is None:  # built with model_construct, which validates nothing
+            raise RuntimeError("scheduler.settings: the section was never validated")
+        return self._settings
+
+
+def without_other_schedulers_keys(raw: dict[str, Any]) -> dict[str, Any]:
+    """A spec saved before each scheduler owned its keys holds ASHA's keys whatever its
+    scheduler (`fifo` with `grace_period: 1`); drop from its `scheduler` section the keys that
+    only other schedulers take, so that `tuner resume` still reads it. A spec someone writes
+    gets no such pass: a key its scheduler does not take is an error."""
+    section = raw.get("scheduler")
+    name = section.get("name", "asha") if isinstance(section, dict) else None
+    if not isinstance(section, dict) or not isinstance(name, str) or name not in SCHEDULERS:
+        return raw  # nothing to drop, or validation says what is wrong
+    own = SCHEDULERS.get(name).settings.model_fields
+    others = {k for n in SCHEDULERS.names() for k in SCHEDULERS.get(n).settings.model_fields}
+    kept = {k: v for k, v in section.items() if k in own or k not in others}
+    return {**raw, "scheduler": kept}
 
 
 class ResourcesSpec(Section):
