@@ -16,7 +16,9 @@ from sklearn.datasets import load_diabetes
 from trainables import metrics as m
 from trainables.data import DataOptions, Dataset, load_dataset
 from trainables.loop import (
+    DEVICE_FLAGS,
     OPTIMIZERS,
+    PRECISIONS,
     TrainingOptions,
     TrainingRun,
     evaluate,
@@ -203,6 +205,52 @@ def test_resume_from_state_dict_is_exact(digits: Dataset, hparams: dict) -> None
 )
 def test_resume_with_training_options_is_exact(digits: Dataset, options) -> None:
     assert_resume_is_exact(digits, {"hidden_units": 32}, options=options)
+
+
+def built_as(data: Dataset, options: TrainingOptions, fused: bool) -> TrainingRun:
+    """A run whose optimizer is built as on CUDA (`fused`, as TrainingRun builds it there; CPU
+    runs fused Adam, AdamW and SGD too) or as on CPU."""
+    run = TrainingRun("mlp", {"hidden_units": 32}, data, seed=3, options=options)
+    if fused:
+        run.optimizer = make_optimizer(run.model.parameters(), run.hparams, fused=True)
+    return run
+
+
+def flags(optimizer: torch.optim.Optimizer) -> dict:
+    return {k: optimizer.param_groups[0].get(k) for k in DEVICE_FLAGS}
+
+
+@pytest.mark.parametrize("resumed_fused", [False, True], ids=["to-unfused", "to-fused"])
+@pytest.mark.parametrize("written_fused", [False, True], ids=["from-unfused", "from-fused"])
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_a_checkpoint_resumes_with_the_optimizer_built_where_it_resumes(
+    digits: Dataset, precision: str, written_fused: bool, resumed_fused: bool
+) -> None:
+    """A CPU checkpoint resumed on CUDA (unfused to fused) crashed in fp16: loading it made the
+    optimizer unfused, which GradScaler stepped with grad_scale set. The resumed optimizer keeps
+    its own build; on the same build the second epoch is the uninterrupted run's, bit for bit,
+    across builds it differs by the fused kernel's rounding only."""
+    options = TrainingOptions(precision)
+    straight = built_as(digits, options, resumed_fused)
+    expected = [straight.run_epoch() for _ in range(2)][-1]
+
+    first = built_as(digits, options, written_fused)
+    first.run_epoch()
+    state = through_bytes(first.state_dict())
+    resumed = built_as(digits, options, resumed_fused)
+    as_built = flags(resumed.optimizer)
+    assert as_built["fused"] is (True if resumed_fused else None)
+    resumed.load_state_dict(state)
+    got = resumed.run_epoch()
+
+    assert flags(resumed.optimizer) == as_built
+    assert got[m.EPOCH] == 2 and m.DIVERGED not in got
+    for key in (m.TRAIN_LOSS, m.VAL_LOSS, m.TRAIN_ACC, m.VAL_ACC):
+        if written_fused == resumed_fused:
+            assert got[key] == expected[key], key
+        else:
+            assert got[key] == pytest.approx(expected[key], rel=1e-5), key
+    assert resumed.scaler.state_dict() == straight.scaler.state_dict()
 
 
 def tensors_in(state) -> list[torch.Tensor]:

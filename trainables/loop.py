@@ -78,6 +78,26 @@ def make_optimizer(params, hp: dict[str, Any], fused: bool = False) -> torch.opt
     return optimizer_class(params, **kwargs, **({"fused": True} if fused else {}))
 
 
+#: the param-group flags that say how an optimizer's step runs on its device, not what it computes
+#: (`load_optimizer_state` keeps the built optimizer's)
+DEVICE_FLAGS = ("fused", "foreach", "capturable")
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """Load `state` (an optimizer's `state_dict`, written on any device) into `optimizer`, keeping
+    the `DEVICE_FLAGS` it was built with here. torch's `load_state_dict` replaces the param groups
+    with the checkpoint's: a CPU checkpoint (fused None) resumed on CUDA turned the fused
+    optimizer into an unfused one, which the fp16 loss scaler still steps with its grad_scale set
+    ("Expected grad_scale and found_inf to be None"), and a CUDA checkpoint resumed on CPU would
+    run fused there. The flags go into the state before loading, as torch places each `step`
+    tensor by them (on the parameter's device when fused or capturable)."""
+    groups = [dict(saved) for saved in state["param_groups"]]
+    # strict=False: a different number of groups is torch's to refuse, with its message
+    for saved, built in zip(groups, optimizer.param_groups, strict=False):
+        saved.update({k: built[k] for k in DEVICE_FLAGS if k in built})
+    optimizer.load_state_dict({**state, "param_groups": groups})
+
+
 def check_trainable(model_name: str, hparams: dict[str, Any], data: Dataset) -> None:
     """Fail as a trial would if these hyperparameters cannot train on `data`: build the model and
     run one forward and backward pass on its first 2 samples. The optimizer is checked but not
@@ -367,7 +387,7 @@ class TrainingRun:
         to this run's device; RNG states go back where they belong (the CUDA one only on CUDA)."""
         self.epoch = int(state["epoch"])
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(self.optimizer, state["optimizer"])
         if state.get("scaler"):  # a checkpoint of an fp32/bf16 run resumed in fp16 has none
             self.scaler.load_state_dict(state["scaler"])
         self.generator.set_state(state["generator"].cpu())
