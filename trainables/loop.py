@@ -42,6 +42,25 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 EVAL_BATCH_SIZE = 4096
 #: the train-split subsample's seed is (run seed, this), so it is not the first epoch's shuffle
 SUBSAMPLE_STREAM = 1
+#: training skips one-row batches (batch norm cannot normalise one row): at batch_size 1 a trial
+#: would take no optimizer step at all
+MIN_BATCH_SIZE = 2
+
+
+class NoOptimizerStep(RuntimeError):
+    """An epoch ended without one optimizer step: the trial must fail, not report the untrained
+    model's metrics as if it had trained."""
+
+
+def check_batch_size(value: Any, key: str = "batch_size") -> int:
+    """The batch size `value` as an int, or a ValueError naming `key`, the value and the rule."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and value >= MIN_BATCH_SIZE:
+        return int(value)
+    raise ValueError(
+        f"{key}: {value!r} is not a batch size: batch_size must be a number of at least "
+        f"{MIN_BATCH_SIZE} (training skips one-row batches, which batch norm cannot normalise, "
+        "so at 1 a trial would train nothing)"
+    )
 
 
 @dataclass(frozen=True)
@@ -105,7 +124,7 @@ def check_trainable(model_name: str, hparams: dict[str, Any], data: Dataset) -> 
     driver never needs."""
     hp = {**OPTIMIZER_DEFAULTS, **hparams}
     optimizer_settings(hp)
-    int(hp["batch_size"])
+    check_batch_size(hp["batch_size"])
     model = build_model(model_name, hp, data.sample_shape, data.layout, data.output_dim)
     x = torch.from_numpy(np.ascontiguousarray(data.x_train[:2]))
     y = torch.from_numpy(np.ascontiguousarray(data.y_train[:2]))
@@ -155,10 +174,13 @@ def train_epoch(
     batches: Iterable[Batch],
     n: int,
     autocast: AbstractContextManager | None = None,
-) -> None:
+) -> int:
     """One pass over shuffled mini-batches of a split of `n` rows; nothing here waits for the
-    device (a 1-sample tail is told by its shape)."""
+    device (a 1-sample tail is told by its shape). Returns the optimizer steps taken (as the
+    host counts them: fp16's scaler may still skip one on an overflow), and raises
+    `NoOptimizerStep` rather than return 0."""
     model.train()
+    steps = 0
     for xb, yb in batches:
         if len(xb) < 2 and n >= 2:  # a 1-sample batch breaks batch norm; skip the tail
             continue
@@ -167,6 +189,16 @@ def train_epoch(
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
+        steps += 1
+    if steps == 0:
+        cause = (
+            "the training split is empty"
+            if n == 0
+            else f"every batch of the {n}-row training split had one row, which training skips "
+            f"(batch norm cannot normalise one row); use a batch_size of at least {MIN_BATCH_SIZE}"
+        )
+        raise NoOptimizerStep(f"an epoch took no optimizer step: {cause}")
+    return steps
 
 
 @torch.inference_mode()
@@ -262,7 +294,7 @@ class TrainingRun:
         self.train_data = place(data.x_train, data.y_train, self.device, options.data_on_device)
         self.val_data = place(data.x_val, data.y_val, self.device, options.data_on_device)
         self.train_rows = train_subsample(len(data.x_train), len(data.x_val), seed)
-        self.batch_size = int(self.hparams["batch_size"])
+        self.batch_size = check_batch_size(self.hparams["batch_size"])
         self.epoch = 0
         self.compiled = False
 
