@@ -44,7 +44,7 @@ try:
     cuda = torch.cuda.is_available()
     print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, cuda available: {cuda}")
     if cuda:
-        print(f"GPU 0: {torch.cuda.get_device_name(0)}, bf16: {torch.cuda.is_bf16_supported()}")
+        print(f"GPU 0: {torch.cuda.get_device_name(0)}, native bf16: {torch.cuda.is_bf16_supported(including_emulation=False)}")
 except ImportError:
     print("torch: MISSING (nothing below can run)")
 needed = {

@@ -60,6 +60,28 @@ def test_bf16_on_a_gpu_without_it_is_refused() -> None:
     assert accel.autocast_dtype("fp32", "cuda", bf16_supported=False) is None
 
 
+@pytest.mark.parametrize("native", [False, True])
+def test_bf16_is_native_or_refused_never_emulated(
+    monkeypatch: pytest.MonkeyPatch, native: bool
+) -> None:
+    """A GPU that only emulates bf16 (plain `is_bf16_supported()` says yes there) is refused by
+    trials and skipped by the GPU suite: both ask `accel.native_bf16`."""
+    monkeypatch.setattr(
+        torch.cuda,
+        "is_bf16_supported",
+        lambda including_emulation=True: including_emulation or native,
+    )
+    cuda = torch.device("cuda")
+    assert accel.native_bf16(cuda) is native
+    assert accel.native_bf16(CPU) is True
+    if native:
+        assert accel.device_autocast_dtype("bf16", cuda) is torch.bfloat16
+    else:
+        with pytest.raises(ValueError, match="needs a GPU with native bfloat16"):
+            accel.device_autocast_dtype("bf16", cuda)
+    assert accel.device_autocast_dtype("fp16", cuda) is torch.float16
+
+
 def test_only_fp16_scales_the_loss() -> None:
     assert {p: accel.gradient_scaler(p, CPU).is_enabled() for p in PRECISIONS} == {
         "fp32": False,

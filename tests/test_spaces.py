@@ -338,6 +338,41 @@ def test_another_models_space_does_not_fit() -> None:
         load_space("cnn", "mlp")
 
 
+@pytest.mark.parametrize(
+    ("entry", "key", "value"),
+    [
+        ({"type": "int", "low": 1, "high": 64}, "search_space.batch_size.low", "1"),
+        ({"type": "float", "low": 1.5, "high": 64.0}, "search_space.batch_size.low", "1.5"),
+        ({"type": "categorical", "choices": [32, 1, 64]}, "search_space.batch_size.choices", "1"),
+        ({"type": "categorical", "choices": [32, "64"]}, "search_space.batch_size.choices", "'64'"),
+        ({"type": "categorical", "choices": [True, 32]}, "search_space.batch_size.choices", "True"),
+        (1, "search_space.batch_size", "1"),
+        (0, "search_space.batch_size", "0"),
+    ],
+)
+def test_a_batch_size_below_two_is_refused(entry: Any, key: str, value: str) -> None:
+    """A one-row batch is skipped in training: at batch_size 1 a trial took no optimizer step
+    and still reported its untrained model as a finished trial."""
+    with pytest.raises(SpecError) as info:
+        load_space({"batch_size": entry}, "mlp")
+    assert str(info.value).startswith(f"{key}: {value} is not a batch size: ")
+    assert "batch_size must be a number of at least 2" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"type": "int", "low": 2, "high": 64},
+        {"type": "int", "low": 2, "high": 512, "log": True},
+        {"type": "categorical", "choices": [2, 64]},
+        2,
+        64,
+    ],
+)
+def test_batch_sizes_of_two_and_more_are_fine(entry: Any) -> None:
+    assert load_space({"batch_size": entry}, "mlp").names() == ["batch_size"]
+
+
 # --------------------------------------------------------------------------- loading
 
 

@@ -39,15 +39,19 @@ def autocast_dtype(precision: str, device_type: str, bf16_supported: bool) -> to
     return AUTOCAST_DTYPES[precision]
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` runs bf16 natively: CPU autocast does; a GPU from compute capability 8.0.
+    A GPU that only emulates it does not count (slower than fp32), though plain
+    `torch.cuda.is_bf16_supported()` says yes there; the GPU suite skips bf16 by this answer, so
+    it never runs what a trial refuses."""
+    if device.type != "cuda":
+        return True
+    return torch.cuda.is_bf16_supported(including_emulation=False)
+
+
 def device_autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """`autocast_dtype` for this device, asking CUDA whether it has bf16 (emulation does not count:
-    it is slower than fp32)."""
-    cuda = device.type == "cuda"
-    supported = (
-        torch.cuda.is_bf16_supported(including_emulation=False)
-        if cuda and precision == "bf16"
-        else True
-    )
+    """`autocast_dtype` for this device, asking it whether it has native bf16 (`native_bf16`)."""
+    supported = native_bf16(device) if precision == "bf16" else True
     return autocast_dtype(precision, device.type, supported)
 
 

@@ -42,6 +42,25 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 EVAL_BATCH_SIZE = 4096
 #: the train-split subsample's seed is (run seed, this), so it is not the first epoch's shuffle
 SUBSAMPLE_STREAM = 1
+#: training skips one-row batches (batch norm cannot normalise one row): at batch_size 1 a trial
+#: would take no optimizer step at all
+MIN_BATCH_SIZE = 2
+
+
+class NoOptimizerStep(RuntimeError):
+    """An epoch ended without one optimizer step: the trial must fail, not report the untrained
+    model's metrics as if it had trained."""
+
+
+def check_batch_size(value: Any, key: str = "batch_size") -> int:
+    """The batch size `value` as an int, or a ValueError naming `key`, the value and the rule."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and value >= MIN_BATCH_SIZE:
+        return int(value)
+    raise ValueError(
+        f"{key}: {value!r} is not a batch size: batch_size must be a number of at least "
+        f"{MIN_BATCH_SIZE} (training skips one-row batches, which batch norm cannot normalise, "
+        "so at 1 a trial would train nothing)"
+    )
 
 
 @dataclass(frozen=True)
@@ -78,6 +97,26 @@ def make_optimizer(params, hp: dict[str, Any], fused: bool = False) -> torch.opt
     return optimizer_class(params, **kwargs, **({"fused": True} if fused else {}))
 
 
+#: the param-group flags that say how an optimizer's step runs on its device, not what it computes
+#: (`load_optimizer_state` keeps the built optimizer's)
+DEVICE_FLAGS = ("fused", "foreach", "capturable")
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """Load `state` (an optimizer's `state_dict`, written on any device) into `optimizer`, keeping
+    the `DEVICE_FLAGS` it was built with here. torch's `load_state_dict` replaces the param groups
+    with the checkpoint's: a CPU checkpoint (fused None) resumed on CUDA turned the fused
+    optimizer into an unfused one, which the fp16 loss scaler still steps with its grad_scale set
+    ("Expected grad_scale and found_inf to be None"), and a CUDA checkpoint resumed on CPU would
+    run fused there. The flags go into the state before loading, as torch places each `step`
+    tensor by them (on the parameter's device when fused or capturable)."""
+    groups = [dict(saved) for saved in state["param_groups"]]
+    # strict=False: a different number of groups is torch's to refuse, with its message
+    for saved, built in zip(groups, optimizer.param_groups, strict=False):
+        saved.update({k: built[k] for k in DEVICE_FLAGS if k in built})
+    optimizer.load_state_dict({**state, "param_groups": groups})
+
+
 def check_trainable(model_name: str, hparams: dict[str, Any], data: Dataset) -> None:
     """Fail as a trial would if these hyperparameters cannot train on `data`: build the model and
     run one forward and backward pass on its first 2 samples. The optimizer is checked but not
@@ -85,7 +124,7 @@ def check_trainable(model_name: str, hparams: dict[str, Any], data: Dataset) -> 
     driver never needs."""
     hp = {**OPTIMIZER_DEFAULTS, **hparams}
     optimizer_settings(hp)
-    int(hp["batch_size"])
+    check_batch_size(hp["batch_size"])
     model = build_model(model_name, hp, data.sample_shape, data.layout, data.output_dim)
     x = torch.from_numpy(np.ascontiguousarray(data.x_train[:2]))
     y = torch.from_numpy(np.ascontiguousarray(data.y_train[:2]))
@@ -135,10 +174,13 @@ def train_epoch(
     batches: Iterable[Batch],
     n: int,
     autocast: AbstractContextManager | None = None,
-) -> None:
+) -> int:
     """One pass over shuffled mini-batches of a split of `n` rows; nothing here waits for the
-    device (a 1-sample tail is told by its shape)."""
+    device (a 1-sample tail is told by its shape). Returns the optimizer steps taken (as the
+    host counts them: fp16's scaler may still skip one on an overflow), and raises
+    `NoOptimizerStep` rather than return 0."""
     model.train()
+    steps = 0
     for xb, yb in batches:
         if len(xb) < 2 and n >= 2:  # a 1-sample batch breaks batch norm; skip the tail
             continue
@@ -147,6 +189,16 @@ def train_epoch(
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
+        steps += 1
+    if steps == 0:
+        cause = (
+            "the training split is empty"
+            if n == 0
+            else f"every batch of the {n}-row training split had one row, which training skips "
+            f"(batch norm cannot normalise one row); use a batch_size of at least {MIN_BATCH_SIZE}"
+        )
+        raise NoOptimizerStep(f"an epoch took no optimizer step: {cause}")
+    return steps
 
 
 @torch.inference_mode()
@@ -242,7 +294,7 @@ class TrainingRun:
         self.train_data = place(data.x_train, data.y_train, self.device, options.data_on_device)
         self.val_data = place(data.x_val, data.y_val, self.device, options.data_on_device)
         self.train_rows = train_subsample(len(data.x_train), len(data.x_val), seed)
-        self.batch_size = int(self.hparams["batch_size"])
+        self.batch_size = check_batch_size(self.hparams["batch_size"])
         self.epoch = 0
         self.compiled = False
 
@@ -367,7 +419,7 @@ class TrainingRun:
         to this run's device; RNG states go back where they belong (the CUDA one only on CUDA)."""
         self.epoch = int(state["epoch"])
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(self.optimizer, state["optimizer"])
         if state.get("scaler"):  # a checkpoint of an fp32/bf16 run resumed in fp16 has none
             self.scaler.load_state_dict(state["scaler"])
         self.generator.set_state(state["generator"].cpu())

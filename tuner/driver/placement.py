@@ -3,8 +3,9 @@
 A trial runs on one node: its CPU and GPU request must fit the largest node, not the cluster's
 sum. With a fraction of a GPU per trial, floor(1 / gpu) trials share a GPU, each holding its own
 copy of the model, optimizer state, activations and (unless it stays in host memory) the data.
-`plan_gpu_memory` checks that the largest trial the search space can draw fits that many times,
-and decides where the data lives when `training.data_on_device` is left to it.
+`plan_gpu_memory` checks that the largest trial the search space can draw fits that many times
+in a GPU's memory less `resources.gpu_memory_headroom` (the estimate is no promise), and decides
+where the data lives when `training.data_on_device` is left to it.
 """
 
 from __future__ import annotations
@@ -151,8 +152,9 @@ def plan_gpu_memory(
     spec: JobSpec, space: SearchSpace, data: Dataset, gpu_memory: int | None, source: str
 ) -> Packing:
     """Check that floor(1 / resources.gpu) of the space's largest trial fit `gpu_memory` bytes
-    (from `source`: the spec or a probe); decide where the data lives. CPU-only studies and an
-    unknown GPU memory pass unchecked (data on the device unless the spec says otherwise)."""
+    (from `source`: the spec or a probe) less the headroom (`usable_memory`); decide where the
+    data lives. CPU-only studies and an unknown GPU memory pass unchecked (data on the device
+    unless the spec says otherwise)."""
     gpu = spec.resources.gpu
     wanted = spec.training.data_on_device
     if gpu == 0:
@@ -165,9 +167,10 @@ def plan_gpu_memory(
         return Packing(training_options(spec, wanted is not False), [note])
     estimate, config = worst_case_estimate(spec, space, data, training_options(spec))
     per_gpu = trials_per_gpu(gpu)
+    usable = usable_memory(gpu_memory, spec.resources.gpu_memory_headroom)
 
     def fits(on_device: bool) -> bool:
-        return per_gpu * estimate.total(on_device) <= gpu_memory
+        return per_gpu * estimate.total(on_device) <= usable
 
     if wanted is None and fits(True):
         return Packing(training_options(spec, True), [])
@@ -175,7 +178,8 @@ def plan_gpu_memory(
         note = (
             f"training.data_on_device: the dataset stays in host memory (copied per batch): "
             f"{per_gpu} trials per GPU with a copy of it each would need "
-            f"{gib(per_gpu * estimate.total(True))} of the GPU's {gib(gpu_memory)}"
+            f"{gib(per_gpu * estimate.total(True))} of the "
+            f"{memory_text(spec, gpu_memory, source)}"
         )
         return Packing(training_options(spec, False), [note])
     if wanted is not None and fits(wanted):
@@ -201,12 +205,32 @@ def refusal(
         fixes.append("training.data_on_device: false (the dataset in host memory: that fits)")
     if spec.training.precision == "fp32":
         fixes.append("training.precision: bf16 or fp16 (half-size activations)")
+    if per_gpu * estimate.total(on_device) <= gpu_memory:
+        fixes.append(
+            "a smaller resources.gpu_memory_headroom (it fits in the whole GPU, leaving nothing "
+            "for what the estimate leaves out)"
+        )
     per_trial = estimate.breakdown(on_device)
     return (
         f"resources.gpu: {per_gpu} trial(s) per GPU at {gpu:g} GPU each do not fit in "
-        f"{gib(gpu_memory)} of GPU memory ({source}): the largest trial of the search space "
+        f"{memory_text(spec, gpu_memory, source)}: the largest trial of the search space "
         f"(batch_size {estimate.batch_size}; {config_text(config)}) needs {per_trial} per trial, "
         f"{gib(per_gpu * estimate.total(on_device))} for {per_gpu}; use " + ", or ".join(fixes)
+    )
+
+
+def usable_memory(gpu_memory: int, headroom: float) -> int:
+    """The bytes of a GPU's `gpu_memory` that packed trials may fill: all but the `headroom`
+    share, for what the estimate leaves out (allocator rounding, fragmentation, workspaces)."""
+    return int(gpu_memory * (1 - headroom))
+
+
+def memory_text(spec: JobSpec, gpu_memory: int, source: str) -> str:
+    """'4.00 GiB of GPU memory (probed) less resources.gpu_memory_headroom 0.1 = 3.60 GiB'."""
+    headroom = spec.resources.gpu_memory_headroom
+    return (
+        f"{gib(gpu_memory)} of GPU memory ({source}) less resources.gpu_memory_headroom "
+        f"{headroom:g} = {gib(usable_memory(gpu_memory, headroom))}"
     )
 
 

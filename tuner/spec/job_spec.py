@@ -306,6 +306,9 @@ class ResourcesSpec(Section):
     gpu: float = Field(0.0, ge=0)  # GPUs per trial, up to 1; a fraction shares one GPU
     #: per-GPU memory for the packing check, when it cannot be probed (default: probed)
     gpu_memory_gb: float | None = Field(None, gt=0)
+    #: the share of each GPU's memory the packing check keeps free, for what the estimate leaves
+    #: out (the allocator's rounding and fragmentation, workspaces beyond the CUDA context)
+    gpu_memory_headroom: float = 0.1
 
     @field_validator("gpu")
     @classmethod
@@ -316,6 +319,16 @@ class ResourcesSpec(Section):
                 "parallel training exists: use resources.gpu up to 1)"
             )
         return gpu
+
+    @field_validator("gpu_memory_headroom")
+    @classmethod
+    def _a_share(cls, headroom: float) -> float:
+        if not 0 <= headroom < 1:
+            raise ValueError(
+                "must be a fraction from 0 to below 1: the share of each GPU's memory that "
+                "trials packed on it must leave free (0.1 keeps 10 % free)"
+            )
+        return headroom
 
 
 Precision = Literal["fp32", "bf16", "fp16"]  # trainables.loop.PRECISIONS

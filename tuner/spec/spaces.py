@@ -23,7 +23,7 @@ import optuna
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 import search_spaces
-from trainables.loop import OPTIMIZER_DEFAULTS
+from trainables.loop import OPTIMIZER_DEFAULTS, check_batch_size
 from trainables.models import MODELS
 from tuner.errors import SpecError
 from tuner.spec.job_spec import read_yaml_file
@@ -282,9 +282,30 @@ def check_hyperparameters(space: SearchSpace, model: str, where: str) -> None:
         )
 
 
+def check_batch_sizes(space: SearchSpace, where: str) -> None:
+    """Every batch_size the space can draw must train (`trainables.loop.check_batch_size`): a
+    trial at batch_size 1 would take no optimizer step, so it is refused here, before Ray."""
+    name = "batch_size"
+    param = space.params.get(name)
+    if isinstance(param, FloatParam | IntParam):
+        values = [(f"{where}.{name}.low", param.low)]  # the smallest it can draw
+    elif isinstance(param, CategoricalParam):
+        values = [(f"{where}.{name}.choices", choice) for choice in param.choices]
+    elif name in space.constants:
+        values = [(f"{where}.{name}", space.constants[name])]
+    else:
+        return
+    for key, value in values:
+        try:
+            check_batch_size(value, key)
+        except ValueError as exc:
+            raise SpecError(str(exc)) from None
+
+
 def load_space(source: str | dict[str, Any], model: str) -> SearchSpace:
     """Read, validate and compile a search space for `model`; raise `SpecError` if it is bad."""
     raw, where = read_space(source)
     space = parse_space(raw, where)
     check_hyperparameters(space, model, where)
+    check_batch_sizes(space, where)
     return space
