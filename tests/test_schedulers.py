@@ -94,13 +94,15 @@ def test_a_bad_value_is_refused_at_its_key_by_its_schedulers_rule(keys: dict, ru
     assert error["input"] is value
 
 
-def test_fifo_refuses_ashas_keys() -> None:
+def test_fifo_sets_ashas_keys_aside_and_refuses_a_key_nobody_takes() -> None:
+    fifo = SchedulerSpec(name="fifo", max_epochs=3, grace_period=4)
+    assert not hasattr(fifo, "grace_period") and "grace_period" not in fifo.model_dump()
     with pytest.raises(ValidationError) as caught:
-        SchedulerSpec(name="fifo", max_epochs=3, grace_period=4)
-    assert caught.value.errors()[0]["loc"] == ("grace_period",)
+        SchedulerSpec(name="fifo", max_epochs=3, grace=4)
+    assert caught.value.errors()[0]["loc"] == ("grace",)
     assert caught.value.errors()[0]["msg"] == (
-        "scheduler.grace_period is not a known key of scheduler fifo (value 4); valid keys here: "
-        "name, max_epochs, stop_on_overfit (grace_period belongs to asha)"
+        "scheduler.grace is not a known key of scheduler fifo (value 4); valid keys here: "
+        "name, max_epochs, stop_on_overfit"
     )
 
 
@@ -148,8 +150,12 @@ def test_a_new_scheduler_brings_its_own_keys(halving: str, tmp_path: Path) -> No
     assert isinstance(make_scheduler(section, tmp_path / "journal.jsonl"), LiveFIFO)
     with pytest.raises(ValidationError, match="scheduler.first must be at most 10"):
         SchedulerSpec(name=halving, max_epochs=10, first=11)
+    assert (
+        "grace_period"
+        not in SchedulerSpec(name=halving, max_epochs=10, grace_period=2).model_dump()
+    )
     with pytest.raises(ValidationError) as caught:
-        SchedulerSpec(name=halving, max_epochs=10, grace_period=2)
+        SchedulerSpec(name=halving, max_epochs=10, firts=2)
     assert "valid keys here: name, max_epochs, stop_on_overfit, first, every" in str(caught.value)
     asha = SchedulerSpec(name="asha", max_epochs=10, grace_period=2)
     assert asha.grace_period == 2  # the others keep theirs

@@ -27,7 +27,6 @@ from tuner.spec.job_spec import (
     JobSpec,
     read_yaml_file,
     spec_from_dict,
-    without_other_schedulers_keys,
 )
 from tuner.spec.plugin_files import copy_plugins
 from tuner.tracking import schema
@@ -64,8 +63,6 @@ def save_spec(spec: JobSpec, plugins: tuple[PluginCode, ...], results_path: Path
 def study_spec(results_path: Path) -> JobSpec:
     """The resolved spec a study saved beside Ray's state (its plug-ins relative to it)."""
     raw = read_yaml_file(results_path / SPEC_FILE, "study spec")
-    if isinstance(raw, dict):  # saved by an older version, it may list others' scheduler keys
-        raw = without_other_schedulers_keys(raw)
     return spec_from_dict(raw, base_dir=results_path)
 
 

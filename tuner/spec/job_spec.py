@@ -235,7 +235,9 @@ class SchedulerSpec(Section):
     """The `scheduler` section: the keys every scheduler reads, and beside them (the section stays
     flat: `grace_period` sits next to `name`) the named scheduler's own keys, which its settings
     model validates (tuner/driver/schedulers.py). After validation those keys, defaults filled
-    in, are attributes of the section and part of its dump, and `settings` holds them typed."""
+    in, are attributes of the section and part of its dump, and `settings` holds them typed.
+    Keys another scheduler takes are set aside, neither applied nor saved: a spec written for
+    ASHA runs with `--set scheduler.name=fifo`, as it always has."""
 
     model_config = ConfigDict(extra="allow")  # the scheduler's own keys: judged by its model
 
@@ -248,8 +250,11 @@ class SchedulerSpec(Section):
     @model_validator(mode="after")
     def _scheduler_settings(self) -> SchedulerSpec:
         kind = SCHEDULERS.get(self.name)  # a registered name: the field's check ran first
-        given = dict(self.__pydantic_extra__ or {})
-        foreign = [key for key in given if key not in kind.settings.model_fields]
+        extra = dict(self.__pydantic_extra__ or {})
+        others = {k for n in SCHEDULERS.names() for k in SCHEDULERS.get(n).settings.model_fields}
+        own = kind.settings.model_fields
+        given = {k: v for k, v in extra.items() if k in own or k not in others}
+        foreign = [key for key in given if key not in own]
         if foreign:
             raise ValidationError.from_exception_data(
                 type(self).__name__,
@@ -268,14 +273,11 @@ class SchedulerSpec(Section):
         return self
 
     def _not_its_key(self, key: Any, value: Any) -> str:
-        """Names the key, its value, the scheduler, the keys it takes and who takes this one."""
-        kind = SCHEDULERS.get(self.name)
-        valid = [*type(self).model_fields, *kind.settings.model_fields]
-        owners = [n for n in SCHEDULERS.names() if key in SCHEDULERS.get(n).settings.model_fields]
-        whose = f" ({key} belongs to {', '.join(owners)})" if owners else ""
+        """Names the key, its value, the scheduler and the keys it takes."""
+        valid = [*type(self).model_fields, *SCHEDULERS.get(self.name).settings.model_fields]
         return (
             f"scheduler.{key} is not a known key of scheduler {self.name} (value {show(value)}); "
-            f"valid keys here: {', '.join(valid)}{whose}"
+            f"valid keys here: {', '.join(valid)}"
         )
 
     @property
@@ -284,21 +286,6 @@ class SchedulerSpec(Section):
         if self._settings is None:  # built with model_construct, which validates nothing
             raise RuntimeError("scheduler.settings: the section was never validated")
         return self._settings
-
-
-def without_other_schedulers_keys(raw: dict[str, Any]) -> dict[str, Any]:
-    """A spec saved before each scheduler owned its keys holds ASHA's keys whatever its
-    scheduler (`fifo` with `grace_period: 1`); drop from its `scheduler` section the keys that
-    only other schedulers take, so that `tuner resume` still reads it. A spec someone writes
-    gets no such pass: a key its scheduler does not take is an error."""
-    section = raw.get("scheduler")
-    name = section.get("name", "asha") if isinstance(section, dict) else None
-    if not isinstance(section, dict) or not isinstance(name, str) or name not in SCHEDULERS:
-        return raw  # nothing to drop, or validation says what is wrong
-    own = SCHEDULERS.get(name).settings.model_fields
-    others = {k for n in SCHEDULERS.names() for k in SCHEDULERS.get(n).settings.model_fields}
-    kept = {k: v for k, v in section.items() if k in own or k not in others}
-    return {**raw, "scheduler": kept}
 
 
 class ResourcesSpec(Section):
