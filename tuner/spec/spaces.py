@@ -282,9 +282,11 @@ def check_hyperparameters(space: SearchSpace, model: str, where: str) -> None:
         )
 
 
-def load_space(source: str | dict[str, Any], model: str) -> SearchSpace:
-    """Read, validate and compile a search space for `model`; raise `SpecError` if it is bad."""
+def load_space(source: str | dict[str, Any], model: str | None) -> SearchSpace:
+    """Read, validate and compile a search space for `model` (None: for a training function,
+    which declares no hyperparameters to check names against); raise `SpecError` if it is bad."""
     raw, where = read_space(source)
     space = parse_space(raw, where)
-    check_hyperparameters(space, model, where)
+    if model is not None:
+        check_hyperparameters(space, model, where)
     return space
