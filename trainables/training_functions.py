@@ -101,12 +101,12 @@ class EpochReports:
         where = f"training function {self.name!r}: report(epoch={epoch!r}, ...)"
         if not isinstance(epoch, int) or isinstance(epoch, bool):
             raise ValueError(f"{where}: epoch must be an int (one of trial.epochs)")
+        if epoch >= self.epochs.stop:
+            raise ValueError(
+                f"{where}: epoch {epoch} is past the trial's last epoch {self.epochs.stop - 1}; "
+                "train for `epoch in trial.epochs` only"
+            )
         if epoch != self.next_epoch:
-            if self.next_epoch >= self.epochs.stop:
-                raise ValueError(
-                    f"{where}: epoch {epoch} is past the trial's last epoch "
-                    f"{self.epochs.stop - 1}; train for `epoch in trial.epochs` only"
-                )
             raise ValueError(
                 f"{where}: epoch {epoch} reported where epoch {self.next_epoch} was expected; "
                 "report every epoch of trial.epochs once, in order"
