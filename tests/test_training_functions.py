@@ -508,3 +508,14 @@ def test_a_crash_in_the_loop_errors_the_trial_with_its_traceback(study_dir: Path
     text = mlflow.artifacts.load_text(f"{run.info.artifact_uri}/error.txt")
     assert f'File "{study_dir / "crashing.py"}", line 9, in crashing' in text
     assert "boom at epoch 2" in (result.results_path / LOG_FILE).read_text()
+
+
+def test_tuner_models_lists_a_plugin_s_training_functions() -> None:
+    from typer.testing import CliRunner
+
+    from tuner.cli import app
+
+    result = CliRunner().invoke(app, ["models", "--plugin", str(EXAMPLE)])
+    assert result.exit_code == 0, result.output
+    rows = [line for line in result.output.splitlines() if line.startswith("│ denoiser")]
+    assert rows and "denoising autoencoder" in rows[0]
