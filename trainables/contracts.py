@@ -19,8 +19,6 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from trainables.data import Dataset
-
 #: how a dataset's inputs are laid out, one sample's shape in brackets: "image" (C, H, W),
 #: "sequence" (T, F) or "vector" (F,)
 Layout = Literal["image", "sequence", "vector"]
@@ -78,6 +76,30 @@ class DatasetLoader(Protocol):
         ...
 
 
+class TrialData(Protocol):
+    """What a training function may read of the prepared dataset (trainables.data.Dataset):
+    split, standardised and encoded as for the built-in loop."""
+
+    name: str
+    layout: Layout
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    x_test: np.ndarray | None  # the held-out test split, where `has_test`
+    y_test: np.ndarray | None
+    num_classes: int | None  # None: regression
+
+    @property
+    def has_test(self) -> bool: ...
+
+    @property
+    def task(self) -> Literal["classification", "regression"]: ...
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]: ...
+
+
 @dataclass(frozen=True, kw_only=True)
 class TrialContext:
     """What a training function gets: one trial's hyperparameters, seed, device, epochs to run,
@@ -106,7 +128,7 @@ class TrialContext:
     device: torch.device
     epochs: range
     state: dict[str, Any] | None
-    data: Dataset
+    data: TrialData
     rank: int = 0
     world_size: int = 1
     reporter: Callable[[int, Mapping[str, Any], dict[str, Any] | None], None] = field(repr=False)
