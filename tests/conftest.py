@@ -61,19 +61,22 @@ def ray_starts(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
 
 @pytest.fixture(autouse=True)
 def forget_plugins() -> Iterator[None]:
-    """After each test, drop every model and dataset a plug-in registered (and the plug-in's
-    module), so that no test sees another's names. Loading a plug-in again re-imports it."""
+    """After each test, drop every model, dataset and training function a plug-in registered (and
+    the plug-in's module), so that no test sees another's names. Loading a plug-in again
+    re-imports it."""
     from trainables import plugins
     from trainables.data import DATASETS
     from trainables.models import MODELS
+    from trainables.training_functions import TRAINING_FUNCTIONS
 
     yield
-    owners = {r.owner(n) for r in (MODELS, DATASETS) for n in r.names()}
+    registries = (MODELS, DATASETS, TRAINING_FUNCTIONS)
+    owners = {r.owner(n) for r in registries for n in r.names()}
     owners |= {n for n, m in list(sys.modules.items()) if hasattr(m, plugins.SHA_ATTRIBUTE)}
     for owner in owners - {"trainables.datasets", "trainables.models"}:
         if owner.startswith("tests."):  # a test registered directly: its module stays
-            MODELS.forget(owner)
-            DATASETS.forget(owner)
+            for registry in registries:
+                registry.forget(owner)
         else:  # a plug-in: the next load imports it again
             plugins.forget(owner)
 

@@ -6,6 +6,7 @@ import json
 import threading
 from pathlib import Path
 
+import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -153,7 +154,7 @@ def test_study_in_mlflow_parent_children_curves_and_summaries(
     assert sorted(saved.values()) == sorted(c.info.run_id for c in children)
 
 
-def test_errored_trial_is_failed_with_its_message(study_dir: Path) -> None:
+def test_errored_trial_is_failed_with_its_message_and_traceback(study_dir: Path) -> None:
     recorder, tracking, client = callbacks(study_dir)
     error_file = study_dir / "error.txt"
     error_file.write_text("Traceback ...\nRuntimeError: CUDA out of memory\n")
@@ -167,6 +168,9 @@ def test_errored_trial_is_failed_with_its_message(study_dir: Path) -> None:
     assert run.data.tags["trial_status"] == outcomes.ERRORED
     assert run.data.tags["error"] == "RuntimeError: CUDA out of memory"
     assert [p.value for p in client.get_metric_history(run.info.run_id, "val_loss")] == [1.0]
+    # the whole traceback, the user's frames included, as a text artifact beside the tag
+    text = mlflow.artifacts.load_text(f"{run.info.artifact_uri}/error.txt")
+    assert text == "Traceback ...\nRuntimeError: CUDA out of memory\n"
 
 
 def test_a_restored_trial_s_earlier_epochs_fill_what_the_journal_and_mlflow_lack(

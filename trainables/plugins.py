@@ -1,10 +1,12 @@
-"""Plug-ins: user code that registers models and datasets, imported by the driver and by trials.
+"""Plug-ins: user code that registers models, datasets and training functions, imported by the
+driver and by trials.
 
-A plug-in is a `.py` file or an importable module. Importing it runs its `register_model` and
-`register_dataset` decorators. A file is imported under its stem from its text, and that text
-travels with the study (`PluginCode.source`), so a trial on a node without the file imports the
-same code; a module is imported by name wherever it runs (it must be installed there).
-Importing the same code again is a no-op; a file whose text changed replaces what it registered.
+A plug-in is a `.py` file or an importable module. Importing it runs its `register_model`,
+`register_dataset` and `register_training` decorators. A file is imported under its stem from
+its text, and that text travels with the study (`PluginCode.source`), so a trial on a node
+without the file imports the same code; a module is imported by name wherever it runs (it must
+be installed there). Importing the same code again is a no-op; a file whose text changed
+replaces what it registered.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 from trainables.data import DATASETS
 from trainables.models import MODELS
 from trainables.registry import DuplicateNameError
+from trainables.training_functions import TRAINING_FUNCTIONS
 
 MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 SHA_ATTRIBUTE = "__tuner_plugin_sha256__"
@@ -114,6 +117,7 @@ def forget(module: str) -> None:
     sys.modules.pop(module, None)
     MODELS.forget(module)
     DATASETS.forget(module)
+    TRAINING_FUNCTIONS.forget(module)
 
 
 def _exec_file(code: PluginCode) -> None:

@@ -2,7 +2,9 @@
 
 The only module of `trainables` that imports Ray. The dataset arrives once through the object
 store (`tune.with_parameters`); what to train and for how long arrives as `TrialSettings`, so the
-trial's config holds nothing but its hyperparameters.
+trial's config holds nothing but its hyperparameters. A study whose spec names a `loop` trains
+with that registered training function instead of `TrainingRun`; its reports become the same
+result rows and checkpoints (`train_with_function`).
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ from ray import tune
 
 from trainables import metrics as m
 from trainables import plugins
+from trainables.contracts import TrialContext
 from trainables.data import Dataset
 from trainables.loop import TrainingOptions, TrainingRun, load_state, save_state
 from trainables.plugins import PluginCode
+from trainables.training_functions import TRAINING_FUNCTIONS, EpochReports, TrialEnded
 
 CHECKPOINT_FILE = "state.pt"
 NODE_ID = "node_id"  # which Ray node ran the epoch (not a metric)
@@ -53,6 +57,12 @@ class TrialSettings:
     #: measure the model's inference latency once (an objective names it); `params` is always
     #: reported, it costs nothing
     measure_latency: bool = False
+    #: the registered training function that trains each trial (spec `loop`), instead of
+    #: `TrainingRun` on `model`
+    loop: str | None = None
+    #: what a training function's every report must hold besides train_loss and val_loss: the
+    #: objectives' metrics
+    required_metrics: tuple[str, ...] = ()
 
 
 def trial_device() -> torch.device:
@@ -80,6 +90,9 @@ def train_trial(config: dict[str, Any], data: Dataset, settings: TrialSettings) 
     device = trial_device()
     if device.type == "cpu":
         torch.set_num_threads(max(1, int(settings.cpus)))
+    if settings.loop is not None:
+        train_with_function(config, data, settings, device)
+        return
     hparams, seed, epochs = trial_plan(config, settings)
     run = TrainingRun(
         settings.model, hparams, data, device=device, seed=seed, options=settings.training
@@ -94,11 +107,7 @@ def train_trial(config: dict[str, Any], data: Dataset, settings: TrialSettings) 
         run.load_state_dict(state)
     earlier = list(reported)
 
-    placement = {
-        NODE_ID: ray.get_runtime_context().get_node_id(),
-        GPU_IDS: ",".join(str(i) for i in ray.get_gpu_ids()),
-        DEVICE: str(device),
-    }
+    placement = placement_keys(device)
     costs = run.costs(latency=settings.measure_latency)  # once: the architecture is fixed
     last_checkpoint = -math.inf
     while run.epoch < epochs:
@@ -120,3 +129,85 @@ def train_trial(config: dict[str, Any], data: Dataset, settings: TrialSettings) 
             )
             tune.report(result, checkpoint=tune.Checkpoint.from_directory(folder))
         last_checkpoint = time.monotonic()
+
+
+def placement_keys(device: torch.device) -> dict[str, str]:
+    """Where an epoch ran, on every result row (not metrics)."""
+    return {
+        NODE_ID: ray.get_runtime_context().get_node_id(),
+        GPU_IDS: ",".join(str(i) for i in ray.get_gpu_ids()),
+        DEVICE: str(device),
+    }
+
+
+def train_with_function(
+    config: dict[str, Any], data: Dataset, settings: TrialSettings, device: torch.device
+) -> None:
+    """Train one trial with the study's training function: its reports become the built-in
+    loop's result rows, its checkpoints tuner's (the function's state, device-independent, with
+    the epoch and every earlier row), restored as `trial.state` with the epochs left."""
+    entry = TRAINING_FUNCTIONS.get(settings.loop)
+    hparams, seed, epochs = trial_plan(config, settings)
+    reported: list[dict[str, float]] = []  # every epoch's numbers, kept in each checkpoint
+    start, state = 0, None
+    checkpoint = tune.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as folder:
+            saved = load_state(Path(folder) / CHECKPOINT_FILE)  # on CPU, wherever written
+        start, state = int(saved["epoch"]), saved["state"]
+        reported = list(saved.get(REPORTED_STATE, []))
+    if start >= epochs:
+        return
+    earlier = list(reported)
+    rules = EpochReports(entry.name, range(start + 1, epochs + 1), settings.required_metrics)
+    placement = placement_keys(device)
+    last_checkpoint = -math.inf
+
+    def report(epoch: int, metrics: Any, to_save: dict[str, Any] | None) -> None:
+        nonlocal earlier, last_checkpoint
+        result: dict[str, Any] = {**rules.row(epoch, metrics), **placement}
+        reported.append({k: v for k, v in result.items() if isinstance(v, int | float)})
+        if earlier:
+            result[m.EARLIER_EPOCHS], earlier = earlier, []
+        if result.get(m.DIVERGED):
+            tune.report(result)  # no checkpoint of a diverged model; the trial ends here
+            raise TrialEnded
+        if to_save is None or time.monotonic() - last_checkpoint < settings.checkpoint_every_s:
+            tune.report(result)
+            return
+        with tempfile.TemporaryDirectory() as folder:
+            file = Path(folder) / CHECKPOINT_FILE
+            save_state({"epoch": epoch, "state": to_save, REPORTED_STATE: reported}, file)
+            if last_checkpoint == -math.inf:
+                readable(entry.name, epoch, file)
+            tune.report(result, checkpoint=tune.Checkpoint.from_directory(folder))
+        last_checkpoint = time.monotonic()
+
+    torch.manual_seed(seed)
+    trial = TrialContext(
+        hp=dict(hparams),
+        seed=seed,
+        device=device,
+        epochs=rules.epochs,
+        state=state,
+        data=data,
+        reporter=report,
+    )
+    try:
+        entry.fn(trial)
+    except TrialEnded:
+        return
+
+
+def readable(name: str, epoch: int, file: Path) -> None:
+    """Refuse, at a trial's first checkpoint, a state that would not load back on resume
+    (`torch.load(weights_only=True)` reads tensors, numbers, strings, lists and dicts)."""
+    try:
+        load_state(file)
+    except Exception as exc:
+        message = " ".join(str(exc).split())[:300]
+        raise ValueError(
+            f"training function {name!r}: report(epoch={epoch}, checkpoint=...) holds something "
+            "a checkpoint cannot load back (use tensors, numbers, strings, and lists and dicts "
+            f"of them, e.g. model.state_dict()): {message}"
+        ) from None

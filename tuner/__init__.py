@@ -35,10 +35,12 @@ __all__ = [
     "Split",
     "StudyError",
     "StudyResult",
+    "TrialContext",
     "TunerError",
     "export",
     "register_dataset",
     "register_model",
+    "register_training",
     "run",
 ]
 
@@ -46,7 +48,9 @@ __all__ = [
 _LAZY = {
     "register_model": ("trainables.models", "register_model"),
     "register_dataset": ("trainables.data", "register_dataset"),
+    "register_training": ("trainables.training_functions", "register_training"),
     "Split": ("trainables.contracts", "Split"),
+    "TrialContext": ("trainables.contracts", "TrialContext"),
     "JobSpec": ("tuner.spec.job_spec", "JobSpec"),
     "StudyResult": ("tuner.results.trials", "StudyResult"),
     "ExportedConfig": ("tuner.results.exporting", "ExportedConfig"),

@@ -258,9 +258,11 @@ def origin(owner: str) -> str:
 @app.command()
 @handle_errors
 def models(plugin: PluginOption = None) -> None:
-    """The model families (built-in and plug-ins) and their hyperparameters (defaults)."""
+    """The model families (built-in and plug-ins) and their hyperparameters (defaults), and the
+    plug-ins' training functions."""
     from trainables.loop import OPTIMIZER_DEFAULTS
     from trainables.models import MODELS
+    from trainables.training_functions import TRAINING_FUNCTIONS
 
     import_plugins(plugin)
     table = Table("model", "inputs", "hyperparameters (default)", "what it is", "from")
@@ -273,6 +275,12 @@ def models(plugin: PluginOption = None) -> None:
     out.print(table)
     knobs = ", ".join(f"{k}={v}" for k, v in OPTIMIZER_DEFAULTS.items())
     out.print(f"Every model also takes: {knobs} (optimizer: adam | adamw | sgd)")
+    loops = Table("training function (spec `loop`)", "what it is", "from")
+    for name in TRAINING_FUNCTIONS.names():
+        entry = TRAINING_FUNCTIONS.get(name)
+        loops.add_row(name, entry.description, origin(TRAINING_FUNCTIONS.owner(name)))
+    if loops.row_count:
+        out.print(loops)
 
 
 @app.command()

@@ -414,7 +414,7 @@ def submit_study(spec_path: Path, address: str, overrides: list[str] | None = No
 
     spec = load_spec(spec_path, overrides)
     plugins = load_plugins(spec.plugins)  # imported by load_spec: this names their code
-    load_space(spec.search_space, spec.model)
+    load_space(spec.search_space, spec.model_family)
     if isinstance(spec.search_space, str):
         import search_spaces
 

@@ -5,7 +5,8 @@ sum. With a fraction of a GPU per trial, floor(1 / gpu) trials share a GPU, each
 copy of the model, optimizer state, activations and (unless it stays in host memory) the data.
 `plan_gpu_memory` checks that the largest trial the search space can draw fits that many times
 in a GPU's memory less `resources.gpu_memory_headroom` (the estimate is no promise), and decides
-where the data lives when `training.data_on_device` is left to it.
+where the data lives when `training.data_on_device` is left to it. A plug-in's training function
+(`loop`) is not estimated: it passes unchecked, with a note.
 """
 
 from __future__ import annotations
@@ -159,6 +160,13 @@ def plan_gpu_memory(
     wanted = spec.training.data_on_device
     if gpu == 0:
         return Packing(training_options(spec), [])
+    if spec.loop is not None:
+        note = (
+            f"GPU memory: training function {spec.loop!r} is the plug-in's own loop, whose "
+            f"memory tuner cannot estimate: {trials_per_gpu(gpu)} trial(s) per GPU not checked "
+            "against memory"
+        )
+        return Packing(training_options(spec), [note])
     if gpu_memory is None:
         note = (
             "GPU memory unknown (no CUDA answered the probe; set resources.gpu_memory_gb to "

@@ -1,6 +1,8 @@
 """Everything checked before Ray starts: the data loaded, the search space compiled and the model
 built and trained one step with each categorical choice, so that a spec that cannot run fails
-in seconds with a SpecError naming the key, instead of in every trial on the cluster."""
+in seconds with a SpecError naming the key, instead of in every trial on the cluster. A study
+whose `loop` is a plug-in's training function has no model to build: its first epoch is the
+probe."""
 
 from __future__ import annotations
 
@@ -43,8 +45,9 @@ def prepare(spec: JobSpec) -> PreparedStudy:
             f"objective.metric: {spec.objective.metric!r} needs a classification dataset, but "
             f"dataset {dataset.name!r} has a regression target; use val_loss"
         )
-    space = load_space(spec.search_space, spec.model)
-    check_model_builds(spec.model, space, dataset)
+    space = load_space(spec.search_space, spec.model_family)
+    if spec.model_family is not None:  # a training function has no model to probe
+        check_model_builds(spec.model_family, space, dataset)
     return PreparedStudy(spec, dataset, space, plugins)
 
 

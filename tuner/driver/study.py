@@ -125,7 +125,7 @@ def place_trials(prepared: PreparedStudy) -> TrainingOptions:
     memory, source = None, ""
     if spec.resources.gpu_memory_gb is not None:
         memory, source = int(spec.resources.gpu_memory_gb * GIB), "resources.gpu_memory_gb"
-    elif spec.resources.gpu > 0:
+    elif spec.resources.gpu > 0 and spec.loop is None:  # a loop's memory is not estimated
         memory, source = probe_gpu_memory(spec.resources.gpu), "probed"
     packing = plan_gpu_memory(spec, prepared.space, prepared.dataset, memory, source)
     for note in packing.notes:
@@ -369,6 +369,8 @@ def trial_settings(
         training=training or training_options(spec),
         plugins=plugins,
         measure_latency=any(o.metric == m.INFERENCE_MS for o in spec.objectives),
+        loop=spec.loop,
+        required_metrics=tuple(o.metric for o in spec.objectives),
     )
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from trainables import metrics as m
 from tuner.cluster.redaction import redact
@@ -27,12 +27,14 @@ from tuner.safe_names import file_name
 from tuner.spec.job_spec import (
     DatasetSpec,
     JobSpec,
+    LoopName,
     ModelName,
     Precision,
     format_validation_error,
     load_plugins,
     read_yaml_file,
     show,
+    without_loop_model,
 )
 from tuner.spec.plugin_files import relative_entries, resolve_entries
 from tuner.tracking import schema
@@ -79,7 +81,10 @@ class ExportedConfig(BaseModel):
     #: plug-in files (relative to this config's folder) or modules; imported before `model` and
     #: `dataset` are validated
     plugins: list[str] = []
-    model: ModelName
+    #: the model family; with `loop`, the loop's name (written so, read back as omitted)
+    model: ModelName | None = None
+    #: the plug-in training function the study trained with (`tuner train` runs it again)
+    loop: LoopName | None = None
     dataset: DatasetSpec
     hyperparameters: dict[str, Any]
     epochs: int = Field(ge=1)  # the trial's best epoch
@@ -88,12 +93,27 @@ class ExportedConfig(BaseModel):
     metrics: dict[str, Any] = {}
     source: dict[str, Any] = {}
 
+    @model_validator(mode="before")
+    @classmethod
+    def _loop_names_the_model(cls, raw: Any) -> Any:
+        return without_loop_model(raw)
+
+    @model_validator(mode="after")
+    def _model_or_loop(self) -> ExportedConfig:
+        if self.loop is not None:
+            self.model = self.loop
+        elif self.model is None:
+            raise ValueError("model is required and has no default (or loop: a training function)")
+        return self
+
     def as_dict(self) -> dict[str, Any]:
         """The config as written: what says nothing is left out (no plug-ins; dataset keys at
         their defaults, but the split's `val_fraction` and `seed`), and reads back the same."""
         data = self.model_dump(mode="json")
         if not data["plugins"]:
             del data["plugins"]
+        if data["loop"] is None:
+            del data["loop"]
         dataset = self.dataset.model_dump(mode="json", exclude_none=True)
         fields = DatasetSpec.model_fields
         data["dataset"] = {
@@ -120,6 +140,7 @@ def exported_config(
     return ExportedConfig(
         plugins=relative_entries(spec.plugins),  # the copies beside the study's results
         model=spec.model,
+        loop=spec.loop,
         dataset=spec.dataset,
         hyperparameters={
             k: plain(v) for k, v in schema.config_from_columns(row).items() if plain(v) is not None
@@ -170,6 +191,7 @@ def config_from_runs(
     return ExportedConfig(
         plugins=plugins or [],
         model=parent.data.tags[schema.MODEL_TAG],
+        loop=parent.data.tags.get(schema.LOOP_TAG),
         dataset=json.loads(parent.data.tags[schema.DATASET_TAG]),
         hyperparameters=schema.trial_config(tags),
         epochs=int(metrics[schema.BEST_EPOCH]),

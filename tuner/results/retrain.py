@@ -5,6 +5,11 @@ The config is rebuilt on the same data and split, with the study's seed and trai
 device it trained on, and rank 1 is registered as `<study>-best`. The model is logged on CPU.
 When the study held out a test split (`dataset.test_fraction`), the trained model is scored on it
 once, at the end: `test_loss` (and `test_acc`), the figures to ship it on.
+
+A config exported from a `loop` study runs the plug-in's training function again, from scratch,
+for the same epochs; its reports make the history (test metrics: what its last epoch reported)
+and the last checkpoint it passed is logged as the artifact `model/state.pt` (load it with
+`torch.load(path, weights_only=True)`); there is no module to log or register.
 """
 
 from __future__ import annotations
@@ -44,6 +49,8 @@ class TrainResult:
     registered_model: str | None
     device: str = "cpu"
     test: dict[str, float] = field(default_factory=dict)  # test_loss, test_acc: with a test split
+    #: a training function's last checkpoint, logged as this artifact path (None: none passed)
+    state_artifact: str | None = None
 
     @property
     def final(self) -> dict[str, float]:
@@ -89,6 +96,8 @@ def train_config(
     except DatasetError as exc:
         raise SpecError(str(exc)) from None
     inputs = dataset_inputs(data, options)  # the same digests as the study's runs
+    if config.loop is not None:
+        return train_loop_config(config, data, where, epochs or config.epochs, tracking_uri, inputs)
     options = TrainingOptions(precision=config.training.precision, compile=config.training.compile)
     run = TrainingRun(
         config.model, config.hyperparameters, data, device=where, seed=config.seed, options=options
@@ -110,6 +119,31 @@ def train_config(
         device=where,
         inputs=inputs,
         test=test,
+    )
+
+
+STATE_ARTIFACT = "model/state.pt"
+
+
+def train_loop_config(
+    config: ExportedConfig, data, device: str, epochs: int, tracking_uri: str, inputs: list[dict]
+) -> TrainResult:
+    """`tuner train` of a config a `loop` study exported: its training function run again, the
+    history its reports make, and its last checkpoint logged as `STATE_ARTIFACT`."""
+    from trainables.training_functions import run_training_function
+
+    history, state = run_training_function(
+        config.loop, config.hyperparameters, data, device, config.seed, epochs
+    )
+    if not history:
+        raise SpecError(
+            f"training function {config.loop!r} reported no epoch; it must call "
+            "trial.report(epoch, metrics) for each epoch of trial.epochs"
+        )
+    last = history[-1]
+    test = {k: last[k] for k in (m.TEST_LOSS, m.TEST_ACC) if k in last}
+    return log_trained_model(
+        config, None, None, history, tracking_uri, False, device, inputs, test, state=state
     )
 
 
@@ -141,10 +175,12 @@ def log_trained_model(
     device: str = "cpu",
     inputs: list[dict] = (),
     test: dict[str, float] | None = None,
+    state: dict | None = None,
 ) -> TrainResult:
     """An MLflow run with the curves, diagnosis, device, dataset inputs (`tracking.inputs`), the
     test split's scores (`test`, logged once) and the model (moved to CPU); rank 1 goes to the
-    registry."""
+    registry. Without a model (a training function's run), its last checkpoint `state` is
+    logged as `STATE_ARTIFACT` instead."""
     import mlflow
     import mlflow.pytorch
     import torch
@@ -165,6 +201,7 @@ def log_trained_model(
             schema.SOURCE_RUN_TAG: str(config.source.get("mlflow_run_id", "")),
             schema.DEVICE_TAG: device,
             **plugins_tag(plugins),  # which code the model's family came from
+            **({schema.LOOP_TAG: config.loop} if config.loop else {}),
         },
     )
     run_id = run.info.run_id
@@ -197,6 +234,13 @@ def log_trained_model(
         + (f" rank {rank}" if rank else "")
         + f": **{len(history)} epochs**",
     )
+    if model is None:
+        artifact = log_state(client, run_id, state) if state is not None else None
+        with mlflow_echoes_off():
+            client.set_terminated(run_id, status="FINISHED")
+        return TrainResult(
+            run_id, history, verdict.diagnosis, None, device, dict(test or {}), artifact
+        )
     registered = f"{study}-best" if register and rank == 1 and config.source.get("study") else None
     model = getattr(model, "_orig_mod", model)  # torch.compile's wrapper: log the model itself
     mlflow.set_tracking_uri(tracking_uri)
@@ -215,3 +259,17 @@ def log_trained_model(
     with mlflow_echoes_off():
         client.set_terminated(run_id, status="FINISHED")
     return TrainResult(run_id, history, verdict.diagnosis, registered, device, dict(test or {}))
+
+
+def log_state(client, run_id: str, state: dict) -> str:
+    """A training function's checkpoint as the run's artifact `STATE_ARTIFACT` (on CPU)."""
+    import tempfile
+
+    from trainables.loop import save_state
+
+    folder_name, file_name = STATE_ARTIFACT.split("/")
+    with tempfile.TemporaryDirectory() as folder:
+        file = Path(folder) / file_name
+        save_state(state, file)
+        client.log_artifact(run_id, str(file), folder_name)
+    return STATE_ARTIFACT

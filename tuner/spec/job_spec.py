@@ -39,6 +39,7 @@ from trainables.data import DATASETS, LOADER_SPEC_KEYS
 from trainables.models import MODELS
 from trainables.plugins import PluginCode, is_file_entry
 from trainables.registry import Registry
+from trainables.training_functions import TRAINING_FUNCTIONS
 from tuner.driver.samplers import MULTI_OBJECTIVE_SAMPLERS, SAMPLERS
 from tuner.driver.schedulers import SCHEDULERS, SECTION
 from tuner.errors import SpecError, brief
@@ -66,6 +67,7 @@ def registered(registry: Registry) -> AfterValidator:
 
 ModelName = Annotated[str, registered(MODELS)]
 DatasetName = Annotated[str, registered(DATASETS)]
+LoopName = Annotated[str, registered(TRAINING_FUNCTIONS)]
 ImageSide = Annotated[int, Field(ge=1, le=4096)]  # pixels
 
 
@@ -356,7 +358,12 @@ class JobSpec(Section):
     #: .py files (relative to the spec) or module names that register models and datasets;
     #: imported before the rest is validated, so `model` and `dataset.name` may name their entries
     plugins: list[str] = []
-    model: ModelName  # mlp | cnn | lstm
+    #: mlp | cnn | lstm or a plug-in's family; required unless `loop` is set, and then (after
+    #: validation) the loop's name, which is what the study shows and tags as its model
+    model: ModelName | None = None
+    #: a plug-in's training function (`@tuner.register_training`) that trains every trial
+    #: instead of tuner's loop; `search_space` is then required and `model` omitted
+    loop: LoopName | None = None
     dataset: DatasetSpec
     search_space: str | dict[str, Any] | None = None  # name, YAML path or mapping; default: model
     #: one objective, or a list of several (the first picks each trial's best epoch, drives the
@@ -429,6 +436,12 @@ class JobSpec(Section):
         return list(self._objectives) or [self.objective]
 
     @property
+    def model_family(self) -> str | None:
+        """The registered model family tuner's loop trains; None when a training function
+        (`loop`) trains the trials (`model` then holds the loop's name)."""
+        return None if self.loop is not None else self.model
+
+    @property
     def multi_objective(self) -> bool:
         return len(self.objectives) > 1
 
@@ -439,8 +452,23 @@ class JobSpec(Section):
             return [o.model_dump() for o in self._objectives]
         return objective.model_dump()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _loop_names_the_model(cls, raw: Any) -> Any:
+        """A saved spec of a `loop` study holds `model: <the loop>`, which is no registered model:
+        it reads back as if `model` were omitted."""
+        return without_loop_model(raw)
+
     @model_validator(mode="after")
     def _defaults_from_name(self) -> JobSpec:
+        if self.loop is not None:
+            check_loop(self)
+            self.model = self.loop
+        elif self.model is None:
+            raise ValueError(
+                "model is required and has no default (a model family, or loop: a plug-in's "
+                "training function)"
+            )
         if self.search_space is None:
             self.search_space = self.model
         if self.tracking.experiment is None:
@@ -449,6 +477,38 @@ class JobSpec(Section):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def without_loop_model(raw: Any) -> Any:
+    """A raw spec (or exported config) without its `model` where that only repeats `loop`."""
+    if isinstance(raw, dict) and "loop" in raw and raw.get("model") == raw["loop"]:
+        return {key: value for key, value in raw.items() if key != "model"}
+    return raw
+
+
+def check_loop(spec: JobSpec) -> None:
+    """Raise ValueError where a `loop` spec sets what only tuner's own loop reads."""
+    loop = spec.loop
+    if spec.model is not None:
+        raise ValueError(
+            f"model: {spec.model!r} with loop {loop!r}: a training function builds its own model; "
+            "omit model (the study shows the loop's name as its model)"
+        )
+    if spec.search_space is None:
+        raise ValueError(
+            f"search_space is required with loop {loop!r}: a training function declares no "
+            "hyperparameters, so the spec names every one it tunes (a mapping or a YAML file)"
+        )
+    training = spec.training
+    own = {"precision": training.precision != "fp32", "compile": training.compile}
+    own["data_on_device"] = training.data_on_device is not None
+    for key, is_set in own.items():
+        if is_set:
+            raise ValueError(
+                f"training.{key}: {getattr(training, key)!r} applies to tuner's own loop; "
+                f"training function {loop!r} decides how it trains (trial.device, trial.data): "
+                f"remove training.{key}"
+            )
 
 
 # --------------------------------------------------------------------------- loading

@@ -302,10 +302,13 @@ def check_batch_sizes(space: SearchSpace, where: str) -> None:
             raise SpecError(str(exc)) from None
 
 
-def load_space(source: str | dict[str, Any], model: str) -> SearchSpace:
-    """Read, validate and compile a search space for `model`; raise `SpecError` if it is bad."""
+def load_space(source: str | dict[str, Any], model: str | None) -> SearchSpace:
+    """Read, validate and compile a search space for `model` (None: for a training function,
+    which declares no hyperparameters to check names against and trains batches its own way);
+    raise `SpecError` if it is bad."""
     raw, where = read_space(source)
     space = parse_space(raw, where)
-    check_hyperparameters(space, model, where)
-    check_batch_sizes(space, where)
+    if model is not None:
+        check_hyperparameters(space, model, where)
+        check_batch_sizes(space, where)
     return space

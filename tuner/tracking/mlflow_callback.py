@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from ray.tune import Callback
 
 from trainables import metrics as m
-from tuner.cluster.redaction import without_passwords
+from tuner.cluster.redaction import redact, without_passwords
 from tuner.cluster.storage import relocated
 from tuner.results import outcomes
 from tuner.results.figures import FigureProcess
@@ -54,6 +54,9 @@ RUN_IDS_SAVE_EVERY_S = 5.0
 #: after the last trial ended). MLflow's own charts show each run's curves from its metrics, and
 #: the study's report.html every trial's
 CURVE_FIGURES_UP_TO = 200
+#: an errored trial's run holds Ray's whole traceback as this text artifact (the `error` tag
+#: has its last line)
+ERROR_ARTIFACT = "error.txt"
 
 
 class MlflowTracking(Callback):
@@ -183,7 +186,7 @@ class MlflowTracking(Callback):
         self._submit(self._end_trial, trial.trial_id, "FINISHED")
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        self._submit(self._end_trial, trial.trial_id, "FAILED")
+        self._submit(self._end_trial, trial.trial_id, "FAILED", error_traceback(trial))
 
     def on_experiment_end(self, trials, **info) -> None:
         self._submit(self.flush)
@@ -359,9 +362,9 @@ class MlflowTracking(Callback):
             self._save_run_ids()
         self._last_flush = time.monotonic()
 
-    def _end_trial(self, trial_id: str, run_status: str) -> None:
+    def _end_trial(self, trial_id: str, run_status: str, traceback: str | None = None) -> None:
         """The trial's last curve points, summary, status and diagnosis in one batch; the
-        figure; the run closed."""
+        figure; an errored trial's whole traceback (`ERROR_ARTIFACT`); the run closed."""
         from mlflow.entities import RunTag
 
         record = self.recorder.trials.get(trial_id)
@@ -387,6 +390,8 @@ class MlflowTracking(Callback):
             headline=f"Trial {record.number}: **{status}**",
             figure=self.spec.search.num_samples <= CURVE_FIGURES_UP_TO,
         )
+        if traceback:
+            self.writer.log_text(run_id, redact(traceback), ERROR_ARTIFACT)
         self.writer.set_terminated(run_id, status=run_status)
         # a placeholder may have got its real id during these writes (`_resolved`)
         self.open_runs -= {run_id, self.writer.real_id(run_id)}
@@ -406,6 +411,16 @@ class MlflowTracking(Callback):
                 self.writer.set_tag(run_id, schema.TRIAL_STATUS_TAG, outcomes.INTERRUPTED)
                 self.writer.set_terminated(run_id, status=status)
                 self.open_runs.discard(run_id)
+
+
+def error_traceback(trial) -> str | None:
+    """The whole traceback Ray saved for an errored trial (the user's own frames included), or
+    None without one."""
+    try:
+        with open(trial.error_file) as f:
+            return f.read()
+    except (OSError, TypeError):
+        return None
 
 
 # --------------------------------------------------------------------------- run ids on disk

@@ -26,7 +26,8 @@ STUDY_TAG = "tuner.study"
 
 # the parent run of a study execution
 EXECUTION_TAG = "tuner.execution"
-MODEL_TAG = "tuner.model"
+MODEL_TAG = "tuner.model"  # the model family, or the training function's name (LOOP_TAG)
+LOOP_TAG = "tuner.loop"  # the plug-in training function that trained the trials (spec `loop`)
 DATASET_TAG = "tuner.dataset"  # JSON: the dataset section
 OBJECTIVE_TAG = "tuner.objective"  # "metric:mode", see encode_objective (the first objective)
 OBJECTIVES_TAG = "tuner.objectives"  # several objectives: "val_loss:min,params:min"

@@ -94,6 +94,7 @@ def start_parent_run(
             schema.STUDY_TAG: spec.name,
             schema.EXECUTION_TAG: execution,
             schema.MODEL_TAG: spec.model,
+            **({schema.LOOP_TAG: spec.loop} if spec.loop else {}),
             schema.DATASET_TAG: json.dumps(spec.dataset.model_dump(exclude_none=True)),
             schema.OBJECTIVE_TAG: schema.encode_objective(
                 spec.objective.metric, spec.objective.mode
