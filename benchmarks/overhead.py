@@ -89,6 +89,7 @@ def tuner_process(spec: dict[str, Any], folder: Path) -> dict[str, Any]:
     rows = [e["row"] for e in events if e["event"] == "result"]
     return {
         "s": wall,
+        "began": began,
         "startup_s": first_epoch_began(events) - began,
         "epochs": len(rows),
         "training_s": sum(row[m.EPOCH_TIME_S] for row in rows),

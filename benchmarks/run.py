@@ -10,8 +10,8 @@ repeat's raw figures. `--json` writes them with the machine, the git commit and 
 only from a tree without uncommitted changes to tracked files, unless `--dirty-because` says why
 (recorded in the file). Timings are never asserted in tests; these ratios are the measure. Run it
 from the repository root on an otherwise idle machine. The suites, one module each:
-trainable_vs_bare, overhead (tiny, small, vs_optuna), tracking_overhead, search_efficiency,
-scale, gpu; what they share is in benchmarks.common.
+trainable_vs_bare, overhead (tiny, small, vs_optuna), startup, tracking_overhead,
+search_efficiency, scale, gpu; what they share is in benchmarks.common.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from benchmarks import (
     overhead,
     scale,
     search_efficiency,
+    startup,
     tracking_overhead,
     trainable_vs_bare,
 )
@@ -44,7 +45,7 @@ from benchmarks.common import (
 )
 
 #: the suites, in the order a full run runs them
-SUITES = (trainable_vs_bare, overhead, tracking_overhead, search_efficiency, scale, gpu)
+SUITES = (trainable_vs_bare, overhead, startup, tracking_overhead, search_efficiency, scale, gpu)
 BENCHMARKS: dict[str, Benchmark] = {
     name: fn for suite in SUITES for name, fn in suite.BENCHMARKS.items()
 }

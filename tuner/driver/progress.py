@@ -21,6 +21,7 @@ from rich.text import Text
 from trainables import metrics as m
 from trainables.trainable import DEVICE, FINALIST, GPU_IDS, NODE_ID
 from tuner.cluster.storage import relocated
+from tuner.driver import phases
 from tuner.driver.journal import append_event, read_journal
 from tuner.internals.ray_internals import release_ended_trial
 from tuner.results import outcomes
@@ -146,9 +147,11 @@ class StudyRecorder(Callback):
             self._log({"event": "superseded", "trial_id": trial_id})
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        phases.reached(phases.FIRST_TRIAL_STARTED)
         self._event(trial, "start")
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        phases.reached(phases.FIRST_EPOCH)
         for earlier in result.get(m.EARLIER_EPOCHS) or ():  # a restored trial's, to its checkpoint
             record = self.trials.get(trial.trial_id)
             if m.EPOCH in earlier and (

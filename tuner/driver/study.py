@@ -12,6 +12,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ from tuner.cluster.storage import (
     study_folder,
     upload,
 )
+from tuner.driver import phases
 from tuner.driver.finalist_runs import FinalistRuns, run_finalists
 from tuner.driver.interrupts import (
     ctrl_c_restored,
@@ -73,7 +75,7 @@ from tuner.driver.stoppers import (
     stop_reason,
 )
 from tuner.driver.study_log import StudyLog, logs_to_file
-from tuner.driver.warm_start import plan_warm_start
+from tuner.driver.warm_start import WarmStart, plan_warm_start
 from tuner.errors import SpecError, StudyError
 from tuner.internals.optuna_internals import SoleWriterCache
 from tuner.internals.ray_internals import (
@@ -194,25 +196,54 @@ def run_study(
 ) -> StudyResult:
     """Run a whole study in the foreground and return its ranked trials. `trainable` has
     `train_trial`'s signature; the scale benchmark passes one that trains nothing."""
+    phases.reached(phases.BEGAN)
     prepared = prepare(spec)
+    phases.reached(phases.PREPARED)
+    with (
+        study_environment(None, spec) as log,
+        ThreadPoolExecutor(1, thread_name_prefix="stores") as beside_ray,
+    ):
+        stores = beside_ray.submit(ready_stores, spec, prepared)  # while Ray starts: seconds
+        with ray_session(address, num_cpus):
+            phases.reached(phases.RAY_STARTED)
+            prepared.warm_start = stores.result()
+            for line in prepared.warm_start.lines() if prepared.warm_start else []:
+                print(line)
+            training = place_trials(prepared)
+            return run_new_study(prepared, log, show_progress, trainable, training)
+
+
+def ready_stores(spec: JobSpec, prepared: PreparedStudy) -> WarmStart | None:
+    """Connect to Optuna's storage and MLflow's store (each creates its tables in a new
+    database, a second or two on a small machine, which `run_study` spends while Ray starts),
+    and plan the warm start from an earlier study in them."""
     open_optuna_storage(spec)
-    prepared.warm_start = plan_warm_start(spec, prepared.space)
-    for line in prepared.warm_start.lines() if prepared.warm_start else []:
-        print(line)
-    with study_environment(None, spec) as log, ray_session(address, num_cpus):
-        training = place_trials(prepared)
-        if spec.tracking.enabled:
-            check_tracking(spec)
-        # only now, every check passed: a refused run leaves no Optuna study and no folder
-        execution = claim_execution(spec)
-        folder = study_folder(spec.storage, execution)
-        results_path = folder.local
-        log.write_to(results_path / LOG_FILE)
-        save_spec(spec, prepared.plugins, results_path)
-        publish(folder)  # a remote study's spec and plug-ins are in the bucket before any trial
-        with resumable(spec, folder):
-            study = StudyRun.start(prepared, execution, folder, show_progress, trainable, training)
-            return study.run()
+    warm_start = plan_warm_start(spec, prepared.space)
+    if spec.tracking.enabled:
+        check_tracking(spec)
+    phases.reached(phases.STORES_READY)
+    return warm_start
+
+
+def run_new_study(
+    prepared: PreparedStudy,
+    log: StudyLog,
+    show_progress: bool,
+    trainable: Callable[..., None],
+    training: TrainingOptions,
+) -> StudyResult:
+    """Claim the execution's name, then run the study on the Ray this process holds."""
+    spec = prepared.spec
+    # only now, every check passed: a refused run leaves no Optuna study and no folder
+    execution = claim_execution(spec)
+    folder = study_folder(spec.storage, execution)
+    results_path = folder.local
+    log.write_to(results_path / LOG_FILE)
+    save_spec(spec, prepared.plugins, results_path)
+    publish(folder)  # a remote study's spec and plug-ins are in the bucket before any trial
+    with resumable(spec, folder):
+        study = StudyRun.start(prepared, execution, folder, show_progress, trainable, training)
+        return study.run()
 
 
 def resume_study(
@@ -228,6 +259,7 @@ def resume_study(
     MLflow); `overrides` may only be `search.num_samples=N` with N above the study's count: the
     study is extended to N trials, in the same Ray experiment, Optuna study and MLflow parent
     run."""
+    phases.reached(phases.BEGAN)
     folder = find_results(study, tracking_uri)
     results_path = folder.local
     spec = study_spec(results_path)
@@ -311,7 +343,7 @@ def study_environment(results_path: Path | None, spec: JobSpec) -> Iterator[Stud
     os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = str(snapshot_period_s(spec.search.num_samples))
     os.environ.update(HTTP_SETTINGS)
     log_file = results_path / LOG_FILE if results_path is not None else None
-    with logs_to_file(log_file) as log, warnings.catch_warnings():
+    with logs_to_file(log_file) as log, warnings.catch_warnings(), phases.logged():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         yield log
 
@@ -551,6 +583,7 @@ class StudyRun:
             with contextlib.suppress(Exception):
                 upload(self.folder)
             raise
+        phases.reached(phases.TRIALS_DONE)
         with finishing_first():
             return self.conclude(trials, interrupted)
 
@@ -581,8 +614,10 @@ class StudyRun:
             ),
             self.results_path / REPORT_FILE,
         )
+        phases.reached(phases.RESULTS_WRITTEN)
         self.finish(result, importances, report)
         publish(self.folder)
+        phases.reached(phases.ENDED)
         return result
 
     def fit(self) -> None:
@@ -590,6 +625,7 @@ class StudyRun:
 
         def fit() -> None:
             with self.progress or contextlib.nullcontext(), ctrl_c_restored():
+                phases.reached(phases.TRIALS_LAUNCHED)
                 self.tuner.fit()
 
         self.guarded(fit)
