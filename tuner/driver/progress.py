@@ -34,6 +34,8 @@ REPORTED = (
     m.TEST_LOSS,
     m.TEST_ACC,
     *m.MODEL_COSTS,
+    *m.USAGE,
+    m.OUT_OF_MEMORY,
 )
 UPDATE_EVERY_S = 0.25  # the live line's refresh period (rich redraws it 4 times a second)
 
@@ -170,7 +172,9 @@ class StudyRecorder(Callback):
         release_ended_trial(trial)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        self._event(trial, "end", status=outcomes.ERRORED, error=trial_error(trial))
+        error = trial_error(trial)
+        status = outcomes.OUT_OF_MEMORY if outcomes.is_out_of_memory(error) else outcomes.ERRORED
+        self._event(trial, "end", status=status, error=error)
 
     # ------------------------------------------------------------------ views
 
@@ -249,6 +253,8 @@ class LiveProgress:
             phrases.append(Text(f"{c[outcomes.STOPPED_ON_OVERFIT]} stopped on overfit"))
         if c[outcomes.ERRORED]:
             phrases.append(Text(f"{c[outcomes.ERRORED]} errored", style="red"))
+        if c[outcomes.OUT_OF_MEMORY]:
+            phrases.append(Text(f"{c[outcomes.OUT_OF_MEMORY]} out of memory", style="red"))
         best = recorder.best_trial()
         if best:
             record, row = best
