@@ -171,6 +171,11 @@ class StudyRecorder(Callback):
         self._event(trial, "end", status=status)
         release_ended_trial(trial)
 
+    def on_trial_recover(self, iteration, trials, trial, **info) -> None:
+        """Ray retries the trial from its last checkpoint: journaled with the error it had (an
+        out-of-memory one says at which GPU share)."""
+        self._event(trial, "retry", error=trial_error(trial))
+
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         error = trial_error(trial)
         status = outcomes.OUT_OF_MEMORY if outcomes.is_out_of_memory(error) else outcomes.ERRORED
