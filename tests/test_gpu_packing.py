@@ -295,7 +295,7 @@ class Net(nn.Module):
         return self.body(x.flatten(1))
 
 
-@tuner.register_model("oomnet", layouts=("vector",), defaults={"case": "small"})
+@tuner.register_model("oomnet", layouts=("image", "vector"), defaults={"case": "small"})
 def oomnet(hp, sample_shape, layout, output_dim):
     width, oom_below = CASES[hp["case"]]
     return Net(math.prod(sample_shape), width, output_dim, oom_below)
@@ -346,7 +346,12 @@ def tuner_run(node: SimpleNamespace, spec: Path) -> subprocess.CompletedProcess:
 def auto_memory_gb(folder: Path) -> tuple[float, dict[str, float]]:
     """A GPU memory at which the small cases get 1/8 of a GPU and the big one 1/4, and the
     shares the planner gives each case there."""
-    spec = tiny_spec(plugins=[str(folder / "oomnet.py")], model="oomnet", resources={"gpu": "auto"})
+    spec = tiny_spec(
+        plugins=[str(folder / "oomnet.py")],
+        model="oomnet",
+        search_space={"case": {"type": "categorical", "choices": CASES}, "batch_size": 64},
+        resources={"gpu": "auto"},
+    )
     study = prepare(spec)
     probe = SharePlanner(spec, study.dataset, TrainingOptions(), GIB)
     small, big = (probe.needed({"case": c, "batch_size": 64}) for c in ("small", "big"))
@@ -374,7 +379,7 @@ def test_auto_shares_and_out_of_memory_retries_on_two_gpus(
     assert "resources.gpu auto: each trial's GPU share" in out
     assert "-> 1/8 GPU" in out and "-> 1/4 GPU" in out  # the smallest and the largest trial
 
-    (results,) = (tmp_path / "results").glob("pack_*")
+    (results,) = (tmp_path / "results").glob("pack-*")
     table = pd.read_csv(results / "trials.csv")
     cases = table["config.case"].tolist()
     assert set(cases) == set(CASES), cases  # seed 15 draws every case in five trials
@@ -431,7 +436,7 @@ def test_a_gpu_hours_budget_stops_the_search(gpu_node: SimpleNamespace, tmp_path
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = " ".join(proc.stdout.split())
     assert "Stop reason: gpu_hours_budget (search.gpu_hours_budget" in out
-    (results,) = (tmp_path / "results").glob("pack_*")
+    (results,) = (tmp_path / "results").glob("pack-*")
     table = pd.read_csv(results / "trials.csv")
     assert 1 <= len(table) < 6
     assert (table[m.GPU_SHARE] == 0.5).all() and (table[m.GPU_HOURS] > 0).all()

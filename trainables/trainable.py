@@ -68,6 +68,8 @@ def trial_device() -> torch.device:
 
 def gpu_share() -> float:
     """The share of a GPU Ray assigned this trial (0: none, or not in a Ray worker)."""
+    if not ray.is_initialized():  # get_runtime_context() would start a Ray
+        return 0.0
     try:
         return float(ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0))
     except (AssertionError, AttributeError, RuntimeError):
