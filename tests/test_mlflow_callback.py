@@ -154,10 +154,19 @@ def test_study_in_mlflow_parent_children_curves_and_summaries(
     assert sorted(saved.values()) == sorted(c.info.run_id for c in children)
 
 
-def test_errored_trial_is_failed_with_its_message_and_traceback(study_dir: Path) -> None:
+@pytest.mark.parametrize(
+    ("error", "status"),
+    [
+        ("RuntimeError: mat1 and mat2 shapes cannot be multiplied", outcomes.ERRORED),
+        ("RuntimeError: CUDA out of memory", outcomes.OUT_OF_MEMORY),  # older torch's OOM
+    ],
+)
+def test_errored_trial_is_failed_with_its_message_and_traceback(
+    study_dir: Path, error: str, status: str
+) -> None:
     recorder, tracking, client = callbacks(study_dir)
     error_file = study_dir / "error.txt"
-    error_file.write_text("Traceback ...\nRuntimeError: CUDA out of memory\n")
+    error_file.write_text(f"Traceback ...\n{error}\n")
     trial = fake_trial("abc", 1, str(error_file))
     drive([recorder, tracking], "on_trial_start", trial)
     drive([recorder, tracking], "on_trial_result", trial, result=EPOCH_1)
@@ -165,12 +174,12 @@ def test_errored_trial_is_failed_with_its_message_and_traceback(study_dir: Path)
 
     run = client.get_run(tracking.run_ids["abc"])
     assert run.info.status == "FAILED"
-    assert run.data.tags["trial_status"] == outcomes.ERRORED
-    assert run.data.tags["error"] == "RuntimeError: CUDA out of memory"
+    assert run.data.tags["trial_status"] == status
+    assert run.data.tags["error"] == error
     assert [p.value for p in client.get_metric_history(run.info.run_id, "val_loss")] == [1.0]
     # the whole traceback, the user's frames included, as a text artifact beside the tag
     text = mlflow.artifacts.load_text(f"{run.info.artifact_uri}/error.txt")
-    assert text == "Traceback ...\nRuntimeError: CUDA out of memory\n"
+    assert text == f"Traceback ...\n{error}\n"
 
 
 def test_a_restored_trial_s_earlier_epochs_fill_what_the_journal_and_mlflow_lack(

@@ -203,7 +203,9 @@ class FakeTune:
 @pytest.fixture
 def fake_ray(monkeypatch: pytest.MonkeyPatch) -> None:
     context = SimpleNamespace(get_node_id=lambda: "node-1")
-    fake = SimpleNamespace(get_gpu_ids=lambda: [], get_runtime_context=lambda: context)
+    fake = SimpleNamespace(
+        get_gpu_ids=lambda: [], get_runtime_context=lambda: context, is_initialized=lambda: False
+    )
     monkeypatch.setattr(trainable_module, "ray", fake)
 
 

@@ -43,5 +43,22 @@ OBJECTIVES = {
 PARAMS = "params"
 INFERENCE_MS = "inference_ms"
 MODEL_COSTS = {PARAMS: "min", INFERENCE_MS: "min"}
+#: What a trial uses, measured by the trial and reported with every epoch (trainables/usage.py):
+#: its peak memory so far in MiB (the CUDA allocator's peak on a GPU, the process's resident
+#: growth on the CPU), its GPU share (`resources.gpu`, as Ray assigned it), the GPU-hours so far
+#: (share x wall time), and, only where NVML answers, the mean GPU utilisation and the energy
+PEAK_MEMORY_MB = "peak_memory_mb"
+GPU_SHARE = "gpu_share"
+GPU_HOURS = "gpu_hours"
+GPU_UTIL_PCT = "gpu_util_pct"
+ENERGY_WH = "energy_wh"
+USAGE = (PEAK_MEMORY_MB, GPU_SHARE, GPU_HOURS, GPU_UTIL_PCT, ENERGY_WH)
+#: usage a study may list as a further objective (not the first: it grows every epoch)
+USAGE_COSTS = {GPU_HOURS: "min"}
+#: set (to the GPU share the trial had) on the last result of a trial that ran out of GPU memory
+OUT_OF_MEMORY = "out_of_memory"
+#: how the error of a trial that ran out of GPU memory begins (not a metric): the driver knows it
+#: from any other error by this
+OUT_OF_MEMORY_ERROR = "CUDA out of memory at GPU share"
 #: Metrics only classification datasets report.
 CLASSIFICATION_ONLY = {TRAIN_ACC, VAL_ACC}

@@ -27,6 +27,7 @@ from trainables.data import Dataset
 from trainables.loop import TrainingOptions, TrainingRun, load_state, save_state
 from trainables.plugins import PluginCode
 from trainables.training_functions import TRAINING_FUNCTIONS, EpochReports, TrialEnded
+from trainables.usage import TrialOutOfMemory, UsageMeter, out_of_memory_message
 
 CHECKPOINT_FILE = "state.pt"
 NODE_ID = "node_id"  # which Ray node ran the epoch (not a metric)
@@ -63,6 +64,9 @@ class TrialSettings:
     #: what a training function's every report must hold besides train_loss and val_loss: the
     #: objectives' metrics
     required_metrics: tuple[str, ...] = ()
+    #: `resources.gpu: auto`: a trial that runs out of GPU memory below a whole GPU raises, to
+    #: be retried at twice the share; otherwise (or at a whole GPU) it ends `out_of_memory`
+    retry_out_of_memory: bool = False
 
 
 def trial_device() -> torch.device:
@@ -70,6 +74,16 @@ def trial_device() -> torch.device:
     if ray.get_gpu_ids() and torch.cuda.is_available():
         return torch.device("cuda", 0)
     return torch.device("cpu")
+
+
+def gpu_share() -> float:
+    """The share of a GPU Ray assigned this trial (0: none, or not in a Ray worker)."""
+    if not ray.is_initialized():  # get_runtime_context() would start a Ray
+        return 0.0
+    try:
+        return float(ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0))
+    except (AssertionError, AttributeError, RuntimeError):
+        return 0.0
 
 
 def trial_plan(config: dict[str, Any], settings: TrialSettings) -> tuple[dict[str, Any], int, int]:
@@ -84,14 +98,29 @@ def trial_plan(config: dict[str, Any], settings: TrialSettings) -> tuple[dict[st
 def train_trial(config: dict[str, Any], data: Dataset, settings: TrialSettings) -> None:
     """Train one trial, reporting every epoch with a checkpoint that resumes it exactly. With a
     test split (finalists only: the search's data has none), the last epoch's result carries the
-    test metrics too."""
+    test metrics too. Out of GPU memory, it raises `TrialOutOfMemory` to be retried at a larger
+    share (`settings.retry_out_of_memory`, below a whole GPU), or ends with a last result that
+    says so (`metrics.OUT_OF_MEMORY`)."""
     for code in settings.plugins:
         plugins.ensure(code)
-    device = trial_device()
+    meter = UsageMeter(trial_device(), gpu_share())
+    try:
+        run_trial(config, data, settings, meter)
+    except torch.cuda.OutOfMemoryError as error:
+        if settings.retry_out_of_memory and 0 < meter.share < 1:
+            raise TrialOutOfMemory(out_of_memory_message(meter.share, error)) from error
+        tune.report(meter.out_of_memory_row(meter.epochs + 1))
+
+
+def run_trial(
+    config: dict[str, Any], data: Dataset, settings: TrialSettings, meter: UsageMeter
+) -> None:
+    """`train_trial`'s epochs, `meter` measuring them."""
+    device = meter.device
     if device.type == "cpu":
         torch.set_num_threads(max(1, int(settings.cpus)))
     if settings.loop is not None:
-        train_with_function(config, data, settings, device)
+        train_with_function(config, data, settings, meter)
         return
     hparams, seed, epochs = trial_plan(config, settings)
     run = TrainingRun(
@@ -105,13 +134,15 @@ def train_trial(config: dict[str, Any], data: Dataset, settings: TrialSettings) 
             state = load_state(Path(folder) / CHECKPOINT_FILE)  # on CPU, wherever written
         reported = list(state.pop(REPORTED_STATE, []))
         run.load_state_dict(state)
+        meter.resume(reported)
     earlier = list(reported)
 
     placement = placement_keys(device)
     costs = run.costs(latency=settings.measure_latency)  # once: the architecture is fixed
     last_checkpoint = -math.inf
     while run.epoch < epochs:
-        result = {**run.run_epoch(), **costs, **placement}
+        result = {**run.run_epoch(), **costs, **placement, **meter.epoch()}
+        meter.epochs = run.epoch
         if run.epoch == epochs and data.has_test and not result.get(m.DIVERGED):
             result.update(run.test_metrics(data.x_test, data.y_test))
         reported.append({k: v for k, v in result.items() if isinstance(v, int | float)})
@@ -141,12 +172,13 @@ def placement_keys(device: torch.device) -> dict[str, str]:
 
 
 def train_with_function(
-    config: dict[str, Any], data: Dataset, settings: TrialSettings, device: torch.device
+    config: dict[str, Any], data: Dataset, settings: TrialSettings, meter: UsageMeter
 ) -> None:
     """Train one trial with the study's training function: its reports become the built-in
     loop's result rows, its checkpoints tuner's (the function's state, device-independent, with
     the epoch and every earlier row), restored as `trial.state` with the epochs left."""
     entry = TRAINING_FUNCTIONS.get(settings.loop)
+    device = meter.device
     hparams, seed, epochs = trial_plan(config, settings)
     reported: list[dict[str, float]] = []  # every epoch's numbers, kept in each checkpoint
     start, state = 0, None
@@ -156,6 +188,7 @@ def train_with_function(
             saved = load_state(Path(folder) / CHECKPOINT_FILE)  # on CPU, wherever written
         start, state = int(saved["epoch"]), saved["state"]
         reported = list(saved.get(REPORTED_STATE, []))
+        meter.resume(reported)
     if start >= epochs:
         return
     earlier = list(reported)
@@ -165,7 +198,8 @@ def train_with_function(
 
     def report(epoch: int, metrics: Any, to_save: dict[str, Any] | None) -> None:
         nonlocal earlier, last_checkpoint
-        result: dict[str, Any] = {**rules.row(epoch, metrics), **placement}
+        result: dict[str, Any] = {**rules.row(epoch, metrics), **placement, **meter.epoch()}
+        meter.epochs = epoch
         reported.append({k: v for k, v in result.items() if isinstance(v, int | float)})
         if earlier:
             result[m.EARLIER_EPOCHS], earlier = earlier, []

@@ -83,29 +83,37 @@ def upper_value(param: FloatParam | IntParam) -> float | int:
     return param.low + math.floor((param.high - param.low) / param.step) * param.step
 
 
-def largest_config(space: SearchSpace, size: Callable[[dict[str, Any]], int]) -> dict[str, Any]:
+def largest_config(
+    space: SearchSpace, size: Callable[[dict[str, Any]], int], smallest: bool = False
+) -> dict[str, Any]:
     """The config of the space that `size` ranks largest, as far as a greedy walk finds it:
     numeric entries at their upper bounds, then each categorical entry (parents first) set to
     the choice that makes `size` largest with the others held; `when` conditions are honoured.
-    Choices that `size` cannot evaluate (it raises ValueError) are skipped."""
+    Choices that `size` cannot evaluate (it raises ValueError) are skipped. `smallest`: the
+    other end (lower bounds, the smallest batch, the choices that make `size` smallest)."""
     picks = {n: p.choices[0] for n, p in space.params.items() if isinstance(p, CategoricalParam)}
+    sign = -1 if smallest else 1
+
+    def bound(param: FloatParam | IntParam) -> float | int:
+        return param.low if smallest else upper_value(param)
 
     def config(chosen: dict[str, Any]) -> dict[str, Any]:
         values: dict[str, Any] = {}
         for name, param in space.params.items():
             if is_active(param.when, values):
-                values[name] = chosen[name] if name in chosen else upper_value(param)
+                values[name] = chosen[name] if name in chosen else bound(param)
         return {**values, **space.constants}
 
     for name in picks:
         choices = space.params[name].choices
         if name == BATCH_SIZE and all(isinstance(c, int | float) for c in choices):
-            picks[name] = max(choices)  # the largest batch, even where evaluation dominates
+            # the largest batch, even where evaluation dominates
+            picks[name] = min(choices) if smallest else max(choices)
             continue
         best: int | None = None
         for choice in choices:
             try:
-                score = size(config({**picks, name: choice}))
+                score = sign * size(config({**picks, name: choice}))
             except (ValueError, RuntimeError, TypeError):
                 continue
             if best is None or score >= best:  # ties: the later (usually larger) choice
@@ -156,17 +164,30 @@ def plan_gpu_memory(
     (from `source`: the spec or a probe) less the headroom (`usable_memory`); decide where the
     data lives. CPU-only studies and an unknown GPU memory pass unchecked (data on the device
     unless the spec says otherwise)."""
-    gpu = spec.resources.gpu
+    gpu = spec.resources.largest_gpu  # auto: the largest trial must fit a whole GPU
     wanted = spec.training.data_on_device
     if gpu == 0:
         return Packing(training_options(spec), [])
     if spec.loop is not None:
+        if spec.resources.auto_gpu:
+            raise SpecError(
+                f"resources.gpu: auto sizes each trial's GPU share from tuner's estimate of its "
+                f"model's memory, and training function {spec.loop!r} is the plug-in's own loop, "
+                "which tuner cannot estimate; set resources.gpu to a share (e.g. 0.25)"
+            )
         note = (
             f"GPU memory: training function {spec.loop!r} is the plug-in's own loop, whose "
             f"memory tuner cannot estimate: {trials_per_gpu(gpu)} trial(s) per GPU not checked "
             "against memory"
         )
         return Packing(training_options(spec), [note])
+    if gpu_memory is None and spec.resources.auto_gpu:
+        raise SpecError(
+            "resources.gpu: auto sizes each trial's GPU share from its estimated memory and the "
+            "GPU's, but no GPU answered the memory probe (no CUDA where Ray runs the trials); "
+            "set resources.gpu_memory_gb to the memory of one GPU, or resources.gpu to a share "
+            "(e.g. 0.25)"
+        )
     if gpu_memory is None:
         note = (
             "GPU memory unknown (no CUDA answered the probe; set resources.gpu_memory_gb to "
@@ -206,7 +227,8 @@ def refusal(
     on_device: bool,
     host_fits: bool,
 ) -> str:
-    gpu, per_gpu = spec.resources.gpu, trials_per_gpu(spec.resources.gpu)
+    gpu = spec.resources.largest_gpu
+    per_gpu = trials_per_gpu(gpu)
     fixes = ["a larger resources.gpu (fewer trials per GPU)" if gpu < 1 else "a larger GPU"]
     fixes.append("a smaller largest batch_size or model in the search space")
     if host_fits:

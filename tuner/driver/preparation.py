@@ -31,6 +31,9 @@ class PreparedStudy:
     space: SearchSpace
     plugins: tuple[PluginCode, ...] = ()
     warm_start: WarmStart | None = None  # the earlier study's configs to run first
+    #: one GPU's memory in bytes (resources.gpu_memory_gb or probed), set by `place_trials`
+    #: for `resources.gpu: auto`
+    gpu_memory: int | None = None
 
 
 def prepare(spec: JobSpec) -> PreparedStudy:

@@ -35,6 +35,8 @@ REPORTED = (
     m.TEST_LOSS,
     m.TEST_ACC,
     *m.MODEL_COSTS,
+    *m.USAGE,
+    m.OUT_OF_MEMORY,
 )
 UPDATE_EVERY_S = 0.25  # the live line's refresh period (rich redraws it 4 times a second)
 
@@ -172,8 +174,15 @@ class StudyRecorder(Callback):
         self._event(trial, "end", status=status)
         release_ended_trial(trial)
 
+    def on_trial_recover(self, iteration, trials, trial, **info) -> None:
+        """Ray retries the trial from its last checkpoint: journaled with the error it had (an
+        out-of-memory one says at which GPU share)."""
+        self._event(trial, "retry", error=trial_error(trial))
+
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        self._event(trial, "end", status=outcomes.ERRORED, error=trial_error(trial))
+        error = trial_error(trial)
+        status = outcomes.OUT_OF_MEMORY if outcomes.is_out_of_memory(error) else outcomes.ERRORED
+        self._event(trial, "end", status=status, error=error)
 
     # ------------------------------------------------------------------ views
 
@@ -252,6 +261,8 @@ class LiveProgress:
             phrases.append(Text(f"{c[outcomes.STOPPED_ON_OVERFIT]} stopped on overfit"))
         if c[outcomes.ERRORED]:
             phrases.append(Text(f"{c[outcomes.ERRORED]} errored", style="red"))
+        if c[outcomes.OUT_OF_MEMORY]:
+            phrases.append(Text(f"{c[outcomes.OUT_OF_MEMORY]} out of memory", style="red"))
         best = recorder.best_trial()
         if best:
             record, row = best

@@ -9,9 +9,11 @@ TPE then learns from values that mean different things. Here:
 - a trial that ran its whole budget (or was stopped for overfitting) is COMPLETE, valued at its
   best epoch;
 - a trial stopped early by the scheduler is PRUNED, keeping its partial curve;
-- a diverged trial is PRUNED with its finite values, an errored one FAIL.
+- a diverged trial is PRUNED with its finite values, an errored one FAIL, and so is one that ran
+  out of GPU memory (`out_of_memory`: after its retry at twice the share, where it had one).
 
-With a `StudyStop` (search.time_budget_s, search.patience_trials) it suggests nothing more once
+With a `StudyStop` (search.time_budget_s, search.patience_trials, search.gpu_hours_budget,
+which it tells every result's GPU-hours) it suggests nothing more once
 that says stop (Ray then starts no new trial and lets the running ones finish); with
 `points_to_evaluate` (search.warm_start) those configs are Optuna's first trials.
 
@@ -113,6 +115,9 @@ class TruthfulOptunaSearch(OptunaSearch):
         for earlier in result.get(m.EARLIER_EPOCHS) or ():  # a restored trial's, to its checkpoint
             self._report(trial_id, earlier)
         self._report(trial_id, result)
+        stop = getattr(self, "_study_stop", None)
+        if stop is not None and outcomes.is_finite(result.get(m.GPU_HOURS)):
+            stop.gpu_hours_used(trial_id, result[m.GPU_HOURS])
 
     def on_trial_complete(
         self, trial_id: str, result: dict | None = None, error: bool = False
@@ -120,7 +125,7 @@ class TruthfulOptunaSearch(OptunaSearch):
         asked, told = optuna_trials(self), completed_trials(self)
         if trial_id in told or trial_id not in asked:
             return
-        if result:
+        if result and m.OUT_OF_MEMORY not in result:
             self._report(trial_id, result)  # the stopping result never went through on_trial_result
         self._write_curve(trial_id)
         state, value = self._verdict(trial_id, result, error)
@@ -156,7 +161,7 @@ class TruthfulOptunaSearch(OptunaSearch):
         self, trial_id: str, result: dict | None, error: bool
     ) -> tuple[TrialState, float | list[float] | None]:
         curve = self._curves.get(trial_id, {})
-        if error:
+        if error or (result and m.OUT_OF_MEMORY in result):
             return TrialState.FAIL, None
         if result and result.get(m.DIVERGED):  # even on epoch 1: TPE should learn to avoid it
             return TrialState.PRUNED, None

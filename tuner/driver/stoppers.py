@@ -1,5 +1,6 @@
 """`scheduler.stop_on_overfit`: stop a trial whose val loss has not improved for N epochs; and
-`search.time_budget_s` / `search.patience_trials`: stop starting trials in a study."""
+`search.time_budget_s` / `search.patience_trials` / `search.gpu_hours_budget`: stop starting
+trials in a study."""
 
 from __future__ import annotations
 
@@ -99,6 +100,17 @@ def improve(best: float | None, since: int, value: float | None, mode: str) -> t
     return best, since + 1
 
 
+def gpu_hours(events: list[dict[str, Any]]) -> dict[str, float]:
+    """Each trial's GPU-hours so far (its latest result's), replayed from journal events."""
+    hours: dict[str, float] = {}
+    for event in events:
+        if event.get("event") == "result" and outcomes.is_finite(event["row"].get(m.GPU_HOURS)):
+            hours[event["trial_id"]] = float(event["row"][m.GPU_HOURS])
+        elif event.get("event") == "superseded":
+            hours.pop(event.get("trial_id"), None)
+    return hours
+
+
 def stop_reason(events: list[dict[str, Any]]) -> str | None:
     """The reason the search stopped suggesting, since the study's last extension (None: it
     did not stop early)."""
@@ -112,12 +124,15 @@ def stop_reason(events: list[dict[str, Any]]) -> str | None:
 
 
 class StudyStop:
-    """`search.time_budget_s` and `search.patience_trials`: when the search starts no new trial.
+    """`search.time_budget_s`, `search.patience_trials` and `search.gpu_hours_budget`: when the
+    search starts no new trial.
 
-    The searcher asks `reason()` before each suggestion and tells `trial_ended` each trial's
-    best-epoch objective; running trials always finish. The clock starts at the first suggestion
-    of this driver (like Optuna's `timeout`, a `tuner resume` gets the budget again); the
-    plateau is replayed from the journal when Ray restores the searcher.
+    The searcher asks `reason()` before each suggestion, tells `trial_ended` each trial's
+    best-epoch objective and `gpu_hours_used` each result's GPU-hours; running trials always
+    finish (so the GPU-hours spent end a little above the budget). The clock starts at the first
+    suggestion of this driver (like Optuna's `timeout`, a `tuner resume` gets the budget again);
+    the GPU-hours are the study's, every driver's; the plateau and the GPU-hours are replayed
+    from the journal when Ray restores the searcher.
     """
 
     def __init__(
@@ -127,9 +142,12 @@ class StudyStop:
         time_budget_s: float | None = None,
         patience_trials: int | None = None,
         journal: Path | None = None,
+        gpu_hours_budget: float | None = None,
     ):
         self.metric, self.mode = metric, mode
         self.time_budget_s, self.patience_trials = time_budget_s, patience_trials
+        self.gpu_hours_budget = gpu_hours_budget
+        self.hours: dict[str, float] = {}  # each trial's GPU-hours so far
         self.journal = journal
         self.best: float | None = None
         self.since_best = 0  # finished trials since the best last improved
@@ -144,9 +162,15 @@ class StudyStop:
         events = read_journal(self.journal)
         self.best, self.since_best = plateau(events, self.metric, self.mode)
         self.stopped = stop_reason(events)
+        self.gpu_hours_budget = state.get("gpu_hours_budget")  # none in searchers saved before
+        self.hours = gpu_hours(events)
 
     def trial_ended(self, value: float | None) -> None:
         self.best, self.since_best = improve(self.best, self.since_best, value, self.mode)
+
+    def gpu_hours_used(self, trial_id: str, hours: float) -> None:
+        """A result of trial `trial_id`: its GPU-hours so far."""
+        self.hours[trial_id] = hours
 
     def reason(self) -> str | None:
         """Why no new trial should start now (None: it may), journaled the first time."""
@@ -167,4 +191,7 @@ class StudyStop:
             return outcomes.TIME_BUDGET
         if self.patience_trials is not None and self.since_best >= self.patience_trials:
             return outcomes.PATIENCE
+        budget = getattr(self, "gpu_hours_budget", None)
+        if budget is not None and sum(self.hours.values()) >= budget:
+            return outcomes.GPU_HOURS_BUDGET
         return None

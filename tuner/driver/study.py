@@ -39,6 +39,7 @@ from tuner.cluster.storage import (
 )
 from tuner.driver import phases
 from tuner.driver.finalist_runs import FinalistRuns, run_finalists
+from tuner.driver.gpu_shares import OutOfMemoryRetry, SharePlanner, planner_of
 from tuner.driver.interrupts import (
     ctrl_c_restored,
     fail_asked_trials,
@@ -116,7 +117,7 @@ DRAIN_AT_END_S = 30.0  # how long a finished study waits for an unreachable MLfl
 def check_cluster_resources(spec: JobSpec) -> None:
     """Refuse a trial size no node can place (a trial runs on one node), instead of pending
     forever."""
-    check_fits_one_node(spec.resources.cpu, spec.resources.gpu, alive_nodes(ray.nodes()))
+    check_fits_one_node(spec.resources.cpu, spec.resources.largest_gpu, alive_nodes(ray.nodes()))
 
 
 def place_trials(prepared: PreparedStudy) -> TrainingOptions:
@@ -127,11 +128,17 @@ def place_trials(prepared: PreparedStudy) -> TrainingOptions:
     memory, source = None, ""
     if spec.resources.gpu_memory_gb is not None:
         memory, source = int(spec.resources.gpu_memory_gb * GIB), "resources.gpu_memory_gb"
-    elif spec.resources.gpu > 0 and spec.loop is None:  # a loop's memory is not estimated
-        memory, source = probe_gpu_memory(spec.resources.gpu), "probed"
+    elif spec.resources.largest_gpu > 0 and spec.loop is None:  # a loop's is not estimated
+        memory, source = probe_gpu_memory(spec.resources.largest_gpu), "probed"
     packing = plan_gpu_memory(spec, prepared.space, prepared.dataset, memory, source)
     for note in packing.notes:
         print(note)
+    if spec.resources.auto_gpu:  # plan_gpu_memory refused it without a memory
+        prepared.gpu_memory = memory
+        planner = SharePlanner(spec, prepared.dataset, packing.training, memory)
+        for line in planner.lines(prepared.space):
+            print(line)
+        planner.close()
     return packing.training
 
 
@@ -163,13 +170,15 @@ def make_searcher(
     """The Optuna searcher; `points` (a warm start) are enqueued as Optuna's first trials."""
     search = spec.search
     study_stop = None
-    if search.time_budget_s is not None or search.patience_trials is not None:
+    budgets = (search.time_budget_s, search.patience_trials, search.gpu_hours_budget)
+    if any(b is not None for b in budgets):
         study_stop = StudyStop(
             spec.objective.metric,
             spec.objective.mode,
             search.time_budget_s,
             search.patience_trials,
             journal,
+            gpu_hours_budget=search.gpu_hours_budget,
         )
     metrics = [o.metric for o in spec.objectives]
     modes = [o.mode for o in spec.objectives]
@@ -403,6 +412,7 @@ def trial_settings(
         measure_latency=any(o.metric == m.INFERENCE_MS for o in spec.objectives),
         loop=spec.loop,
         required_metrics=tuple(o.metric for o in spec.objectives),
+        retry_out_of_memory=spec.resources.auto_gpu,
     )
 
 
@@ -413,14 +423,28 @@ def make_trainable(
     with_test: bool = False,
 ):
     """The function trainable with its data (object store, once), its resources and its
-    settings. The search's data holds no test split; the finalists' (`with_test`) does."""
+    settings. The search's data holds no test split; the finalists' (`with_test`) does. With
+    `resources.gpu: auto` the resources are a function of each trial's config (`SharePlanner`)."""
     spec = prepared.spec
     settings = trial_settings(spec, training, prepared.plugins)
     data = prepared.dataset if with_test else prepared.dataset.without_test()
+    resources: Any = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
+    if spec.resources.auto_gpu and prepared.gpu_memory is not None:
+        resources = SharePlanner(spec, prepared.dataset, settings.training, prepared.gpu_memory)
+    elif spec.resources.auto_gpu:  # not placed (`place_trials` refuses auto without a memory)
+        resources["gpu"] = spec.resources.largest_gpu
     return tune.with_resources(
-        tune.with_parameters(trainable, data=data, settings=settings),
-        {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
+        tune.with_parameters(trainable, data=data, settings=settings), resources
     )
+
+
+def watch_peaks(trainable: Any, recorder: StudyRecorder) -> SharePlanner | None:
+    """`gpu: auto`: the planner corrects its estimates by the peaks the recorder sees; the
+    study keeps it (Ray's copies of it find it by id only while it lives)."""
+    planner = planner_of(trainable)
+    if planner is not None:
+        planner.recorder = recorder
+    return planner
 
 
 class StudyRun:
@@ -450,6 +474,7 @@ class StudyRun:
         )
         recorder.on_change = self.progress.update if self.progress else None
         self.started = time.monotonic()
+        self.planner: SharePlanner | None = None  # `gpu: auto`'s, kept alive while the study runs
 
     @property
     def parent_run_id(self) -> str | None:
@@ -495,8 +520,10 @@ class StudyRun:
             )
             if prepared.warm_start:
                 tracking.writer.set_tag(parent_id, schema.WARM_START_TAG, prepared.warm_start.tag())
+        trainable_with_resources = make_trainable(prepared, trainable, training)
+        planner = watch_peaks(trainable_with_resources, recorder)
         tuner = tune.Tuner(
-            make_trainable(prepared, trainable, training),
+            trainable_with_resources,
             tune_config=tune.TuneConfig(
                 metric=spec.objective.metric,
                 mode=spec.objective.mode,
@@ -522,13 +549,16 @@ class StudyRun:
                 # keeping one deleted the file a restore then asked for
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                 callbacks=[recorder]
+                + ([OutOfMemoryRetry()] if spec.resources.auto_gpu else [])
                 + ([tracking] if tracking else [])
                 + ([StagingMirror(results_path)] if folder.uri else []),
                 verbose=0,
                 log_to_file=True,
             ),
         )
-        return cls(prepared, folder, tuner, recorder, tracking, show_progress, trainable, training)
+        run = cls(prepared, folder, tuner, recorder, tracking, show_progress, trainable, training)
+        run.planner = planner
+        return run
 
     @classmethod
     def restore(
@@ -541,16 +571,18 @@ class StudyRun:
         """Ray restores the Tuner with the callbacks it pickled when the study started; they
         replay the journal and reload the MLflow run ids themselves (see their __setstate__),
         from the folder the study is in now."""
+        trainable = make_trainable(prepared, training=training)
         with restoring_into(folder.local):
             known = {t.trial_id for t in tune.ExperimentAnalysis(folder.location).trials}
             tuner = tune.Tuner.restore(
                 folder.location,
-                trainable=make_trainable(prepared, training=training),
+                trainable=trainable,
                 resume_unfinished=True,
                 resume_errored=True,
             )
         callbacks = restored_callbacks(tuner)
         recorder = next(c for c in callbacks if isinstance(c, StudyRecorder))
+        planner = watch_peaks(trainable, recorder)
         tracking = next((c for c in callbacks if isinstance(c, MlflowTracking)), None)
         unknown = set(recorder.trials) - known
         recorder.forget(unknown)
@@ -565,7 +597,9 @@ class StudyRun:
                 )
             tracking.supersede(unknown)
             tracking.reconcile()
-        return cls(prepared, folder, tuner, recorder, tracking, show_progress, training=training)
+        run = cls(prepared, folder, tuner, recorder, tracking, show_progress, training=training)
+        run.planner = planner
+        return run
 
     def run(self) -> StudyResult:
         """Fit (and re-run the finalists), then rank, save, report and close the MLflow runs;

@@ -138,7 +138,7 @@ def summary_metrics(history: list[dict[str, float]], metric: str, mode: str) -> 
     if best:
         summary[schema.BEST_EPOCH] = float(best[m.EPOCH])
         keys = (m.VAL_LOSS, m.VAL_ACC, m.TRAIN_LOSS, m.TRAIN_ACC, m.GENERALIZATION_GAP)
-        for key in (*keys, *m.MODEL_COSTS):
+        for key in (*keys, *m.MODEL_COSTS, *m.USAGE_COSTS):
             if outcomes.is_finite(best.get(key)):
                 summary[schema.best(key)] = float(best[key])
         if outcomes.is_finite(best.get(m.TRAIN_LOSS)):

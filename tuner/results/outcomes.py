@@ -17,12 +17,24 @@ STOPPED_BY_SCHEDULER = "stopped_by_scheduler"  # ASHA, or any early-stopping sch
 STOPPED_ON_OVERFIT = "stopped_on_overfit"
 DIVERGED = "diverged"  # ended itself: its loss became NaN or infinite
 ERRORED = "errored"
+#: ran out of GPU memory (CUDA OOM) at its share, after the one retry at twice the share that
+#: `resources.gpu: auto` gives it; Optuna hears FAIL
+OUT_OF_MEMORY = "out_of_memory"
 INTERRUPTED = "interrupted"  # still running when the study was stopped (Ctrl-C)
-STATUSES = (COMPLETED, STOPPED_BY_SCHEDULER, STOPPED_ON_OVERFIT, DIVERGED, ERRORED, INTERRUPTED)
+STATUSES = (
+    COMPLETED,
+    STOPPED_BY_SCHEDULER,
+    STOPPED_ON_OVERFIT,
+    DIVERGED,
+    ERRORED,
+    OUT_OF_MEMORY,
+    INTERRUPTED,
+)
 #: why a study ended (`tuner.stop_reason` on the parent run): every trial ran (COMPLETED), the
 #: search stopped early (tuner.driver.stoppers), or it was INTERRUPTED before every trial finished
 TIME_BUDGET, PATIENCE = "time_budget", "patience"
-STOP_REASONS = (COMPLETED, TIME_BUDGET, PATIENCE, INTERRUPTED)
+GPU_HOURS_BUDGET = "gpu_hours_budget"  # search.gpu_hours_budget spent
+STOP_REASONS = (COMPLETED, TIME_BUDGET, PATIENCE, GPU_HOURS_BUDGET, INTERRUPTED)
 #: statuses earlier versions wrote, read as today's
 OLD_STATUSES = {"stopped_by_asha": STOPPED_BY_SCHEDULER}
 
@@ -36,9 +48,11 @@ def trial_status(
     last_result: dict[str, Any] | None, max_epochs: int, *, errored: bool = False
 ) -> str:
     """completed (ran its budget), stopped_by_scheduler, stopped_on_overfit, diverged (ended
-    itself on a non-finite loss) or errored."""
+    itself on a non-finite loss), out_of_memory (ended itself on a CUDA OOM) or errored."""
     if errored:
         return ERRORED
+    if last_result and m.OUT_OF_MEMORY in last_result:
+        return OUT_OF_MEMORY
     if last_result and last_result.get(m.STOPPED_ON_OVERFIT):
         return STOPPED_ON_OVERFIT
     if not last_result:
@@ -48,6 +62,15 @@ def trial_status(
     if last_result.get(m.EPOCH, 0) >= max_epochs:
         return COMPLETED
     return STOPPED_BY_SCHEDULER
+
+
+def is_out_of_memory(error: str | None) -> bool:
+    """Whether a trial's error (the last line Ray saved) is a CUDA out-of-memory error."""
+    return bool(error) and (
+        m.OUT_OF_MEMORY_ERROR in error
+        or "OutOfMemoryError" in error
+        or "CUDA out of memory" in error
+    )
 
 
 def is_finite(value: Any) -> bool:

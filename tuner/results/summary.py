@@ -62,6 +62,10 @@ def summary_lines(result: StudyResult) -> list[str]:
         failed = result.trials[result.trials["status"] == outcomes.ERRORED]
         for _, row in failed.iterrows():
             lines.append(f"Trial {int(row['trial'])} failed after its retries: {row['error']}")
+        for _, row in result.trials[result.trials["status"] == outcomes.OUT_OF_MEMORY].iterrows():
+            share = plain(row.get(m.GPU_SHARE))
+            at = f" at GPU share {share:g}" if share is not None else ""
+            lines.append(f"Trial {int(row['trial'])} ran out of GPU memory{at}")
     best = result.best
     if best is None:
         lines.append(f"No trial produced a finite {metric}.")
@@ -172,6 +176,11 @@ def stop_text(result: StudyResult) -> str:
         return (
             f"patience (search.patience_trials: the best did not improve in "
             f"{search.patience_trials} finished trials in a row; {ran})"
+        )
+    if reason == outcomes.GPU_HOURS_BUDGET:
+        return (
+            f"gpu_hours_budget (search.gpu_hours_budget: no trial started once the trials had "
+            f"spent {search.gpu_hours_budget:g} GPU-hours; the running ones finished; {ran})"
         )
     if reason == outcomes.INTERRUPTED:
         return "interrupted (Ctrl-C or a crash; tuner resume continues it)"

@@ -30,7 +30,23 @@ SUMMARY_METRICS = (
     m.TRAIN_ACC,
     m.GENERALIZATION_GAP,
     *m.MODEL_COSTS,  # the same at every epoch; absent from runs of earlier versions
+    *m.USAGE_COSTS,  # gpu_hours until the best epoch: what an objective reads
 )
+
+
+def usage_columns(history: list[dict[str, Any]]) -> dict[str, Any]:
+    """A trial's usage over all its epochs (the trials table's own columns, not at the best
+    epoch): its peak memory, the GPU share of its last epoch (doubled after an out-of-memory
+    retry), its GPU-hours, mean GPU utilisation and energy, each where reported."""
+    columns: dict[str, Any] = {}
+    peaks = [r[m.PEAK_MEMORY_MB] for r in history if outcomes.is_finite(r.get(m.PEAK_MEMORY_MB))]
+    if peaks:
+        columns[m.PEAK_MEMORY_MB] = max(peaks)
+    for key in (m.GPU_SHARE, m.GPU_HOURS, m.GPU_UTIL_PCT, m.ENERGY_WH):
+        values = [r[key] for r in history if outcomes.is_finite(r.get(key))]
+        if values:
+            columns[key] = values[-1]
+    return columns
 
 
 @dataclass
@@ -149,6 +165,7 @@ def trials_table(records: Iterable[TrialRecord], spec: JobSpec) -> pd.DataFrame:
                 overfit_score=verdict.overfit_score,
                 error=record.error,
                 node=record.node,
+                **usage_columns(record.history),
             )
         )
     return with_pareto(rank_trials(rows, metric, mode), objective_pairs(spec))

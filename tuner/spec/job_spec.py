@@ -157,8 +157,8 @@ class ObjectiveSpec(Section):
         return natural
 
 
-#: every metric an objective may name: per-epoch ones, then what a model costs
-OBJECTIVE_METRICS = {**m.OBJECTIVES, **m.MODEL_COSTS}
+#: every metric an objective may name: per-epoch ones, then what a model and its trial cost
+OBJECTIVE_METRICS = {**m.OBJECTIVES, **m.MODEL_COSTS, **m.USAGE_COSTS}
 
 
 def _objective_form(value: Any) -> str:
@@ -181,6 +181,14 @@ def check_objectives(objectives: list[ObjectiveSpec]) -> None:
     if not objectives:
         raise ValueError("objective must be a mapping {metric, mode} or a non-empty list of them")
     first = objectives[0].metric
+    if first in m.USAGE_COSTS:
+        key = "objective.0.metric" if len(objectives) > 1 else "objective.metric"
+        raise ValueError(
+            f"{key} {first!r} grows with every epoch a trial trains, so as the first objective "
+            "it would make every trial's first epoch its best and stop trials for training: the "
+            f"first objective must be one of {list(m.OBJECTIVES)}; list {first} after it, e.g. "
+            f"[{{metric: val_loss}}, {{metric: {first}}}]"
+        )
     if first in m.MODEL_COSTS:
         key = "objective.0.metric" if len(objectives) > 1 else "objective.metric"
         raise ValueError(
@@ -218,6 +226,9 @@ class SearchSpec(Section):
     time_budget_s: float | None = Field(None, gt=0)
     #: no new trial once this many trials in a row finished without improving the best
     patience_trials: int | None = Field(None, ge=1)
+    #: no new trial once the trials have spent this many GPU-hours (share x wall time, summed
+    #: over the study's trials); running ones finish
+    gpu_hours_budget: float | None = Field(None, gt=0)
 
 
 class SelectionSpec(Section):
@@ -290,24 +301,54 @@ class SchedulerSpec(Section):
         return self._settings
 
 
+#: `resources.gpu: auto`: each trial's share sized from its own config's memory estimate
+AUTO = "auto"
+
+
 class ResourcesSpec(Section):
     cpu: float = Field(1.0, gt=0)  # CPUs per trial (torch threads on CPU)
-    gpu: float = Field(0.0, ge=0)  # GPUs per trial, up to 1; a fraction shares one GPU
+    #: GPUs per trial, up to 1 (a fraction shares one GPU), or auto: each trial's share chosen
+    #: from its config's estimated memory (1, 1/2, 1/4 or 1/8; tuner/driver/gpu_shares.py)
+    gpu: float | Literal["auto"] = 0.0
     #: per-GPU memory for the packing check, when it cannot be probed (default: probed)
     gpu_memory_gb: float | None = Field(None, gt=0)
     #: the share of each GPU's memory the packing check keeps free, for what the estimate leaves
     #: out (the allocator's rounding and fragmentation, workspaces beyond the CUDA context)
     gpu_memory_headroom: float = 0.1
 
-    @field_validator("gpu")
+    @field_validator("gpu", mode="before")
     @classmethod
-    def _one_device(cls, gpu: float) -> float:
+    def _one_device(cls, gpu: Any) -> Any:
+        if gpu == AUTO:
+            return gpu
+        if isinstance(gpu, bool) or not isinstance(gpu, int | float):
+            raise ValueError(
+                "must be auto (each trial's share sized from its memory estimate) or a number: "
+                "0 (no GPU), or a share above 0 up to 1 (0.25: four trials share a GPU)"
+            )
+        if not math.isfinite(gpu):
+            raise ValueError("must be a finite number")
+        if gpu < 0:
+            raise ValueError(
+                "must be auto, 0 (no GPU) or a share above 0 up to 1 (0.25: four trials share "
+                "a GPU)"
+            )
         if gpu > 1:
             raise ValueError(
                 "must be a fraction up to 1 (a trial trains on one device until data "
                 "parallel training exists: use resources.gpu up to 1)"
             )
-        return gpu
+        return float(gpu)
+
+    @property
+    def auto_gpu(self) -> bool:
+        """`gpu: auto`: each trial's share follows its config (tuner/driver/gpu_shares.py)."""
+        return self.gpu == AUTO
+
+    @property
+    def largest_gpu(self) -> float:
+        """The largest GPU share a trial asks for: `gpu`, or with auto a whole GPU."""
+        return 1.0 if self.gpu == AUTO else float(self.gpu)
 
     @field_validator("gpu_memory_headroom")
     @classmethod
@@ -380,6 +421,16 @@ class JobSpec(Section):
     diagnostics: DiagnosticsSpec = DiagnosticsSpec()
     #: finalists re-run after the search (None: the search's best trial is the result)
     selection: SelectionSpec | None = None
+
+    @model_validator(mode="after")
+    def _gpu_hours_need_gpus(self) -> JobSpec:
+        if self.search.gpu_hours_budget is not None and self.resources.gpu == 0:
+            raise ValueError(
+                f"search.gpu_hours_budget: {self.search.gpu_hours_budget:g} GPU-hours, but "
+                "resources.gpu is 0, so trials spend none and the budget would never stop the "
+                "search; set resources.gpu (a share or auto) or use search.time_budget_s"
+            )
+        return self
 
     @model_validator(mode="after")
     def _finalists_within_trials(self) -> JobSpec:

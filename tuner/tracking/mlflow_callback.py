@@ -376,6 +376,12 @@ class MlflowTracking(Callback):
         tags = [RunTag(schema.TRIAL_STATUS_TAG, status)]
         if record.error:
             tags.append(RunTag(schema.ERROR_TAG, record.error[:MAX_TAG_LENGTH]))
+        shares = [r[m.GPU_SHARE] for r in record.history if m.GPU_SHARE in r]
+        headline = f"Trial {record.number}: **{status}**"
+        if shares:
+            tags.append(RunTag(schema.GPU_SHARE_TAG, f"{shares[-1]:g}"))
+            if status == outcomes.OUT_OF_MEMORY:
+                headline += f" at GPU share {shares[-1]:g}"
         log_trial_end(
             self.writer,
             run_id,
@@ -387,7 +393,7 @@ class MlflowTracking(Callback):
             params=self._pending_params.pop(run_id, []),
             tags=tags,
             figures=self._figures,
-            headline=f"Trial {record.number}: **{status}**",
+            headline=headline,
             figure=self.spec.search.num_samples <= CURVE_FIGURES_UP_TO,
         )
         if traceback:

@@ -18,7 +18,8 @@ from tuner.spec.job_spec import DiagnosticsSpec, ObjectiveSpec
 from tuner.tracking import schema
 
 LEARNING_CURVE = "learning_curve.png"
-CURVE_METRICS = (*m.CURVES, m.COMPILE_TIME_S)  # compile time: in the first epoch's row only
+#: compile time: in the first epoch's row only; usage (peak memory, GPU-hours, ...) every epoch
+CURVE_METRICS = (*m.CURVES, m.COMPILE_TIME_S, *m.USAGE)
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
 MAX_TAG_LENGTH = 8000
 BATCH_LIMIT = 1000  # MLflow's limit on entities per log_batch call

@@ -15,6 +15,7 @@ from typing import Any
 
 import pandas as pd
 
+from trainables import metrics as m
 from tuner.errors import AccessError, SpecError
 from tuner.results import outcomes
 from tuner.results.trials import rank_trials, trial_row, with_pareto
@@ -153,6 +154,8 @@ def run_row(run, epochs: int | None = None) -> dict[str, Any]:
         {"epoch": metrics.get(schema.BEST_EPOCH), **at_best},
         schema.trial_config(tags),
         run_id=run.info.run_id,
+        # usage metrics are cumulative: MLflow's latest value is the trial's
+        **{k: metrics[k] for k in m.USAGE if k in metrics},
     )
 
 

@@ -48,6 +48,7 @@ INTERRUPTED_ATTR = "tuner.interrupted"
 TRIAL_NUMBER_TAG = "tuner.trial_number"
 GPU_IDS_TAG = "tuner.gpu_ids"  # the GPU ids Ray assigned the trial ("" for none)
 DEVICE_TAG = "tuner.device"  # what the trial trained on: "cuda:0" or "cpu"
+GPU_SHARE_TAG = "tuner.gpu_share"  # the GPU share of its last epoch (resources.gpu, or auto's)
 PARETO_TAG = "tuner.pareto"  # several objectives: "true" on the Pareto front, else "false"
 TRIAL_STATUS_TAG = "trial_status"
 DIAGNOSIS_TAG = "diagnosis"
