@@ -81,8 +81,14 @@ def train_trial(config: dict[str, Any], data: Dataset, settings: TrialSettings) 
     if device.type == "cpu":
         torch.set_num_threads(max(1, int(settings.cpus)))
     hparams, seed, epochs = trial_plan(config, settings)
-    run = TrainingRun(
-        settings.model, hparams, data, device=device, seed=seed, options=settings.training
+    run = TrainingRun(  # the epochs it trains to are the lr schedule's budget
+        settings.model,
+        hparams,
+        data,
+        device=device,
+        seed=seed,
+        options=settings.training,
+        max_epochs=epochs,
     )
 
     reported: list[dict[str, float]] = []  # every epoch's numbers, kept in each checkpoint

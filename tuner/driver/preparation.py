@@ -17,7 +17,7 @@ from trainables.plugins import PluginCode
 from tuner.driver.warm_start import WarmStart
 from tuner.errors import SpecError
 from tuner.spec.job_spec import JobSpec, load_plugins
-from tuner.spec.spaces import CategoricalParam, SearchSpace, load_space
+from tuner.spec.spaces import CategoricalParam, SearchSpace, check_recipe, load_space
 
 
 @dataclass
@@ -44,6 +44,7 @@ def prepare(spec: JobSpec) -> PreparedStudy:
             f"dataset {dataset.name!r} has a regression target; use val_loss"
         )
     space = load_space(spec.search_space, spec.model)
+    check_recipe(space, dataset, spec.scheduler.max_epochs)
     check_model_builds(spec.model, space, dataset)
     return PreparedStudy(spec, dataset, space, plugins)
 
