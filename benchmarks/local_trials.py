@@ -40,7 +40,7 @@ def train_config(args: tuple[str, dict, int]) -> float:
     from trainables.loop import TrainingRun
 
     model, hparams, epochs = args
-    run = TrainingRun(model, hparams, _data)
+    run = TrainingRun(model, hparams, _data, max_epochs=epochs)
     began = time.time()
     for _ in range(epochs):
         run.run_epoch()

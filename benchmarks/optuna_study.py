@@ -129,7 +129,7 @@ def worker(index: int, args: argparse.Namespace, started, done) -> None:
         config = suggest(trial, space)
         run_id = client.create_run(experiment_id, run_name=f"trial-{trial.number}").info.run_id
         client.log_batch(run_id, params=[Param(k, str(v)) for k, v in config.items()])
-        run = TrainingRun(args.model, config, data, seed=args.seed)
+        run = TrainingRun(args.model, config, data, seed=args.seed, max_epochs=args.epochs)
         best, status = math.inf * sign, "FAILED"
         try:
             for epoch in range(1, args.epochs + 1):

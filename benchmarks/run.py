@@ -11,7 +11,7 @@ only from a tree without uncommitted changes to tracked files, unless `--dirty-b
 (recorded in the file). Timings are never asserted in tests; these ratios are the measure. Run it
 from the repository root on an otherwise idle machine. The suites, one module each:
 trainable_vs_bare, overhead (tiny, small, vs_optuna), startup, tracking_overhead,
-search_efficiency, scale, gpu; what they share is in benchmarks.common.
+search_efficiency, recipe_knobs, scale, gpu; what they share is in benchmarks.common.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from typing import Any
 from benchmarks import (
     gpu,
     overhead,
+    recipe_knobs,
     scale,
     search_efficiency,
     startup,
@@ -45,7 +46,16 @@ from benchmarks.common import (
 )
 
 #: the suites, in the order a full run runs them
-SUITES = (trainable_vs_bare, overhead, startup, tracking_overhead, search_efficiency, scale, gpu)
+SUITES = (
+    trainable_vs_bare,
+    overhead,
+    startup,
+    tracking_overhead,
+    search_efficiency,
+    recipe_knobs,
+    scale,
+    gpu,
+)
 BENCHMARKS: dict[str, Benchmark] = {
     name: fn for suite in SUITES for name, fn in suite.BENCHMARKS.items()
 }

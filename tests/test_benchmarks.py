@@ -218,3 +218,16 @@ def test_gpu_packing_spreads_over_its_passes_best_fraction_against_a_whole_gpu()
     backward = [(0.125, 110.0), (0.25, 160.0), (0.5, 140.0), (1, 80.0)]
     samples = [{"gpu_fraction": f, "trials_per_hour": t} for f, t in forward + backward]
     assert pass_ratios(samples) == [1.8, 2.0]
+
+
+def test_the_recipe_arms_differ_by_the_knobs_alone():
+    from benchmarks.recipe_knobs import KNOBS, arm_space
+    from trainables.recipe import RECIPE_DEFAULTS
+    from tuner.spec.spaces import load_space
+
+    for model in ("cnn", "lstm"):
+        before, after = arm_space(model, "before"), arm_space(model, "after")
+        assert not set(before) & set(RECIPE_DEFAULTS)
+        assert after == {**before, **KNOBS[model]} and set(KNOBS[model]) <= set(RECIPE_DEFAULTS)
+        load_space(after, model)  # a space tuner accepts
+    assert "recipe_knobs" in BENCHMARKS

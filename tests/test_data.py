@@ -487,3 +487,39 @@ def test_windows_test_split_is_the_latest_windows_sharing_no_row_with_earlier_on
     assert len(held.x_test) == round(n * 0.2)
     # the earlier windows lost: the test ones, and the 11 sharing rows with the first test window
     assert len(held.x_train) + len(held.x_val) == n - len(held.x_test) - 11
+
+
+# --------------------------------------------------------------------------- flips
+
+
+def test_flips_are_invalid_for_digits_unless_the_spec_says_otherwise(digits: Dataset) -> None:
+    """A mirrored digit is not that digit: no built-in dataset may be flipped; a spec (an image
+    folder of photos) or a plug-in's registration may say flips keep the label."""
+    assert digits.flips_valid is False
+    assert load_dataset(DataOptions("digits", options={"flips_valid": True})).flips_valid is True
+    with pytest.raises(DatasetError) as info:
+        load_dataset(DataOptions("digits", options={"flips_valid": "yes"}))
+    assert str(info.value) == (
+        "dataset.options.flips_valid: 'yes' is not a boolean: flips_valid must be true (a "
+        "mirrored image keeps its label) or false"
+    )
+
+
+def test_a_plugin_may_register_flippable_images_and_only_images(plugin) -> None:
+    @plugin("photos", layout="image", flips_valid=True)
+    def photos(options: dict):
+        x, y = blobs_answer(90)
+        return x.reshape(90, 1, 2, 2), y
+
+    @plugin("vectors", layout="vector")
+    def vectors(options: dict):
+        return blobs_answer(90)
+
+    assert load_dataset(DataOptions("photos")).flips_valid is True
+    assert load_dataset(DataOptions("photos", options={"flips_valid": False})).flips_valid is False
+    with pytest.raises(DatasetError) as info:
+        load_dataset(DataOptions("vectors", options={"flips_valid": True}))
+    assert str(info.value) == (
+        "dataset.options.flips_valid: true is for image datasets, but dataset 'vectors' has "
+        "vector inputs; remove it"
+    )

@@ -166,3 +166,25 @@ def test_train_scores_the_held_out_test_split_once_when_the_study_kept_one(
     trained = runner.invoke(app, ["train", str(plain), "--device", "cpu", "--tracking-uri", uri])
     assert trained.exit_code == 0, trained.output
     assert "held-out test split" not in trained.output
+
+
+def test_train_spreads_a_schedule_over_the_epochs_it_trains(
+    study_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`tuner train` gives the run its epochs (the config's, or --epochs) as the lr schedule's
+    budget: a cosine schedule ends at the last epoch trained."""
+    from trainables import loop
+
+    budgets: list[int | None] = []
+    original = loop.TrainingRun
+
+    def recording(*args, **kwargs):
+        budgets.append(kwargs.get("max_epochs"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "TrainingRun", recording)
+    hyperparameters = {**EXPORTED["hyperparameters"], "lr_schedule": "cosine"}
+    path = write_config(study_dir, hyperparameters=hyperparameters)
+    uri = f"sqlite:///{study_dir / 'mlflow.db'}"
+    result = train_config(path, uri, epochs=3, register=False, device="cpu")
+    assert budgets == [3] and len(result.history) == 3

@@ -439,3 +439,65 @@ def test_bad_space_files(tmp_path: Path, text: str, words: str) -> None:
     path.write_text(text)
     with pytest.raises(SpecError, match=words):
         load_space(str(path), "mlp")
+
+
+# --------------------------------------------------------------------------- recipe knobs
+
+
+@pytest.mark.parametrize(
+    ("name", "entry", "message"),
+    [
+        (
+            "lr_schedule",
+            {"type": "categorical", "choices": ["cosine", "linear"]},
+            "search_space.lr_schedule.choices: 'linear' is not a learning-rate schedule: "
+            "lr_schedule must be one of constant, cosine, onecycle, step",
+        ),
+        (
+            "warmup_epochs",
+            {"type": "int", "low": -1, "high": 3},
+            "search_space.warmup_epochs.low: -1 is not a warm-up length: warmup_epochs must be "
+            "a number of epochs, 0 or more",
+        ),
+        (
+            "grad_clip_norm",
+            {"type": "float", "low": 0.0, "high": 5.0},
+            "search_space.grad_clip_norm.low: 0.0 is not a gradient norm bound: grad_clip_norm "
+            "must be a number above 0 (or null: no clipping)",
+        ),
+        (
+            "label_smoothing",
+            {"type": "float", "low": 0.0, "high": 1.0},
+            "search_space.label_smoothing.high: 1.0 is not a label-smoothing weight: "
+            "label_smoothing must be at least 0 and less than 1",
+        ),
+        (
+            "augment",
+            "flip",
+            "search_space.augment: 'flip' is not an augmentation: augment must be one of none, "
+            "shift, shift_flip",
+        ),
+    ],
+)
+def test_recipe_values_that_cannot_run_are_refused(name: str, entry: Any, message: str) -> None:
+    """Every bound, choice or constant a recipe knob can draw is checked when the space loads,
+    before any trial, with the key, the value and the rule."""
+    with pytest.raises(SpecError) as info:
+        load_space({name: entry, "lr": 0.01}, "cnn")
+    assert str(info.value) == message
+
+
+def test_recipe_knobs_are_hyperparameters_of_every_model() -> None:
+    space = {
+        "lr_schedule": {
+            "type": "categorical",
+            "choices": ["constant", "cosine", "onecycle", "step"],
+        },
+        "warmup_epochs": {"type": "int", "low": 0, "high": 3},
+        "grad_clip_norm": {"type": "float", "low": 0.5, "high": 5.0},
+        "label_smoothing": {"type": "float", "low": 0.0, "high": 0.1},
+        "augment": {"type": "categorical", "choices": ["none", "shift", "shift_flip"]},
+    }
+    for model in ("mlp", "cnn", "lstm"):
+        assert load_space(space, model).names() == list(space)
+    assert load_space({"grad_clip_norm": None}, "lstm").constants == {"grad_clip_norm": None}

@@ -92,6 +92,7 @@ class DatasetSource:
     layout: Layout
     loader: DatasetLoader
     description: str = ""
+    flips_valid: bool = False  # a mirrored image keeps its label (`Dataset.flips_valid`)
 
 
 @dataclass
@@ -110,6 +111,9 @@ class Dataset:
     #: dataset `without_test()`
     x_test: np.ndarray | None = None
     y_test: np.ndarray | None = None
+    #: whether a left-right mirrored image keeps its label (augment: shift_flip); False for
+    #: digits, True for most photos. The registered default, or `dataset.options.flips_valid`
+    flips_valid: bool = False
 
     @property
     def has_test(self) -> bool:
@@ -143,7 +147,9 @@ class Dataset:
 DATASETS: Registry[DatasetSource] = Registry("dataset")
 
 
-def register_dataset(name: str, *, layout: Layout, description: str = "") -> Callable:
+def register_dataset(
+    name: str, *, layout: Layout, description: str = "", flips_valid: bool = False
+) -> Callable:
     """Register a `DatasetLoader`, `loader(options: dict) -> (x, y) | Split`, as dataset `name`.
 
     Example:
@@ -157,6 +163,9 @@ def register_dataset(name: str, *, layout: Layout, description: str = "") -> Cal
         layout: ``"image"`` (x is (N, C, H, W) or (N, H, W)), ``"sequence"`` (N, T, F) or
             ``"vector"`` (N, F).
         description: one line for ``tuner datasets``.
+        flips_valid: whether a left-right mirrored image keeps its label, so that the
+            ``shift_flip`` augmentation may flip it (default False; a spec's
+            ``dataset.options.flips_valid`` overrides it).
 
     The loader gets ``dataset.options`` plus ``path``, ``target``, ``window``, ``image_size``
     and ``grayscale`` when the spec sets them. It returns numeric ``x`` with N rows and ``y``
@@ -172,7 +181,7 @@ def register_dataset(name: str, *, layout: Layout, description: str = "") -> Cal
     def decorator(loader: DatasetLoader) -> DatasetLoader:
         if not callable(loader):
             raise DatasetError(f"register_dataset({name!r}) decorates {loader!r}, not a function")
-        source = DatasetSource(name, layout, loader, description)
+        source = DatasetSource(name, layout, loader, description, flips_valid)
         DATASETS.register(name, owner=getattr(loader, "__module__", None))(source)
         return loader
 
@@ -184,7 +193,25 @@ def load_dataset(options: DataOptions) -> Dataset:
     `DatasetError`."""
     source = DATASETS.get(options.name)
     check_layout_keys(source, options)
-    return build_dataset(source, call_loader(source, loader_options(options)), options)
+    flips = flips_valid(source, options)
+    data = build_dataset(source, call_loader(source, loader_options(options)), options)
+    return dataclasses.replace(data, flips_valid=flips)
+
+
+def flips_valid(source: DatasetSource, options: DataOptions) -> bool:
+    """`dataset.options.flips_valid` (a boolean, image data only), else the registered default."""
+    value = options.options.get("flips_valid", source.flips_valid)
+    if not isinstance(value, bool):
+        raise DatasetError(
+            f"dataset.options.flips_valid: {value!r} is not a boolean: flips_valid must be true "
+            "(a mirrored image keeps its label) or false"
+        )
+    if value and source.layout != "image":
+        raise DatasetError(
+            f"dataset.options.flips_valid: true is for image datasets, but dataset "
+            f"{source.name!r} has {source.layout} inputs; remove it"
+        )
+    return value
 
 
 def check_layout_keys(source: DatasetSource, options: DataOptions) -> None:

@@ -4,7 +4,9 @@ By default the data sits on the device as whole tensors, batched by index, so an
 DataLoader workers, no collation and no host-to-device copies; with `data_on_device=False` it stays
 in host memory and each batch is copied without blocking (`trainables.batches`). Nothing in an
 epoch waits for the device per batch: evaluation sums on the device and reads the sums once.
-Mixed precision, TF32, channels_last and `torch.compile` come from `trainables.accel`.
+Mixed precision, TF32, channels_last and `torch.compile` come from `trainables.accel`; the
+recipe knobs (lr schedule and warm-up, gradient clipping, label smoothing, augmentation) from
+`trainables.recipe`.
 """
 
 from __future__ import annotations
@@ -27,16 +29,28 @@ from trainables.batches import Batch, place
 from trainables.costs import LATENCY_BATCH, model_costs
 from trainables.data import Dataset
 from trainables.models import build_model
+from trainables.recipe import (
+    RECIPE_DEFAULTS,
+    Augmentation,
+    make_lr_scheduler,
+    max_shift,
+    recipe_of,
+    step_lr_scheduler,
+    steps_per_epoch,
+)
 
 __all__ = ["PRECISIONS", "TrainingOptions", "TrainingRun"]
 
-#: Optimisation hyperparameters every model takes, with the textbook defaults.
+#: Optimisation hyperparameters every model takes, with the textbook defaults; the recipe's
+#: (`trainables.recipe`: lr_schedule, warmup_epochs, grad_clip_norm, label_smoothing, augment)
+#: among them.
 OPTIMIZER_DEFAULTS: dict[str, Any] = {
     "lr": 1e-3,
     "batch_size": 64,
     "optimizer": "adam",
     "weight_decay": 0.0,
     "momentum": 0.9,  # sgd only
+    **RECIPE_DEFAULTS,
 }
 OPTIMIZERS = ("adam", "adamw", "sgd")
 EVAL_BATCH_SIZE = 4096
@@ -125,6 +139,7 @@ def check_trainable(model_name: str, hparams: dict[str, Any], data: Dataset) -> 
     hp = {**OPTIMIZER_DEFAULTS, **hparams}
     optimizer_settings(hp)
     check_batch_size(hp["batch_size"])
+    recipe_of(hp, data)
     model = build_model(model_name, hp, data.sample_shape, data.layout, data.output_dim)
     x = torch.from_numpy(np.ascontiguousarray(data.x_train[:2]))
     y = torch.from_numpy(np.ascontiguousarray(data.y_train[:2]))
@@ -138,8 +153,11 @@ class RegressionLoss(nn.MSELoss):
         return super().forward(prediction.squeeze(-1), target)
 
 
-def loss_function(task: str) -> nn.Module:
-    return nn.CrossEntropyLoss() if task == "classification" else RegressionLoss()
+def loss_function(task: str, label_smoothing: float = 0.0) -> nn.Module:
+    """Cross-entropy (with `label_smoothing`, for training) for classes, MSE for regression."""
+    if task == "classification":
+        return nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+    return RegressionLoss()
 
 
 def train_subsample(n_train: int, n_val: int, seed: int) -> torch.Tensor | None:
@@ -174,12 +192,17 @@ def train_epoch(
     batches: Iterable[Batch],
     n: int,
     autocast: AbstractContextManager | None = None,
+    grad_clip_norm: float | None = None,
+    lr_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
 ) -> int:
     """One pass over shuffled mini-batches of a split of `n` rows; nothing here waits for the
-    device (a 1-sample tail is told by its shape). Returns the optimizer steps taken (as the
-    host counts them: fp16's scaler may still skip one on an overflow), and raises
-    `NoOptimizerStep` rather than return 0."""
+    device (a 1-sample tail is told by its shape). With `grad_clip_norm`, the gradients' total
+    norm is clipped to it once the scaler has unscaled them (fp16); `lr_scheduler` steps after
+    every optimizer step. Returns the optimizer steps taken (as the host counts them: fp16's
+    scaler may still skip one on an overflow), and raises `NoOptimizerStep` rather than
+    return 0."""
     model.train()
+    params = [p for group in optimizer.param_groups for p in group["params"]]
     steps = 0
     for xb, yb in batches:
         if len(xb) < 2 and n >= 2:  # a 1-sample batch breaks batch norm; skip the tail
@@ -187,8 +210,13 @@ def train_epoch(
         optimizer.zero_grad(set_to_none=True)
         _, loss = batch_loss(model, loss_fn, xb, yb, autocast)
         scaler.scale(loss).backward()
+        if grad_clip_norm is not None:
+            scaler.unscale_(optimizer)  # clip the true gradients, not the loss-scaled ones
+            nn.utils.clip_grad_norm_(params, grad_clip_norm)
         scaler.step(optimizer)
         scaler.update()
+        if lr_scheduler is not None:
+            step_lr_scheduler(lr_scheduler)
         steps += 1
     if steps == 0:
         cause = (
@@ -260,6 +288,11 @@ class TrainingRun:
     Train metrics are measured like validation ones, in eval mode after the epoch, on a fixed
     seeded subsample of the training split as large as the validation split (`train_subsample`):
     a second full pass over the training data every epoch would cost as much as training does.
+
+    `max_epochs` is the run's epoch budget, over which an `lr_schedule` is spread (a search
+    trial's is the study's max_epochs, whether or not ASHA stops it earlier; needed by every
+    schedule but constant). The recipe knobs (`trainables.recipe`) are checked here: a bad
+    value raises a ValueError naming the key, the value and the rule.
     """
 
     def __init__(
@@ -270,10 +303,13 @@ class TrainingRun:
         device: torch.device | str = "cpu",
         seed: int = 0,
         options: TrainingOptions = TrainingOptions(),  # noqa: B008 (frozen, so shared safely)
+        max_epochs: int | None = None,
     ):
         self.device = torch.device(device)
         self.options = options
         self.hparams = {**OPTIMIZER_DEFAULTS, **hparams}
+        self.recipe = recipe_of(self.hparams, data)
+        self.max_epochs = max_epochs
         self.classification = data.task == "classification"
         self.autocast_dtype = accel.device_autocast_dtype(options.precision, self.device)
         accel.configure_device(self.device)
@@ -290,11 +326,24 @@ class TrainingRun:
             self.model.parameters(), self.hparams, fused=self.device.type == "cuda"
         )
         self.scaler = accel.gradient_scaler(options.precision, self.device)
+        #: what every reported loss is measured with; training's own is smoothed
         self.loss_fn = loss_function(data.task)
+        self.train_loss_fn = loss_function(data.task, self.recipe.label_smoothing)
         self.train_data = place(data.x_train, data.y_train, self.device, options.data_on_device)
         self.val_data = place(data.x_val, data.y_val, self.device, options.data_on_device)
         self.train_rows = train_subsample(len(data.x_train), len(data.x_val), seed)
         self.batch_size = check_batch_size(self.hparams["batch_size"])
+        self.lr_scheduler = make_lr_scheduler(
+            self.optimizer,
+            self.recipe,
+            steps_per_epoch(len(data.x_train), self.batch_size),
+            max_epochs,
+        )
+        self.augmentation = (
+            None
+            if self.recipe.augment == "none"
+            else Augmentation(self.recipe.augment, max_shift(data.sample_shape))
+        )
         self.epoch = 0
         self.compiled = False
 
@@ -309,8 +358,14 @@ class TrainingRun:
             yield xb.contiguous(memory_format=self.memory_format), yb
 
     def _train_batches(self) -> Iterable[Batch]:
-        order = torch.randperm(len(self.train_data), generator=self.generator)
-        return self._formatted(self.train_data.batches(self.batch_size, order))
+        """The epoch's shuffled training batches, augmented when the recipe says so (with
+        draws from the run's generator after the shuffle's, so a resumed run draws the same)."""
+        n = len(self.train_data)
+        order = torch.randperm(n, generator=self.generator)
+        batches = self.train_data.batches(self.batch_size, order)
+        if self.augmentation is not None:
+            batches = self.augmentation.batches(batches, n, self.generator, self.device)
+        return self._formatted(batches)
 
     def _eval_batches(self) -> tuple[Iterable[Batch], Iterable[Batch]]:
         train = self.train_data.batches(EVAL_BATCH_SIZE, self.train_rows)
@@ -348,10 +403,12 @@ class TrainingRun:
             self.forward_model,
             self.optimizer,
             self.scaler,
-            self.loss_fn,
+            self.train_loss_fn,
             self._train_batches(),
             len(self.train_data),
             self.autocast(),
+            grad_clip_norm=self.recipe.grad_clip_norm,
+            lr_scheduler=self.lr_scheduler,
         )
         train_batches, val_batches = self._eval_batches()
         train_loss, train_acc = evaluate(
@@ -406,6 +463,8 @@ class TrainingRun:
                 "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
                 "scaler": self.scaler.state_dict(),  # empty unless fp16
+                #: the lr schedule's step count (None: the lr never changes)
+                "lr_scheduler": self.lr_scheduler.state_dict() if self.lr_scheduler else None,
                 "generator": self.generator.get_state(),
                 "torch_rng": torch.get_rng_state(),  # dropout masks come from the global RNG
                 "cuda_rng": torch.cuda.get_rng_state(self.device)
@@ -422,6 +481,8 @@ class TrainingRun:
         load_optimizer_state(self.optimizer, state["optimizer"])
         if state.get("scaler"):  # a checkpoint of an fp32/bf16 run resumed in fp16 has none
             self.scaler.load_state_dict(state["scaler"])
+        if self.lr_scheduler is not None and state.get("lr_scheduler"):
+            self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         self.generator.set_state(state["generator"].cpu())
         torch.set_rng_state(state["torch_rng"].cpu())
         if state.get("cuda_rng") is not None and self.device.type == "cuda":

@@ -123,8 +123,14 @@ def run_trial(
         train_with_function(config, data, settings, meter)
         return
     hparams, seed, epochs = trial_plan(config, settings)
-    run = TrainingRun(
-        settings.model, hparams, data, device=device, seed=seed, options=settings.training
+    run = TrainingRun(  # the epochs it trains to are the lr schedule's budget
+        settings.model,
+        hparams,
+        data,
+        device=device,
+        seed=seed,
+        options=settings.training,
+        max_epochs=epochs,
     )
 
     reported: list[dict[str, float]] = []  # every epoch's numbers, kept in each checkpoint

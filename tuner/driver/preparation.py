@@ -19,7 +19,7 @@ from trainables.plugins import PluginCode
 from tuner.driver.warm_start import WarmStart
 from tuner.errors import SpecError
 from tuner.spec.job_spec import JobSpec, load_plugins
-from tuner.spec.spaces import CategoricalParam, SearchSpace, load_space
+from tuner.spec.spaces import CategoricalParam, SearchSpace, check_recipe, load_space
 
 
 @dataclass
@@ -50,6 +50,7 @@ def prepare(spec: JobSpec) -> PreparedStudy:
         )
     space = load_space(spec.search_space, spec.model_family)
     if spec.model_family is not None:  # a training function has no model to probe
+        check_recipe(space, dataset, spec.scheduler.max_epochs)
         check_model_builds(spec.model_family, space, dataset)
     return PreparedStudy(spec, dataset, space, plugins)
 

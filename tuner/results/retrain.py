@@ -99,11 +99,18 @@ def train_config(
     if config.loop is not None:
         return train_loop_config(config, data, where, epochs or config.epochs, tracking_uri, inputs)
     options = TrainingOptions(precision=config.training.precision, compile=config.training.compile)
+    epochs = epochs or config.epochs  # also the budget an lr_schedule is spread over
     run = TrainingRun(
-        config.model, config.hyperparameters, data, device=where, seed=config.seed, options=options
+        config.model,
+        config.hyperparameters,
+        data,
+        device=where,
+        seed=config.seed,
+        options=options,
+        max_epochs=epochs,
     )
     history = []
-    for _ in range(epochs or config.epochs):
+    for _ in range(epochs):
         history.append(run.run_epoch())
         if history[-1].get(m.DIVERGED):
             break

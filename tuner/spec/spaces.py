@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 import search_spaces
 from trainables.loop import OPTIMIZER_DEFAULTS, check_batch_size
 from trainables.models import MODELS
+from trainables.recipe import RECIPE_DEFAULTS, check_recipe_value
 from tuner.errors import SpecError
 from tuner.spec.job_spec import read_yaml_file
 
@@ -154,6 +155,7 @@ class SearchSpace:
 
     params: dict[str, FloatParam | IntParam | CategoricalParam]
     constants: dict[str, Any]
+    where: str = "search_space"  # how messages name the space: "search_space (cnn.yaml)"
 
     def __call__(self, trial: optuna.Trial) -> dict[str, Any]:
         """Suggest every active entry on `trial`; return the constants (OptunaSearch's contract)."""
@@ -217,7 +219,7 @@ def parse_space(raw: dict[str, Any], where: str = "search_space") -> SearchSpace
             raise SpecError(f"{where}.{name}: {_first_error(exc)} (entry {entry!r})") from None
     for name, param in params.items():
         check_condition(name, param.when, params, where)
-    return SearchSpace(order_by_dependency(params, where), constants)
+    return SearchSpace(order_by_dependency(params, where), constants, where)
 
 
 def _first_error(exc: ValidationError) -> str:
@@ -282,19 +284,25 @@ def check_hyperparameters(space: SearchSpace, model: str, where: str) -> None:
         )
 
 
+def drawable(space: SearchSpace, name: str, where: str) -> list[tuple[str, Any]]:
+    """(key, value) for what entry `name` can draw that a rule may refuse: an int or float
+    entry's bounds, each choice, a constant; none when the space has no such entry."""
+    param = space.params.get(name)
+    if isinstance(param, FloatParam | IntParam):
+        return [(f"{where}.{name}.low", param.low), (f"{where}.{name}.high", param.high)]
+    if isinstance(param, CategoricalParam):
+        return [(f"{where}.{name}.choices", choice) for choice in param.choices]
+    if name in space.constants:
+        return [(f"{where}.{name}", space.constants[name])]
+    return []
+
+
 def check_batch_sizes(space: SearchSpace, where: str) -> None:
     """Every batch_size the space can draw must train (`trainables.loop.check_batch_size`): a
     trial at batch_size 1 would take no optimizer step, so it is refused here, before Ray."""
-    name = "batch_size"
-    param = space.params.get(name)
-    if isinstance(param, FloatParam | IntParam):
-        values = [(f"{where}.{name}.low", param.low)]  # the smallest it can draw
-    elif isinstance(param, CategoricalParam):
-        values = [(f"{where}.{name}.choices", choice) for choice in param.choices]
-    elif name in space.constants:
-        values = [(f"{where}.{name}", space.constants[name])]
-    else:
-        return
+    values = drawable(space, "batch_size", where)
+    if values and values[0][0].endswith(".low"):
+        values = values[:1]  # the smallest it can draw
     for key, value in values:
         try:
             check_batch_size(value, key)
@@ -302,13 +310,28 @@ def check_batch_sizes(space: SearchSpace, where: str) -> None:
             raise SpecError(str(exc)) from None
 
 
+def check_recipe(space: SearchSpace, dataset: Any = None, max_epochs: int | None = None) -> None:
+    """Every value of a recipe knob (`trainables.recipe`) the space can draw must run: known
+    schedule and augmentation names, warmup_epochs of 0 or more, grad_clip_norm above 0,
+    label_smoothing in [0, 1). With the study's `dataset` and `max_epochs` also: no label
+    smoothing for regression, augmentation for images only (flips where the dataset allows
+    them), warm-up shorter than max_epochs. Refused with a SpecError, before Ray."""
+    for name in RECIPE_DEFAULTS:
+        for key, value in drawable(space, name, space.where):
+            try:
+                check_recipe_value(name, value, key, dataset, max_epochs)
+            except ValueError as exc:
+                raise SpecError(str(exc)) from None
+
+
 def load_space(source: str | dict[str, Any], model: str | None) -> SearchSpace:
     """Read, validate and compile a search space for `model` (None: for a training function,
-    which declares no hyperparameters to check names against and trains batches its own way);
-    raise `SpecError` if it is bad."""
+    which declares no hyperparameters to check names against and trains its own way: no batch
+    size or recipe rule applies); raise `SpecError` if it is bad."""
     raw, where = read_space(source)
     space = parse_space(raw, where)
     if model is not None:
         check_hyperparameters(space, model, where)
         check_batch_sizes(space, where)
+        check_recipe(space)
     return space
