@@ -150,14 +150,11 @@ def search_until_target(problem: SearchProblem, arm: str, seed: int) -> dict[str
     and scheduler; tracking off) but stopped once a trial reaches the target."""
     from ray import tune
 
+    from tuner.driver.optuna_storage import execution_name
+    from tuner.driver.preparation import prepare
     from tuner.driver.schedulers import make_scheduler
-    from tuner.driver.study import (
-        execution_name,
-        make_searcher,
-        make_trainable,
-        prepare,
-        study_environment,
-    )
+    from tuner.driver.study import study_environment
+    from tuner.driver.study_run import make_searcher, make_trainable
     from tuner.spec.job_spec import spec_from_dict
 
     algorithm, scheduler, stock = ARMS[arm]

@@ -194,7 +194,7 @@ def test_tuner_report_from_mlflow_draws_the_same_front(study: StudyResult, tmp_p
 
 
 def test_trials_time_inference_only_when_an_objective_names_it() -> None:
-    from tuner.driver.study import trial_settings
+    from tuner.driver.study_run import trial_settings
 
     assert not trial_settings(tiny_spec()).measure_latency
     timed = tiny_spec(objective=[{"metric": "val_loss"}, {"metric": "inference_ms"}])

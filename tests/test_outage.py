@@ -16,7 +16,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
-import tuner.driver.study
+import tuner.driver.study_run
 import tuner.tracking.mlflow_callback
 from tests.helpers import (
     EPOCH_1,
@@ -156,7 +156,7 @@ def test_server_down_for_15_s_mid_study_loses_nothing(server: MlflowServer, stud
 def test_buffer_left_behind_is_sent_by_tuner_sync(
     server: MlflowServer, study_dir: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    monkeypatch.setattr(tuner.driver.study, "DRAIN_AT_END_S", 1.0)  # don't wait for the server
+    monkeypatch.setattr(tuner.driver.study_run, "DRAIN_AT_END_S", 1.0)  # don't wait for the server
     spec = outage_spec(server, "sync-later", trials=6)
     events = cut_server(server, study_dir, restart_after_s=None)
     result = run_study(spec, show_progress=False)
@@ -221,7 +221,7 @@ def place_outage(phase: str, proxy: OutageProxy, monkeypatch, study_dir: Path, t
             proxy.outage(OUTAGE_MIN_S)
 
     if phase == "start":
-        on_call(monkeypatch, tuner.driver.study, "open_tracking", outage, after=True)
+        on_call(monkeypatch, tuner.driver.study_run, "open_tracking", outage, after=True)
     elif phase == "mid_training":
         on_call(monkeypatch, MlflowTracking, "on_trial_result", outage)
     elif phase == "writer_behind":
@@ -242,9 +242,9 @@ def place_outage(phase: str, proxy: OutageProxy, monkeypatch, study_dir: Path, t
 
         on_call(monkeypatch, MlflowTracking, "on_trial_complete", if_last)
     elif phase == "parent_closing":
-        on_call(monkeypatch, tuner.driver.study, "finish_parent_run", outage)
+        on_call(monkeypatch, tuner.driver.study_run, "finish_parent_run", outage)
     elif phase == "report":
-        on_call(monkeypatch, tuner.driver.study, "write_report", outage)
+        on_call(monkeypatch, tuner.driver.study_run, "write_report", outage)
     else:
         raise ValueError(f"phase must be one of {PHASES} but got {phase!r}")
 

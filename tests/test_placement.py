@@ -19,7 +19,7 @@ from tuner.driver.placement import (
     worst_case_estimate,
 )
 from tuner.driver.preparation import prepare
-from tuner.driver.study import trial_settings
+from tuner.driver.study_run import trial_settings
 from tuner.errors import SpecError
 from tuner.spec.spaces import parse_space
 
