@@ -20,11 +20,13 @@ from tuner.internals.ray_internals import (
     asha_rungs,
     completed_trials,
     extend_search,
+    held_resources,
     loopback_node,
     optuna_study,
     optuna_trials,
     release_ended_trial,
     restored_callbacks,
+    retry_last_time,
     saved_trial_ids,
     stop_local_daemons,
 )
@@ -169,3 +171,22 @@ def test_an_ended_trial_keeps_its_averages_not_their_windows() -> None:
     assert trial.run_metadata.metric_analysis["val_loss"]["last-5-avg"] == pytest.approx(0.6)
     assert len(trial.run_metadata.get_json_state()) < before
     release_ended_trial(SimpleNamespace(trial_id="a stand-in"))  # nothing to release
+
+
+def test_a_pending_trial_s_resources_grow_and_its_retry_becomes_its_last() -> None:
+    from ray.tune.experiment import Trial
+
+    trial = Trial(
+        "trainable",
+        stub=True,
+        placement_group_factory=tune.PlacementGroupFactory([{"CPU": 1, "GPU": 0.25}]),
+        max_failures=3,
+    )
+    trial.create_placement_group_factory()  # as Ray does once the trial's config is resolved
+    assert held_resources(trial) == {"CPU": 1, "GPU": 0.25}
+    trial.run_metadata.num_failures = 1
+    retry_last_time(trial, {"cpu": 1, "gpu": 0.5})
+    assert held_resources(trial) == {"CPU": 1, "GPU": 0.5}
+    assert trial.max_failures == 1  # the failure so far: this retry is the last
+    retry_last_time(trial)  # resources kept
+    assert held_resources(trial) == {"CPU": 1, "GPU": 0.5}

@@ -485,6 +485,7 @@ def crashing(trial):
 @pytest.mark.usefixtures("ray_local")
 def test_a_crash_in_the_loop_errors_the_trial_with_its_traceback(study_dir: Path) -> None:
     from tuner.driver.study import LOG_FILE, run_study
+    from tuner.results.summary import summary_lines
 
     (study_dir / "crashing.py").write_text(CRASHING)
     spec = tiny_spec(
@@ -510,6 +511,8 @@ def test_a_crash_in_the_loop_errors_the_trial_with_its_traceback(study_dir: Path
     text = mlflow.artifacts.load_text(f"{run.info.artifact_uri}/error.txt")
     assert f'File "{study_dir / "crashing.py"}", line 9, in crashing' in text
     assert "boom at epoch 2" in (result.results_path / LOG_FILE).read_text()
+    terminal = [line for line in summary_lines(result) if "boom" in line]
+    assert terminal == ["Trial 1 failed after its retries: RuntimeError: boom at epoch 2"]
 
 
 def test_tuner_models_lists_a_plugin_s_training_functions() -> None:

@@ -49,6 +49,7 @@ from trainables.memory import MemoryEstimate, estimate_trial_memory, gib
 from trainables.trainable import FINALIST
 from tuner.driver.placement import config_text, largest_config, trials_per_gpu, usable_memory
 from tuner.driver.progress import trial_error
+from tuner.internals.ray_internals import held_resources, retry_last_time
 from tuner.results import outcomes
 from tuner.spec.job_spec import JobSpec
 from tuner.spec.spaces import SearchSpace
@@ -196,8 +197,7 @@ class OutOfMemoryRetry(Callback):
     def on_trial_recover(self, iteration, trials, trial, **info) -> None:
         if not outcomes.is_out_of_memory(trial_error(trial)):
             return
-        held = dict(trial.placement_group_factory.required_resources)
+        held = held_resources(trial)
         share = float(held.get("GPU", 0.0))
-        if 0 < share < 1:
-            trial.update_resources({"cpu": held.get("CPU", 1.0), "gpu": min(1.0, 2 * share)})
-        trial.max_failures = trial.run_metadata.num_failures
+        grown = {"cpu": held.get("CPU", 1.0), "gpu": min(1.0, 2 * share)}
+        retry_last_time(trial, grown if 0 < share < 1 else None)

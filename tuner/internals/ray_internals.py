@@ -65,6 +65,21 @@ def release_ended_trial(trial) -> None:
 # --------------------------------------------------------------------------- ASHA
 
 
+def held_resources(trial) -> dict[str, float]:
+    """What a trial asks Ray for: {"CPU": ..., "GPU": ...} (its placement group's bundle)."""
+    return dict(trial.placement_group_factory.required_resources)
+
+
+def retry_last_time(trial, resources: dict[str, float] | None = None) -> None:
+    """A trial Ray is about to retry (`on_trial_recover`): let this retry be its last
+    (`max_failures` at the failures so far), asking for `resources` ({"cpu", "gpu"}) when
+    given. Ray Tune has no public way to change a pending trial's resources or retries
+    (`Trial.update_resources` is marked experimental)."""
+    if resources is not None:
+        trial.update_resources(resources)
+    trial.max_failures = trial.run_metadata.num_failures
+
+
 def asha_objective(scheduler) -> tuple[str | None, float | None]:
     """(metric, sign) of an ASHAScheduler: Ray records sign * value at its rungs, a reward
     (sign -1 for mode min); (None, None) before Tune has set the metric."""
