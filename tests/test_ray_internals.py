@@ -25,6 +25,7 @@ from tuner.internals.ray_internals import (
     optuna_study,
     optuna_trials,
     release_ended_trial,
+    resources_of,
     restored_callbacks,
     retry_last_time,
     saved_trial_ids,
@@ -190,3 +191,14 @@ def test_a_pending_trial_s_resources_grow_and_its_retry_becomes_its_last() -> No
     assert trial.max_failures == 1  # the failure so far: this retry is the last
     retry_last_time(trial)  # resources kept
     assert held_resources(trial) == {"CPU": 1, "GPU": 0.5}
+
+
+def test_the_resources_with_resources_attached_are_found_again() -> None:
+    def planner(config: dict) -> tune.PlacementGroupFactory:
+        return tune.PlacementGroupFactory([{"CPU": 1}])
+
+    def train(config: dict) -> None: ...
+
+    wrapped = tune.with_resources(tune.with_parameters(train, data=1), planner)
+    assert resources_of(wrapped) is planner
+    assert resources_of(train) is None

@@ -49,7 +49,7 @@ from trainables.memory import MemoryEstimate, estimate_trial_memory, gib
 from trainables.trainable import FINALIST
 from tuner.driver.placement import config_text, largest_config, trials_per_gpu, usable_memory
 from tuner.driver.progress import trial_error
-from tuner.internals.ray_internals import held_resources, retry_last_time
+from tuner.internals.ray_internals import held_resources, resources_of, retry_last_time
 from tuner.results import outcomes
 from tuner.spec.job_spec import JobSpec
 from tuner.spec.spaces import SearchSpace
@@ -186,7 +186,7 @@ def _live_planner(key: int, cpu: float) -> SharePlanner | FixedShare:
 
 def planner_of(trainable: Any) -> SharePlanner | None:
     """The planner `tune.with_resources` attached to a trainable (None: fixed resources)."""
-    resources = getattr(trainable, "_resources", None)
+    resources = resources_of(trainable)
     return resources if isinstance(resources, SharePlanner) else None
 
 

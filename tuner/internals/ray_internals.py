@@ -65,6 +65,12 @@ def release_ended_trial(trial) -> None:
 # --------------------------------------------------------------------------- ASHA
 
 
+def resources_of(trainable) -> Any:
+    """What `tune.with_resources` attached to `trainable`: a dict, a PlacementGroupFactory or a
+    function of the config (None: nothing attached). Ray keeps it as a private attribute."""
+    return getattr(trainable, "_resources", None)
+
+
 def held_resources(trial) -> dict[str, float]:
     """What a trial asks Ray for: {"CPU": ..., "GPU": ...} (its placement group's bundle)."""
     return dict(trial.placement_group_factory.required_resources)
