@@ -54,6 +54,7 @@ def printed_json(code: str, marker: str, cwd: Path) -> Any:
     return json.loads(lines[-1].removeprefix(f"{marker} "))
 
 
+@pytest.mark.integration  # a local Ray started in its own process
 def test_a_study_s_local_ray_listens_on_127_0_0_1_only(tmp_path: Path) -> None:
     sockets = printed_json(LOCAL_RAY_SOCKETS, "SOCKETS", tmp_path)
     assert seen_processes(sockets) == set(RAY_PROCESSES), sockets
@@ -98,6 +99,7 @@ print("SHUTDOWNS", json.dumps(seen))
 """
 
 
+@pytest.mark.integration  # a whole study in its own process
 def test_ray_is_shut_down_on_the_main_thread_after_the_results_are_written(
     tmp_path: Path,
 ) -> None:
