@@ -59,8 +59,8 @@ TARGET_ENV = {
 
 #: what the device image already holds (/work/.library/device/KINDS.md, read 2026-11-17): not
 #: carried, and not descended into (their own needs are in the image too)
-IMAGE_PACKAGES = frozenset(
-    """absl-py accelerate aiofiles aiohappyeyeballs aiohttp aiosignal annotated-doc anyio attrs
+IMAGE_LIST = """
+absl-py accelerate aiofiles aiohappyeyeballs aiohttp aiosignal annotated-doc anyio attrs
     botorch build certifi charset-normalizer chex click cloudpickle cmake colorama contourpy
     coverage cuda-bindings cuda-core cuda-pathfinder cuda-toolkit cupy-cuda13x cycler cython diffrax
     e3nn einops equinox etils execnet filelock flatbuffers flax fonttools formulaic frozenlist
@@ -80,10 +80,12 @@ IMAGE_PACKAGES = frozenset(
     rich sacrebleu safetensors scikit-build-core scikit-image scikit-learn scipy seaborn
     sentencepiece sentence-transformers setuptools shellingham simplejson six sortedcontainers
     statsmodels sympy tabulate tensorboard tensorboard-data-server tensorstore threadpoolctl
-    tifffile tiktoken timm tokenizers toolz torch torchaudio torchdiffeq torch-geometric torchmetrics
-    torchvision tqdm transformers treescope triton typer typing-extensions typing-inspect urllib3
-    uvloop wadler-lindig werkzeug wheel wrapt xarray xxhash yarl zipp""".split()
-)
+    tifffile tiktoken timm tokenizers toolz torch torchaudio torchdiffeq torch-geometric
+    torchmetrics torchvision tqdm transformers treescope triton typer typing-extensions
+    typing-inspect urllib3
+    uvloop wadler-lindig werkzeug wheel wrapt xarray xxhash yarl zipp
+"""
+IMAGE_PACKAGES = frozenset(IMAGE_LIST.split())
 
 #: tuner's own requirements, as a GPU check runs them: Ray's `default` extra is the dashboard and
 #: Ray Jobs (a cluster's), and MLflow's full wheel adds the web UI's JavaScript and the server's
