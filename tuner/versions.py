@@ -46,10 +46,27 @@ class PackageVersion:
         return f"{self.name} {self.installed or 'not installed'} (tested: {self.tested})"
 
 
+#: a distribution that provides a key package's module when the package itself is not installed
+PROVIDED_BY = {"mlflow": "mlflow-skinny"}
+
+
+def tuner_requirements() -> list[str]:
+    """tuner's requirements: its installed metadata, or pyproject.toml beside the package when
+    it runs from a checkout never installed (a bare GPU machine: benchmarks/gpu_check.sh)."""
+    try:
+        return importlib.metadata.requires("tuner") or []
+    except importlib.metadata.PackageNotFoundError:
+        import tomllib
+        from pathlib import Path
+
+        pyproject = Path(__file__).resolve().parent.parent / "pyproject.toml"
+        return tomllib.loads(pyproject.read_text())["project"]["dependencies"]
+
+
 def tested_windows() -> dict[str, SpecifierSet]:
     """Each key package's window, from tuner's own requirements (extras left out)."""
     windows = {}
-    for line in importlib.metadata.requires("tuner") or []:
+    for line in tuner_requirements():
         requirement = Requirement(line)
         name = canonicalize_name(requirement.name)
         if name in KEY_PACKAGES and requirement.marker is None:
@@ -58,10 +75,12 @@ def tested_windows() -> dict[str, SpecifierSet]:
 
 
 def installed_version(name: str) -> str | None:
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return None
+    for dist in (name, PROVIDED_BY.get(name)):
+        try:
+            return importlib.metadata.version(dist) if dist else None
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
 
 
 def key_packages(installed: dict[str, str | None] | None = None) -> list[PackageVersion]:
