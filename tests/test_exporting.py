@@ -211,3 +211,16 @@ def test_an_exported_config_leaves_out_what_says_nothing_and_reads_back_the_same
         "grayscale": True,
         "options": {"n": 1},
     }
+
+
+def test_an_exported_schedule_names_the_budget_it_was_spread_over_and_constant_lr_none() -> None:
+    from tuner.results.exporting import ExportedConfig, schedule_epochs
+
+    assert schedule_epochs({"lr": 0.1, "lr_schedule": "cosine"}, "20") == 20
+    assert schedule_epochs({"lr": 0.1, "lr_schedule": "constant"}, 20) is None
+    assert schedule_epochs({"lr": 0.1}, 20) is None  # constant by default
+    assert schedule_epochs({"lr_schedule": "step"}, None) is None  # an older run logged none
+    base = {"model": "mlp", "dataset": {"name": "digits"}, "epochs": 3}
+    cosine = ExportedConfig(**base, hyperparameters={"lr_schedule": "cosine"}, schedule_epochs=9)
+    assert cosine.as_dict()["schedule_epochs"] == 9
+    assert "schedule_epochs" not in ExportedConfig(**base, hyperparameters={}).as_dict()

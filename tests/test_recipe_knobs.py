@@ -417,7 +417,8 @@ def test_a_schedule_needs_the_runs_budget(digits: Dataset) -> None:
 def test_a_trial_spreads_its_schedule_over_its_epochs(
     digits: Dataset, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The trainable gives TrainingRun the trial's epoch budget (a search trial's max_epochs)."""
+    """The trainable gives TrainingRun the study's max_epochs as the schedule's budget, for a
+    finalist re-run to an earlier best epoch too: it follows the tuned trial's lr curve."""
     from trainables import trainable
 
     budgets: list[int | None] = []
@@ -428,7 +429,7 @@ def test_a_trial_spreads_its_schedule_over_its_epochs(
         return original(*args, **kwargs)
 
     monkeypatch.setattr(trainable, "TrainingRun", recording)
-    monkeypatch.setattr(trainable, "trial_plan", lambda config, settings: (config, 0, 7))
+    monkeypatch.setattr(trainable, "trial_plan", lambda config, settings: (config, 0, 4))
     run_epochs: list[int] = []
 
     class Stop(Exception):

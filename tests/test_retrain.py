@@ -168,11 +168,12 @@ def test_train_scores_the_held_out_test_split_once_when_the_study_kept_one(
     assert "held-out test split" not in trained.output
 
 
-def test_train_spreads_a_schedule_over_the_epochs_it_trains(
+def test_train_follows_the_trial_s_schedule_to_its_best_epoch(
     study_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """`tuner train` gives the run its epochs (the config's, or --epochs) as the lr schedule's
-    budget: a cosine schedule ends at the last epoch trained."""
+    """An exported config with an lr schedule names the study's budget (`schedule_epochs`):
+    `tuner train` spreads the schedule over it and stops at the best epoch, on the tuned trial's
+    curve; `--epochs N` spreads it over the N epochs asked for; a constant lr needs no budget."""
     from trainables import loop
 
     budgets: list[int | None] = []
@@ -184,7 +185,9 @@ def test_train_spreads_a_schedule_over_the_epochs_it_trains(
 
     monkeypatch.setattr(loop, "TrainingRun", recording)
     hyperparameters = {**EXPORTED["hyperparameters"], "lr_schedule": "cosine"}
-    path = write_config(study_dir, hyperparameters=hyperparameters)
+    path = write_config(study_dir, hyperparameters=hyperparameters, schedule_epochs=6)
     uri = f"sqlite:///{study_dir / 'mlflow.db'}"
+    result = train_config(path, uri, register=False, device="cpu")
+    assert budgets == [6] and len(result.history) == EXPORTED["epochs"]
     result = train_config(path, uri, epochs=3, register=False, device="cpu")
-    assert budgets == [3] and len(result.history) == 3
+    assert budgets == [6, 3] and len(result.history) == 3

@@ -123,14 +123,14 @@ def run_trial(
         train_with_function(config, data, settings, meter)
         return
     hparams, seed, epochs = trial_plan(config, settings)
-    run = TrainingRun(  # the epochs it trains to are the lr schedule's budget
-        settings.model,
+    run = TrainingRun(  # the study's max_epochs is the lr schedule's budget, for a finalist
+        settings.model,  # re-run to its best epoch too: it follows the tuned trial's curve
         hparams,
         data,
         device=device,
         seed=seed,
         options=settings.training,
-        max_epochs=epochs,
+        max_epochs=settings.max_epochs,
     )
 
     reported: list[dict[str, float]] = []  # every epoch's numbers, kept in each checkpoint

@@ -73,6 +73,18 @@ def training_from_tag(text: str | None) -> ExportedTraining:
     return ExportedTraining(**{k: v for k, v in fields.items() if k in known})
 
 
+#: the parent run's param holding the study's epoch budget (the spec, flattened)
+MAX_EPOCHS_PARAM = "scheduler.max_epochs"
+
+
+def schedule_epochs(hyperparameters: dict[str, Any], max_epochs: Any) -> int | None:
+    """The study's epoch budget when the config's lr_schedule is spread over one (any schedule
+    but `constant`), else None: the exported config says only what applies."""
+    if hyperparameters.get("lr_schedule", "constant") == "constant" or max_epochs is None:
+        return None
+    return int(max_epochs)
+
+
 class ExportedConfig(BaseModel):
     """What `tuner export` writes and `tuner train` reads."""
 
@@ -88,6 +100,9 @@ class ExportedConfig(BaseModel):
     dataset: DatasetSpec
     hyperparameters: dict[str, Any]
     epochs: int = Field(ge=1)  # the trial's best epoch
+    #: the epochs the trial's lr_schedule was spread over (the study's scheduler.max_epochs),
+    #: when it had one: `tuner train` follows the same curve to `epochs`
+    schedule_epochs: int | None = Field(None, ge=1)
     seed: int = 0  # the study's seed: same initialisation and shuffling as the trial
     training: ExportedTraining = ExportedTraining()
     metrics: dict[str, Any] = {}
@@ -114,6 +129,8 @@ class ExportedConfig(BaseModel):
             del data["plugins"]
         if data["loop"] is None:
             del data["loop"]
+        if data["schedule_epochs"] is None:
+            del data["schedule_epochs"]
         dataset = self.dataset.model_dump(mode="json", exclude_none=True)
         fields = DatasetSpec.model_fields
         data["dataset"] = {
@@ -137,15 +154,17 @@ def exported_config(
     metrics = {k: plain(row.get(schema.best(k))) for k in keys}
     metrics["diagnosis"] = plain(row.get("diagnosis"))
     metrics.update(confirmed or {})
+    hyperparameters = {
+        k: plain(v) for k, v in schema.config_from_columns(row).items() if plain(v) is not None
+    }
     return ExportedConfig(
         plugins=relative_entries(spec.plugins),  # the copies beside the study's results
         model=spec.model,
         loop=spec.loop,
         dataset=spec.dataset,
-        hyperparameters={
-            k: plain(v) for k, v in schema.config_from_columns(row).items() if plain(v) is not None
-        },
+        hyperparameters=hyperparameters,
         epochs=int(row[schema.BEST_EPOCH]),
+        schedule_epochs=schedule_epochs(hyperparameters, spec.scheduler.max_epochs),
         seed=spec.search.seed,
         training=exported_training(spec),
         metrics={k: v for k, v in metrics.items() if v is not None},
@@ -168,6 +187,7 @@ def config_from_runs(
     name the plug-ins as written beside the config (imported already); `confirmed`: what its
     finalist re-runs measured, when it was a finalist."""
     tags, metrics = child.data.tags, child.data.metrics
+    hyperparameters = schema.trial_config(tags)
     summary = {
         m.VAL_LOSS: metrics.get(schema.best(m.VAL_LOSS)),
         m.VAL_ACC: metrics.get(schema.best(m.VAL_ACC)),
@@ -193,8 +213,9 @@ def config_from_runs(
         model=parent.data.tags[schema.MODEL_TAG],
         loop=parent.data.tags.get(schema.LOOP_TAG),
         dataset=json.loads(parent.data.tags[schema.DATASET_TAG]),
-        hyperparameters=schema.trial_config(tags),
+        hyperparameters=hyperparameters,
         epochs=int(metrics[schema.BEST_EPOCH]),
+        schedule_epochs=schedule_epochs(hyperparameters, parent.data.params.get(MAX_EPOCHS_PARAM)),
         seed=int(parent.data.tags.get(schema.SEED_TAG, 0)),
         training=training_from_tag(parent.data.tags.get(schema.TRAINING_TAG)),
         metrics={k: v for k, v in summary.items() if v is not None},

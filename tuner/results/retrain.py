@@ -99,7 +99,10 @@ def train_config(
     if config.loop is not None:
         return train_loop_config(config, data, where, epochs or config.epochs, tracking_uri, inputs)
     options = TrainingOptions(precision=config.training.precision, compile=config.training.compile)
-    epochs = epochs or config.epochs  # also the budget an lr_schedule is spread over
+    # the lr schedule's budget: the study's, so that the trial's curve is followed to its best
+    # epoch; with --epochs, the epochs asked for
+    budget = epochs or config.schedule_epochs or config.epochs
+    epochs = epochs or config.epochs
     run = TrainingRun(
         config.model,
         config.hyperparameters,
@@ -107,7 +110,7 @@ def train_config(
         device=where,
         seed=config.seed,
         options=options,
-        max_epochs=epochs,
+        max_epochs=budget,
     )
     history = []
     for _ in range(epochs):
