@@ -40,9 +40,10 @@ TARGET_EXTRA_S = 1.5
 SPANS = (
     ("imports", "spawn", phases.BEGAN),
     ("prepare", phases.BEGAN, phases.PREPARED),
-    ("ray", phases.PREPARED, phases.RAY_STARTED),
-    ("stores beside ray", phases.PREPARED, phases.STORES_READY),
-    ("to the first trial", phases.RAY_STARTED, phases.FIRST_TRIAL_STARTED),
+    ("optuna storage", phases.PREPARED, phases.OPTUNA_READY),
+    ("ray", phases.OPTUNA_READY, phases.RAY_STARTED),
+    ("mlflow store", phases.RAY_STARTED, phases.TRACKING_READY),
+    ("to the first trial", phases.TRACKING_READY, phases.FIRST_TRIAL_STARTED),
     ("to its first batch", phases.FIRST_TRIAL_STARTED, "first_batch"),
     ("end", phases.TRIALS_DONE, phases.ENDED),
 )

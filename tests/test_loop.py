@@ -24,6 +24,7 @@ from trainables.loop import (
     NoOptimizerStep,
     TrainingOptions,
     TrainingRun,
+    check_batch_size,
     check_trainable,
     evaluate,
     load_state,
@@ -399,6 +400,15 @@ def test_one_sample_tail_batch_is_skipped(tmp_path: Path) -> None:
     batch = len(data.x_train) - 1  # leaves a tail of exactly one sample
     run = TrainingRun("mlp", {"batch_norm": True, "batch_size": batch}, data, seed=0)
     assert math.isfinite(run.run_epoch()[m.VAL_LOSS])
+
+
+def test_a_batch_size_read_back_from_a_trials_table_is_a_number_like_any_other() -> None:
+    """A config read back from trials.csv (finalists, export) holds NumPy numbers."""
+    assert check_batch_size(np.int64(256)) == 256 and check_batch_size(np.float64(64.0)) == 64
+    with pytest.raises(ValueError, match="at least 2"):
+        check_batch_size(np.int64(1))
+    with pytest.raises(ValueError, match="at least 2"):
+        check_batch_size(np.bool_(True))
 
 
 @pytest.mark.parametrize("batch_size", [1, 0, True, "64"])

@@ -243,7 +243,9 @@ def test_a_worker_node_that_dies_and_returns_costs_no_work(tmp_path: Path) -> No
             nodes = {r[-1]["node"] for r in results.values() if r[-1]["row"]["epoch"] >= 2}
             time.sleep(0.1)
         assert len(nodes) == 2, f"no trial ran on both nodes: {nodes}"
-        node_raylet(head, "w0").kill()  # the worker node dies with its trial
+        raylet = node_raylet(head, "w0")  # the worker node dies, its trial's process with it
+        for process in [*raylet.children(recursive=True), raylet]:
+            process.kill()
         killed_at = time.time()
         time.sleep(5)
         add_worker(head, "w1")  # and another joins mid-study

@@ -12,6 +12,7 @@ recipe knobs (lr schedule and warm-up, gradient clipping, label smoothing, augme
 from __future__ import annotations
 
 import math
+import numbers
 import time
 from collections.abc import Iterable
 from contextlib import AbstractContextManager, nullcontext
@@ -68,7 +69,8 @@ class NoOptimizerStep(RuntimeError):
 
 def check_batch_size(value: Any, key: str = "batch_size") -> int:
     """The batch size `value` as an int, or a ValueError naming `key`, the value and the rule."""
-    if isinstance(value, int | float) and not isinstance(value, bool) and value >= MIN_BATCH_SIZE:
+    number = isinstance(value, numbers.Real) and not isinstance(value, bool | np.bool_)
+    if number and value >= MIN_BATCH_SIZE:  # numbers.Real: NumPy's too (a trials table's)
         return int(value)
     raise ValueError(
         f"{key}: {value!r} is not a batch size: batch_size must be a number of at least "

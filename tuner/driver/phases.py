@@ -17,8 +17,9 @@ log = logging.getLogger(__name__)
 #: the phases of `tuner run`, in the order they end
 BEGAN = "began"  # run_study entered: the imports are done
 PREPARED = "prepared"  # data loaded, space compiled, model built and trained a step
-STORES_READY = "stores_ready"  # Optuna's storage and MLflow's store answer (created if new)
+OPTUNA_READY = "optuna_ready"  # Optuna's storage answers (its tables made if new), warm start
 RAY_STARTED = "ray_started"  # a local Ray started, or the cluster joined
+TRACKING_READY = "tracking_ready"  # trials placed; MLflow's store answers (made if new)
 TRIALS_LAUNCHED = "trials_launched"  # the Tuner built, its fit called
 FIRST_TRIAL_STARTED = "first_trial_started"  # Ray started a trial's actor
 FIRST_EPOCH = "first_epoch"  # the first epoch's result reached the driver
@@ -28,8 +29,9 @@ ENDED = "ended"  # MLflow runs closed, the results folder uploaded
 PHASES = (
     BEGAN,
     PREPARED,
-    STORES_READY,
+    OPTUNA_READY,
     RAY_STARTED,
+    TRACKING_READY,
     TRIALS_LAUNCHED,
     FIRST_TRIAL_STARTED,
     FIRST_EPOCH,

@@ -1,9 +1,9 @@
 """A study from its spec, or resumed from its folder: `run_study` and `resume_study`.
 
-Everything that can be wrong with a spec is found in `prepare`, before Ray starts; the stores
-are made while Ray starts; only then is the execution's name claimed and its folder made, and a
-`StudyRun` (tuner.driver.study_run) runs the trials on Ray Tune. The dataset is loaded once on
-the driver and reaches every trial through the object store.
+Everything that can be wrong with a spec is found in `prepare` and Optuna's storage, before Ray
+starts; then the trials' placement and MLflow's store; only then is the execution's name claimed
+and its folder made, and a `StudyRun` (tuner.driver.study_run) runs the trials on Ray Tune. The
+dataset is loaded once on the driver and reaches every trial through the object store.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import os
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import optuna
@@ -55,7 +54,7 @@ from tuner.driver.stoppers import (
 )
 from tuner.driver.study_log import StudyLog, logs_to_file
 from tuner.driver.study_run import StudyRun, check_tracking
-from tuner.driver.warm_start import WarmStart, plan_warm_start
+from tuner.driver.warm_start import plan_warm_start
 from tuner.errors import SpecError, StudyError
 from tuner.internals.ray_internals import (
     align_search_count,
@@ -136,30 +135,18 @@ def run_study(
     phases.reached(phases.BEGAN)
     prepared = prepare(spec)
     phases.reached(phases.PREPARED)
-    with (
-        study_environment(None, spec) as log,
-        ThreadPoolExecutor(1, thread_name_prefix="stores") as beside_ray,
-    ):
-        stores = beside_ray.submit(ready_stores, spec, prepared)  # while Ray starts: seconds
-        with ray_session(address, num_cpus):
-            phases.reached(phases.RAY_STARTED)
-            prepared.warm_start = stores.result()
-            for line in prepared.warm_start.lines() if prepared.warm_start else []:
-                print(line)
-            training = place_trials(prepared)
-            return run_new_study(prepared, log, show_progress, trainable, training)
-
-
-def ready_stores(spec: JobSpec, prepared: PreparedStudy) -> WarmStart | None:
-    """Connect to Optuna's storage and MLflow's store (each creates its tables in a new
-    database, a second or two on a small machine, which `run_study` spends while Ray starts),
-    and plan the warm start from an earlier study in them."""
-    open_optuna_storage(spec)
-    warm_start = plan_warm_start(spec, prepared.space)
-    if spec.tracking.enabled:
-        check_tracking(spec)
-    phases.reached(phases.STORES_READY)
-    return warm_start
+    open_optuna_storage(spec)  # a storage that refuses the spec: exit 2, nothing started
+    prepared.warm_start = plan_warm_start(spec, prepared.space)
+    phases.reached(phases.OPTUNA_READY)
+    for line in prepared.warm_start.lines() if prepared.warm_start else []:
+        print(line)
+    with study_environment(None, spec) as log, ray_session(address, num_cpus):
+        phases.reached(phases.RAY_STARTED)
+        training = place_trials(prepared)
+        if spec.tracking.enabled:
+            check_tracking(spec)
+        phases.reached(phases.TRACKING_READY)
+        return run_new_study(prepared, log, show_progress, trainable, training)
 
 
 def run_new_study(
