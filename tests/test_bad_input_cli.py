@@ -631,6 +631,7 @@ def test_the_table_has_every_kind_of_case() -> None:
 # --------------------------------------------------------------------------- console entry
 
 
+@pytest.mark.integration  # each case a whole `tuner` process (its imports: seconds)
 @pytest.mark.parametrize(
     ("content", "overrides", "expect"),
     [

@@ -135,6 +135,7 @@ def test_missing_spec_file_exits_2(tmp_path: Path) -> None:
     assert "does not exist" in result.output
 
 
+@pytest.mark.integration  # a whole `tuner` process
 def test_console_script_exit_code_and_message(tmp_path: Path) -> None:
     """The real entry point (python -m tuner), not just the in-process runner."""
     spec = write_spec(tmp_path, resources={"cpu": -1})

@@ -25,6 +25,7 @@ def answers(port: int) -> bool:
         return False
 
 
+@pytest.mark.integration  # a real `mlflow server` and its workers
 @pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 def test_the_ui_server_and_its_workers_stop_with_tuner_ui(
     tmp_path: Path, stop_signal: signal.Signals
