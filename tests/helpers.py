@@ -41,6 +41,7 @@ import optuna
 import pandas as pd
 import psutil
 import pytest
+import yaml
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 from PIL import Image
@@ -732,6 +733,33 @@ def tiny_spec(**sections: Any) -> JobSpec:
         else:
             raw[key] = value
     return spec_from_dict(raw)
+
+
+def spec_file(folder: Path, raw: dict[str, Any], **sections: Any) -> Path:
+    """`raw` with `sections` over it, its MLflow store (SQLite) and results folder in `folder`,
+    written as folder/spec.yaml: the spec a test hands to a `tuner` process."""
+    stores = {
+        "tracking": {"uri": f"sqlite:///{folder / 'mlflow.db'}"},
+        "storage": str(folder / "results"),
+    }
+    path = folder / "spec.yaml"
+    path.write_text(yaml.safe_dump({**raw, **stores, **sections}))
+    return path
+
+
+def tuner_run_on(
+    address: str, env: dict[str, str], spec: Path, columns: int = 200
+) -> subprocess.CompletedProcess:
+    """`tuner run SPEC --address ADDRESS` in its own process, in the spec's folder, with `env`
+    (the cluster's nodes' environment), its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "tuner", "run", str(spec), "--address", address],
+        env={**env, "COLUMNS": str(columns)},
+        cwd=spec.parent,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def free_port() -> int:

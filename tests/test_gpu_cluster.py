@@ -14,17 +14,15 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.helpers import max_concurrency, ray_head
+from tests.helpers import max_concurrency, ray_head, spec_file, tuner_run_on
 from tuner.driver.journal import JOURNAL_FILE, read_journal
 from tuner.tracking import schema
 
@@ -63,24 +61,12 @@ def write_spec(folder: Path, **sections: Any) -> Path:
         "search_space": SLOW_TRIAL,
         "search": {"num_samples": 8, "max_concurrent": 8},
         "scheduler": {"name": "fifo", "max_epochs": EPOCHS},
-        "tracking": {"uri": f"sqlite:///{folder / 'mlflow.db'}"},
-        "storage": str(folder / "results"),
-        **sections,
     }
-    path = folder / "spec.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
+    return spec_file(folder, raw, **sections)
 
 
 def tuner_run(cluster: GpuCluster, spec: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "tuner", "run", str(spec), "--address", cluster.address],
-        env={**cluster.env, "COLUMNS": "200"},
-        cwd=spec.parent,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return tuner_run_on(cluster.address, cluster.env, spec)
 
 
 def flat(text: str) -> str:

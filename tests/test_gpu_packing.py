@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -19,10 +18,9 @@ import optuna
 import pandas as pd
 import pytest
 import torch
-import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.helpers import ray_head, tiny_spec
+from tests.helpers import ray_head, spec_file, tiny_spec, tuner_run_on
 from trainables import metrics as m
 from trainables.data import DataOptions, load_dataset
 from trainables.loop import TrainingOptions, TrainingRun
@@ -323,24 +321,12 @@ def write_study(folder: Path, **sections: Any) -> Path:
         "search_space": {"case": {"type": "categorical", "choices": CASES}, "batch_size": 64},
         "search": {"algorithm": "random", "num_samples": 5, "max_concurrent": 4, "seed": 15},
         "scheduler": {"name": "fifo", "max_epochs": 2},
-        "tracking": {"uri": f"sqlite:///{folder / 'mlflow.db'}"},
-        "storage": str(folder / "results"),
-        **sections,
     }
-    path = folder / "spec.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
+    return spec_file(folder, raw, **sections)
 
 
 def tuner_run(node: SimpleNamespace, spec: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "tuner", "run", str(spec), "--address", node.address],
-        env={**node.env, "COLUMNS": "250"},
-        cwd=spec.parent,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return tuner_run_on(node.address, node.env, spec, columns=250)
 
 
 def auto_memory_gb(folder: Path) -> tuple[float, dict[str, float]]:

@@ -33,6 +33,7 @@ from tests.helpers import (
     Postgres,
     free_port,
     ray_head,
+    spec_file,
     submit,
     wait_for_status,
 )
@@ -103,13 +104,8 @@ def write_spec(folder: Path, **sections) -> Path:
         "dataset": {"name": "digits"},
         "search": {"num_samples": 4, "max_concurrent": 2},
         "scheduler": {"name": "fifo", "max_epochs": 2},
-        "tracking": {"uri": f"sqlite:///{folder / 'mlflow.db'}"},
-        "storage": str(folder / "results"),
-        **sections,
     }
-    path = folder / "spec.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
+    return spec_file(folder, raw, **sections)
 
 
 def flat(text: str) -> str:
