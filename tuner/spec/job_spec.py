@@ -175,25 +175,32 @@ Objectives = Annotated[
 ]
 
 
+#: metrics that may be a further objective but not the first, and why (the first picks each
+#: trial's best epoch and drives the stopping)
+NOT_FIRST = {
+    **{
+        metric: "is measured once per trial, not per epoch, so it cannot pick a trial's best "
+        "epoch or stop trials early"
+        for metric in m.MODEL_COSTS
+    },
+    **{
+        metric: "grows with every epoch a trial trains, so as the first objective it would make "
+        "every trial's first epoch its best and stop trials for training"
+        for metric in m.USAGE_COSTS
+    },
+}
+
+
 def check_objectives(objectives: list[ObjectiveSpec]) -> None:
     """Raise ValueError (naming `objective`) for a list whose first metric is not measured every
     epoch, or that names a metric twice."""
     if not objectives:
         raise ValueError("objective must be a mapping {metric, mode} or a non-empty list of them")
     first = objectives[0].metric
-    if first in m.USAGE_COSTS:
+    if first in NOT_FIRST:
         key = "objective.0.metric" if len(objectives) > 1 else "objective.metric"
         raise ValueError(
-            f"{key} {first!r} grows with every epoch a trial trains, so as the first objective "
-            "it would make every trial's first epoch its best and stop trials for training: the "
-            f"first objective must be one of {list(m.OBJECTIVES)}; list {first} after it, e.g. "
-            f"[{{metric: val_loss}}, {{metric: {first}}}]"
-        )
-    if first in m.MODEL_COSTS:
-        key = "objective.0.metric" if len(objectives) > 1 else "objective.metric"
-        raise ValueError(
-            f"{key} {first!r} is measured once per trial, not per epoch, so it cannot pick a "
-            "trial's best epoch or stop trials early: the first objective must be one of "
+            f"{key} {first!r} {NOT_FIRST[first]}: the first objective must be one of "
             f"{list(m.OBJECTIVES)}; list {first} after it, e.g. "
             f"[{{metric: val_loss}}, {{metric: {first}}}]"
         )
