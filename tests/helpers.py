@@ -29,7 +29,7 @@ import threading
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -49,7 +49,7 @@ from typer.testing import CliRunner
 
 from trainables.data import Dataset
 from tuner.cli import app
-from tuner.driver.journal import read_journal
+from tuner.driver.journal import JOURNAL_FILE, read_journal
 from tuner.driver.progress import StudyRecorder
 from tuner.spec.job_spec import JobSpec, spec_from_dict
 from tuner.tracking import schema
@@ -760,6 +760,59 @@ def tuner_run_on(
         text=True,
         timeout=300,
     )
+
+
+def journal_events(results: Path) -> list[dict]:
+    """The events of the one study journal under a `storage` folder (none before it exists)."""
+    files = list(results.glob(f"*/{JOURNAL_FILE}"))
+    return read_journal(files[0]) if files else []
+
+
+def killed_mid_study(
+    folder: Path,
+    spec: dict[str, Any],
+    enough: Callable[[list[dict]], bool],
+    env: dict[str, str] | None = None,
+) -> Path:
+    """`tuner run` of `spec` in `folder`, its process group (the driver and the local Ray it
+    started) killed as a reboot would once its journal's events are `enough`; returns the
+    study's results folder."""
+    (folder / "spec.yaml").write_text(yaml.safe_dump(spec))
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "tuner", "run", "spec.yaml"],
+        cwd=folder,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    results = folder / "tuner-results"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and driver.poll() is None:
+        if enough(journal_events(results)):
+            break
+        time.sleep(0.1)
+    assert driver.poll() is None, "the study ended before it could be killed"
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+    (study,) = results.iterdir()
+    return study
+
+
+def resume_in_a_new_process(
+    study: Path, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """`tuner resume STUDY` in a fresh process, which must succeed."""
+    resumed = subprocess.run(
+        [sys.executable, "-m", "tuner", "resume", str(study)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    return resumed
 
 
 def free_port() -> int:

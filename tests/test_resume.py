@@ -12,7 +12,6 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 
 import optuna
@@ -27,6 +26,9 @@ from tests.helpers import (
     NUM_TRIALS,
     assert_every_trial_once,
     ctrl_c_reaches_it,
+    journal_events,
+    killed_mid_study,
+    resume_in_a_new_process,
     run_counts,
     tiny_spec,
 )
@@ -36,11 +38,6 @@ from tuner.results import outcomes
 from tuner.tracking import schema
 
 pytestmark = pytest.mark.integration  # studies whose drivers are killed and resumed
-
-
-def journal_events(results: Path) -> list[dict]:
-    files = list(results.glob(f"*/{JOURNAL_FILE}"))
-    return read_journal(files[0]) if files else []
 
 
 def trial_workers() -> list[psutil.Process]:
@@ -107,45 +104,6 @@ def test_killed_trial_worker_resumes_from_its_checkpoint(study_dir: Path) -> Non
             )
         ]
     assert steps == list(range(1, 11)), "the MLflow curve has a gap or a duplicate"
-
-
-def resume_in_a_new_process(folder: Path, cwd: Path) -> subprocess.CompletedProcess:
-    """`tuner resume FOLDER` in a fresh process, which must succeed."""
-    resumed = subprocess.run(
-        [sys.executable, "-m", "tuner", "resume", str(folder)],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    return resumed
-
-
-def killed_mid_study(tmp_path: Path, spec: dict, enough: Callable[[list[dict]], bool]) -> Path:
-    """`tuner run` of `spec` in `tmp_path`, its process group (the driver and the local Ray it
-    started) killed as a reboot would once its journal's events are `enough`; returns the
-    study's results folder."""
-    path = tmp_path / "spec.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    driver = subprocess.Popen(
-        [sys.executable, "-m", "tuner", "run", str(path)],
-        cwd=tmp_path,
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    results = tmp_path / "tuner-results"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and driver.poll() is None:
-        if enough(journal_events(results)):
-            break
-        time.sleep(0.1)
-    assert driver.poll() is None, "the study ended before it could be killed"
-    os.killpg(driver.pid, signal.SIGKILL)
-    driver.wait()
-    (folder,) = results.iterdir()
-    return folder
 
 
 def test_epochs_only_a_trial_s_checkpoint_remembers_reach_the_journal_and_mlflow(

@@ -11,10 +11,6 @@ import contextlib
 import math
 import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -28,7 +24,12 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 import tuner
-from tests.helpers import assert_every_trial_once, tiny_spec
+from tests.helpers import (
+    assert_every_trial_once,
+    killed_mid_study,
+    resume_in_a_new_process,
+    tiny_spec,
+)
 from trainables import metrics as m
 from trainables import plugins
 from trainables import trainable as trainable_module
@@ -42,7 +43,7 @@ from trainables.training_functions import (
     register_training,
     run_training_function,
 )
-from tuner.driver.journal import JOURNAL_FILE, read_journal
+from tuner.driver.journal import JOURNAL_FILE
 from tuner.driver.placement import plan_gpu_memory
 from tuner.driver.preparation import prepare
 from tuner.errors import SpecError
@@ -367,11 +368,6 @@ def in_repo_env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(REPO) + (os.pathsep + path if path else "")}
 
 
-def journal_events(results: Path) -> list[dict]:
-    files = list(results.glob(f"*/{JOURNAL_FILE}"))
-    return read_journal(files[0]) if files else []
-
-
 @pytest.mark.integration
 def test_the_example_loop_is_tuned_resumed_after_a_kill_and_trained_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -393,35 +389,13 @@ def test_the_example_loop_is_tuned_resumed_after_a_kill_and_trained_again(
         "scheduler": {"name": "asha", "max_epochs": 3, "grace_period": 1},
         "selection": {"finalists": 1, "seeds": 1},
     }
-    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
-    driver = subprocess.Popen(
-        [sys.executable, "-m", "tuner", "run", "spec.yaml"],
-        cwd=tmp_path,
+    folder = killed_mid_study(
+        tmp_path,
+        spec,
+        lambda events: sum(e["event"] == "end" for e in events) >= 2,
         env=in_repo_env(),
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
     )
-    results = tmp_path / "tuner-results"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and driver.poll() is None:
-        if sum(e["event"] == "end" for e in journal_events(results)) >= 2:
-            break
-        time.sleep(0.1)
-    assert driver.poll() is None, "the study ended before it could be killed"
-    os.killpg(driver.pid, signal.SIGKILL)
-    driver.wait()
-    (folder,) = results.iterdir()
-
-    resumed = subprocess.run(
-        [sys.executable, "-m", "tuner", "resume", str(folder)],
-        cwd=tmp_path,
-        env=in_repo_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    resume_in_a_new_process(folder, tmp_path, env=in_repo_env())
     trials = pd.read_csv(folder / "trials.csv")
     assert sorted(trials["trial"]) == list(range(1, TRIALS + 1))
     assert set(trials["status"]) <= {outcomes.COMPLETED, outcomes.STOPPED_BY_SCHEDULER}
