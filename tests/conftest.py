@@ -38,6 +38,22 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.integration)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def tuner_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """tuner's cache folder (the empty MLflow store, tuner.tracking.store_template) in the
+    run's temporary folder, never the user's ~/.cache; processes the tests start inherit it."""
+    from tuner.tracking.store_template import CACHE_ENV
+
+    folder = tmp_path_factory.mktemp("tuner-cache")
+    before = os.environ.get(CACHE_ENV)
+    os.environ[CACHE_ENV] = str(folder)
+    yield folder
+    if before is None:
+        os.environ.pop(CACHE_ENV, None)
+    else:
+        os.environ[CACHE_ENV] = before
+
+
 class RayStarted(RuntimeError):
     """Raised by the stand-in for `ray.init`: validation let the input through to Ray."""
 

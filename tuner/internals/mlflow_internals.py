@@ -13,3 +13,17 @@ def upload_artifact(artifact_uri: str, tracking_uri: str, path: str, artifact_pa
     get_artifact_repository(artifact_uri, tracking_uri=tracking_uri).log_artifact(
         path, artifact_path
     )
+
+
+def create_store_tables(sqlalchemy_url: str) -> None:
+    """Make an empty MLflow tracking store's tables (every schema migration run) in the database
+    at `sqlalchemy_url`, without the Default experiment a store adds when it first opens: what
+    `SqlAlchemyStore` runs on a database that has no tables."""
+    import sqlalchemy
+    from mlflow.store.db.utils import _initialize_tables
+
+    engine = sqlalchemy.create_engine(sqlalchemy_url)
+    try:
+        _initialize_tables(engine)
+    finally:
+        engine.dispose()

@@ -22,7 +22,11 @@ UI_SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 def ui_server_command(
     backend_uri: str, host: str, port: int, artifacts_destination: str | Path | None = None
 ) -> list[str]:
-    """`mlflow server` as `tuner ui` runs it (start it with `UI_SERVER_ENV`)."""
+    """`mlflow server` as `tuner ui` runs it (start it with `UI_SERVER_ENV`). A new SQLite store
+    is put in place first (`store_template`), which spares the server MLflow's migrations."""
+    from tuner.tracking.store_template import prepare_new_store
+
+    prepare_new_store(backend_uri)
     command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_uri]
     if artifacts_destination is not None:
         command += ["--artifacts-destination", str(artifacts_destination)]

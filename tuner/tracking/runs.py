@@ -37,7 +37,9 @@ def client_for(uri: str):
     from mlflow.tracking import MlflowClient
 
     from tuner.cluster.databases import remember, reveal, sqlalchemy_url
+    from tuner.tracking.store_template import prepare_new_store
 
+    prepare_new_store(uri)
     return MlflowClient(tracking_uri=sqlalchemy_url(remember(reveal(uri)), "tracking.uri"))
 
 
