@@ -19,6 +19,7 @@ from ray import tune
 from dashboards.render import write_report
 from trainables import metrics as m
 from trainables.data import DataOptions
+from trainables.data_parallel import DRIVER_RESOURCES, train_data_parallel
 from trainables.loop import TrainingOptions
 from trainables.plugins import PluginCode
 from trainables.trainable import TrialSettings, train_trial
@@ -175,6 +176,9 @@ def trial_settings(
         loop=spec.loop,
         required_metrics=tuple(o.metric for o in spec.objectives),
         retry_out_of_memory=spec.resources.auto_gpu,
+        workers=spec.resources.workers,
+        placement=spec.resources.placement,
+        gpus=spec.resources.largest_gpu,
     )
 
 
@@ -191,7 +195,9 @@ def make_trainable(
     settings = trial_settings(spec, training, prepared.plugins)
     data = prepared.dataset if with_test else prepared.dataset.without_test()
     resources: Any = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
-    if spec.resources.auto_gpu and prepared.gpu_memory is not None:
+    if spec.resources.workers > 1 and trainable is train_trial:  # Ray Train holds the workers'
+        trainable, resources = train_data_parallel, dict(DRIVER_RESOURCES)
+    elif spec.resources.auto_gpu and prepared.gpu_memory is not None:
         resources = SharePlanner(spec, prepared.dataset, settings.training, prepared.gpu_memory)
     elif spec.resources.auto_gpu:  # not placed (`place_trials` refuses auto without a memory)
         resources["gpu"] = spec.resources.largest_gpu
@@ -298,7 +304,7 @@ class StudyRun:
                 ),
                 scheduler=make_scheduler(spec.scheduler, journal),
                 num_samples=spec.search.num_samples,
-                max_concurrent_trials=spec.search.max_concurrent,
+                max_concurrent_trials=prepared.max_concurrent,
                 reuse_actors=True,
                 trial_dirname_creator=trial_dirname,
             ),
@@ -456,6 +462,7 @@ class StudyRun:
             {t.trial_id: t.config for t in self.recorder.trials.values()},
             self.tracking.run_ids if self.tracking else {},
             announce=self.progress is not None,
+            max_concurrent=self.prepared.max_concurrent,
         )
 
     def interrupted(self) -> bool:
