@@ -6,16 +6,22 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.helpers import (
+    assert_every_trial_once,
     journal_events,
+    killed_mid_study,
+    resume_in_a_new_process,
+    run_counts,
     tiny_spec,
 )
 from trainables import metrics as m
 from trainables.data import DataOptions, load_dataset
 from trainables.trainable import TrialSettings
+from tuner.driver.journal import JOURNAL_FILE
 from tuner.driver.study import run_study
 from tuner.results import outcomes
 from tuner.tracking import schema
@@ -132,3 +138,41 @@ def test_two_workers_follow_one_workers_curve(study_dir: Path) -> None:
         for key in (m.TRAIN_LOSS, m.VAL_LOSS, m.TRAIN_ACC, m.VAL_ACC):
             assert b[key] == pytest.approx(a[key], rel=1e-4), (key, a[m.EPOCH], a[key], b[key])
     assert one[-1][m.VAL_LOSS] < one[0][m.VAL_LOSS] * 0.8  # it trained: the test can tell
+
+
+def in_repo_env() -> dict[str, str]:
+    """A `python -m tuner` subprocess imports tuner from this checkout, whatever its cwd."""
+    path = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": str(ROOT) + (os.pathsep + path if path else "")}
+
+
+@pytest.mark.integration
+def test_a_killed_study_of_two_worker_trials_resumes_with_every_trial_once(tmp_path: Path) -> None:
+    """The driver and its Ray killed as a reboot would, once the first 2-worker trial reported
+    an epoch (so it dies mid-trial, its workers with it); `tuner resume` restores every rank
+    from the trial's checkpoint and the study ends with each trial once in MLflow and Optuna."""
+    trials_n = 3
+    spec = {
+        "name": "dp-resume",
+        "model": "mlp",
+        "dataset": {"name": "digits"},
+        "search_space": {**FIXED, "lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}},
+        "search": {"algorithm": "tpe", "num_samples": trials_n, "max_concurrent": 2},
+        "scheduler": {"name": "asha", "max_epochs": 3, "grace_period": 1},
+        "resources": TWO_WORKERS,
+    }
+    folder = killed_mid_study(
+        tmp_path,
+        spec,
+        lambda events: any(e["event"] == "result" for e in events),
+        env=in_repo_env(),
+    )
+    resume_in_a_new_process(folder, tmp_path, env=in_repo_env())
+
+    trials = pd.read_csv(folder / "trials.csv")
+    assert sorted(trials["trial"]) == list(range(1, trials_n + 1))
+    assert set(trials["status"]) <= {outcomes.COMPLETED, outcomes.STOPPED_BY_SCHEDULER}
+    assert_every_trial_once(
+        tmp_path, folder.name, folder / JOURNAL_FILE, trials, num_trials=trials_n
+    )
+    assert run_counts(tmp_path / "mlflow.db")["RUNNING"] == 0
