@@ -210,9 +210,14 @@ class Packing:
 def worst_case_estimate(
     spec: JobSpec, space: SearchSpace, data: Dataset, options: TrainingOptions
 ) -> tuple[MemoryEstimate, dict[str, Any]]:
-    """The memory estimate of the largest trial the space can draw, and that trial's config."""
+    """The memory estimate of the largest trial the space can draw, and that trial's config;
+    with resources.workers above 1, of one of its workers (each holds the model, its optimizer
+    state and the data, and trains batch_size / workers rows at a time)."""
+    workers = spec.resources.workers
 
     def estimate(config: dict[str, Any]) -> MemoryEstimate:
+        if workers > 1 and BATCH_SIZE in config:
+            config = {**config, BATCH_SIZE: max(1, int(config[BATCH_SIZE]) // workers)}
         return estimate_trial_memory(spec.model, config, data, options)
 
     config = largest_config(space, lambda c: estimate(c).total())
