@@ -35,11 +35,14 @@ TWO_WORKERS = {"workers": 2, "cpu": 1}
 
 @pytest.mark.usefixtures("ray_local")
 def test_a_two_worker_study_completes_under_asha_with_one_row_per_epoch(study_dir: Path) -> None:
+    """Three 2-worker trials under ASHA, then the best re-run as a finalist (with 2 workers
+    too: the same trainable): one set of global metrics per epoch, one MLflow run per trial."""
     spec = tiny_spec(
         name="dp-asha",
         search={"num_samples": 3, "max_concurrent": 2},
         scheduler={"name": "asha", "max_epochs": 3, "grace_period": 1, "reduction_factor": 2},
         resources=TWO_WORKERS,
+        selection={"finalists": 1, "seeds": 1},
     )
     result = run_study(spec, show_progress=False)
 
@@ -52,6 +55,9 @@ def test_a_two_worker_study_completes_under_asha_with_one_row_per_epoch(study_di
         epochs = [e["row"][m.EPOCH] for e in rows if e["trial_id"] == trial_id]
         assert epochs == list(range(1, len(epochs) + 1))  # one global row per epoch
         assert all(e["node"] for e in rows if e["trial_id"] == trial_id)
+    reruns = result.finalists.reruns
+    assert len(reruns) == 1 and (reruns["status"] == outcomes.COMPLETED).all()
+    assert reruns["score"].notna().all()
     client = MlflowClient(spec.tracking.uri)
     children = client.search_runs(
         [client.get_experiment_by_name(spec.tracking.experiment).experiment_id],
@@ -81,25 +87,12 @@ def one_worker_rows(settings: TrialSettings, data) -> list[dict]:
 def two_worker_rows(settings: TrialSettings, data) -> list[dict]:
     """The trial trained by two Ray Train workers (gloo), as a 2-worker trial trains it: the
     rows its first worker sends."""
-    import ray.train
-    from ray.train.torch import TorchTrainer
     from ray.util.queue import Queue
 
-    from trainables.data_parallel import train_worker
+    from trainables.data_parallel import worker_group
 
     results = Queue(maxsize=10, actor_options={"num_cpus": 0})
-    TorchTrainer(
-        train_worker,
-        train_loop_config={
-            "config": FIXED,
-            "data": data,
-            "settings": settings,
-            "state": None,
-            "results": results,
-        },
-        scaling_config=ray.train.ScalingConfig(num_workers=2, resources_per_worker={"CPU": 1}),
-        run_config=ray.train.RunConfig(name="equivalence", storage_path=os.getcwd()),
-    ).fit()
+    worker_group(FIXED, data, settings, None, results, os.getcwd()).fit()
     rows = [results.get(timeout=10)[0] for _ in range(results.size())]
     results.shutdown()
     return rows

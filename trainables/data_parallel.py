@@ -65,27 +65,9 @@ def train_data_parallel(config: dict[str, Any], data: Dataset, settings: TrialSe
     what the first sends, re-raises what made them fail (Tune then retries the trial from its
     last checkpoint)."""
     results = Queue(maxsize=1, actor_options={"num_cpus": 0})
-    loop_config = {
-        "config": config,
-        "data": data,
-        "settings": settings,
-        "state": saved_state(tune.get_checkpoint()),
-        "results": results,
-    }
-    trainer = ray.train.torch.TorchTrainer(
-        train_worker,
-        train_loop_config=loop_config,
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=settings.workers,
-            use_gpu=settings.gpus > 0,
-            resources_per_worker={"CPU": settings.cpus, "GPU": settings.gpus},
-            placement_strategy=STRATEGIES[settings.placement],
-        ),
-        run_config=ray.train.RunConfig(
-            name="train",
-            storage_path=tune.get_context().get_trial_dir(),
-            failure_config=ray.train.FailureConfig(max_failures=0),  # Tune retries the trial
-        ),
+    state = saved_state(tune.get_checkpoint())
+    trainer = worker_group(
+        config, data, settings, state, results, tune.get_context().get_trial_dir()
     )
     failure: list[BaseException] = []
 
@@ -109,6 +91,41 @@ def train_data_parallel(config: dict[str, Any], data: Dataset, settings: TrialSe
         workers.join()
     if failure:
         raise failure[0]
+
+
+def worker_group(
+    config: dict[str, Any],
+    data: Dataset,
+    settings: TrialSettings,
+    state: dict[str, Any] | None,
+    results: Queue,
+    folder: str,
+) -> ray.train.torch.TorchTrainer:
+    """The trial's `TorchTrainer`: `settings.workers` workers of `settings.cpus` CPU and
+    `settings.gpus` GPU each, placed by `settings.placement`, each running `train_worker` from
+    `state` (a checkpoint's, or None); the first sends its rows to `results`. Ray Train keeps
+    its own run state under `folder`; it does not retry (Tune retries the trial)."""
+    return ray.train.torch.TorchTrainer(
+        train_worker,
+        train_loop_config={
+            "config": config,
+            "data": data,
+            "settings": settings,
+            "state": state,
+            "results": results,
+        },
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=settings.workers,
+            use_gpu=settings.gpus > 0,
+            resources_per_worker={"CPU": settings.cpus, "GPU": settings.gpus},
+            placement_strategy=STRATEGIES[settings.placement],
+        ),
+        run_config=ray.train.RunConfig(
+            name="train",
+            storage_path=folder,
+            failure_config=ray.train.FailureConfig(max_failures=0),
+        ),
+    )
 
 
 def report(result: dict[str, Any], checkpoint: bytes | None) -> None:

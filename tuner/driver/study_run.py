@@ -61,6 +61,7 @@ from tuner.errors import StudyError
 from tuner.internals.optuna_internals import SoleWriterCache
 from tuner.internals.ray_internals import (
     restored_callbacks,
+    waiting_for_its_function,
 )
 from tuner.results import outcomes
 from tuner.results.dashboard_data import REPORT_FILE, from_study
@@ -82,6 +83,9 @@ from tuner.tracking.study_run import (
     tag_pareto,
 )
 
+#: how long a stopped data-parallel trial is given to stop its workers (`trainables.data_parallel`:
+#: after the epoch they are in) before Tune ends its actor
+WORKERS_GRACE_S = 60.0
 DRAIN_AT_END_S = 30.0  # how long a finished study waits for an unreachable MLflow server
 
 
@@ -196,8 +200,10 @@ def make_trainable(
     data = prepared.dataset if with_test else prepared.dataset.without_test()
     resources: Any = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
     if spec.resources.workers > 1 and trainable is train_trial:  # Ray Train holds the workers'
-        trainable, resources = train_data_parallel, dict(DRIVER_RESOURCES)
-    elif spec.resources.auto_gpu and prepared.gpu_memory is not None:
+        function = tune.with_parameters(train_data_parallel, data=data, settings=settings)
+        patient = waiting_for_its_function(function, WORKERS_GRACE_S)
+        return tune.with_resources(patient, dict(DRIVER_RESOURCES))
+    if spec.resources.auto_gpu and prepared.gpu_memory is not None:
         resources = SharePlanner(spec, prepared.dataset, settings.training, prepared.gpu_memory)
     elif spec.resources.auto_gpu:  # not placed (`place_trials` refuses auto without a memory)
         resources["gpu"] = spec.resources.largest_gpu
