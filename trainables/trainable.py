@@ -1,10 +1,11 @@
 """The Ray Tune function trainable: config -> model -> epochs -> `tune.report` (+ checkpoint).
 
-The only module of `trainables` that imports Ray. The dataset arrives once through the object
-store (`tune.with_parameters`); what to train and for how long arrives as `TrialSettings`, so the
-trial's config holds nothing but its hyperparameters. A study whose spec names a `loop` trains
-with that registered training function instead of `TrainingRun`; its reports become the same
-result rows and checkpoints (`train_with_function`).
+With `data_parallel` (which trains a trial on several workers with this module's
+`train_epochs`), the only module of `trainables` that imports Ray. The dataset arrives once
+through the object store (`tune.with_parameters`); what to train and for how long arrives as
+`TrialSettings`, so the trial's config holds nothing but its hyperparameters. A study whose
+spec names a `loop` trains with that registered training function instead of `TrainingRun`; its
+reports become the same result rows and checkpoints (`train_with_function`).
 """
 
 from __future__ import annotations

@@ -57,11 +57,11 @@ def waiting_for_its_function(trainable: Any, grace_s: float) -> type:
     time, the function stops its workers and Ray Train removes the group itself."""
     import threading
 
-    from ray.train._internal.session import get_session
+    from ray.train._internal import session as sessions
     from ray.tune.trainable.function_trainable import wrap_function
 
     def wait(self) -> None:
-        session = get_session()
+        session = sessions.get_session()
         if session is None or not session.training_started:
             return
         session.stop_event.set()  # as Tune's own stop does: the function's next report exits
