@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -69,12 +70,23 @@ def train_data_parallel(config: dict[str, Any], data: Dataset, settings: TrialSe
     trainer = worker_group(
         config, data, settings, state, results, tune.get_context().get_trial_dir()
     )
+    run_worker_group(trainer, results, report)
+
+
+def run_worker_group(
+    trainer: ray.train.torch.TorchTrainer,
+    results: Queue,
+    on_row: Callable[[dict[str, Any], bytes | None], None],
+) -> None:
+    """Run `trainer`'s workers, passing each row (and checkpoint file) its first worker sends to
+    `results` to `on_row` as it comes; re-raise what made the workers fail. If `on_row` raises
+    (Tune stopped the trial), the queue goes and the workers stop after their epoch."""
     failure: list[BaseException] = []
 
     def fit() -> None:
         try:
             trainer.fit()
-        except BaseException as error:  # re-raised on the trial function's thread
+        except BaseException as error:  # re-raised on the caller's thread
             failure.append(error)
 
     workers = threading.Thread(target=fit, name="train-workers", daemon=True)
@@ -85,7 +97,7 @@ def train_data_parallel(config: dict[str, Any], data: Dataset, settings: TrialSe
                 result, checkpoint = results.get(timeout=POLL_S)
             except Empty:
                 continue
-            report(result, checkpoint)
+            on_row(result, checkpoint)
     finally:
         results.shutdown(force=True)  # a worker waiting to send gets an error, and stops
         workers.join()
