@@ -14,9 +14,12 @@ from tests.helpers import (
     assert_every_trial_once,
     journal_events,
     killed_mid_study,
+    ray_head,
     resume_in_a_new_process,
     run_counts,
+    spec_file,
     tiny_spec,
+    tuner_run_on,
 )
 from trainables import metrics as m
 from trainables.data import DataOptions, load_dataset
@@ -169,3 +172,31 @@ def test_a_killed_study_of_two_worker_trials_resumes_with_every_trial_once(tmp_p
         tmp_path, folder.name, folder / JOURNAL_FILE, trials, num_trials=trials_n
     )
     assert run_counts(tmp_path / "mlflow.db")["RUNNING"] == 0
+
+
+@pytest.mark.integration
+def test_spread_puts_a_trials_two_workers_on_two_nodes(tmp_path: Path) -> None:
+    """A two-node cluster on 127.0.0.1 (`ray start` head + worker, 1 CPU each): placement
+    spread runs the trial's two workers one on each node, and MLflow records both nodes."""
+    env = {"PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
+    raw = {
+        "name": "dp-spread",
+        "model": "mlp",
+        "dataset": {"name": "digits"},
+        "search_space": FIXED,
+        "search": {"num_samples": 1, "max_concurrent": 1},
+        "scheduler": {"name": "fifo", "max_epochs": 2},
+        "resources": {"workers": 2, "cpu": 1, "placement": "spread"},
+    }
+    spec = spec_file(tmp_path, raw)
+    with ray_head(1, env, workers=1, dashboard=False, object_store_mb=100) as head:
+        ran = tuner_run_on(head.gcs, head.env, spec)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (run,) = client.search_runs(
+        [client.get_experiment_by_name("dp-spread").experiment_id],
+        f"tags.{schema.ROLE_TAG} = '{schema.TRIAL_ROLE}'",
+    )
+    nodes = run.data.tags[schema.WORKER_NODES_TAG].split(",")
+    assert len(nodes) == 2 and len(set(nodes)) == 2  # one worker on each node
+    assert run.data.tags[schema.WORKERS_TAG] == "2"
