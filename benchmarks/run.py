@@ -11,7 +11,7 @@ only from a tree without uncommitted changes to tracked files, unless `--dirty-b
 (recorded in the file). Timings are never asserted in tests; these ratios are the measure. Run it
 from the repository root on an otherwise idle machine. The suites, one module each:
 trainable_vs_bare, overhead (tiny, small, vs_optuna), startup, tracking_overhead,
-search_efficiency, recipe_knobs, scale, gpu; what they share is in benchmarks.common.
+search_efficiency, recipe_knobs, scale, data_parallel, gpu; what they share is in benchmarks.common.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import (
+    data_parallel,
     gpu,
     overhead,
     recipe_knobs,
@@ -54,6 +55,7 @@ SUITES = (
     search_efficiency,
     recipe_knobs,
     scale,
+    data_parallel,
     gpu,
 )
 BENCHMARKS: dict[str, Benchmark] = {

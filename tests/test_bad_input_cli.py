@@ -227,6 +227,24 @@ CASES = [
         ("resources.cpu", "greater than 0", "but got 0"),
     ),
     Case(
+        "workers-0",
+        run_spec(resources={"workers": 0}),
+        ("resources.workers", "greater than or equal to 1", "but got 0"),
+    ),
+    Case(
+        "workers-with-a-gpu-share",
+        run_spec(resources={"workers": 2, "gpu": 0.5}),
+        ("resources.gpu", "0.5", "workers 2", "whole GPU"),
+    ),
+    Case(
+        "batch-size-the-workers-do-not-divide",
+        run_spec(
+            resources={"workers": 4},
+            search_space={"lr": 0.01, "batch_size": {"type": "categorical", "choices": [64, 90]}},
+        ),
+        ("batch_size.choices", "90", "not divisible by resources.workers 4"),
+    ),
+    Case(
         "max-retries-negative",
         run_spec(failure={"max_retries": -1}),
         ("failure.max_retries", "greater than or equal to 0", "-1"),

@@ -364,7 +364,7 @@ def unusable_values(spec: JobSpec) -> list[str]:
     problems = [
         f"resources.{field}={value}"
         for field, value in spec.resources.model_dump().items()
-        if value is not None and not math.isfinite(value)
+        if isinstance(value, int | float) and not math.isfinite(value)  # not auto, pack, spread
     ]
     for key, seed in (("dataset.seed", spec.dataset.seed), ("search.seed", spec.search.seed)):
         if not 0 <= seed < 2**32:

@@ -231,3 +231,11 @@ def test_the_recipe_arms_differ_by_the_knobs_alone():
         assert after == {**before, **KNOBS[model]} and set(KNOBS[model]) <= set(RECIPE_DEFAULTS)
         load_space(after, model)  # a space tuner accepts
     assert "recipe_knobs" in BENCHMARKS
+
+
+def test_the_data_parallel_suite_splits_its_batches_evenly_over_two_workers():
+    from benchmarks import data_parallel
+
+    assert BENCHMARKS["data_parallel"] is data_parallel.data_parallel
+    for _, _, hparams, epochs, repeats in (data_parallel.QUICK, data_parallel.FULL):
+        assert hparams["batch_size"] % 2 == 0 and epochs >= 2 and repeats >= 1

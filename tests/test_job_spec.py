@@ -213,7 +213,10 @@ def test_unknown_top_level_key_lists_valid_keys() -> None:
         ),
         ("search", ["algorithm", "num_samples", "max_concurrent", "seed", "storage"]),
         ("scheduler", ["max_epochs", "grace_period", "reduction_factor", "stop_on_overfit"]),
-        ("resources", ["cpu", "gpu", "gpu_memory_gb", "gpu_memory_headroom"]),
+        (
+            "resources",
+            ["workers", "cpu", "gpu", "placement", "gpu_memory_gb", "gpu_memory_headroom"],
+        ),
         ("training", ["precision", "compile", "data_on_device"]),
         ("tracking", ["uri", "experiment"]),
         ("failure", ["max_retries"]),
@@ -766,3 +769,36 @@ def test_a_saved_spec_of_an_older_version_keeps_loading(tmp_path: Path, cwd: Pat
         "max_epochs": 4,
         "stop_on_overfit": None,
     }
+
+
+def test_workers_default_to_one_packed(cwd: Path) -> None:
+    resources = spec_from_dict(MINIMAL).resources
+    assert (resources.workers, resources.placement) == (1, "pack")
+    raw = with_(resources={"workers": 4, "gpu": 1, "placement": "spread"})
+    resources = spec_from_dict(raw).resources
+    assert (resources.workers, resources.gpu, resources.placement) == (4, 1.0, "spread")
+
+
+@pytest.mark.parametrize("workers", [0, -2])
+def test_workers_must_be_at_least_one(workers: int) -> None:
+    msg = spec_error(with_(resources={"workers": workers}))
+    assert "resources.workers must be greater than or equal to 1" in msg
+    assert f"but got {workers}" in msg
+
+
+@pytest.mark.parametrize("gpu", [0.5, 0.25, "auto"])
+def test_a_gpu_share_with_several_workers_is_refused(gpu: Any) -> None:
+    """NCCL cannot put two ranks of one process group on one GPU."""
+    msg = spec_error(with_(resources={"workers": 2, "gpu": gpu}))
+    assert f"resources.gpu: {gpu!r} with resources.workers 2" in msg
+    assert "each need a whole GPU" in msg and "NCCL" in msg
+
+
+def test_any_cpu_split_is_fine_with_several_workers(cwd: Path) -> None:
+    resources = spec_from_dict(with_(resources={"workers": 2, "cpu": 0.5})).resources
+    assert (resources.workers, resources.cpu, resources.gpu) == (2, 0.5, 0.0)
+
+
+def test_placement_is_pack_or_spread() -> None:
+    msg = spec_error(with_(resources={"placement": "scatter"}))
+    assert "resources.placement" in msg and "'pack'" in msg and "'spread'" in msg

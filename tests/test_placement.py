@@ -13,6 +13,8 @@ from trainables.memory import GIB, gib
 from tuner.driver.placement import (
     alive_nodes,
     check_fits_one_node,
+    check_trials_fit,
+    check_workers_fit,
     largest_config,
     plan_gpu_memory,
     trials_per_gpu,
@@ -239,3 +241,53 @@ def test_the_study_hands_the_training_options_to_its_trials() -> None:
     assert trial_settings(spec).training == TrainingOptions("bf16", True, data_on_device=True)
     decided = TrainingOptions("bf16", True, data_on_device=False)
     assert trial_settings(spec, decided).training == decided
+
+
+# --------------------------------------------------------------------------- data-parallel workers
+
+
+def test_packed_workers_fit_the_clusters_slots_and_cap_the_trials_at_once() -> None:
+    nodes = alive_nodes([ray_node(4, 2, ip="10.0.0.1"), ray_node(4, 2, ip="10.0.0.2")])
+    assert check_workers_fit(4, 1, 1, spread=False, nodes=nodes) == 1  # 2 GPUs a node
+    assert check_workers_fit(2, 2, 1, spread=False, nodes=nodes) == 2
+    assert check_workers_fit(2, 1, 0, spread=False, nodes=nodes) == 4  # CPU: 8 slots
+    with pytest.raises(SpecError) as caught:
+        check_workers_fit(5, 1, 1, spread=False, nodes=nodes)
+    msg = str(caught.value)
+    assert msg.startswith("resources.workers: 5 workers of 1 CPU and 1 GPU each")
+    assert "at most 4 such worker(s) at once" in msg and "use at most 4 workers" in msg
+    assert "4 CPU and 2 GPU (node 10.0.0.2)" in msg
+
+
+def test_spread_workers_need_a_node_each() -> None:
+    nodes = alive_nodes([ray_node(8, ip="10.0.0.1"), ray_node(8, ip="10.0.0.2"), ray_node(0.5)])
+    assert check_workers_fit(2, 1, 0, spread=True, nodes=nodes) == 8  # 8 slots on each of two
+    with pytest.raises(SpecError) as caught:
+        check_workers_fit(3, 1, 0, spread=True, nodes=nodes)  # the third node holds none
+    msg = str(caught.value)
+    assert "placement spread (one node each)" in msg
+    assert "only 2 of the cluster's 3 node(s) can hold one" in msg and "placement: pack" in msg
+
+
+def test_a_study_runs_no_more_trials_at_once_than_whole_worker_groups_fit() -> None:
+    nodes = alive_nodes([ray_node(2)])  # the test Ray: 2 CPUs
+    spec = tiny_spec(search={"max_concurrent": 4}, resources={"workers": 2, "cpu": 1})
+    assert check_trials_fit(spec, nodes) == 1
+    assert check_trials_fit(tiny_spec(search={"max_concurrent": 4}), nodes) == 4  # one worker
+    with pytest.raises(SpecError, match="resources.workers: 3 workers of 1 CPU"):
+        check_trials_fit(tiny_spec(resources={"workers": 3, "cpu": 1}), nodes)
+
+
+def test_each_worker_is_estimated_at_its_share_of_the_batch() -> None:
+    space = parse_space({"batch_size": 256, "hidden_units": 64})
+    one = prepare(tiny_spec(search_space={"batch_size": 256, "hidden_units": 64}))
+    four = prepare(
+        tiny_spec(
+            search_space={"batch_size": 256, "hidden_units": 64},
+            resources={"workers": 4, "gpu": 1},
+        )
+    )
+    whole, _ = worst_case_estimate(one.spec, space, one.dataset, TrainingOptions())
+    worker, _ = worst_case_estimate(four.spec, space, four.dataset, TrainingOptions())
+    assert (whole.batch_size, worker.batch_size) == (256, 64)
+    assert worker.batch_data < whole.batch_data and worker.parameters == whole.parameters

@@ -202,3 +202,42 @@ def test_the_resources_with_resources_attached_are_found_again() -> None:
     wrapped = tune.with_resources(tune.with_parameters(train, data=1), planner)
     assert resources_of(wrapped) is planner
     assert resources_of(train) is None
+
+
+def test_a_patient_trainable_waits_for_its_function_to_return_on_stop_and_reset(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The class Tune would make of the function, its stop and reset waiting (here up to 5 s)
+    for the function's thread, which Tune's own do not: the thread is set to stop as Tune does
+    and joined before Tune's cleanup runs."""
+    import threading
+    import time
+
+    from ray.tune.trainable.function_trainable import FunctionTrainable
+
+    from tuner.internals import ray_internals
+
+    def function(config: dict) -> None: ...
+
+    cls = ray_internals.waiting_for_its_function(function, 5.0)
+    assert issubclass(cls, FunctionTrainable)
+    ended: list[float] = []
+    stop_event = threading.Event()
+
+    def train() -> None:
+        stop_event.wait(10)
+        time.sleep(0.3)  # what a data-parallel trial's workers take to stop
+        ended.append(time.monotonic())
+
+    thread = threading.Thread(target=train)
+    thread.start()
+    session = SimpleNamespace(
+        training_started=True,
+        stop_event=stop_event,
+        continue_lock=threading.Semaphore(0),
+        training_thread=thread,
+    )
+    monkeypatch.setattr("ray.train._internal.session.get_session", lambda: session)
+    monkeypatch.setattr(FunctionTrainable, "cleanup", lambda self: ended.append(-1.0))
+    cls.cleanup(object.__new__(cls))
+    assert len(ended) == 2 and ended[1] == -1.0  # the function returned before Tune's cleanup

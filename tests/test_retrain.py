@@ -52,7 +52,11 @@ def test_train_on_cpu_records_the_device_and_a_file_without_training_trains_in_f
     study_dir: Path,
 ) -> None:
     path = write_config(study_dir)
-    assert load_exported(path).training.model_dump() == {"precision": "fp32", "compile": False}
+    assert load_exported(path).training.model_dump() == {
+        "precision": "fp32",
+        "compile": False,
+        "workers": 1,
+    }
     uri = f"sqlite:///{study_dir / 'mlflow.db'}"
     result = runner.invoke(app, ["train", str(path), "--device", "cpu", "--tracking-uri", uri])
     assert result.exit_code == 0, result.output
@@ -125,8 +129,40 @@ def test_train_config_refuses_an_unknown_device_before_loading_anything(tmp_path
 
 def test_the_training_tag_of_a_study_becomes_the_exported_training_section() -> None:
     tag = '{"precision": "bf16", "compile": true, "data_on_device": null}'
-    assert training_from_tag(tag).model_dump() == {"precision": "bf16", "compile": True}
-    assert training_from_tag(None).model_dump() == {"precision": "fp32", "compile": False}
+    assert training_from_tag(tag).model_dump() == {
+        "precision": "bf16",
+        "compile": True,
+        "workers": 1,
+    }
+    assert training_from_tag(None).model_dump() == {
+        "precision": "fp32",
+        "compile": False,
+        "workers": 1,
+    }
+    # a data-parallel trial's run carries its worker count (tuner.workers)
+    assert training_from_tag(tag, "2").workers == 2
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_a_multi_worker_config_retrains_on_as_many_workers_unless_told(study_dir: Path) -> None:
+    """An exported 2-worker config trains on 2 Ray Train workers (the first's model logged);
+    `--workers 1` trains it in this process. batch_size is the global batch, so both train
+    the same config: their curves agree closely (tests/test_data_parallel.py has the bound)."""
+    path = write_config(
+        study_dir,
+        hyperparameters={"lr": 0.01, "hidden_units": 32, "batch_size": 64},
+        training={"workers": 2},
+    )
+    assert load_exported(path).training.workers == 2
+    assert "workers: 2" in path.read_text()
+    uri = f"sqlite:///{study_dir / 'mlflow.db'}"
+    two = train_config(path, uri, register=False, device="cpu")
+    one = train_config(path, uri, register=False, device="cpu", workers=1)
+    assert [row["epoch"] for row in two.history] == [1, 2]
+    assert two.final["val_loss"] == pytest.approx(one.final["val_loss"], rel=0.02)
+    assert two.final["val_loss"] < two.history[0]["val_loss"]
+    with pytest.raises(SpecError, match="--workers must be at least 1 but got 0"):
+        train_config(path, uri, register=False, device="cpu", workers=0)
 
 
 def test_train_scores_the_held_out_test_split_once_when_the_study_kept_one(

@@ -14,7 +14,7 @@ import search_spaces
 from trainables.loop import OPTIMIZER_DEFAULTS
 from trainables.models import MODELS
 from tuner.errors import SpecError
-from tuner.spec.spaces import SearchSpace, load_space, parse_space
+from tuner.spec.spaces import SearchSpace, check_batch_split, load_space, parse_space
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
@@ -501,3 +501,40 @@ def test_recipe_knobs_are_hyperparameters_of_every_model() -> None:
     for model in ("mlp", "cnn", "lstm"):
         assert load_space(space, model).names() == list(space)
     assert load_space({"grad_clip_norm": None}, "lstm").constants == {"grad_clip_norm": None}
+
+
+# --------------------------------------------------------------------------- data-parallel workers
+
+
+@pytest.mark.parametrize(
+    "batch_size",
+    [
+        {"type": "categorical", "choices": [32, 64, 128]},
+        64,
+        {"type": "int", "low": 32, "high": 256, "step": 32},
+    ],
+)
+def test_batch_sizes_the_workers_divide_pass(batch_size: Any) -> None:
+    check_batch_split(parse_space({"batch_size": batch_size}), 4)
+
+
+@pytest.mark.parametrize(
+    ("batch_size", "expect"),
+    [
+        ({"type": "categorical", "choices": [32, 50]}, "search_space.batch_size.choices: 50"),
+        (30, "search_space.batch_size: 30 is not divisible by resources.workers 4"),
+        ({"type": "int", "low": 32, "high": 256}, "a range from 32 to 256 (step 1)"),
+        ({"type": "int", "low": 32, "high": 256, "log": True}, "log"),
+    ],
+)
+def test_batch_sizes_the_workers_do_not_divide_are_refused(batch_size: Any, expect: str) -> None:
+    with pytest.raises(SpecError) as caught:
+        check_batch_split(parse_space({"batch_size": batch_size}), 4)
+    assert expect in str(caught.value) and "resources.workers 4" in str(caught.value)
+
+
+def test_the_default_batch_size_must_divide_too() -> None:
+    check_batch_split(parse_space({"lr": 0.01}), 4)  # 64
+    with pytest.raises(SpecError, match="the default batch_size: 64 is not divisible"):
+        check_batch_split(parse_space({"lr": 0.01}), 3)
+    check_batch_split(parse_space({"batch_size": 30}), 1)  # one worker: anything

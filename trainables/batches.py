@@ -9,6 +9,7 @@ same batches in the same order, so a run gives the same numbers either way.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -117,3 +118,19 @@ class InHostMemory:
 def place(x: np.ndarray, y: np.ndarray, device: torch.device, on_device: bool):
     """A split on the device, or in host memory copied per batch."""
     return OnDevice(x, y, device) if on_device else InHostMemory(x, y, device)
+
+
+def shard_rows(order: torch.Tensor, rank: int, world: int, pad: bool = True) -> torch.Tensor:
+    """Rank `rank`'s rows of `order` among `world` data-parallel workers, as torch's
+    DistributedSampler takes them: every world-th row from the rank's offset, the order first
+    padded with its own head to a multiple of `world` (`pad`, for training: every worker then
+    takes the same number of batches, which DDP's collectives need). Batched at
+    batch_size / world, the workers' k-th batches together hold exactly the rows of the k-th
+    batch of `order` at batch_size (one worker's), up to the padding. Without `pad` (evaluation,
+    whose sums are added up across workers) no row is counted twice."""
+    n = len(order)
+    if pad and n % world:
+        extra = world - n % world
+        head = order[:extra].repeat(math.ceil(extra / n))  # n < extra: the head repeated
+        order = torch.cat([order, head])[: n + extra]
+    return order[rank::world]

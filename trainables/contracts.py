@@ -119,7 +119,8 @@ class TrialContext:
             `y_train`, `x_val`, `y_val` (NumPy arrays), `x_test`/`y_test` when `data.has_test`
             (finalist re-runs and `tuner train` of a study with `dataset.test_fraction`),
             `task`, `num_classes`, `sample_shape`, `layout`.
-        rank: this worker's rank, 0 (one worker per trial until data-parallel trials exist).
+        rank: this worker's rank, 0 (a training function trains in one process: data-parallel
+            workers, `resources.workers`, are for tuner's own loop).
         world_size: the trial's workers, 1.
     """
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import numbers
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import IO, Any
@@ -26,7 +26,7 @@ from torch import nn
 from trainables import accel
 from trainables import metrics as m
 from trainables.accel import PRECISIONS
-from trainables.batches import Batch, place
+from trainables.batches import Batch, place, shard_rows
 from trainables.costs import LATENCY_BATCH, model_costs
 from trainables.data import Dataset
 from trainables.models import build_model
@@ -231,6 +231,10 @@ def train_epoch(
     return steps
 
 
+#: sums across data-parallel workers: a tensor in, the element-wise sum over every worker out
+Reduce = Callable[[torch.Tensor], torch.Tensor]
+
+
 @torch.inference_mode()
 def evaluate(
     model: nn.Module,
@@ -238,9 +242,11 @@ def evaluate(
     batches: Iterable[Batch],
     classification: bool,
     autocast: AbstractContextManager | None = None,
+    reduce: Reduce | None = None,
 ) -> tuple[float, float | None]:
     """Mean loss (and accuracy for classification) in eval mode. Sums stay on the device and are
-    read once, at the end."""
+    read once, at the end; with `reduce` (data-parallel workers, each on its shard) the sums of
+    every worker are added up first, so each gets the means over all the rows."""
     model.eval()
     total_loss = correct = None
     n = 0
@@ -252,10 +258,18 @@ def evaluate(
             hits = (out.argmax(dim=1) == yb).sum()
             correct = hits if correct is None else correct + hits
         n += len(xb)
-    if total_loss is None:
+    if reduce is None and total_loss is None:
         return 0.0, (0.0 if classification else None)
-    sums = torch.stack([total_loss, correct.double() if classification else total_loss])
-    loss_sum, correct_sum = sums.tolist()  # the one host synchronisation
+    device = total_loss.device if total_loss is not None else next(model.parameters()).device
+    zero = torch.zeros((), dtype=torch.float64, device=device)
+    loss_sum = zero if total_loss is None else total_loss
+    correct_sum = zero if correct is None else correct.double()
+    sums = torch.stack([loss_sum, correct_sum, zero + n])
+    if reduce is not None:
+        sums = reduce(sums)
+    loss_sum, correct_sum, n = sums.tolist()  # the one host synchronisation
+    if n == 0:
+        return 0.0, (0.0 if classification else None)
     return loss_sum / n, (correct_sum / n if classification else None)
 
 
@@ -348,6 +362,29 @@ class TrainingRun:
         )
         self.epoch = 0
         self.compiled = False
+        #: what evaluates: the model (or its compiled wrapper), also once `shard` wrapped
+        #: `forward_model` for data-parallel training, whose collectives evaluation must not run
+        self.eval_model = self.forward_model
+        #: (rank, workers, reduce) of a data-parallel worker (`shard`); None: the whole split
+        self.sharding: tuple[int, int, Reduce] | None = None
+
+    def shard(
+        self, rank: int, workers: int, reduce: Reduce, wrap: Callable[[nn.Module], nn.Module]
+    ):
+        """Train as worker `rank` of `workers` data-parallel ones: the model wrapped by `wrap`
+        (DistributedDataParallel: gradients averaged across workers), each global batch split
+        into `workers` parts of batch_size / workers rows (`batches.shard_rows`: the same rows
+        as one worker's batch), and evaluation on each worker's share of the rows with the
+        sums added up by `reduce`, so every worker measures the same global metrics. Every
+        worker must have been built with the same seed: the shuffle order is shared."""
+        if self.batch_size % workers:
+            raise ValueError(
+                f"batch_size: {self.batch_size} is not divisible by resources.workers {workers}"
+            )
+        self.batch_size //= workers
+        self.sharding = (rank, workers, reduce)
+        wrapped = wrap(self.model)
+        self.forward_model = torch.compile(wrapped) if self.options.compile else wrapped
 
     def autocast(self) -> AbstractContextManager:
         return accel.autocast(self.device, self.autocast_dtype)
@@ -362,17 +399,33 @@ class TrainingRun:
     def _train_batches(self) -> Iterable[Batch]:
         """The epoch's shuffled training batches, augmented when the recipe says so (with
         draws from the run's generator after the shuffle's, so a resumed run draws the same)."""
-        n = len(self.train_data)
-        order = torch.randperm(n, generator=self.generator)
+        order = torch.randperm(len(self.train_data), generator=self.generator)
+        if self.sharding is not None:
+            rank, workers, _ = self.sharding
+            order = shard_rows(order, rank, workers)
+        n = len(order)
         batches = self.train_data.batches(self.batch_size, order)
         if self.augmentation is not None:
             batches = self.augmentation.batches(batches, n, self.generator, self.device)
         return self._formatted(batches)
 
     def _eval_batches(self) -> tuple[Iterable[Batch], Iterable[Batch]]:
-        train = self.train_data.batches(EVAL_BATCH_SIZE, self.train_rows)
-        val = self.val_data.batches(EVAL_BATCH_SIZE)
+        train_rows, val_rows = self.train_rows, None
+        if self.sharding is not None:  # each worker its share of the rows, none twice
+            rank, workers, _ = self.sharding
+            if train_rows is None:
+                train_rows = torch.arange(len(self.train_data))
+            train_rows = shard_rows(train_rows, rank, workers, pad=False)
+            val_rows = shard_rows(torch.arange(len(self.val_data)), rank, workers, pad=False)
+        train = self.train_data.batches(EVAL_BATCH_SIZE, train_rows)
+        val = self.val_data.batches(EVAL_BATCH_SIZE, val_rows)
         return self._formatted(train), self._formatted(val)
+
+    def _evaluate(self, batches: Iterable[Batch]) -> tuple[float, float | None]:
+        reduce = self.sharding[2] if self.sharding is not None else None
+        return evaluate(
+            self.eval_model, self.loss_fn, batches, self.classification, self.autocast(), reduce
+        )
 
     def _warm_up(self) -> float:
         """Compile every graph this run will need (train and eval mode, each batch shape) by one
@@ -389,9 +442,7 @@ class TrainingRun:
                 _, loss = batch_loss(self.forward_model, self.loss_fn, xb, yb, self.autocast())
                 loss.backward()
             for batches in self._eval_batches():
-                evaluate(
-                    self.forward_model, self.loss_fn, batches, self.classification, self.autocast()
-                )
+                self._evaluate(batches)
         return time.perf_counter() - start
 
     def run_epoch(self) -> dict[str, float]:
@@ -413,12 +464,8 @@ class TrainingRun:
             lr_scheduler=self.lr_scheduler,
         )
         train_batches, val_batches = self._eval_batches()
-        train_loss, train_acc = evaluate(
-            self.forward_model, self.loss_fn, train_batches, self.classification, self.autocast()
-        )
-        val_loss, val_acc = evaluate(
-            self.forward_model, self.loss_fn, val_batches, self.classification, self.autocast()
-        )
+        train_loss, train_acc = self._evaluate(train_batches)
+        val_loss, val_acc = self._evaluate(val_batches)
         self.epoch += 1
         result = {
             m.EPOCH: self.epoch,
@@ -449,7 +496,7 @@ class TrainingRun:
         mode, measured like validation."""
         batches = place(x, y, self.device, self.options.data_on_device).batches(EVAL_BATCH_SIZE)
         loss, acc = evaluate(
-            self.forward_model,
+            self.eval_model,
             self.loss_fn,
             self._formatted(batches),
             self.classification,

@@ -1,10 +1,11 @@
 """The Ray Tune function trainable: config -> model -> epochs -> `tune.report` (+ checkpoint).
 
-The only module of `trainables` that imports Ray. The dataset arrives once through the object
-store (`tune.with_parameters`); what to train and for how long arrives as `TrialSettings`, so the
-trial's config holds nothing but its hyperparameters. A study whose spec names a `loop` trains
-with that registered training function instead of `TrainingRun`; its reports become the same
-result rows and checkpoints (`train_with_function`).
+With `data_parallel` (which trains a trial on several workers with this module's
+`train_epochs`), the only module of `trainables` that imports Ray. The dataset arrives once
+through the object store (`tune.with_parameters`); what to train and for how long arrives as
+`TrialSettings`, so the trial's config holds nothing but its hyperparameters. A study whose
+spec names a `loop` trains with that registered training function instead of `TrainingRun`; its
+reports become the same result rows and checkpoints (`train_with_function`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import math
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,9 @@ CHECKPOINT_FILE = "state.pt"
 NODE_ID = "node_id"  # which Ray node ran the epoch (not a metric)
 GPU_IDS = "gpu_ids"  # the GPU ids Ray assigned the trial, "0" or "0,1" ("" for none; not a metric)
 DEVICE = "device"  # what the trial trains on: "cuda:0" or "cpu" (not a metric)
+#: a data-parallel trial's workers' Ray nodes, in rank order, comma-separated (not a metric);
+#: its GPU_IDS then hold each worker's ids, one worker's per ';'-separated part
+WORKER_NODES = "worker_nodes"
 REPORTED_STATE = "reported"  # a checkpoint's rows of every epoch to it (`m.EARLIER_EPOCHS`)
 #: the config key of a finalist re-run: {"hparams": {...}, "seed": int, "epochs": int, "trial":
 #: the tuned trial's number}; a search trial's config is its hyperparameters alone
@@ -67,6 +72,12 @@ class TrialSettings:
     #: `resources.gpu: auto`: a trial that runs out of GPU memory below a whole GPU raises, to
     #: be retried at twice the share; otherwise (or at a whole GPU) it ends `out_of_memory`
     retry_out_of_memory: bool = False
+    #: data-parallel workers per trial (`resources.workers`; above 1: `trainables.data_parallel`)
+    workers: int = 1
+    #: where those workers go: "pack" (few nodes) or "spread" (one node each)
+    placement: str = "pack"
+    #: GPUs per worker (`resources.gpu`, a whole one or none when workers > 1)
+    gpus: float = 0.0
 
 
 def trial_device() -> torch.device:
@@ -123,8 +134,19 @@ def run_trial(
         train_with_function(config, data, settings, meter)
         return
     hparams, seed, epochs = trial_plan(config, settings)
-    run = TrainingRun(  # the study's max_epochs is the lr schedule's budget, for a finalist
-        settings.model,  # re-run to its best epoch too: it follows the tuned trial's curve
+    run = training_run(hparams, data, settings, device, seed)
+    train_epochs(
+        run, data, settings, meter, epochs, saved_state(tune.get_checkpoint()), report_to_tune
+    )
+
+
+def training_run(
+    hparams: dict[str, Any], data: Dataset, settings: TrialSettings, device: torch.device, seed: int
+) -> TrainingRun:
+    """The trial's `TrainingRun`: the study's max_epochs is the lr schedule's budget, for a
+    finalist re-run to its best epoch too (it follows the tuned trial's curve)."""
+    return TrainingRun(
+        settings.model,
         hparams,
         data,
         device=device,
@@ -133,17 +155,49 @@ def run_trial(
         max_epochs=settings.max_epochs,
     )
 
+
+def saved_state(checkpoint: tune.Checkpoint | None) -> dict[str, Any] | None:
+    """The state a trial's checkpoint holds (on CPU, wherever written), or None."""
+    if not checkpoint:
+        return None
+    with checkpoint.as_directory() as folder:
+        return load_state(Path(folder) / CHECKPOINT_FILE)
+
+
+def report_to_tune(result: dict[str, Any], folder: Path | None) -> None:
+    """One epoch's result to Ray Tune, with the checkpoint in `folder` when there is one."""
+    tune.report(
+        result, checkpoint=None if folder is None else tune.Checkpoint.from_directory(folder)
+    )
+
+
+#: what `train_epochs` sends each epoch to: the result row and the folder of its checkpoint
+Reporter = Callable[[dict[str, Any], Path | None], None]
+
+
+def train_epochs(
+    run: TrainingRun,
+    data: Dataset,
+    settings: TrialSettings,
+    meter: UsageMeter,
+    epochs: int,
+    state: dict[str, Any] | None,
+    reporter: Reporter,
+    placement: dict[str, str] | None = None,
+    checkpoints: bool = True,
+) -> None:
+    """Train `run` from `state` (a checkpoint's, or None) to `epochs`, sending each epoch's
+    result row to `reporter` with, every `settings.checkpoint_every_s` (and after the first
+    epoch), a checkpoint that resumes the trial exactly (none when not `checkpoints`: a
+    data-parallel worker other than the first). `placement`: where it ran (default: here)."""
     reported: list[dict[str, float]] = []  # every epoch's numbers, kept in each checkpoint
-    checkpoint = tune.get_checkpoint()
-    if checkpoint:
-        with checkpoint.as_directory() as folder:
-            state = load_state(Path(folder) / CHECKPOINT_FILE)  # on CPU, wherever written
+    if state:
         reported = list(state.pop(REPORTED_STATE, []))
         run.load_state_dict(state)
         meter.resume(reported)
     earlier = list(reported)
 
-    placement = placement_keys(device)
+    placement = placement_keys(meter.device) if placement is None else placement
     costs = run.costs(latency=settings.measure_latency)  # once: the architecture is fixed
     last_checkpoint = -math.inf
     while run.epoch < epochs:
@@ -155,16 +209,16 @@ def run_trial(
         if earlier:
             result[m.EARLIER_EPOCHS], earlier = earlier, []
         if result.get(m.DIVERGED):
-            tune.report(result)  # no checkpoint of a diverged model; the trial ends here
+            reporter(result, None)  # no checkpoint of a diverged model; the trial ends here
             return
-        if time.monotonic() - last_checkpoint < settings.checkpoint_every_s:
-            tune.report(result)
+        if not checkpoints or time.monotonic() - last_checkpoint < settings.checkpoint_every_s:
+            reporter(result, None)
             continue
         with tempfile.TemporaryDirectory() as folder:
             save_state(
                 {**run.state_dict(), REPORTED_STATE: reported}, Path(folder) / CHECKPOINT_FILE
             )
-            tune.report(result, checkpoint=tune.Checkpoint.from_directory(folder))
+            reporter(result, Path(folder))
         last_checkpoint = time.monotonic()
 
 

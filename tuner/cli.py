@@ -492,6 +492,10 @@ def train(
     device: Annotated[
         Device, typer.Option(help="auto: CUDA when a GPU is available, else CPU.")
     ] = Device.auto,
+    workers: Annotated[
+        int | None,
+        typer.Option(help="Data-parallel workers (a local Ray). Default: the trial's."),
+    ] = None,
 ) -> None:
     """Train one fixed config to completion and log it, with the model, to MLflow."""
     from tuner.cluster.redaction import redact
@@ -502,7 +506,7 @@ def train(
     source_uri = load_exported(config).source.get("tracking_uri")
     uri = tracking_uri or source_uri or default_tracking_uri()
     with tracking_access(uri):
-        result = train_config(config, uri, epochs, device=device.value)
+        result = train_config(config, uri, epochs, device=device.value, workers=workers)
     final = result.final
     acc = f", val_acc {final['val_acc']:.4f}" if "val_acc" in final else ""
     say(

@@ -39,10 +39,13 @@ def run_finalists(
     run_ids: dict[str, str],
     *,
     announce: bool,
+    max_concurrent: int | None = None,
 ) -> FinalistRuns:
     """Train the best `selection.finalists` trials of `trials` again, `selection.seeds` times
     each, in the study folder at `location` (a folder left by an earlier execution, of an
-    interrupted or extended study, is replaced). `configs` and `run_ids` are by Ray trial id."""
+    interrupted or extended study, is replaced). `configs` and `run_ids` are by Ray trial id.
+    `max_concurrent`: re-runs at once (default search.max_concurrent; fewer for data-parallel
+    trials whose worker groups would not all fit)."""
     selection = spec.selection
     assert selection is not None
     metric, mode = spec.objective.metric, spec.objective.mode
@@ -65,7 +68,7 @@ def run_finalists(
         trainable,
         param_space={FINALIST: tune.grid_search([plan.as_config() for plan in plans])},
         tune_config=tune.TuneConfig(
-            max_concurrent_trials=spec.search.max_concurrent,
+            max_concurrent_trials=max_concurrent or spec.search.max_concurrent,
             reuse_actors=True,
             trial_dirname_creator=trial_dirname,
         ),

@@ -73,6 +73,68 @@ def check_fits_one_node(cpu: float, gpu: float, nodes: list[NodeSize]) -> None:
     )
 
 
+def worker_slots(node: NodeSize, cpu: float, gpu: float) -> int:
+    """How many workers of `cpu` CPU and `gpu` GPU each `node` holds at once."""
+    slots = math.floor(node.cpu / cpu + 1e-9)
+    return min(slots, math.floor(node.gpu / gpu + 1e-9)) if gpu > 0 else slots
+
+
+def trials_at_once(
+    workers: int, cpu: float, gpu: float, spread: bool, nodes: list[NodeSize]
+) -> int:
+    """How many trials of `workers` data-parallel workers the nodes hold at once: packed, as
+    many as the workers' slots allow; spread, each worker of a trial on its own node."""
+    slots = [worker_slots(n, cpu, gpu) for n in nodes]
+    if not spread:
+        return sum(slots) // workers
+    trials = 0
+    while sum(min(s, trials + 1) for s in slots) >= (trials + 1) * workers:
+        trials += 1
+    return trials
+
+
+def check_workers_fit(
+    workers: int, cpu: float, gpu: float, spread: bool, nodes: list[NodeSize]
+) -> int:
+    """Refuse a data-parallel trial whose workers the cluster can never place (packed: their
+    slots summed over the nodes; spread: one node each); else how many such trials run at once
+    (Ray Train holds a trial's workers, not Tune, so the study starts no more trials than
+    that: a trial whose workers wait for another's would time out)."""
+    at_once = trials_at_once(workers, cpu, gpu, spread, nodes)
+    if at_once >= 1:
+        return at_once
+    if not nodes:
+        raise SpecError("the Ray cluster has no alive node to run trials on")
+    each = f"{cpu:g} CPU and {gpu:g} GPU"
+    slots = [worker_slots(n, cpu, gpu) for n in nodes]
+    if spread:
+        usable = sum(1 for s in slots if s)
+        raise SpecError(
+            f"resources.workers: {workers} workers of {each} each, placement spread (one node "
+            f"each), but only {usable} of the cluster's {len(nodes)} node(s) can hold one "
+            f"({', '.join(n.describe() for n in nodes)}); use at most {usable} workers, or "
+            "placement: pack"
+        )
+    raise SpecError(
+        f"resources.workers: {workers} workers of {each} each, but the cluster can place at "
+        f"most {sum(slots)} such worker(s) at once ({', '.join(n.describe() for n in nodes)}); "
+        f"use at most {sum(slots)} workers, or fewer resources.cpu / resources.gpu per worker"
+    )
+
+
+def check_trials_fit(spec: JobSpec, nodes: list[NodeSize]) -> int:
+    """Refuse trials the cluster can never place (`check_fits_one_node`, or with
+    resources.workers above 1 `check_workers_fit`); else how many trials the study may run at
+    once: search.max_concurrent, or fewer when whole worker groups would not fit."""
+    res = spec.resources
+    if res.workers == 1:
+        check_fits_one_node(res.cpu, res.largest_gpu, nodes)
+        return spec.search.max_concurrent
+    spread = res.placement == "spread"
+    at_once = check_workers_fit(res.workers, res.cpu, res.largest_gpu, spread, nodes)
+    return min(spec.search.max_concurrent, at_once)
+
+
 # --------------------------------------------------------------------------- the largest trial
 
 
@@ -148,9 +210,14 @@ class Packing:
 def worst_case_estimate(
     spec: JobSpec, space: SearchSpace, data: Dataset, options: TrainingOptions
 ) -> tuple[MemoryEstimate, dict[str, Any]]:
-    """The memory estimate of the largest trial the space can draw, and that trial's config."""
+    """The memory estimate of the largest trial the space can draw, and that trial's config;
+    with resources.workers above 1, of one of its workers (each holds the model, its optimizer
+    state and the data, and trains batch_size / workers rows at a time)."""
+    workers = spec.resources.workers
 
     def estimate(config: dict[str, Any]) -> MemoryEstimate:
+        if workers > 1 and BATCH_SIZE in config:
+            config = {**config, BATCH_SIZE: max(1, int(config[BATCH_SIZE]) // workers)}
         return estimate_trial_memory(spec.model, config, data, options)
 
     config = largest_config(space, lambda c: estimate(c).total())

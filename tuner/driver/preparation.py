@@ -19,7 +19,13 @@ from trainables.plugins import PluginCode
 from tuner.driver.warm_start import WarmStart
 from tuner.errors import SpecError
 from tuner.spec.job_spec import JobSpec, load_plugins
-from tuner.spec.spaces import CategoricalParam, SearchSpace, check_recipe, load_space
+from tuner.spec.spaces import (
+    CategoricalParam,
+    SearchSpace,
+    check_batch_split,
+    check_recipe,
+    load_space,
+)
 
 
 @dataclass
@@ -34,6 +40,13 @@ class PreparedStudy:
     #: one GPU's memory in bytes (resources.gpu_memory_gb or probed), set by `place_trials`
     #: for `resources.gpu: auto`
     gpu_memory: int | None = None
+    #: how many trials run at once: search.max_concurrent, or fewer when data-parallel trials'
+    #: worker groups would not all fit the cluster (set by `place_trials`)
+    trials_at_once: int | None = None
+
+    @property
+    def max_concurrent(self) -> int:
+        return self.trials_at_once or self.spec.search.max_concurrent
 
 
 def prepare(spec: JobSpec) -> PreparedStudy:
@@ -51,6 +64,7 @@ def prepare(spec: JobSpec) -> PreparedStudy:
     space = load_space(spec.search_space, spec.model_family)
     if spec.model_family is not None:  # a training function has no model to probe
         check_recipe(space, dataset, spec.scheduler.max_epochs)
+        check_batch_split(space, spec.resources.workers)
         check_model_builds(spec.model_family, space, dataset)
     return PreparedStudy(spec, dataset, space, plugins)
 

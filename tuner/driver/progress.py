@@ -19,7 +19,7 @@ from rich.live import Live
 from rich.text import Text
 
 from trainables import metrics as m
-from trainables.trainable import DEVICE, FINALIST, GPU_IDS, NODE_ID
+from trainables.trainable import DEVICE, FINALIST, GPU_IDS, NODE_ID, WORKER_NODES
 from tuner.cluster.storage import relocated
 from tuner.driver import phases
 from tuner.driver.journal import append_event, read_journal
@@ -107,6 +107,7 @@ class StudyRecorder(Callback):
             record.node = event.get("node") or record.node
             record.gpu_ids = event.get(GPU_IDS, record.gpu_ids)
             record.device = event.get(DEVICE) or record.device
+            record.worker_nodes = event.get(WORKER_NODES) or record.worker_nodes
         elif event["event"] == "end":
             record.status, record.error = event["status"], event.get("error")
             if record.finished is None:
@@ -166,7 +167,7 @@ class StudyRecorder(Callback):
         """Journal one epoch's row out of `values`, placed where `result` says."""
         row = {k: values[k] for k in REPORTED if k in values}
         if m.EPOCH in row:
-            placement = {k: result[k] for k in (GPU_IDS, DEVICE) if k in result}
+            placement = {k: result[k] for k in (GPU_IDS, DEVICE, WORKER_NODES) if k in result}
             self._event(trial, "result", row=row, node=result.get(NODE_ID), **placement)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:

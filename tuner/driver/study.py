@@ -37,7 +37,7 @@ from tuner.driver.optuna_storage import claim_execution, open_optuna_storage
 from tuner.driver.placement import (
     PROBE_TIMEOUT_S,
     alive_nodes,
-    check_fits_one_node,
+    check_trials_fit,
     plan_gpu_memory,
 )
 from tuner.driver.preparation import PreparedStudy, prepare
@@ -76,17 +76,18 @@ LOG_FILE = "tuner.log"
 # --------------------------------------------------------------------------- Ray
 
 
-def check_cluster_resources(spec: JobSpec) -> None:
-    """Refuse a trial size no node can place (a trial runs on one node), instead of pending
-    forever."""
-    check_fits_one_node(spec.resources.cpu, spec.resources.largest_gpu, alive_nodes(ray.nodes()))
+def check_cluster_resources(spec: JobSpec) -> int:
+    """Refuse a trial size no node can place (a trial runs on one node; a data-parallel one's
+    workers where the cluster can place them), instead of pending forever. Returns how many
+    trials may run at once (`placement.check_trials_fit`)."""
+    return check_trials_fit(spec, alive_nodes(ray.nodes()))
 
 
 def place_trials(prepared: PreparedStudy) -> TrainingOptions:
     """Check that trials fit a node, and as many as share a GPU fit its memory; the options
     trials train with (where the data lives decided here). Prints what it could not check."""
     spec = prepared.spec
-    check_cluster_resources(spec)
+    prepared.trials_at_once = check_cluster_resources(spec)
     memory, source = None, ""
     if spec.resources.gpu_memory_gb is not None:
         memory, source = int(spec.resources.gpu_memory_gb * GIB), "resources.gpu_memory_gb"

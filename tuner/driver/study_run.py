@@ -19,6 +19,7 @@ from ray import tune
 from dashboards.render import write_report
 from trainables import metrics as m
 from trainables.data import DataOptions
+from trainables.data_parallel import DRIVER_RESOURCES, train_data_parallel
 from trainables.loop import TrainingOptions
 from trainables.plugins import PluginCode
 from trainables.trainable import TrialSettings, train_trial
@@ -60,6 +61,7 @@ from tuner.errors import StudyError
 from tuner.internals.optuna_internals import SoleWriterCache
 from tuner.internals.ray_internals import (
     restored_callbacks,
+    waiting_for_its_function,
 )
 from tuner.results import outcomes
 from tuner.results.dashboard_data import REPORT_FILE, from_study
@@ -81,6 +83,9 @@ from tuner.tracking.study_run import (
     tag_pareto,
 )
 
+#: how long a stopped data-parallel trial is given to stop its workers (`trainables.data_parallel`:
+#: after the epoch they are in) before Tune ends its actor
+WORKERS_GRACE_S = 60.0
 DRAIN_AT_END_S = 30.0  # how long a finished study waits for an unreachable MLflow server
 
 
@@ -175,6 +180,9 @@ def trial_settings(
         loop=spec.loop,
         required_metrics=tuple(o.metric for o in spec.objectives),
         retry_out_of_memory=spec.resources.auto_gpu,
+        workers=spec.resources.workers,
+        placement=spec.resources.placement,
+        gpus=spec.resources.largest_gpu,
     )
 
 
@@ -191,6 +199,10 @@ def make_trainable(
     settings = trial_settings(spec, training, prepared.plugins)
     data = prepared.dataset if with_test else prepared.dataset.without_test()
     resources: Any = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
+    if spec.resources.workers > 1 and trainable is train_trial:  # Ray Train holds the workers'
+        function = tune.with_parameters(train_data_parallel, data=data, settings=settings)
+        patient = waiting_for_its_function(function, WORKERS_GRACE_S)
+        return tune.with_resources(patient, dict(DRIVER_RESOURCES))
     if spec.resources.auto_gpu and prepared.gpu_memory is not None:
         resources = SharePlanner(spec, prepared.dataset, settings.training, prepared.gpu_memory)
     elif spec.resources.auto_gpu:  # not placed (`place_trials` refuses auto without a memory)
@@ -298,7 +310,7 @@ class StudyRun:
                 ),
                 scheduler=make_scheduler(spec.scheduler, journal),
                 num_samples=spec.search.num_samples,
-                max_concurrent_trials=spec.search.max_concurrent,
+                max_concurrent_trials=prepared.max_concurrent,
                 reuse_actors=True,
                 trial_dirname_creator=trial_dirname,
             ),
@@ -456,6 +468,7 @@ class StudyRun:
             {t.trial_id: t.config for t in self.recorder.trials.values()},
             self.tracking.run_ids if self.tracking else {},
             announce=self.progress is not None,
+            max_concurrent=self.prepared.max_concurrent,
         )
 
     def interrupted(self) -> bool:

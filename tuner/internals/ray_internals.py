@@ -46,6 +46,41 @@ def loopback_node() -> Iterator[None]:
         ray_constants.ENABLE_RAY_CLUSTER = enabled
 
 
+def waiting_for_its_function(trainable: Any, grace_s: float) -> type:
+    """Ray Tune's class for the function trainable `trainable`, whose stop (and reset, when Tune
+    reuses the actor) waits up to `grace_s` for the function to return. Tune's own waits 0 s
+    (2 s on a reset) and then ends the actor: what the function started and is still winding
+    down ends with it. A data-parallel trial's Ray Train run is such a thing: cut off, its
+    workers' placement group outlives it until Ray Train's PlacementGroupCleaner removes it, and
+    that cleaner fails where several Ray instances share a machine (it asks the state API
+    without an address), so the next trial's workers would wait for CPUs nobody uses. Given the
+    time, the function stops its workers and Ray Train removes the group itself."""
+    import threading
+
+    from ray.train._internal import session as sessions
+    from ray.tune.trainable.function_trainable import wrap_function
+
+    def wait(self) -> None:
+        session = sessions.get_session()
+        if session is None or not session.training_started:
+            return
+        session.stop_event.set()  # as Tune's own stop does: the function's next report exits
+        session.continue_lock.release()
+        threading.Thread.join(session.training_thread, grace_s)  # only wait: errors are Tune's
+
+    base = wrap_function(trainable)
+
+    def cleanup(self) -> None:
+        wait(self)
+        base.cleanup(self)
+
+    def reset_config(self, new_config: dict) -> bool:
+        wait(self)
+        return base.reset_config(self, new_config)
+
+    return type(base.__name__, (base,), {"cleanup": cleanup, "reset_config": reset_config})
+
+
 def restored_callbacks(tuner) -> list:
     """The callbacks a restored `tune.Tuner` unpickled (Tuner has no public getter)."""
     return tuner._local_tuner.get_run_config().callbacks or []

@@ -57,20 +57,27 @@ class ExportedTraining(BaseModel):
 
     precision: Precision = "fp32"
     compile: bool = False
+    #: the trial's data-parallel workers (resources.workers): `tuner train` trains on as many
+    workers: int = Field(1, ge=1)
 
 
 def exported_training(spec: JobSpec) -> ExportedTraining:
-    """The spec's training section as far as it concerns retraining."""
-    return ExportedTraining(precision=spec.training.precision, compile=spec.training.compile)
+    """The spec's training section as far as it concerns retraining, with the worker count."""
+    return ExportedTraining(
+        precision=spec.training.precision,
+        compile=spec.training.compile,
+        workers=spec.resources.workers,
+    )
 
 
-def training_from_tag(text: str | None) -> ExportedTraining:
-    """A study parent run's training tag; runs written before it existed have none."""
-    if not text:
-        return ExportedTraining()
-    fields = json.loads(text)  # data_on_device is the cluster's business, not retraining's
-    known = ExportedTraining.model_fields
-    return ExportedTraining(**{k: v for k, v in fields.items() if k in known})
+def training_from_tag(text: str | None, workers: str | None = None) -> ExportedTraining:
+    """A study parent run's training tag (runs written before it existed have none), and the
+    trial run's worker count (`tuner.workers`; none before data-parallel trials: 1)."""
+    fields = json.loads(text) if text else {}  # data_on_device is the cluster's business
+    known = set(ExportedTraining.model_fields) - {"workers"}
+    return ExportedTraining(
+        **{k: v for k, v in fields.items() if k in known}, workers=int(workers or 1)
+    )
 
 
 #: the parent run's param holding the study's epoch budget (the spec, flattened)
@@ -131,6 +138,8 @@ class ExportedConfig(BaseModel):
             del data["loop"]
         if data["schedule_epochs"] is None:
             del data["schedule_epochs"]
+        if data["training"]["workers"] == 1:  # one process, as every config before workers
+            del data["training"]["workers"]
         dataset = self.dataset.model_dump(mode="json", exclude_none=True)
         fields = DatasetSpec.model_fields
         data["dataset"] = {
@@ -217,7 +226,9 @@ def config_from_runs(
         epochs=int(metrics[schema.BEST_EPOCH]),
         schedule_epochs=schedule_epochs(hyperparameters, parent.data.params.get(MAX_EPOCHS_PARAM)),
         seed=int(parent.data.tags.get(schema.SEED_TAG, 0)),
-        training=training_from_tag(parent.data.tags.get(schema.TRAINING_TAG)),
+        training=training_from_tag(
+            parent.data.tags.get(schema.TRAINING_TAG), tags.get(schema.WORKERS_TAG)
+        ),
         metrics={k: v for k, v in summary.items() if v is not None},
         source=source,
     ).as_dict()

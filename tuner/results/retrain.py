@@ -20,9 +20,10 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from trainables import metrics as m
-from tuner.errors import SpecError
+from tuner.errors import SpecError, StudyError
 from tuner.results.exporting import ExportedConfig, load_exported
 from tuner.spec.job_spec import DiagnosticsSpec, ObjectiveSpec, load_plugins
 from tuner.spec.plugin_files import code_paths, plugins_tag
@@ -80,15 +81,24 @@ def train_config(
     epochs: int | None = None,
     register: bool = True,
     device: str = "auto",
+    workers: int | None = None,
 ) -> TrainResult:
     """Train one exported config on the same data and split, with the study's training options,
-    on `device` (auto, cpu or cuda); log it, with the model, to MLflow."""
+    on `device` (auto, cpu or cuda) and the trial's data-parallel workers (`workers` overrides
+    them; several start a local Ray); log it, with the model, to MLflow."""
     from trainables.data import DataOptions, DatasetError, load_dataset
     from trainables.loop import TrainingOptions, TrainingRun
 
     config = load_exported(path)
     if epochs is not None and epochs < 1:
         raise SpecError(f"--epochs must be at least 1 but got {epochs}")
+    workers = config.training.workers if workers is None else workers
+    if workers < 1:
+        raise SpecError(f"--workers must be at least 1 but got {workers}")
+    if workers > 1 and config.loop is not None:
+        raise SpecError(
+            f"--workers {workers}: training function {config.loop!r} trains in one process"
+        )
     where = training_device(device)
     options = DataOptions(**config.dataset.model_dump())
     try:
@@ -112,12 +122,15 @@ def train_config(
         options=options,
         max_epochs=budget,
     )
-    history = []
-    for _ in range(epochs):
-        history.append(run.run_epoch())
-        if history[-1].get(m.DIVERGED):
-            break
-    test = run.test_metrics(data.x_test, data.y_test) if data.has_test else {}
+    if workers > 1:
+        history, test = train_on_workers(config, data, run, where, workers, epochs, budget)
+    else:
+        history = []
+        for _ in range(epochs):
+            history.append(run.run_epoch())
+            if history[-1].get(m.DIVERGED):
+                break
+        test = run.test_metrics(data.x_test, data.y_test) if data.has_test else {}
     example = data.x_val[:4]
     return log_trained_model(
         config,
@@ -130,6 +143,60 @@ def train_config(
         inputs=inputs,
         test=test,
     )
+
+
+def train_on_workers(
+    config: ExportedConfig,
+    data,
+    run,
+    device: str,
+    workers: int,
+    epochs: int,
+    budget: int,
+) -> tuple[list[dict[str, float]], dict[str, float]]:
+    """Train `config` on `workers` data-parallel workers (Ray Train on a local Ray, as a trial
+    with that many workers trains) for `epochs`; `run` gets the first worker's model at the
+    end. Returns the epochs' rows and the last epoch's test metrics (none without a split)."""
+    import tempfile
+
+    from ray.util.queue import Queue
+
+    from trainables.data_parallel import run_worker_group, worker_group
+    from trainables.loop import load_state
+    from trainables.trainable import FINALIST, REPORTED_STATE, TrialSettings
+    from tuner.driver.ray_session import ray_session
+
+    settings = TrialSettings(
+        model=config.model,
+        max_epochs=budget,
+        seed=config.seed,
+        checkpoint_every_s=0.0,  # every epoch: the last one's model is the one logged
+        training=run.options,
+        workers=workers,
+        gpus=1.0 if device == "cuda" else 0.0,
+    )
+    history: list[dict[str, float]] = []
+    last: list[bytes] = []
+
+    def on_row(result: dict[str, Any], checkpoint: bytes | None) -> None:
+        history.append({k: v for k, v in result.items() if isinstance(v, int | float)})
+        if checkpoint is not None:
+            last[:] = [checkpoint]
+
+    # a finalist's plan: these hyperparameters, this seed, these epochs (the budget: the study's)
+    plan = {FINALIST: {"hparams": config.hyperparameters, "seed": config.seed, "epochs": epochs}}
+    with ray_session(), tempfile.TemporaryDirectory() as folder:
+        results = Queue(maxsize=1, actor_options={"num_cpus": 0})
+        trainer = worker_group(plan, data, settings, None, results, folder)
+        run_worker_group(trainer, results, on_row)
+    if not history:
+        raise StudyError("tuner train: the workers ended without reporting an epoch")
+    if last:
+        state = load_state(io.BytesIO(last[0]))
+        state.pop(REPORTED_STATE, None)
+        run.load_state_dict(state)
+    test = {k: history[-1].pop(k) for k in (m.TEST_LOSS, m.TEST_ACC) if k in history[-1]}
+    return history, test
 
 
 STATE_ARTIFACT = "model/state.pt"

@@ -63,6 +63,8 @@ class TrialRecord:
     node: str | None = None  # the Ray node that ran its last epoch
     gpu_ids: str | None = None  # the GPU ids Ray gave it for its last epoch ("" for none)
     device: str | None = None  # what its last epoch trained on: "cuda:0" or "cpu"
+    #: a data-parallel trial's workers' nodes (comma-separated, rank order); None otherwise
+    worker_nodes: str | None = None
 
     @property
     def history(self) -> list[dict[str, float]]:

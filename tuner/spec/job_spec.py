@@ -313,10 +313,15 @@ AUTO = "auto"
 
 
 class ResourcesSpec(Section):
-    cpu: float = Field(1.0, gt=0)  # CPUs per trial (torch threads on CPU)
-    #: GPUs per trial, up to 1 (a fraction shares one GPU), or auto: each trial's share chosen
-    #: from its config's estimated memory (1, 1/2, 1/4 or 1/8; tuner/driver/gpu_shares.py)
+    #: data-parallel workers per trial (Ray Train, trainables/data_parallel.py); 1: the trial
+    #: trains in its own process, as before. cpu and gpu are then per worker
+    workers: int = Field(1, ge=1)
+    cpu: float = Field(1.0, gt=0)  # CPUs per trial, or per worker (torch threads on CPU)
+    #: GPUs per trial (per worker), up to 1 (a fraction shares one GPU), or auto: each trial's
+    #: share chosen from its config's estimated memory (1, 1/2, 1/4 or 1/8; gpu_shares.py)
     gpu: float | Literal["auto"] = 0.0
+    #: where a trial's workers go: pack (few nodes) or spread (one node each)
+    placement: Literal["pack", "spread"] = "pack"
     #: per-GPU memory for the packing check, when it cannot be probed (default: probed)
     gpu_memory_gb: float | None = Field(None, gt=0)
     #: the share of each GPU's memory the packing check keeps free, for what the estimate leaves
@@ -342,10 +347,24 @@ class ResourcesSpec(Section):
             )
         if gpu > 1:
             raise ValueError(
-                "must be a fraction up to 1 (a trial trains on one device until data "
-                "parallel training exists: use resources.gpu up to 1)"
+                "must be a fraction up to 1 (a trial, or each of its workers, trains on one "
+                "device: use resources.gpu up to 1, and resources.workers for several GPUs per "
+                "trial)"
             )
         return float(gpu)
+
+    @model_validator(mode="after")
+    def _whole_gpus_for_workers(self) -> ResourcesSpec:
+        """NCCL cannot put two ranks of one process group on one GPU: several workers each
+        need a whole GPU (on CPU, gpu 0, any CPU split is allowed)."""
+        if self.workers > 1 and (self.gpu == AUTO or 0 < self.gpu < 1):
+            raise ValueError(
+                f"resources.gpu: {self.gpu!r} with resources.workers {self.workers}: the "
+                "workers of one trial each need a whole GPU (NCCL cannot put two ranks of one "
+                "process group on one GPU); use resources.gpu: 1, or workers: 1 to share GPUs "
+                "between trials"
+            )
+        return self
 
     @property
     def auto_gpu(self) -> bool:
@@ -436,6 +455,16 @@ class JobSpec(Section):
                 f"search.gpu_hours_budget: {self.search.gpu_hours_budget:g} GPU-hours, but "
                 "resources.gpu is 0, so trials spend none and the budget would never stop the "
                 "search; set resources.gpu (a share or auto) or use search.time_budget_s"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _workers_need_tuners_loop(self) -> JobSpec:
+        if self.resources.workers > 1 and self.loop is not None:
+            raise ValueError(
+                f"resources.workers: {self.resources.workers} with loop {self.loop!r}: only "
+                "tuner's own loop trains data-parallel (a training function trains in one "
+                "process); use resources.workers: 1"
             )
         return self
 

@@ -310,6 +310,38 @@ def check_batch_sizes(space: SearchSpace, where: str) -> None:
             raise SpecError(str(exc)) from None
 
 
+def check_batch_split(space: SearchSpace, workers: int) -> None:
+    """With `resources.workers` above 1 each worker trains batch_size / workers rows of every
+    global batch: every batch_size the space can draw (or the default, when it draws none) must
+    divide by the worker count. An int range qualifies only when its low and step do (with
+    log sampling, never)."""
+    if workers == 1:
+        return
+    where = space.where
+    param = space.params.get("batch_size")
+    if isinstance(param, IntParam | FloatParam):
+        step = param.step or 0
+        if param.log or param.low % workers or step % workers or not step:
+            raise SpecError(
+                f"{where}.batch_size: a range from {param.low:g} to {param.high:g} "
+                f"(step {step or 'none'}{', log' if param.log else ''}) draws batch sizes "
+                f"that resources.workers {workers} does not divide (each worker trains "
+                "batch_size / workers rows of every batch); use choices that are multiples of "
+                f"{workers}, or a step and low that are"
+            )
+        return
+    values = drawable(space, "batch_size", where) or [
+        ("the default batch_size", OPTIMIZER_DEFAULTS["batch_size"])
+    ]
+    for key, value in values:
+        if is_number(value) and value % workers:
+            raise SpecError(
+                f"{key}: {value!r} is not divisible by resources.workers {workers}: batch_size "
+                "is the global batch, and each worker trains batch_size / workers rows of it; "
+                f"use batch sizes that are multiples of {workers}"
+            )
+
+
 def check_recipe(space: SearchSpace, dataset: Any = None, max_epochs: int | None = None) -> None:
     """Every value of a recipe knob (`trainables.recipe`) the space can draw must run: known
     schedule and augmentation names, warmup_epochs of 0 or more, grad_clip_norm above 0,

@@ -230,11 +230,11 @@ class MlflowTracking(Callback):
         return run_id
 
     def _tag_placement(self, run_id: str, record: TrialRecord) -> None:
-        """Tag the GPU ids and device the trial's last epoch ran on, when they change (a trial
-        restored elsewhere is re-tagged)."""
+        """Tag the GPU ids and device the trial's last epoch ran on (and a data-parallel
+        trial's workers' nodes), when they change (a trial restored elsewhere is re-tagged)."""
         from mlflow.entities import RunTag
 
-        placement = (record.gpu_ids, record.device)
+        placement = (record.gpu_ids, record.device, record.worker_nodes)
         if record.device is None or self._placements.get(run_id) == placement:
             return
         self._placements[run_id] = placement
@@ -242,6 +242,8 @@ class MlflowTracking(Callback):
             RunTag(schema.GPU_IDS_TAG, record.gpu_ids or ""),
             RunTag(schema.DEVICE_TAG, record.device),
         ]
+        if record.worker_nodes:  # a data-parallel trial: every worker's node, in rank order
+            tags.append(RunTag(schema.WORKER_NODES_TAG, record.worker_nodes))
         log_batch(self.writer, run_id, tags=tags)
 
     def _resync(self, run_id: str, record: TrialRecord) -> None:
@@ -336,6 +338,7 @@ class MlflowTracking(Callback):
                 schema.TRIAL_NUMBER_TAG: str(record.number),
                 schema.CONFIG_TAG: json.dumps(record.config)[:MAX_TAG_LENGTH],
                 schema.TRIAL_STATUS_TAG: "running",
+                schema.WORKERS_TAG: str(self.spec.resources.workers),
             },
         )
         self.writer.log_inputs(run_id, self.inputs)

@@ -48,6 +48,10 @@ INTERRUPTED_ATTR = "tuner.interrupted"
 TRIAL_NUMBER_TAG = "tuner.trial_number"
 GPU_IDS_TAG = "tuner.gpu_ids"  # the GPU ids Ray assigned the trial ("" for none)
 DEVICE_TAG = "tuner.device"  # what the trial trained on: "cuda:0" or "cpu"
+WORKERS_TAG = "tuner.workers"  # its data-parallel workers (resources.workers; 1: none)
+#: a data-parallel trial's workers' Ray node ids, in rank order, comma-separated; its
+#: GPU_IDS_TAG then holds each worker's GPU ids, one worker's per ';'-separated part
+WORKER_NODES_TAG = "tuner.worker_nodes"
 GPU_SHARE_TAG = "tuner.gpu_share"  # the GPU share of its last epoch (resources.gpu, or auto's)
 PARETO_TAG = "tuner.pareto"  # several objectives: "true" on the Pareto front, else "false"
 TRIAL_STATUS_TAG = "trial_status"
