@@ -33,12 +33,16 @@ def default_tracking_uri() -> str:
 
 def client_for(uri: str):
     """A client of the tracking store; a database URL gets an installed driver, a URL whose
-    password was redacted its real one (see tuner.cluster.databases)."""
+    password was redacted its real one (see tuner.cluster.databases). MLflow's probes for
+    Databricks are answered once for the process, not before every request; a new SQLite store
+    is a copy of an empty one (tuner.tracking.store_template)."""
     from mlflow.tracking import MlflowClient
 
     from tuner.cluster.databases import remember, reveal, sqlalchemy_url
+    from tuner.internals.mlflow_internals import probe_databricks_once
     from tuner.tracking.store_template import prepare_new_store
 
+    probe_databricks_once()
     prepare_new_store(uri)
     return MlflowClient(tracking_uri=sqlalchemy_url(remember(reveal(uri)), "tracking.uri"))
 
