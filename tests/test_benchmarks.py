@@ -25,8 +25,10 @@ from benchmarks.search_efficiency import (
     censored_median,
     chosen_arms,
     per_seed_ratios,
+    search_spec,
     shown,
 )
+from tuner.driver.schedulers import AshaSettings
 
 
 def run(epochs: int, reached: bool) -> dict:
@@ -147,8 +149,13 @@ def test_search_efficiency_runs_every_arm_or_the_ones_named(monkeypatch):
 
 
 def test_the_shipped_spaces_are_searched_with_the_schedulers_defaults():
-    assert asha_text(SHIPPED) == "the defaults, grace 1, factor 3"
-    assert asha_text(WIDE) == "grace 1, factor 3"
+    spec = search_spec(SHIPPED, Path("study"), "tpe", "asha", seed=0)
+    assert spec["scheduler"] == {"name": "asha", "max_epochs": SHIPPED.work.epochs}
+    defaults = AshaSettings()
+    assert asha_text(SHIPPED) == (
+        f"the defaults, grace {defaults.grace_period}, factor {defaults.reduction_factor:g}"
+    )
+    assert asha_text(WIDE) == "grace 1, factor 3"  # the wide space keeps its own settings
     assert {"search_efficiency_mlp", "search_efficiency_cnn", "search_efficiency_lstm"} <= set(
         BENCHMARKS
     )
