@@ -4,10 +4,11 @@ before a trial reaches a target accuracy, random+FIFO against TPE+ASHA (and thre
 Time is not measured: epochs trained, in the order results reach the driver, until the first
 result at or above the target. Every arm is built as `run_study` builds a study (tuner's space,
 trainable, searcher and scheduler; tracking off) and stopped once a trial reaches the target;
-the arms alternate within each seed, over 7 seeds (5 with `--quick`: fewer and the median is
-noise; $TUNER_BENCH_SEARCH_SEEDS sets another count, $TUNER_BENCH_SEARCH_ARMS a comma-separated
-subset of the arms). A seed that never reaches the target counts every epoch it trained and
-ranks after every seed that did (a median on it is a lower bound). Targets:
+the arms alternate within each seed, over 7 seeds (5 with `--quick`, where 3 had made the median
+noise; even 5 move the shipped spaces' ratios by half between two runs of the same code, see
+docs/performance.md; $TUNER_BENCH_SEARCH_SEEDS sets another count, $TUNER_BENCH_SEARCH_ARMS a
+comma-separated subset of the arms). A seed that never reaches the target counts every epoch it
+trained and ranks after every seed that did (a median on it is a lower bound). Targets:
 `search_efficiency` >= 3 (a wide space where few configs reach val_acc 0.98), and >= 1 on each
 shipped space (search_spaces/mlp.yaml, cnn.yaml, lstm.yaml, with the scheduler's defaults): the
 spaces most users run, where TPE with ASHA must not need more epochs than random search.
