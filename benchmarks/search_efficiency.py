@@ -1,20 +1,26 @@
-"""`search_efficiency`, `search_efficiency_mlp`: how many epochs search needs before a trial
-reaches a target accuracy, random+FIFO against TPE+ASHA (and three arms between).
+"""`search_efficiency`, `search_efficiency_mlp`, `_cnn`, `_lstm`: how many epochs search needs
+before a trial reaches a target accuracy, random+FIFO against TPE+ASHA (and three arms between).
 
 Time is not measured: epochs trained, in the order results reach the driver, until the first
 result at or above the target. Every arm is built as `run_study` builds a study (tuner's space,
 trainable, searcher and scheduler; tracking off) and stopped once a trial reaches the target;
-the arms alternate within each seed, over 7 seeds (3 with `--quick`). A seed that never reaches
-the target counts every epoch it trained and ranks after every seed that did (a median on it
-is a lower bound). Targets: `search_efficiency` >= 3 (a wide space where few configs reach
-val_acc 0.98), `search_efficiency_mlp` report (the shipped mlp.yaml).
+the arms alternate within each seed, over 7 seeds (5 with `--quick`, where 3 had made the median
+noise; even 5 move the shipped spaces' ratios by half between two runs of the same code, see
+docs/performance.md; $TUNER_BENCH_SEARCH_SEEDS sets another count, $TUNER_BENCH_SEARCH_ARMS a
+comma-separated subset of the arms). A seed that never reaches the target counts every epoch it
+trained and ranks after every seed that did (a median on it is a lower bound). Targets:
+`search_efficiency` >= 3 (a wide space where few configs reach val_acc 0.98), and >= 1 on each
+shipped space (search_spaces/mlp.yaml, cnn.yaml, lstm.yaml, with the scheduler's defaults): the
+spaces most users run, where TPE with ASHA must not need more epochs than random search.
 """
 
 from __future__ import annotations
 
+import os
+import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +40,8 @@ class SearchProblem:
     work: Workload
     target: float
     about: str
+    #: ASHA's keys beyond max_epochs; empty: the scheduler's defaults, what a user gets
+    asha: dict[str, Any] = field(default_factory=dict)
 
 
 WIDE = SearchProblem(  # few configs reach the target; most look bad after an epoch or two
@@ -51,12 +59,26 @@ WIDE = SearchProblem(  # few configs reach the target; most look bad after an ep
     ),
     target=0.98,
     about="digits MLP, a wide space: lr 1e-6..10, adam|sgd, 4..512 units",
+    asha={"grace_period": 1, "reduction_factor": 3},
 )
-SHIPPED = SearchProblem(  # most configs are decent; about 1 in 6 reaches the target in 30 epochs
+SHIPPED = SearchProblem(  # most configs are decent; 5 of 60 random ones reached 0.986 in 30 epochs
     Workload("mlp", "digits", "mlp", trials=30, epochs=30),
     target=0.986,  # 355 of the 360 validation digits
     about="digits MLP, the shipped search_spaces/mlp.yaml",
 )
+#: the CNN and LSTM spaces on digits, not MNIST or MNIST-1D: a seed's arms in minutes, not an hour
+SHIPPED_CNN = SearchProblem(  # about 1 random config in 4 reaches the target in 12 epochs
+    Workload("cnn", "digits", "cnn", trials=20, epochs=12),
+    target=0.96,  # 346 of the 360 validation digits
+    about="digits CNN, the shipped search_spaces/cnn.yaml",
+)
+SHIPPED_LSTM = SearchProblem(  # rows as steps (8 of 8); about 1 config in 4 reaches it in 12 epochs
+    Workload("lstm", "digits", "lstm", trials=20, epochs=12),
+    target=0.983,  # 354 of the 360 validation digits
+    about="digits LSTM (rows as steps), the shipped search_spaces/lstm.yaml",
+)
+SEEDS_ENV = "TUNER_BENCH_SEARCH_SEEDS"  # overrides the number of seeds
+ARMS_ENV = "TUNER_BENCH_SEARCH_ARMS"  # a comma-separated subset of ARMS
 #: label -> (sampler, scheduler, Ray's stock OptunaSearch instead of tuner's)
 ARMS = {
     "random+fifo": ("random", "fifo", False),
@@ -101,12 +123,7 @@ def search_spec(problem: SearchProblem, folder: Path, algorithm: str, scheduler:
     work = problem.work
     schedulers = {
         "fifo": {"name": "fifo", "max_epochs": work.epochs},
-        "asha": {
-            "name": "asha",
-            "max_epochs": work.epochs,
-            "grace_period": 1,
-            "reduction_factor": 3,
-        },
+        "asha": {"name": "asha", "max_epochs": work.epochs, **problem.asha},
     }
     return {
         "name": f"efficiency-{algorithm}-{scheduler}-{seed}",
@@ -224,51 +241,85 @@ def per_seed_ratios(slow: list[dict[str, Any]], fast: list[dict[str, Any]]) -> l
     return [s["epochs"] / f["epochs"] for s, f in zip(slow, fast, strict=True)]
 
 
+def chosen_arms() -> list[str]:
+    """The arms to run: every one, or $TUNER_BENCH_SEARCH_ARMS's (comma-separated; without
+    random+fifo and tpe+asha there is no ratio, as when only the arms a change touched rerun)."""
+    named = os.environ.get(ARMS_ENV)
+    if not named:
+        return list(ARMS)
+    chosen = [arm.strip() for arm in named.split(",") if arm.strip()]
+    unknown = sorted(set(chosen) - set(ARMS))
+    if unknown or not chosen:
+        raise ValueError(f"{ARMS_ENV} must name arms among {', '.join(ARMS)} but got {named!r}")
+    return [arm for arm in ARMS if arm in chosen]
+
+
+def asha_text(problem: SearchProblem) -> str:
+    """ASHA's settings in the benchmark's words: the problem's, or the scheduler's defaults."""
+    from tuner.driver.schedulers import AshaSettings
+
+    asha = AshaSettings(**problem.asha)
+    told = "" if problem.asha else "the defaults, "
+    return f"{told}grace {asha.grace_period}, factor {asha.reduction_factor:g}"
+
+
 def search_efficiency_on(problem: SearchProblem, name: str, target: str, quick: bool):
     """Epochs until the first trial reaches the target, for every arm over seeds (the arms take
     turns within each seed, in reverse order on every other seed), all in one Ray session."""
     from tuner.driver.ray_session import ray_session
     from tuner.driver.study_log import logs_to_file
 
-    seeds = range(3 if quick else 7)
-    runs: dict[str, list[dict[str, Any]]] = {arm: [] for arm in ARMS}
+    seeds = range(int(os.environ.get(SEEDS_ENV, 5 if quick else 7)))
+    arms = chosen_arms()
+    runs: dict[str, list[dict[str, Any]]] = {arm: [] for arm in arms}
     with (
         tempfile.TemporaryDirectory() as folder,
         logs_to_file(Path(folder) / "ray.log"),
         ray_session(num_cpus=2),
     ):
         for seed in seeds:
-            for arm in list(ARMS) if seed % 2 == 0 else list(ARMS)[::-1]:
-                runs[arm].append(search_until_target(problem, arm, seed))
+            for arm in arms if seed % 2 == 0 else arms[::-1]:
+                run = search_until_target(problem, arm, seed)
+                runs[arm].append(run)
+                print(  # a long benchmark shows each study as it ends (stderr: not the report)
+                    f"  {name} seed {seed} {arm}: {shown(run)} epochs, {run['trials']} trials, "
+                    f"{run['wall_s']} s",
+                    file=sys.stderr,
+                    flush=True,
+                )
     medians = {arm: censored_median(r) for arm, r in runs.items()}
-    slow, fast = medians["random+fifo"], medians["tpe+asha"]
-    ratio = slow["epochs"] / fast["epochs"] if fast["reached"] else None
-    bound = "exact" if slow["reached"] else "lower bound"
-    if ratio is None:
-        bound = "none: TPE+ASHA's median seed never reached the target"
+    slow, fast = medians.get("random+fifo"), medians.get("tpe+asha")
+    if slow is None or fast is None:
+        ratio, bound, ratios = None, "none: random+fifo or tpe+asha was not run", []
+    else:
+        ratio = slow["epochs"] / fast["epochs"] if fast["reached"] else None
+        bound = "exact" if slow["reached"] else "lower bound"
+        if ratio is None:
+            bound = "none: TPE+ASHA's median seed never reached the target"
+        ratios = per_seed_ratios(runs["random+fifo"], runs["tpe+asha"])
     work = problem.work
-    arms = "; ".join(
+    per_arm = "; ".join(
         f"{ARM_NAMES[arm]} {shown(medians[arm])} [{', '.join(shown(r) for r in runs[arm])}]"
-        for arm in ARMS
+        for arm in arms
     )
     return {
         "name": name,
         "ratio": ratio,
         "ratio_is": bound,
-        "spread": spread(per_seed_ratios(runs["random+fifo"], runs["tpe+asha"])),
+        "spread": spread(ratios),
         "spread_is": "the lowest and highest of the seeds' own random+FIFO over TPE+ASHA "
         "ratios (a seed that did not reach the target on an arm gives a bound)",
         "target": target,
         "detail": f"epochs until a trial reaches val_acc {problem.target} ({problem.about}; "
         f"{work.trials} trials of up to {work.epochs} epochs, 2 at a time), median of "
-        f"{len(seeds)} seeds [per seed; '+': never reached, epochs spent]: {arms}",
+        f"{len(seeds)} seeds [per seed; '+': never reached, epochs spent]: {per_arm}",
         "spans": {
             "counted": "epochs trained, in the order their results reached the driver, until "
             "the first result at or above the target; a seed that never gets there counts "
             "every epoch it trained, marked as not reached, and ranks after every seed that "
             "did, on every arm alike. A median on such a seed is a lower bound, and so is a "
             "ratio over it",
-            "arms": "tuner's space, trainable and scheduler (ASHA: grace 1, factor 3); "
+            "arms": f"tuner's space, trainable and scheduler (ASHA: {asha_text(problem)}); "
             "tuner's TruthfulOptunaSearch on every arm but the last, which uses Ray's stock "
             "OptunaSearch; tracking off; each study stops once a trial reaches the target",
         },
@@ -284,10 +335,20 @@ def search_efficiency(quick: bool) -> dict[str, Any]:
 
 
 def search_efficiency_mlp(quick: bool) -> dict[str, Any]:
-    return search_efficiency_on(SHIPPED, "search_efficiency_mlp", "report", quick)
+    return search_efficiency_on(SHIPPED, "search_efficiency_mlp", ">= 1", quick)
+
+
+def search_efficiency_cnn(quick: bool) -> dict[str, Any]:
+    return search_efficiency_on(SHIPPED_CNN, "search_efficiency_cnn", ">= 1", quick)
+
+
+def search_efficiency_lstm(quick: bool) -> dict[str, Any]:
+    return search_efficiency_on(SHIPPED_LSTM, "search_efficiency_lstm", ">= 1", quick)
 
 
 BENCHMARKS: dict[str, Benchmark] = {
     "search_efficiency": search_efficiency,
     "search_efficiency_mlp": search_efficiency_mlp,
+    "search_efficiency_cnn": search_efficiency_cnn,
+    "search_efficiency_lstm": search_efficiency_lstm,
 }

@@ -15,7 +15,20 @@ from benchmarks.common import abab, dirty_refusal, git_state, median_sample, spr
 from benchmarks.gpu import GpuSamples, memory_per_trial, pass_ratios
 from benchmarks.optuna_study import AshaPruner, asha_rungs, asha_stops, suggest
 from benchmarks.run import BENCHMARKS, parse, result_line
-from benchmarks.search_efficiency import TargetWatch, censored_median, per_seed_ratios, shown
+from benchmarks.search_efficiency import (
+    ARMS,
+    ARMS_ENV,
+    SHIPPED,
+    WIDE,
+    TargetWatch,
+    asha_text,
+    censored_median,
+    chosen_arms,
+    per_seed_ratios,
+    search_spec,
+    shown,
+)
+from tuner.driver.schedulers import AshaSettings
 
 
 def run(epochs: int, reached: bool) -> dict:
@@ -123,6 +136,29 @@ def test_search_efficiency_spread_is_over_each_seeds_own_ratio():
     slow = [{"epochs": 300}, {"epochs": 90}, {"epochs": 100}]
     fast = [{"epochs": 100}, {"epochs": 90}, {"epochs": 20}]
     assert per_seed_ratios(slow, fast) == [3.0, 1.0, 5.0]
+
+
+def test_search_efficiency_runs_every_arm_or_the_ones_named(monkeypatch):
+    monkeypatch.delenv(ARMS_ENV, raising=False)
+    assert chosen_arms() == list(ARMS)
+    monkeypatch.setenv(ARMS_ENV, "tpe+asha, random+fifo")
+    assert chosen_arms() == ["random+fifo", "tpe+asha"]  # in ARMS' order
+    monkeypatch.setenv(ARMS_ENV, "tpe+hyperband")
+    with pytest.raises(ValueError, match="tpe\\+hyperband"):
+        chosen_arms()
+
+
+def test_the_shipped_spaces_are_searched_with_the_schedulers_defaults():
+    spec = search_spec(SHIPPED, Path("study"), "tpe", "asha", seed=0)
+    assert spec["scheduler"] == {"name": "asha", "max_epochs": SHIPPED.work.epochs}
+    defaults = AshaSettings()
+    assert asha_text(SHIPPED) == (
+        f"the defaults, grace {defaults.grace_period}, factor {defaults.reduction_factor:g}"
+    )
+    assert asha_text(WIDE) == "grace 1, factor 3"  # the wide space keeps its own settings
+    assert {"search_efficiency_mlp", "search_efficiency_cnn", "search_efficiency_lstm"} <= set(
+        BENCHMARKS
+    )
 
 
 def git(folder: Path, *args: str) -> None:
