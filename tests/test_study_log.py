@@ -35,3 +35,19 @@ def test_without_a_file_nothing_is_written_and_the_loggers_come_back(tmp_path: P
         ray_logger.warning("a refused run's line")
     assert list(tmp_path.iterdir()) == []
     assert ray_logger.handlers == handlers and ray_logger.propagate == propagate
+
+
+def test_a_database_pool_s_traceback_reaches_the_file_not_the_terminal(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """What SQLAlchemy's pool logs when Ctrl-C interrupts a query of Optuna's or MLflow's."""
+    path = tmp_path / "tuner.log"
+    with logs_to_file(path):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            logging.getLogger("sqlalchemy.pool.impl.QueuePool").error(
+                "Error closing cursor", exc_info=True
+            )
+    assert "Error closing cursor" in path.read_text() and "KeyboardInterrupt" in path.read_text()
+    assert capsys.readouterr().err == ""

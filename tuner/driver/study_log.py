@@ -39,15 +39,17 @@ class StudyLog:
 
 @contextlib.contextmanager
 def logs_to_file(path: Path | None) -> Iterator[StudyLog]:
-    """Send Ray's, Optuna's, MLflow's (its database set-up, alembic's migrations) and Python's
-    warnings to the study's log file (`path`, or the one `StudyLog.write_to` names later), not
-    the terminal."""
+    """Send Ray's, Optuna's, MLflow's (its database set-up, alembic's migrations), SQLAlchemy's
+    and Python's warnings to the study's log file (`path`, or the one `StudyLog.write_to` names
+    later), not the terminal."""
     log = StudyLog()
     if path is not None:
         log.write_to(path)
     import mlflow  # noqa: F401  (its import sets the mlflow logger's handler: do it first)
 
-    names = ("ray", "optuna", "mlflow", "alembic", "py.warnings", "tuner")
+    # sqlalchemy: Optuna's and MLflow's database layer, whose pool logs a traceback when Ctrl-C
+    # interrupts a query ("Error closing cursor"), on a study that then ends with one message
+    names = ("ray", "optuna", "mlflow", "alembic", "sqlalchemy", "py.warnings", "tuner")
     loggers = [logging.getLogger(n) for n in names]
     saved = [(lg.handlers[:], lg.propagate) for lg in loggers]
     for lg in loggers:
