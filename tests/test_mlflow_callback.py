@@ -27,7 +27,7 @@ from tuner.results import diagnostics, outcomes
 from tuner.tracking.inputs import dataset_inputs, digests
 from tuner.tracking.mlflow_callback import RUN_IDS_FILE, MlflowTracking, load_run_ids
 from tuner.tracking.runs import client_for
-from tuner.tracking.schema import DEVICE_TAG, GPU_IDS_TAG, PARENT_TAG, ROLE_TAG
+from tuner.tracking.schema import PARENT_TAG, ROLE_TAG
 
 NUM_TRIALS = 6
 
@@ -348,46 +348,3 @@ def test_a_trial_that_ended_before_its_run_was_made_takes_four_writes(study_dir:
     assert run.info.status == "FINISHED" and run.data.params == {"lr": "0.01", "optimizer": "adam"}
     assert [p.value for p in client.get_metric_history(run.info.run_id, "val_loss")] == [1.0, 0.8]
     assert run.data.metrics["best_val_loss"] == 0.8
-
-
-def test_a_live_trial_s_run_takes_four_writes_with_params_and_placement(study_dir: Path) -> None:
-    """A trial whose run is made as it starts: its params and placement tags wait for the run's
-    next batch (here its end's) instead of a batch each, and MLflow ends up holding them."""
-    recorder, tracking, client = callbacks(study_dir)
-    options = DataOptions(name="digits")
-    tracking.inputs = dataset_inputs(load_dataset(options), options)
-    tracking.spec.search.num_samples = 1_000  # no learning-curve figure
-    tracking.flush_interval_s = 3600.0  # no flush while it runs
-    ops = recorded_ops(tracking)
-    trial = fake_trial("t1", 1)
-    placed = {"device": "cpu", "gpu_ids": ""}
-    drive([recorder, tracking], "on_trial_start", trial)
-    for row in (EPOCH_1, {**EPOCH_1, "epoch": 2, "val_loss": 0.8}):
-        drive([recorder, tracking], "on_trial_result", trial, result={**row, **placed})
-    drive([recorder, tracking], "on_trial_complete", trial)
-
-    assert ops == ["create_run", "log_inputs", "log_batch", "set_terminated"]
-    run = client.get_run(tracking.run_ids["t1"])
-    assert run.info.status == "FINISHED" and run.data.params == {"lr": "0.01", "optimizer": "adam"}
-    assert run.data.tags[DEVICE_TAG] == "cpu" and run.data.tags[GPU_IDS_TAG] == ""
-    assert run.data.tags["trial_status"] == recorder.trials["t1"].status
-    assert [p.value for p in client.get_metric_history(run.info.run_id, "val_loss")] == [1.0, 0.8]
-    assert set(logged_digests(client, run.info.run_id)) == {"training", "validation"}
-
-
-def test_a_flush_sends_a_running_trial_s_params_tags_and_epochs_in_one_batch(
-    study_dir: Path,
-) -> None:
-    """The bounded lag: what a running trial's run waits for goes out at the next flush."""
-    recorder, tracking, client = callbacks(study_dir)
-    ops = recorded_ops(tracking)
-    trial = fake_trial("t1", 1)
-    drive([recorder, tracking], "on_trial_start", trial)
-    drive([recorder, tracking], "on_trial_result", trial, result={**EPOCH_1, "device": "cpu"})
-    tracking.flush()
-
-    assert ops == ["create_run", "log_batch"]
-    run = client.get_run(tracking.run_ids["t1"])
-    assert run.info.status == "RUNNING" and run.data.params == {"lr": "0.01", "optimizer": "adam"}
-    assert run.data.tags[DEVICE_TAG] == "cpu"
-    assert [p.value for p in client.get_metric_history(run.info.run_id, "val_loss")] == [1.0]

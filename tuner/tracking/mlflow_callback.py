@@ -68,9 +68,9 @@ class MlflowTracking(Callback):
     falls too far behind. `wait` blocks until the queue is done; the methods called from outside
     the hooks wait first.
 
-    A trial's run takes four requests: created, its dataset inputs, one batch at its end (params,
-    every epoch, the summary, the tags), closed; one more batch per `flush_interval_s` it runs
-    for (the epochs, params and tags since the last), which bounds how far MLflow trails it.
+    A trial that ended before the thread created its run (the thread was behind) gets its run
+    in four requests: created, its dataset inputs, one batch (params, every epoch, the summary,
+    the tags), closed.
     """
 
     def __init__(
@@ -95,8 +95,7 @@ class MlflowTracking(Callback):
 
     #: rebuilt by `_init_runtime` (and the run ids re-read) when Ray restores the callback
     _NOT_PICKLED = frozenset(
-        {"_pending", "_pending_params", "_pending_tags", "_logged", "_last_flush", "_client"}
-        | {"_writer"}
+        {"_pending", "_pending_params", "_logged", "_last_flush", "_client", "_writer"}
         | {"_writes", "_ids_saved_at", "_ids_unsaved"}
         | {"_figures", "open_runs", "run_ids", "_placements"}
     )
@@ -105,7 +104,6 @@ class MlflowTracking(Callback):
         """What lives only in this process: queues, the writer thread, runs open right now."""
         self._pending: dict[str, list] = {}  # run -> curve points not sent yet
         self._pending_params: dict[str, list] = {}  # run -> params not sent yet
-        self._pending_tags: dict[str, dict] = {}  # run -> tag key -> tag not sent yet
         self._logged: dict[str, set[int]] = {}  # run -> epochs already sent
         self._placements: dict[str, tuple] = {}  # run -> (gpu ids, device) tagged
         self._last_flush = time.monotonic()
@@ -151,7 +149,6 @@ class MlflowTracking(Callback):
         self._logged = {placeholders.get(r, r): e for r, e in self._logged.items()}
         self._pending = {placeholders.get(r, r): p for r, p in self._pending.items()}
         self._pending_params = {placeholders.get(r, r): p for r, p in self._pending_params.items()}
-        self._pending_tags = {placeholders.get(r, r): t for r, t in self._pending_tags.items()}
         save_run_ids(self.run_ids_path, self.parent_run_id, self.run_ids)
 
     # ------------------------------------------------------------------ the writer thread
@@ -217,16 +214,16 @@ class MlflowTracking(Callback):
             self._save_run_ids(soon=len(self.run_ids) > RUN_IDS_SAVED_EVERY_RUN)
             # a new run holds no epoch: no need to ask MLflow which ones it lacks. The trial may
             # have reported some before this thread got here, or be a restored trial whose run
-            # was lost with a killed driver's queue. Those epochs and the params go with the
-            # run's next batch (the next flush or the trial's end), not a batch of their own
+            # was lost with a killed driver's queue
             logged = self._logged.setdefault(run_id, set())
-            self._pending_params[run_id] = as_params(record.config)
-            self._pending.setdefault(run_id, []).extend(self._missing(record, logged))
+            if record.status is None:
+                log_batch(self.writer, run_id, params=as_params(record.config))
+                self._send_missing(run_id, record, logged)
+            else:  # it ended before this thread got here: all of it goes with its end's batch
+                self._pending_params[run_id] = as_params(record.config)
+                self._pending.setdefault(run_id, []).extend(self._missing(record, logged))
         elif run_id not in self.open_runs:
             self.writer.update_run(run_id, status="RUNNING")
-            # again: a driver killed before its first batch took them along (same values,
-            # which MLflow accepts a second time)
-            self._pending_params[run_id] = as_params(record.config)
             self._resync(run_id, record)
         run_id = self.writer.real_id(run_id)  # its placeholder may have resolved meanwhile
         self.open_runs.add(run_id)
@@ -234,21 +231,20 @@ class MlflowTracking(Callback):
 
     def _tag_placement(self, run_id: str, record: TrialRecord) -> None:
         """Tag the GPU ids and device the trial's last epoch ran on (and a data-parallel
-        trial's workers' nodes), when they change (a trial restored elsewhere is re-tagged),
-        with the run's next batch."""
+        trial's workers' nodes), when they change (a trial restored elsewhere is re-tagged)."""
         from mlflow.entities import RunTag
 
         placement = (record.gpu_ids, record.device, record.worker_nodes)
         if record.device is None or self._placements.get(run_id) == placement:
             return
         self._placements[run_id] = placement
-        tags = {
-            schema.GPU_IDS_TAG: RunTag(schema.GPU_IDS_TAG, record.gpu_ids or ""),
-            schema.DEVICE_TAG: RunTag(schema.DEVICE_TAG, record.device),
-        }
+        tags = [
+            RunTag(schema.GPU_IDS_TAG, record.gpu_ids or ""),
+            RunTag(schema.DEVICE_TAG, record.device),
+        ]
         if record.worker_nodes:  # a data-parallel trial: every worker's node, in rank order
-            tags[schema.WORKER_NODES_TAG] = RunTag(schema.WORKER_NODES_TAG, record.worker_nodes)
-        self._pending_tags.setdefault(run_id, {}).update(tags)
+            tags.append(RunTag(schema.WORKER_NODES_TAG, record.worker_nodes))
+        log_batch(self.writer, run_id, tags=tags)
 
     def _resync(self, run_id: str, record: TrialRecord) -> None:
         """After a restore: send the epochs the journal has and MLflow lacks; skip the rest."""
@@ -358,18 +354,12 @@ class MlflowTracking(Callback):
         self._ids_saved_at, self._ids_unsaved = time.monotonic(), False
 
     def flush(self) -> None:
-        """Send every buffered epoch, param and tag in one batch per run (and the run ids not
-        yet saved)."""
+        """Send every buffered epoch in one batch per run (and the run ids not yet saved)."""
         pending, self._pending = self._pending, {}
         params, self._pending_params = self._pending_params, {}
-        tags, self._pending_tags = self._pending_tags, {}
-        for run_id in pending.keys() | params.keys() | tags.keys():
+        for run_id in pending.keys() | params.keys():
             log_batch(
-                self.writer,
-                run_id,
-                metrics=pending.get(run_id, []),
-                params=params.get(run_id, []),
-                tags=list(tags.get(run_id, {}).values()),
+                self.writer, run_id, metrics=pending.get(run_id, []), params=params.get(run_id, [])
             )
         if self._ids_unsaved:
             self._save_run_ids()
@@ -386,10 +376,7 @@ class MlflowTracking(Callback):
         run_id = self._child_run(record)
         self._tag_placement(run_id, record)
         status = record.status or outcomes.ERRORED
-        tags = [
-            *self._pending_tags.pop(run_id, {}).values(),
-            RunTag(schema.TRIAL_STATUS_TAG, status),
-        ]
+        tags = [RunTag(schema.TRIAL_STATUS_TAG, status)]
         if record.error:
             tags.append(RunTag(schema.ERROR_TAG, record.error[:MAX_TAG_LENGTH]))
         shares = [r[m.GPU_SHARE] for r in record.history if m.GPU_SHARE in r]
