@@ -25,10 +25,12 @@ from tuner.internals.ray_internals import (
     optuna_study,
     optuna_trials,
     release_ended_trial,
+    requeue_saved_trials,
     resources_of,
     restored_callbacks,
     retry_last_time,
     saved_trial_ids,
+    saved_trial_statuses,
     stop_local_daemons,
 )
 
@@ -158,6 +160,43 @@ def test_align_search_count_counts_the_trials_ray_saved(tmp_path: Path, saved_tr
     restored = SearchGenerator(_NoState(metric="val_loss", mode="min"))
     restored.restore_from_dir(str(tmp_path))
     assert restored._counter == saved_trials and not restored.is_finished()
+
+
+def test_a_requeued_trial_is_restored_pending_and_takes_new_results(tmp_path: Path) -> None:
+    """A finished trial whose windows `release_ended_trial` dropped, marked to run again: Ray's
+    own loader restores it PENDING, and a new result updates its averages (Ray raised KeyError
+    'epoch' on a finished trial's released windows)."""
+    import json
+
+    from ray.tune.experiment import Trial
+
+    finished = Trial("trainable", stub=True, trial_id="done")
+    for step, value in enumerate([0.9, 0.5], start=1):
+        finished.run_metadata.update_metric("epoch", step, step=step)
+        finished.run_metadata.update_metric("val_loss", value, step=step)
+    finished.set_status(Trial.TERMINATED)
+    release_ended_trial(finished)
+    other = Trial("trainable", stub=True, trial_id="other")
+    for saved in (finished, other):
+        saved.create_placement_group_factory()  # as Ray does before it saves a trial
+    other.set_status(Trial.TERMINATED)
+    state = {"trial_data": [list(t.get_json_state()) for t in (finished, other)]}
+    (tmp_path / "experiment_state-2026-01-01_00-00-00.json").write_text(json.dumps(state))
+
+    assert saved_trial_statuses(tmp_path) == {"done": "TERMINATED", "other": "TERMINATED"}
+    assert requeue_saved_trials(tmp_path, {"done", "unknown"}) == ["done"]
+    assert saved_trial_statuses(tmp_path) == {"done": "PENDING", "other": "TERMINATED"}
+    assert saved_trial_ids(tmp_path) == ["done", "other"]
+
+    trial_json, metadata_json = json.loads(
+        (tmp_path / "experiment_state-2026-01-01_00-00-00.json").read_text()
+    )["trial_data"][0]
+    restored = Trial.from_json_state(trial_json, stub=True)
+    restored.restore_run_metadata(metadata_json)
+    assert restored.status == Trial.PENDING
+    restored.run_metadata.update_metric("val_loss", 0.4, step=3)
+    assert restored.run_metadata.metric_analysis["val_loss"]["last"] == pytest.approx(0.4)
+    assert requeue_saved_trials(tmp_path / "empty", {"done"}) == []
 
 
 def test_an_ended_trial_keeps_its_averages_not_their_windows() -> None:

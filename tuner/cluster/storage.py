@@ -139,7 +139,9 @@ class StagingMirror(Callback):
     Ray saves its experiment state into that folder, then asks the callbacks for their state
     (`get_state`, here: copy what changed), then uploads the folder to the storage. So each upload
     carries a journal at least as new as the state it carries: what `tuner resume` needs to replay
-    every trial Ray's state knows (except in the one upload a slow previous upload overlaps).
+    every trial Ray's state knows, except in an upload the next snapshot overlaps, which can
+    carry the newer state beside the older journal (`tuner resume` then runs the trials whose end
+    the journal lacks again: `study.rerun_trials_the_journal_missed`).
     """
 
     def __init__(self, folder: Path):

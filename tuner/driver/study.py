@@ -32,7 +32,7 @@ from tuner.driver.gpu_shares import SharePlanner
 from tuner.driver.interrupts import (
     resumable,
 )
-from tuner.driver.journal import JOURNAL_FILE, append_event
+from tuner.driver.journal import JOURNAL_FILE, append_event, read_journal
 from tuner.driver.optuna_storage import claim_execution, open_optuna_storage
 from tuner.driver.placement import (
     PROBE_TIMEOUT_S,
@@ -59,6 +59,8 @@ from tuner.errors import SpecError, StudyError
 from tuner.internals.ray_internals import (
     align_search_count,
     extend_search,
+    requeue_saved_trials,
+    saved_trial_statuses,
 )
 from tuner.results import outcomes
 from tuner.results.trials import StudyResult
@@ -197,8 +199,9 @@ def resume_study(
     open_optuna_storage(prepared.spec)
     if extended is not None:
         extend_study(results_path, extended)
+    missed = rerun_trials_the_journal_missed(results_path)
     created, aligned = align_search_count(results_path)
-    if extended is not None or created != aligned:
+    if extended is not None or missed or created != aligned:
         upload(folder)  # Ray restores a remote study from its URI: the new counts go there
     with (
         study_environment(results_path, prepared.spec),
@@ -245,6 +248,23 @@ def extend_study(results_path: Path, num_samples: int) -> None:
         results_path / JOURNAL_FILE,
         {"event": SEARCH_EXTENDED, "num_samples": num_samples, "time": time.time()},
     )
+
+
+def rerun_trials_the_journal_missed(results_path: Path) -> list[str]:
+    """Trials Ray's saved state holds as finished whose end the journal lacks run again.
+
+    A remote study's journal reaches the bucket in the same upload as Ray's state, but an upload
+    the next snapshot overlaps can carry a newer state than journal (`StagingMirror`). Ray would
+    not run such a trial again and nothing would journal its end or its missing epochs: the
+    study would stay one trial short, interrupted at every resume. Marked unfinished, it goes on
+    from its last checkpoint like a trial that was running at the crash (the epochs to that
+    checkpoint reach the journal and MLflow with its next result); Optuna keeps the verdict it
+    was told, if it was told one. Returns the trials marked."""
+    statuses = saved_trial_statuses(results_path) or {}
+    events = read_journal(results_path / JOURNAL_FILE)
+    ended = {e["trial_id"] for e in events if e["event"] == "end"}
+    missed = {t for t, status in statuses.items() if status == "TERMINATED"} - ended
+    return requeue_saved_trials(results_path, missed)
 
 
 def snapshot_period_s(num_samples: int) -> float | str:

@@ -90,7 +90,8 @@ def release_ended_trial(trial) -> None:
     """Drop what Ray Tune keeps of a TERMINATED trial only to update its running averages: a
     window of the last 5 and 10 values of every metric (about 20 KiB a trial of a study's
     driver memory, kept for every trial; the averages themselves stay). A terminated trial is
-    never updated again; an errored one may be retried, so is left as it is. Anything without
+    never updated again (unless a resume runs it again: `requeue_saved_trials` clears its
+    averages); an errored one may be retried, so is left as it is. Anything without
     Ray's run metadata (a test's stand-in trial) is left alone."""
     metadata = getattr(trial, "run_metadata", None)
     if metadata is not None:
@@ -163,17 +164,58 @@ def completed_trials(searcher) -> set[str]:
 def saved_trial_ids(experiment_dir) -> list[str] | None:
     """The trials a restore of a saved Ray experiment will know: those in its newest experiment
     state file (Ray's own pick, by name); None when the folder has none."""
+    saved = saved_trial_statuses(experiment_dir)
+    return None if saved is None else list(saved)
+
+
+def saved_trial_statuses(experiment_dir) -> dict[str, str] | None:
+    """Trial id -> the status (PENDING, RUNNING, TERMINATED, ERROR...) of each trial a restore
+    of a saved Ray experiment will know; None when the folder has no saved state."""
     import json
+
+    newest = _newest_experiment_state(experiment_dir)
+    if newest is None:
+        return None
+    trials = (json.loads(trial) for trial, _ in json.loads(newest.read_text())["trial_data"])
+    return {trial["trial_id"]: trial["status"] for trial in trials}
+
+
+def requeue_saved_trials(experiment_dir, trial_ids: set[str]) -> list[str]:
+    """Mark trials of a saved Ray experiment's newest state file PENDING, whatever their status:
+    a restore with `resume_unfinished` runs them again from their last checkpoint, under the
+    same id and number. Their running averages start afresh (a finished trial's windows were
+    released: `release_ended_trial`). Returns the ids it marked."""
+    import json
+
+    newest = _newest_experiment_state(experiment_dir)
+    if newest is None or not trial_ids:
+        return []
+    state = json.loads(newest.read_text())
+    marked = []
+    for pair in state["trial_data"]:
+        trial = json.loads(pair[0])
+        if trial["trial_id"] in trial_ids:
+            trial["status"] = "PENDING"
+            metadata = json.loads(pair[1])
+            metadata["metric_analysis"], metadata["metric_n_steps"] = {}, {}
+            pair[0], pair[1] = json.dumps(trial), json.dumps(metadata)
+            marked.append(trial["trial_id"])
+    if marked:
+        temporary = newest.with_name(f"tmp-{newest.name}")
+        temporary.write_text(json.dumps(state))
+        temporary.replace(newest)
+    return marked
+
+
+def _newest_experiment_state(experiment_dir):
+    """The experiment state file a restore reads (Ray's own pick: the newest by name)."""
     from pathlib import Path
 
     from ray.tune.execution.tune_controller import TuneController
 
     pattern = TuneController.CKPT_FILE_TMPL.format("*")
     files = sorted(Path(experiment_dir).glob(pattern), key=lambda p: p.name)
-    if not files:
-        return None
-    state = json.loads(files[-1].read_text())
-    return [json.loads(trial)["trial_id"] for trial, _ in state["trial_data"]]
+    return files[-1] if files else None
 
 
 def extend_search(results_path, num_samples: int) -> int:
