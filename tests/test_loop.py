@@ -21,6 +21,7 @@ from trainables.loop import (
     DEVICE_FLAGS,
     OPTIMIZERS,
     PRECISIONS,
+    EpochCancelled,
     NoOptimizerStep,
     TrainingOptions,
     TrainingRun,
@@ -493,3 +494,15 @@ def test_a_trial_without_an_optimizer_step_errors_and_reports_nothing(
     assert reports == []
     trainable.train_trial({"lr": 0.01}, digits, dataclasses.replace(settings, max_epochs=1))
     assert [r[m.EPOCH] for r in reports] == [1]  # the stand-ins do run a trial
+
+
+def test_a_cancelled_run_gives_up_its_epoch_at_the_next_batch(digits) -> None:
+    """`TrainingRun.cancel` (set by the trainable when Ray stops a trial that trains ahead of
+    its report): the epoch stops before its next batch, taking no optimizer step."""
+    run = TrainingRun("mlp", {"hidden_units": 8}, digits)
+    steps = []
+    run.optimizer.register_step_post_hook(lambda *_: steps.append(1))
+    run.cancel.set()
+    with pytest.raises(EpochCancelled):
+        run.run_epoch()
+    assert steps == [] and run.epoch == 0

@@ -154,3 +154,47 @@ def test_a_diverged_trial_ends_at_once_without_a_checkpoint(
     assert session.results[-1].get(m.DIVERGED) == 1
     assert session.states[-1] is None and len(session.results) < 5
     assert m.TEST_LOSS not in session.results[-1]  # a diverged model is not tested
+
+
+class Results(tune.Callback):
+    """The epochs each trial's results reached the driver with."""
+
+    def __init__(self) -> None:
+        self.epochs: dict[str, list[int]] = {}
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        self.epochs.setdefault(trial.trial_id, []).append(result[m.EPOCH])
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_a_trial_ray_stops_while_it_trains_ahead_reports_and_checkpoints_no_further(
+    tmp_path: Path, digits: Dataset
+) -> None:
+    """Through Ray: each epoch trains while the driver handles the last one's report
+    (`ReportsAhead`); a trial stopped at its 3rd result reports 3 epochs, its last checkpoint
+    holds epoch 3 (not the epoch it was training ahead), and the reused actor trains the next
+    trial."""
+    settings = TrialSettings("mlp", max_epochs=1_000, checkpoint_every_s=0)
+    trial = tune.with_resources(
+        tune.with_parameters(train_trial, data=digits.without_test(), settings=settings),
+        {"cpu": 1, "gpu": 0},
+    )
+    seen = Results()
+    results = tune.Tuner(
+        trial,
+        param_space={**HP, "hidden_units": tune.grid_search([8, 16])},
+        tune_config=tune.TuneConfig(reuse_actors=True, max_concurrent_trials=1),
+        run_config=tune.RunConfig(
+            storage_path=str(tmp_path),
+            stop={"training_iteration": 3},
+            callbacks=[seen],
+            verbose=0,
+        ),
+    ).fit()
+    assert not results.errors
+    assert list(seen.epochs.values()) == [[1, 2, 3], [1, 2, 3]]
+    for result in results:
+        with result.checkpoint.as_directory() as folder:
+            state = load_state(Path(folder) / CHECKPOINT_FILE)
+        assert state["epoch"] == 3
+        assert [row[m.EPOCH] for row in state[REPORTED_STATE]] == [1, 2, 3]

@@ -15,6 +15,7 @@ stops the trial, the queue goes and the workers stop after the epoch they are in
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import threading
 from collections.abc import Callable
@@ -145,9 +146,9 @@ def report(result: dict[str, Any], checkpoint: bytes | None) -> None:
     if checkpoint is None:
         report_to_tune(result, None)
         return
-    with tempfile.TemporaryDirectory() as folder:
-        (Path(folder) / CHECKPOINT_FILE).write_bytes(checkpoint)
-        report_to_tune(result, Path(folder))
+    folder = Path(tempfile.mkdtemp(prefix="checkpoint-"))
+    (folder / CHECKPOINT_FILE).write_bytes(checkpoint)
+    report_to_tune(result, folder)  # removes it
 
 
 def train_worker(loop_config: dict[str, Any]) -> None:
@@ -237,7 +238,10 @@ class FirstWorker(Follower):
         self.results = results
 
     def __call__(self, result: dict[str, Any], folder: Path | None) -> None:
-        checkpoint = None if folder is None else (folder / CHECKPOINT_FILE).read_bytes()
+        checkpoint = None
+        if folder is not None:
+            checkpoint = (folder / CHECKPOINT_FILE).read_bytes()
+            shutil.rmtree(folder, ignore_errors=True)
         try:
             self.results.put((result, checkpoint))
             sent = True

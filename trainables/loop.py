@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import threading
 import time
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
@@ -40,7 +41,7 @@ from trainables.recipe import (
     steps_per_epoch,
 )
 
-__all__ = ["PRECISIONS", "TrainingOptions", "TrainingRun"]
+__all__ = ["PRECISIONS", "EpochCancelled", "TrainingOptions", "TrainingRun"]
 
 #: Optimisation hyperparameters every model takes, with the textbook defaults; the recipe's
 #: (`trainables.recipe`: lr_schedule, warmup_epochs, grad_clip_norm, label_smoothing, augment)
@@ -60,6 +61,12 @@ SUBSAMPLE_STREAM = 1
 #: training skips one-row batches (batch norm cannot normalise one row): at batch_size 1 a trial
 #: would take no optimizer step at all
 MIN_BATCH_SIZE = 2
+
+
+class EpochCancelled(Exception):
+    """An epoch given up between two batches because `TrainingRun.cancel` was set (the trial was
+    stopped while it trained ahead of its last report); the run is mid-epoch and not to be used
+    again."""
 
 
 class NoOptimizerStep(RuntimeError):
@@ -362,6 +369,9 @@ class TrainingRun:
         )
         self.epoch = 0
         self.compiled = False
+        #: set from another thread to give up the epoch in progress at its next batch
+        #: (`EpochCancelled`); the trainable's `ReportsAhead` sets it when Ray stops the trial
+        self.cancel = threading.Event()
         #: what evaluates: the model (or its compiled wrapper), also once `shard` wrapped
         #: `forward_model` for data-parallel training, whose collectives evaluation must not run
         self.eval_model = self.forward_model
@@ -396,6 +406,12 @@ class TrainingRun:
         for xb, yb in batches:
             yield xb.contiguous(memory_format=self.memory_format), yb
 
+    def _cancellable(self, batches: Iterable[Batch]) -> Iterable[Batch]:
+        for batch in batches:
+            if self.cancel.is_set():
+                raise EpochCancelled(f"epoch {self.epoch + 1} given up: the run was cancelled")
+            yield batch
+
     def _train_batches(self) -> Iterable[Batch]:
         """The epoch's shuffled training batches, augmented when the recipe says so (with
         draws from the run's generator after the shuffle's, so a resumed run draws the same)."""
@@ -407,7 +423,7 @@ class TrainingRun:
         batches = self.train_data.batches(self.batch_size, order)
         if self.augmentation is not None:
             batches = self.augmentation.batches(batches, n, self.generator, self.device)
-        return self._formatted(batches)
+        return self._cancellable(self._formatted(batches))
 
     def _eval_batches(self) -> tuple[Iterable[Batch], Iterable[Batch]]:
         train_rows, val_rows = self.train_rows, None
@@ -419,7 +435,7 @@ class TrainingRun:
             val_rows = shard_rows(torch.arange(len(self.val_data)), rank, workers, pad=False)
         train = self.train_data.batches(EVAL_BATCH_SIZE, train_rows)
         val = self.val_data.batches(EVAL_BATCH_SIZE, val_rows)
-        return self._formatted(train), self._formatted(val)
+        return self._cancellable(self._formatted(train)), self._cancellable(self._formatted(val))
 
     def _evaluate(self, batches: Iterable[Batch]) -> tuple[float, float | None]:
         reduce = self.sharding[2] if self.sharding is not None else None

@@ -11,6 +11,7 @@ reports become the same result rows and checkpoints (`train_with_function`).
 from __future__ import annotations
 
 import math
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -26,8 +27,9 @@ from trainables import metrics as m
 from trainables import plugins
 from trainables.contracts import TrialContext
 from trainables.data import Dataset
-from trainables.loop import TrainingOptions, TrainingRun, load_state, save_state
+from trainables.loop import EpochCancelled, TrainingOptions, TrainingRun, load_state, save_state
 from trainables.plugins import PluginCode
+from trainables.reporting import ReportsAhead
 from trainables.training_functions import TRAINING_FUNCTIONS, EpochReports, TrialEnded
 from trainables.usage import TrialOutOfMemory, UsageMeter, out_of_memory_message
 
@@ -135,9 +137,14 @@ def run_trial(
         return
     hparams, seed, epochs = trial_plan(config, settings)
     run = training_run(hparams, data, settings, device, seed)
-    train_epochs(
-        run, data, settings, meter, epochs, saved_state(tune.get_checkpoint()), report_to_tune
-    )
+    state = saved_state(tune.get_checkpoint())
+    # each epoch trains while the driver handles the one before (`ReportsAhead`)
+    with ReportsAhead(tune.report, run.cancel) as reports:
+        try:
+            train_epochs(run, data, settings, meter, epochs, state, reporting_ahead(reports))
+        except EpochCancelled:
+            reports.wait()  # raises the stop (or the failed report) that cancelled it
+            raise
 
 
 def training_run(
@@ -165,13 +172,32 @@ def saved_state(checkpoint: tune.Checkpoint | None) -> dict[str, Any] | None:
 
 
 def report_to_tune(result: dict[str, Any], folder: Path | None) -> None:
-    """One epoch's result to Ray Tune, with the checkpoint in `folder` when there is one."""
-    tune.report(
-        result, checkpoint=None if folder is None else tune.Checkpoint.from_directory(folder)
-    )
+    """One epoch's result to Ray Tune, with the checkpoint in `folder` when there is one (then
+    removed: Ray has copied it when `tune.report` returns)."""
+    try:
+        tune.report(
+            result, checkpoint=None if folder is None else tune.Checkpoint.from_directory(folder)
+        )
+    finally:
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
-#: what `train_epochs` sends each epoch to: the result row and the folder of its checkpoint
+def reporting_ahead(reports: ReportsAhead) -> Reporter:
+    """A `Reporter` that returns while Ray Tune still handles the result, so the next epoch
+    trains meanwhile; the checkpoint's folder is removed once Ray has copied it."""
+
+    def send(result: dict[str, Any], folder: Path | None) -> None:
+        if folder is None:
+            reports.report(result)
+            return
+        reports.report(result, tune.Checkpoint.from_directory(folder), str(folder))
+
+    return send
+
+
+#: what `train_epochs` sends each epoch to: the result row and the folder of its checkpoint,
+#: which is the reporter's to remove once it has sent it
 Reporter = Callable[[dict[str, Any], Path | None], None]
 
 
@@ -214,11 +240,10 @@ def train_epochs(
         if not checkpoints or time.monotonic() - last_checkpoint < settings.checkpoint_every_s:
             reporter(result, None)
             continue
-        with tempfile.TemporaryDirectory() as folder:
-            save_state(
-                {**run.state_dict(), REPORTED_STATE: reported}, Path(folder) / CHECKPOINT_FILE
-            )
-            reporter(result, Path(folder))
+        # written before the next epoch changes the state; the reporter removes it once sent
+        folder = Path(tempfile.mkdtemp(prefix="checkpoint-"))
+        save_state({**run.state_dict(), REPORTED_STATE: reported}, folder / CHECKPOINT_FILE)
+        reporter(result, folder)
         last_checkpoint = time.monotonic()
 
 
