@@ -27,7 +27,7 @@ from trainables import metrics as m
 from trainables import plugins
 from trainables.contracts import TrialContext
 from trainables.data import Dataset
-from trainables.loop import EpochCancelled, TrainingOptions, TrainingRun, load_state, save_state
+from trainables.loop import TrainingOptions, TrainingRun, load_state, save_state
 from trainables.plugins import PluginCode
 from trainables.reporting import ReportsAhead
 from trainables.training_functions import TRAINING_FUNCTIONS, EpochReports, TrialEnded
@@ -138,13 +138,10 @@ def run_trial(
     hparams, seed, epochs = trial_plan(config, settings)
     run = training_run(hparams, data, settings, device, seed)
     state = saved_state(tune.get_checkpoint())
-    # each epoch trains while the driver handles the one before (`ReportsAhead`)
+    # each epoch trains while the driver handles the one before (`ReportsAhead`); an epoch
+    # cancelled by a stop or a failed report ends in that stop or error as the block is left
     with ReportsAhead(tune.report, run.cancel) as reports:
-        try:
-            train_epochs(run, data, settings, meter, epochs, state, reporting_ahead(reports))
-        except EpochCancelled:
-            reports.wait()  # raises the stop (or the failed report) that cancelled it
-            raise
+        train_epochs(run, data, settings, meter, epochs, state, reporting_ahead(reports))
 
 
 def training_run(
