@@ -22,6 +22,7 @@ from tuner.internals.ray_internals import (
     extend_search,
     held_resources,
     loopback_node,
+    no_sigterm_warning_off_the_main_thread,
     optuna_study,
     optuna_trials,
     release_ended_trial,
@@ -113,6 +114,33 @@ def test_loopback_node_turns_ray_clusters_off_for_one_start() -> None:
     with loopback_node():
         assert ray_constants.ENABLE_RAY_CLUSTER is False
     assert before == ray_constants.ENABLE_RAY_CLUSTER
+
+
+def test_the_sigterm_warning_of_ray_init_off_the_main_thread_is_dropped() -> None:
+    """Ray's `init` says, on its module's logger, that it set no SIGTERM handler off the main
+    thread: that logger and message are what the filter drops, and nothing else."""
+    import inspect
+    import logging
+
+    from ray._private import worker
+
+    assert worker.logger.name == "ray._private.worker"
+    assert '"SIGTERM handler is not set because' in inspect.getsource(worker.init)
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    worker.logger.addHandler(handler)
+    try:
+        with no_sigterm_warning_off_the_main_thread():
+            worker.logger.warning("SIGTERM handler is not set because current thread is ...")
+            worker.logger.warning("another warning")
+        worker.logger.warning("SIGTERM handler is not set, outside")
+    finally:
+        worker.logger.removeHandler(handler)
+    assert [r.getMessage() for r in records] == [
+        "another warning",
+        "SIGTERM handler is not set, outside",
+    ]
 
 
 class _NoState(tune.search.Searcher):

@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +20,7 @@ import ray
 
 from tests.helpers import is_loopback, listening_sockets
 from tuner.driver.journal import JOURNAL_FILE
+from tuner.errors import SpecError, StudyError
 from tuner.results.dashboard_data import REPORT_FILE
 from tuner.results.summary import TRIALS_FILE
 
@@ -108,3 +113,114 @@ def test_ray_is_shut_down_on_the_main_thread_after_the_results_are_written(
     (shutdown, *_) = printed_json(SHUTDOWN_WHEN, "SHUTDOWNS", tmp_path)
     assert shutdown["main"] is True
     assert {TRIALS_FILE, REPORT_FILE, JOURNAL_FILE} <= set(shutdown["files"]), shutdown
+
+
+@pytest.fixture
+def sigterm_handler_kept() -> Iterator[None]:
+    """`started_beside` sets the process's SIGTERM handler: the test runner's comes back."""
+    handler = signal.getsignal(signal.SIGTERM)
+    yield
+    signal.signal(signal.SIGTERM, handler)
+
+
+@pytest.mark.usefixtures("sigterm_handler_kept")
+def test_the_work_beside_ray_s_start_runs_on_this_thread_while_the_start_runs_on_another() -> None:
+    from tuner.driver.ray_session import started_beside
+
+    work_began, start_began = threading.Event(), threading.Event()
+    seen: dict[str, Any] = {}
+
+    def start() -> None:
+        start_began.set()
+        seen["start saw the work"] = work_began.wait(timeout=30)
+        seen["start on main"] = threading.current_thread() is threading.main_thread()
+
+    def work() -> str:
+        work_began.set()
+        seen["work saw the start"] = start_began.wait(timeout=30)
+        seen["work on main"] = threading.current_thread() is threading.main_thread()
+        return "prepared"
+
+    with started_beside(start, work) as value:
+        assert value == "prepared"
+    assert seen == {
+        "start saw the work": True,
+        "work saw the start": True,
+        "start on main": False,
+        "work on main": True,
+    }
+    assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, signal.SIG_IGN, None)
+
+
+@pytest.mark.usefixtures("sigterm_handler_kept")
+def test_a_failed_work_waits_for_the_start_and_a_failed_start_raises_after_the_work() -> None:
+    from tuner.driver.ray_session import started_beside
+
+    started = []
+
+    def slow_start() -> None:
+        time.sleep(0.3)
+        started.append("done")
+
+    def bad_work() -> None:
+        raise SpecError("dataset.path: no such folder")
+
+    with pytest.raises(SpecError, match="dataset.path"), started_beside(slow_start, bad_work):
+        pass
+    assert started == ["done"]  # not left starting behind the error
+
+    worked = []
+
+    def bad_start() -> None:
+        raise StudyError("cannot reach the cluster")
+
+    def record_work() -> None:
+        worked.append("done")
+
+    with pytest.raises(StudyError, match="cannot reach"), started_beside(bad_start, record_work):
+        pass
+    assert worked == ["done"]
+
+
+#: a local Ray started beside work on the main thread, in a fresh process; then `tuner stop`'s
+#: SIGTERM, which must still end the driver as a SystemExit
+BESIDE_WORK = """
+import json, os, signal, threading, time, ray
+from tuner.driver.ray_session import ray_session
+
+def work():
+    return {"main": threading.current_thread() is threading.main_thread()}
+
+with ray_session(num_cpus=1, meanwhile=work) as seen:
+    seen["initialized"] = ray.is_initialized()
+    seen["task"] = ray.get(ray.remote(lambda: 7).remote())
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+        seen["sigterm"] = "ignored"
+    except SystemExit as exc:
+        seen["sigterm"] = exc.code
+print("BESIDE", json.dumps(seen))
+"""
+
+
+@pytest.mark.integration  # a local Ray started in its own process
+def test_a_ray_started_beside_work_runs_tasks_says_no_warning_and_exits_on_sigterm(
+    tmp_path: Path,
+) -> None:
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", BESIDE_WORK],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        env=env,
+    )
+    (line,) = [x for x in done.stdout.splitlines() if x.startswith("BESIDE ")]
+    seen = json.loads(line.removeprefix("BESIDE "))
+    assert seen == {"main": True, "initialized": True, "task": 7, "sigterm": signal.SIGTERM}
+    assert "SIGTERM handler" not in done.stderr, done.stderr

@@ -18,8 +18,8 @@ log = logging.getLogger(__name__)
 BEGAN = "began"  # run_study entered: the imports are done
 PREPARED = "prepared"  # data loaded, space compiled, model built and trained a step
 OPTUNA_READY = "optuna_ready"  # Optuna's storage answers (its tables made if new), warm start
-RAY_STARTED = "ray_started"  # a local Ray started, or the cluster joined
-TRACKING_READY = "tracking_ready"  # trials placed; MLflow's store answers (made if new)
+TRACKING_READY = "tracking_ready"  # MLflow's store answers (made if new)
+RAY_STARTED = "ray_started"  # a local Ray started, or the cluster joined (it starts meanwhile)
 TRIALS_LAUNCHED = "trials_launched"  # the Tuner built, its fit called
 FIRST_TRIAL_STARTED = "first_trial_started"  # Ray started a trial's actor
 FIRST_EPOCH = "first_epoch"  # the first epoch's result reached the driver
@@ -30,8 +30,8 @@ PHASES = (
     BEGAN,
     PREPARED,
     OPTUNA_READY,
-    RAY_STARTED,
     TRACKING_READY,
+    RAY_STARTED,
     TRIALS_LAUNCHED,
     FIRST_TRIAL_STARTED,
     FIRST_EPOCH,

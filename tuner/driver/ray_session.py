@@ -1,17 +1,32 @@
 """The Ray a study runs on: a local Ray on loopback started for it, or a cluster attached to,
-and stopped or left again on the main thread once the study's results are written."""
+and stopped or left again on the main thread once the study's results are written.
+
+A local Ray takes seconds to start on a small machine (its GCS, raylet and agents each start
+and import), and a small study is mostly start-up, so a study starts Ray on a thread while its
+main thread loads the data and opens the stores (`meanwhile`), which need no Ray.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import ray
 
 from tuner.cluster.jobs import driver_connection_errors
 from tuner.errors import SpecError
-from tuner.internals.ray_internals import loopback_node, stop_local_daemons
+from tuner.internals.ray_internals import (
+    loopback_node,
+    no_sigterm_warning_off_the_main_thread,
+    stop_local_daemons,
+)
+
+T = TypeVar("T")
 
 #: Tune's own console output off (the live line replaces it); its warnings go to LOG_FILE.
 QUIET_RAY = {
@@ -30,19 +45,34 @@ def is_loopback_address(address: str) -> bool:
 
 
 @contextlib.contextmanager
-def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iterator[None]:
-    """Start a local Ray (or attach to `address`), unless this process already has one. On exit
+def ray_session(
+    address: str | None = None,
+    num_cpus: int | None = None,
+    meanwhile: Callable[[], T] | None = None,
+) -> Iterator[T | None]:
+    """Start a local Ray (or attach to `address`), unless this process already has one, and
+    yield what `meanwhile` returns, run on this thread while Ray starts on another. On exit
     the Ray this started is stopped (or the cluster left), on the main thread once the study's
     results are written: Ray's shutdown beside a thread that still drops Ray objects can crash
-    the driver (a segfault after "2/2 trials done" ended a Ray Job FAILED)."""
+    the driver (a segfault after "2/2 trials done" ended a Ray Job FAILED). If `meanwhile`
+    raises, Ray's start is waited for and Ray stopped before its error goes on."""
+    work: Callable[[], T | None] = meanwhile or (lambda: None)
     if ray.is_initialized():
-        yield
+        yield work()
         return
     if address and address.startswith(("http://", "https://")):
         raise SpecError(
             f"--address {address!r} is a Ray Jobs server; `tuner run` needs 'auto' or a "
             "ray://HEAD:10001 address (use `tuner submit` for the Jobs server)"
         )
+    with started_beside(lambda: start_ray(address, num_cpus), work) as value:
+        try:
+            yield value
+        finally:
+            ray.shutdown()
+
+
+def start_ray(address: str | None, num_cpus: int | None) -> None:
     quiet = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
     if address:
         # a cluster started on loopback (docs/cluster.md) is reached on loopback: Ray would
@@ -54,7 +84,45 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
         with loopback_node():
             ray.init(address="local", num_cpus=num_cpus, **quiet)
         stop_local_daemons()
+
+
+@contextlib.contextmanager
+def started_beside(start: Callable[[], None], work: Callable[[], T]) -> Iterator[T]:
+    """`work()` on this thread while `start()` runs on another, which then waits until the
+    block ends: Ray's daemons get SIGKILL when the thread that started them ends (the
+    parent-death signal Ray asks Linux for is the thread's). A failed `work` waits for the start
+    and stops Ray; a failed start raises after the work. Ray's own SIGTERM handler (a
+    `SystemExit`, which `tuner stop` relies on) is set on the main thread only, so it is set
+    here as Ray would."""
+    failed: list[BaseException] = []
+    started, ended = threading.Event(), threading.Event()
+
+    def starting() -> None:
+        try:
+            start()
+        except BaseException as exc:  # raised on the main thread below
+            failed.append(exc)
+        finally:
+            started.set()
+        ended.wait()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(signum))
+    thread = threading.Thread(target=starting, name="ray-start", daemon=True)
     try:
-        yield
+        with no_sigterm_warning_off_the_main_thread():
+            thread.start()
+            try:
+                value = work()
+            except BaseException:
+                started.wait()
+                if ray.is_initialized():
+                    ray.shutdown()
+                raise
+            started.wait()
+        if failed:
+            raise failed[0]
+        yield value
     finally:
-        ray.shutdown()
+        ended.set()
+        thread.join()

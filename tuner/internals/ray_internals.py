@@ -46,6 +46,24 @@ def loopback_node() -> Iterator[None]:
         ray_constants.ENABLE_RAY_CLUSTER = enabled
 
 
+@contextlib.contextmanager
+def no_sigterm_warning_off_the_main_thread() -> Iterator[None]:
+    """Around `ray.init` on a thread other than the main one: Ray then sets no SIGTERM handler
+    (the caller sets it) and logs a warning saying so, which would reach the user's terminal.
+    That warning comes from Ray's private module `ray._private.worker`'s logger."""
+    import logging
+
+    def keep(record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("SIGTERM handler is not set")
+
+    logger = logging.getLogger("ray._private.worker")
+    logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        logger.removeFilter(keep)
+
+
 def waiting_for_its_function(trainable: Any, grace_s: float) -> type:
     """Ray Tune's class for the function trainable `trainable`, whose stop (and reset, when Tune
     reuses the actor) waits up to `grace_s` for the function to return. Tune's own waits 0 s
