@@ -103,10 +103,11 @@ def ray_local() -> Iterator[None]:
     import ray
 
     from tuner.driver.ray_session import QUIET_RAY
-    from tuner.internals.ray_internals import loopback_node
+    from tuner.internals.ray_internals import loopback_node, without_idle_daemons
 
     os.environ.update(QUIET_RAY)
-    with loopback_node():  # listening on 127.0.0.1 only, as a study's own Ray
+    # listening on 127.0.0.1 only, without the daemons a study's own Ray goes without
+    with loopback_node(), without_idle_daemons():
         ray.init(
             address="local",
             num_cpus=2,

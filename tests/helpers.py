@@ -1107,3 +1107,19 @@ class OutageProxy:
 def reset(sock: socket.socket) -> None:
     """Close with a TCP reset (what the client of a dead server sees), not a clean FIN."""
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
+def printed_json(code: str, marker: str, cwd: Path) -> Any:
+    """Run `code` in a fresh Python (this checkout importable) and return the JSON it printed
+    on its last line starting with `marker`."""
+    checkout = Path(__file__).resolve().parents[1]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(checkout), os.environ.get("PYTHONPATH", "")]),
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=cwd, env=env
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith(f"{marker} ")]
+    assert done.returncode == 0 and lines, done.stderr[-3000:]
+    return json.loads(lines[-1].removeprefix(f"{marker} "))

@@ -7,14 +7,14 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import optuna
-import psutil
 import pytest
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from tests.helpers import save_ray_trials
+from tests.helpers import printed_json, save_ray_trials
 from tuner.internals.ray_internals import (
+    IDLE_DAEMONS,
     align_search_count,
     asha_objective,
     asha_rungs,
@@ -32,7 +32,7 @@ from tuner.internals.ray_internals import (
     retry_last_time,
     saved_trial_ids,
     saved_trial_statuses,
-    stop_local_daemons,
+    without_idle_daemons,
 )
 
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
@@ -87,24 +87,39 @@ def test_restored_callbacks() -> None:
     assert restored_callbacks(tuner) == [callback]
 
 
-def own_daemons() -> set[str]:
-    """Ray's monitor scripts among this process's own children (the fixture's local Ray)."""
-    found = set()
-    for child in psutil.Process().children(recursive=True):
-        try:
-            cmdline = " ".join(child.cmdline())
-        except psutil.Error:  # exited meanwhile (a zombie until Ray reaps it)
-            continue
-        found |= {name for name in ("log_monitor.py", "monitor.py") if f"/{name}" in cmdline}
-    return found
+#: a local Ray's daemons by what their command line runs
+DAEMON_SCRIPTS = {
+    "monitor": "/autoscaler/_private/monitor.py",
+    "log_monitor": "/_private/log_monitor.py",
+    "dashboard": "/dashboard/dashboard.py",
+    "raylet": "/raylet",
+    "gcs_server": "/gcs_server",
+}
+
+#: a local Ray started as a study starts it, in a fresh process; its daemons, found by script
+LEAN_RAY = """
+import json, psutil, ray
+from tuner.driver.ray_session import ray_session
+
+with ray_session(num_cpus=1):
+    assert ray.get(ray.remote(lambda: 7).remote()) == 7
+    print("CMDLINES", json.dumps([" ".join(p.cmdline()) for p in psutil.Process().children(True)]))
+"""
 
 
-@pytest.mark.usefixtures("ray_local")
-def test_stop_local_daemons() -> None:
-    before = own_daemons()
-    stopped = stop_local_daemons()
-    assert set(stopped) == {"monitor", "log_monitor"}
-    assert before - own_daemons() == before  # whichever were running are gone
+@pytest.mark.integration  # a local Ray started in its own process
+def test_a_local_ray_starts_without_its_idle_daemons(tmp_path: Path) -> None:
+    from ray._private.node import Node
+
+    originals = {name: getattr(Node, name) for name in IDLE_DAEMONS}
+    cmdlines = printed_json(LEAN_RAY, "CMDLINES", tmp_path)
+    running = {
+        name for name, script in DAEMON_SCRIPTS.items() if any(script in c for c in cmdlines)
+    }
+    assert running == {"raylet", "gcs_server"}, cmdlines
+    with without_idle_daemons():
+        assert all(getattr(Node, name)(None) is None for name in IDLE_DAEMONS)
+    assert {name: getattr(Node, name) for name in IDLE_DAEMONS} == originals
 
 
 def test_loopback_node_turns_ray_clusters_off_for_one_start() -> None:

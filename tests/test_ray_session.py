@@ -18,7 +18,7 @@ import psutil
 import pytest
 import ray
 
-from tests.helpers import is_loopback, listening_sockets
+from tests.helpers import is_loopback, listening_sockets, printed_json
 from tuner.driver.journal import JOURNAL_FILE
 from tuner.errors import SpecError, StudyError
 from tuner.results.dashboard_data import REPORT_FILE
@@ -42,21 +42,6 @@ RAY_PROCESSES = ("driver", "gcs_server", "raylet", "DashboardAgent", "RuntimeEnv
 
 def seen_processes(sockets: list[dict]) -> set[str]:
     return {kind for s in sockets for kind in RAY_PROCESSES if kind in s["process"]}
-
-
-def printed_json(code: str, marker: str, cwd: Path) -> Any:
-    """Run `code` in a fresh Python (this checkout importable) and return the JSON it printed
-    on its last line starting with `marker`."""
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-    }
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=cwd, env=env
-    )
-    lines = [line for line in done.stdout.splitlines() if line.startswith(f"{marker} ")]
-    assert done.returncode == 0 and lines, done.stderr[-3000:]
-    return json.loads(lines[-1].removeprefix(f"{marker} "))
 
 
 @pytest.mark.integration  # a local Ray started in its own process

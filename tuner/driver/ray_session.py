@@ -23,7 +23,7 @@ from tuner.errors import SpecError
 from tuner.internals.ray_internals import (
     loopback_node,
     no_sigterm_warning_off_the_main_thread,
-    stop_local_daemons,
+    without_idle_daemons,
 )
 
 T = TypeVar("T")
@@ -81,9 +81,8 @@ def start_ray(address: str | None, num_cpus: int | None) -> None:
         with driver_connection_errors(address), on_loopback:
             ray.init(address=address, **quiet)
     else:
-        with loopback_node():
+        with loopback_node(), without_idle_daemons():
             ray.init(address="local", num_cpus=num_cpus, **quiet)
-        stop_local_daemons()
 
 
 @contextlib.contextmanager
