@@ -3,7 +3,7 @@
 tuner's trial (`train_trial`: `tune.report` every epoch, a checkpoint per second of training) as
 one 1-CPU trial of a local Ray, against the same MLP trained by a minimal loop in the benchmark
 process. Only steady-state epochs are timed on both sides (start-up is `overhead_*`'s business),
-so the ratio is the per-epoch price of reporting and checkpointing. Target: >= 0.95.
+so the ratio is the per-epoch price of reporting and checkpointing. Target: >= 0.97 (issue 29).
 """
 
 from __future__ import annotations
@@ -131,7 +131,7 @@ def trainable_vs_bare(quick: bool) -> dict[str, Any]:
         "name": "trainable_vs_bare",
         "ratio": chosen["ratio"],
         "spread": spread([s["ratio"] for s in samples]),
-        "target": ">= 0.95",
+        "target": ">= 0.97",
         "detail": f"MLP 784-128-10 on mnist_sample, 1 thread, {epochs} epochs timed: "
         f"{chosen['trial_epochs_per_s']:.2f} epochs/s (train_trial in Ray) vs "
         f"{chosen['bare_epochs_per_s']:.2f} (hand-written loop), {repeats_text(samples)}, "
