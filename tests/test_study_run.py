@@ -1,12 +1,15 @@
-"""tuner/tracking/study_run.py: the study's parent run in MLflow (a real SQLite store)."""
+"""tuner/tracking/study_run.py: the study's parent run in MLflow (a real SQLite store), and how
+a stopped study closes it (tuner/driver/study_run.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 
-from tests.helpers import callbacks, tiny_spec
+from tests.helpers import EPOCH_1, callbacks, drive, fake_trial, tiny_spec
+from tuner.driver.study_run import StudyRun
 from tuner.results import outcomes
 from tuner.results.trials import StudyResult
 from tuner.tracking.runs import client_for
@@ -52,3 +55,26 @@ def test_passwords_in_urls_never_reach_mlflow(study_dir: Path) -> None:
     logged.append(Path(spec_artifact).read_text())
     assert not [text for text in logged if "s3cr3t-pw" in text]
     assert run.data.params["search.storage"] == "postgresql://optuna:***@db-host:5432/optuna"
+
+
+def test_a_stopped_study_s_runs_end_killed_though_a_write_before_the_stop_failed(
+    study_dir: Path,
+) -> None:
+    """`tuner stop` leaves the driver 20 s: the parent run (the study's status) is closed first,
+    and a write MLflow refused before the stop neither keeps a run RUNNING nor replaces what
+    stopped the study with its own error."""
+    recorder, tracking, client = callbacks(study_dir)
+    tracking.background = True  # as a study runs it: writes on the writer thread
+    trial = fake_trial("t1", 1)
+    drive([recorder, tracking], "on_trial_start", trial)
+    drive([recorder, tracking], "on_trial_result", trial, result=EPOCH_1)
+
+    def refused() -> None:
+        raise RuntimeError("INVALID_PARAMETER_VALUE: a batch MLflow refused")
+
+    tracking._submit(refused)
+    stopped = SimpleNamespace(tracking=tracking, parent_run_id=tracking.parent_run_id)
+    StudyRun.close_runs_killed(stopped)  # type: ignore[arg-type]
+
+    assert client.get_run(tracking.parent_run_id).info.status == "KILLED"
+    assert client.get_run(tracking.run_ids["t1"]).info.status == "KILLED"

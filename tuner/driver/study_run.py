@@ -7,6 +7,7 @@ folder uploaded. `tuner.driver.study` prepares it and holds the Ray it runs on.
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -87,6 +88,7 @@ from tuner.tracking.study_run import (
 #: after the epoch they are in) before Tune ends its actor
 WORKERS_GRACE_S = 60.0
 DRAIN_AT_END_S = 30.0  # how long a finished study waits for an unreachable MLflow server
+log = logging.getLogger(__name__)
 
 
 def make_searcher(
@@ -447,11 +449,23 @@ class StudyRun:
             failing = threading.Thread(target=self.fail_asked_trials, name="optuna-fail")
             failing.start()
             if self.tracking:
-                self.tracking.close_open_runs("KILLED")
-                self.tracking.writer.set_terminated(self.parent_run_id, status="KILLED")
-                self.tracking.writer.drain_until(DRAIN_AT_END_S)
+                self.close_runs_killed()
             failing.join()
             raise
+
+    def close_runs_killed(self) -> None:
+        """After Ctrl-C, `tuner stop` or a crash: the parent run KILLED first (the study's
+        status, and Ray kills a stopped job's driver `jobs.STOP_WAIT_S` after SIGTERM), then
+        every trial's run, its queued writes first; a write that fails here is logged, not
+        raised over what stopped the study."""
+        writer = self.tracking.writer
+        writer.set_terminated(self.parent_run_id, status="KILLED")
+        try:
+            self.tracking.close_open_runs("KILLED")
+        except Exception as exc:
+            log.warning("MLflow: the trials' runs could not all be closed: %s", first_line(exc))
+        finally:
+            writer.drain_until(DRAIN_AT_END_S)
 
     def fail_asked_trials(self) -> None:
         """Optuna's trials this study asked for and will not tell: FAIL (`interrupts`)."""
