@@ -6,9 +6,9 @@ imports included on both), the two alternate which runs first from one repeat to
 each benchmark reports the median repeat's ratio with the ratio's spread over the repeats.
 
 - `overhead_tiny` (sub-second trials, target <= 1.3) and `overhead_small` (trials of seconds,
-  target <= 1.10; both issue 29's): `python -m tuner run SPEC` (random search, FIFO, Optuna and MLflow in SQLite)
-  against `python -m benchmarks.local_trials`, which trains the configs tuner sampled with the
-  same loop in a pool of 2 processes, tracking and checkpointing nothing.
+  target <= 1.10; both issue 29's): `python -m tuner run SPEC` (random search, FIFO, Optuna and
+  MLflow in SQLite) against `python -m benchmarks.local_trials`, which trains the configs tuner
+  sampled with the same loop in a pool of 2 processes, tracking and checkpointing nothing.
 - `overhead_vs_optuna` (target <= 1.2): `tuner run` with TPE and ASHA against
   `python -m benchmarks.optuna_study`, the plain Optuna script: two worker processes sharing a
   SQLite study, the same seeded TPE settings and ASHA's rule as an Optuna pruner, MLflow runs in

@@ -42,8 +42,8 @@ SPANS = (
     ("prepare", phases.BEGAN, phases.PREPARED),
     ("optuna storage", phases.PREPARED, phases.OPTUNA_READY),
     ("mlflow store", phases.OPTUNA_READY, phases.TRACKING_READY),
-    # Ray starts on a thread from the imports' end: this is its start beyond the spans above
-    ("ray, beyond those", phases.TRACKING_READY, phases.RAY_STARTED),
+    # Ray starts on a thread beside MLflow's store: this is its start beyond that
+    ("ray, beyond the mlflow store", phases.TRACKING_READY, phases.RAY_STARTED),
     ("to the first trial", phases.RAY_STARTED, phases.FIRST_TRIAL_STARTED),
     ("to its first batch", phases.FIRST_TRIAL_STARTED, "first_batch"),
     ("end", phases.TRIALS_DONE, phases.ENDED),

@@ -3,7 +3,8 @@
 The `overhead_small` study run by `run_study` in the benchmark process, tracked to a warmed-up
 `mlflow server` on 127.0.0.1 (started before the spans, as `tuner ui` runs it), against the same
 study with tracking off. Both sides share the process model (in this process, imports behind
-them), so the ratio is tracking's price alone; they alternate which runs first. Target: <= 1.03 (issue 29).
+them), so the ratio is tracking's price alone; they alternate which runs first. Target: <= 1.03
+(issue 29).
 """
 
 from __future__ import annotations

@@ -2,8 +2,9 @@
 and stopped or left again on the main thread once the study's results are written.
 
 A local Ray takes seconds to start on a small machine (its GCS, raylet and agents each start
-and import), and a small study is mostly start-up, so a study starts Ray on a thread while its
-main thread loads the data and opens the stores (`meanwhile`), which need no Ray.
+and import), and a small study is mostly start-up, so Ray starts on a thread while the main
+thread does what needs no Ray and checks no input (`meanwhile`: MLflow's store); bad input is
+refused before Ray starts.
 """
 
 from __future__ import annotations

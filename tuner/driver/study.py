@@ -136,30 +136,28 @@ def run_study(
     """Run a whole study in the foreground and return its ranked trials. `trainable` has
     `train_trial`'s signature; the scale benchmark passes one that trains nothing."""
     phases.reached(phases.BEGAN)
+    prepared = prepare(spec)  # bad input: exit 2 before Ray starts
+    phases.reached(phases.PREPARED)
+    open_optuna_storage(spec)  # a storage that refuses the spec: exit 2, nothing started
+    prepared.warm_start = plan_warm_start(spec, prepared.space)
+    phases.reached(phases.OPTUNA_READY)
+    for line in prepared.warm_start.lines() if prepared.warm_start else []:
+        print(line)
     with (
         study_environment(None, spec) as log,
-        ray_session(address, num_cpus, meanwhile=lambda: prepare_beside_ray(spec)) as prepared,
+        ray_session(address, num_cpus, meanwhile=lambda: open_tracking_store(spec)),
     ):
         phases.reached(phases.RAY_STARTED)
-        for line in prepared.warm_start.lines() if prepared.warm_start else []:
-            print(line)
         training = place_trials(prepared)
         return run_new_study(prepared, log, show_progress, trainable, training)
 
 
-def prepare_beside_ray(spec: JobSpec) -> PreparedStudy:
-    """What a new study checks and loads while Ray starts: the data, space and model, Optuna's
-    storage (one that refuses the spec: exit 2, nothing claimed), a warm start's configs and
-    MLflow's store."""
-    prepared = prepare(spec)
-    phases.reached(phases.PREPARED)
-    open_optuna_storage(spec)
-    prepared.warm_start = plan_warm_start(spec, prepared.space)
-    phases.reached(phases.OPTUNA_READY)
+def open_tracking_store(spec: JobSpec) -> None:
+    """While Ray starts: MLflow's store answers (a new SQLite one is made), or the study is
+    refused before anything is claimed."""
     if spec.tracking.enabled:
         check_tracking(spec)
     phases.reached(phases.TRACKING_READY)
-    return prepared
 
 
 def run_new_study(
@@ -205,21 +203,20 @@ def resume_study(
         spec = spec.model_copy(
             update={"search": spec.search.model_copy(update={"num_samples": extended})}
         )
+    prepared = prepare(spec)
+    open_optuna_storage(prepared.spec)
 
-    def prepare_beside_ray() -> PreparedStudy:
-        prepared = prepare(spec)
-        open_optuna_storage(prepared.spec)
+    def mend_saved_state() -> None:  # while Ray starts
         if extended is not None:
             extend_study(results_path, extended)
         missed = rerun_trials_the_journal_missed(results_path)
         created, aligned = align_search_count(results_path)
         if extended is not None or missed or created != aligned:
             upload(folder)  # Ray restores a remote study from its URI: the new counts go there
-        return prepared
 
     with (
-        study_environment(results_path, spec),
-        ray_session(address, num_cpus, meanwhile=prepare_beside_ray) as prepared,
+        study_environment(results_path, prepared.spec),
+        ray_session(address, num_cpus, meanwhile=mend_saved_state),
     ):
         training = place_trials(prepared)
         with resumable(spec, folder):
