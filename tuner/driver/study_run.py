@@ -382,8 +382,9 @@ class StudyRun:
         a remote study's files are uploaded last."""
         try:
             self.fit()
-            trials = trials_table(self.recorder.trials.values(), self.spec)
-            interrupted = self.interrupted()
+            with finishing_first():  # every trial has run: a Ctrl-C now lets the end be written
+                trials = trials_table(self.recorder.trials.values(), self.spec)
+                interrupted = self.interrupted()
             if interrupted:
                 self.fail_asked_trials()
             if self.spec.selection is not None and not interrupted:
@@ -434,7 +435,8 @@ class StudyRun:
         """Run every trial; on Ctrl-C or a crash, leave no MLflow run RUNNING."""
 
         def fit() -> None:
-            with self.progress or contextlib.nullcontext(), ctrl_c_restored():
+            # the handler from before comes back last, after the live line's end
+            with ctrl_c_restored(), self.progress or contextlib.nullcontext():
                 phases.reached(phases.TRIALS_LAUNCHED)
                 self.tuner.fit()
 
