@@ -2,9 +2,9 @@
 and stopped or left again on the main thread once the study's results are written.
 
 A local Ray takes seconds to start on a small machine (its GCS, raylet and agents each start
-and import), and a small study is mostly start-up, so Ray starts on a thread while the main
-thread does what needs no Ray and checks no input (`meanwhile`: MLflow's store); bad input is
-refused before Ray starts.
+and import), and a small study is mostly start-up, so a local Ray starts on a thread while the
+main thread does what needs no Ray and checks no input (`meanwhile`: MLflow's store); bad input
+is refused before Ray starts, and a cluster that refuses the driver before any store is opened.
 """
 
 from __future__ import annotations
@@ -52,11 +52,12 @@ def ray_session(
     meanwhile: Callable[[], T] | None = None,
 ) -> Iterator[T | None]:
     """Start a local Ray (or attach to `address`), unless this process already has one, and
-    yield what `meanwhile` returns, run on this thread while Ray starts on another. On exit
-    the Ray this started is stopped (or the cluster left), on the main thread once the study's
-    results are written: Ray's shutdown beside a thread that still drops Ray objects can crash
-    the driver (a segfault after "2/2 trials done" ended a Ray Job FAILED). If `meanwhile`
-    raises, Ray's start is waited for and Ray stopped before its error goes on."""
+    yield what `meanwhile` returns, run on this thread while a local Ray starts on another
+    (after the attach, for a cluster: `attached_then`). On exit the Ray this started is stopped
+    (or the cluster left), on the main thread once the study's results are written: Ray's
+    shutdown beside a thread that still drops Ray objects can crash the driver (a segfault
+    after "2/2 trials done" ended a Ray Job FAILED). If `meanwhile` raises, Ray's start is
+    waited for and Ray stopped before its error goes on."""
     work: Callable[[], T | None] = meanwhile or (lambda: None)
     if ray.is_initialized():
         yield work()
@@ -66,11 +67,28 @@ def ray_session(
             f"--address {address!r} is a Ray Jobs server; `tuner run` needs 'auto' or a "
             "ray://HEAD:10001 address (use `tuner submit` for the Jobs server)"
         )
-    with started_beside(lambda: start_ray(address, num_cpus), work) as value:
+    if address:
+        starting = attached_then(address, work)
+    else:
+        starting = started_beside(lambda: start_ray(None, num_cpus), work)
+    with starting as value:
         try:
             yield value
         finally:
             ray.shutdown()
+
+
+@contextlib.contextmanager
+def attached_then(address: str, work: Callable[[], T]) -> Iterator[T]:
+    """Attach to the cluster at `address`, then `work()`: a cluster that refuses this driver
+    (a missing token, the wrong address) refuses it before `work` touches any store."""
+    start_ray(address, None)
+    try:
+        value = work()
+    except BaseException:
+        ray.shutdown()
+        raise
+    yield value
 
 
 def start_ray(address: str | None, num_cpus: int | None) -> None:

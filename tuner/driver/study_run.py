@@ -382,7 +382,7 @@ class StudyRun:
         a remote study's files are uploaded last."""
         try:
             self.fit()
-            with finishing_first():  # every trial has run: a Ctrl-C now lets the end be written
+            with finishing_first():  # the fit is over: a Ctrl-C now lets the end be written
                 trials = trials_table(self.recorder.trials.values(), self.spec)
                 interrupted = self.interrupted()
             if interrupted:
