@@ -1109,17 +1109,22 @@ def reset(sock: socket.socket) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 
 
-def printed_json(code: str, marker: str, cwd: Path) -> Any:
-    """Run `code` in a fresh Python (this checkout importable) and return the JSON it printed
-    on its last line starting with `marker`."""
+def python_in_checkout(code: str, cwd: Path) -> subprocess.CompletedProcess:
+    """Run `code` in a fresh Python, this checkout importable; its output captured."""
     checkout = Path(__file__).resolve().parents[1]
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(checkout), os.environ.get("PYTHONPATH", "")]),
     }
-    done = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=cwd, env=env
     )
+
+
+def printed_json(code: str, marker: str, cwd: Path) -> Any:
+    """Run `code` in a fresh Python (this checkout importable) and return the JSON it printed
+    on its last line starting with `marker`."""
+    done = python_in_checkout(code, cwd)
     lines = [line for line in done.stdout.splitlines() if line.startswith(f"{marker} ")]
     assert done.returncode == 0 and lines, done.stderr[-3000:]
     return json.loads(lines[-1].removeprefix(f"{marker} "))

@@ -4,10 +4,7 @@ cluster address is reached on loopback, and Ray is shut down last, on the main t
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -18,7 +15,7 @@ import psutil
 import pytest
 import ray
 
-from tests.helpers import is_loopback, listening_sockets, printed_json
+from tests.helpers import is_loopback, listening_sockets, printed_json, python_in_checkout
 from tuner.driver.journal import JOURNAL_FILE
 from tuner.errors import SpecError, StudyError
 from tuner.results.dashboard_data import REPORT_FILE
@@ -126,7 +123,7 @@ def test_the_work_beside_ray_s_start_runs_on_this_thread_while_the_start_runs_on
         seen["work on main"] = threading.current_thread() is threading.main_thread()
         return "prepared"
 
-    with started_beside(start, work) as value:
+    with started_beside(start, lambda: None, work) as value:
         assert value == "prepared"
     assert seen == {
         "start saw the work": True,
@@ -150,7 +147,10 @@ def test_a_failed_work_waits_for_the_start_and_a_failed_start_raises_after_the_w
     def bad_work() -> None:
         raise SpecError("dataset.path: no such folder")
 
-    with pytest.raises(SpecError, match="dataset.path"), started_beside(slow_start, bad_work):
+    with (
+        pytest.raises(SpecError, match="dataset.path"),
+        started_beside(slow_start, lambda: None, bad_work),
+    ):
         pass
     assert started == ["done"]  # not left starting behind the error
 
@@ -162,7 +162,10 @@ def test_a_failed_work_waits_for_the_start_and_a_failed_start_raises_after_the_w
     def record_work() -> None:
         worked.append("done")
 
-    with pytest.raises(StudyError, match="cannot reach"), started_beside(bad_start, record_work):
+    with (
+        pytest.raises(StudyError, match="cannot reach"),
+        started_beside(bad_start, lambda: None, record_work),
+    ):
         pass
     assert worked == ["done"]
 
@@ -193,18 +196,7 @@ print("BESIDE", json.dumps(seen))
 def test_a_ray_started_beside_work_runs_tasks_says_no_warning_and_exits_on_sigterm(
     tmp_path: Path,
 ) -> None:
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-    }
-    done = subprocess.run(
-        [sys.executable, "-c", BESIDE_WORK],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=tmp_path,
-        env=env,
-    )
+    done = python_in_checkout(BESIDE_WORK, tmp_path)
     (line,) = [x for x in done.stdout.splitlines() if x.startswith("BESIDE ")]
     seen = json.loads(line.removeprefix("BESIDE "))
     assert seen == {"main": True, "initialized": True, "task": 7, "sigterm": signal.SIGTERM}

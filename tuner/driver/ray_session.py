@@ -70,25 +70,21 @@ def ray_session(
     if address:
         starting = attached_then(address, work)
     else:
-        starting = started_beside(lambda: start_ray(None, num_cpus), work)
+        starting = started_beside(lambda: start_ray(None, num_cpus), ray.shutdown, work)
     with starting as value:
-        try:
-            yield value
-        finally:
-            ray.shutdown()
+        yield value
 
 
 @contextlib.contextmanager
 def attached_then(address: str, work: Callable[[], T]) -> Iterator[T]:
     """Attach to the cluster at `address`, then `work()`: a cluster that refuses this driver
-    (a missing token, the wrong address) refuses it before `work` touches any store."""
+    (a missing token, the wrong address) refuses it before `work` touches any store. The
+    cluster is left on exit, or when `work` fails."""
     start_ray(address, None)
     try:
-        value = work()
-    except BaseException:
+        yield work()
+    finally:
         ray.shutdown()
-        raise
-    yield value
 
 
 def start_ray(address: str | None, num_cpus: int | None) -> None:
@@ -105,13 +101,15 @@ def start_ray(address: str | None, num_cpus: int | None) -> None:
 
 
 @contextlib.contextmanager
-def started_beside(start: Callable[[], None], work: Callable[[], T]) -> Iterator[T]:
-    """`work()` on this thread while `start()` runs on another, which then waits until the
-    block ends: Ray's daemons get SIGKILL when the thread that started them ends (the
-    parent-death signal Ray asks Linux for is the thread's). A failed `work` waits for the start
-    and stops Ray; a failed start raises after the work. Ray's own SIGTERM handler (a
-    `SystemExit`, which `tuner stop` relies on) is set on the main thread only, so it is set
-    here as Ray would."""
+def started_beside(
+    start: Callable[[], None], stop: Callable[[], None], work: Callable[[], T]
+) -> Iterator[T]:
+    """`work()` on this thread while `start()` runs on another, which then waits until what it
+    started is stopped (`stop()`, on this thread) as the block ends or `work` fails: Ray's
+    daemons get SIGKILL when the thread that started them ends (the parent-death signal Ray
+    asks Linux for is the thread's). A failed start raises after the work. Ray's own SIGTERM
+    handler (a `SystemExit`, which `tuner stop` relies on) is set on the main thread only, so it
+    is set here as Ray would."""
     failed: list[BaseException] = []
     started, ended = threading.Event(), threading.Event()
 
@@ -132,15 +130,13 @@ def started_beside(start: Callable[[], None], work: Callable[[], T]) -> Iterator
             thread.start()
             try:
                 value = work()
-            except BaseException:
+            finally:
                 started.wait()
-                if ray.is_initialized():
-                    ray.shutdown()
-                raise
-            started.wait()
         if failed:
             raise failed[0]
         yield value
     finally:
+        if started.is_set() and not failed:
+            stop()
         ended.set()
         thread.join()
