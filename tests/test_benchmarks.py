@@ -28,6 +28,7 @@ from benchmarks.search_efficiency import (
     search_spec,
     shown,
 )
+from benchmarks.trainable_vs_bare import loop_vs_bare
 from tuner.driver.schedulers import AshaSettings
 
 
@@ -275,3 +276,14 @@ def test_the_data_parallel_suite_splits_its_batches_evenly_over_two_workers():
     assert BENCHMARKS["data_parallel"] is data_parallel.data_parallel
     for _, _, hparams, epochs, repeats in (data_parallel.QUICK, data_parallel.FULL):
         assert hparams["batch_size"] % 2 == 0 and epochs >= 2 and repeats >= 1
+
+
+def test_the_loop_alone_is_timed_epoch_by_epoch_against_the_bare_loop():
+    """Each side's epochs are timed one by one in turn; the ratio is the bare loop's median epoch
+    over the loop's (above 1: the loop is faster)."""
+    from trainables.data import DataOptions, load_dataset
+
+    digits = load_dataset(DataOptions("digits"))
+    figures = loop_vs_bare(digits, 4)
+    assert figures["loop_ms_per_epoch"] > 0 and figures["bare_ms_per_epoch"] > 0
+    assert figures["ratio"] == figures["bare_ms_per_epoch"] / figures["loop_ms_per_epoch"]
