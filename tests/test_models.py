@@ -207,6 +207,22 @@ def test_lstm_single_layer_has_no_inter_layer_dropout() -> None:
     assert lstm.input_size == 3
 
 
+@pytest.mark.parametrize("name", ["mlp", "cnn", "lstm"])
+def test_dropout_0_is_an_identity_in_the_same_place(name: str) -> None:
+    """No dropout layer where dropout is 0 (it would cost every batch and change nothing), and
+    the model's state has the same keys as with dropout, so a checkpoint loads into either."""
+    shape, layout = ((1, 8, 8), "image") if name != "lstm" else ((10, 3), "sequence")
+    without = build_model(name, {"dropout": 0.0}, shape, layout, 4)
+    with_dropout = build_model(name, {"dropout": 0.25}, shape, layout, 4)
+    dropout_kinds = (nn.Dropout, nn.Dropout1d, nn.Dropout2d)
+    assert not any(isinstance(m, dropout_kinds) for m in without.modules())
+    layers = sum(isinstance(m, dropout_kinds) for m in with_dropout.modules())
+    assert layers >= 1
+    assert count(without, nn.Identity) == layers
+    assert without.state_dict().keys() == with_dropout.state_dict().keys()
+    with_dropout.load_state_dict(without.state_dict())
+
+
 def test_unknown_hyperparameters_are_ignored_by_the_builder() -> None:
     """The trial config also holds optimiser knobs; a model takes only its own."""
     model = build_model("mlp", {"lr": 0.1, "batch_size": 32}, (4,), "vector", 2)

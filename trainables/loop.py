@@ -355,6 +355,18 @@ class TrainingRun:
         self.train_data = place(data.x_train, data.y_train, self.device, options.data_on_device)
         self.val_data = place(data.x_val, data.y_val, self.device, options.data_on_device)
         self.train_rows = train_subsample(len(data.x_train), len(data.x_val), seed)
+        #: the rows train metrics are measured on, gathered once: a validation-sized copy, where
+        #: a gather every epoch cost 1 ms of a 90 ms epoch (the MLP on mnist_sample, 1 thread)
+        self.train_metric_data = (
+            self.train_data
+            if self.train_rows is None
+            else place(
+                data.x_train[self.train_rows.numpy()],
+                data.y_train[self.train_rows.numpy()],
+                self.device,
+                options.data_on_device,
+            )
+        )
         self.batch_size = check_batch_size(self.hparams["batch_size"])
         self.lr_scheduler = make_lr_scheduler(
             self.optimizer,
@@ -426,14 +438,14 @@ class TrainingRun:
         return self._cancellable(self._formatted(batches))
 
     def _eval_batches(self) -> tuple[Iterable[Batch], Iterable[Batch]]:
-        train_rows, val_rows = self.train_rows, None
+        train_rows = val_rows = None
         if self.sharding is not None:  # each worker its share of the rows, none twice
             rank, workers, _ = self.sharding
-            if train_rows is None:
-                train_rows = torch.arange(len(self.train_data))
-            train_rows = shard_rows(train_rows, rank, workers, pad=False)
-            val_rows = shard_rows(torch.arange(len(self.val_data)), rank, workers, pad=False)
-        train = self.train_data.batches(EVAL_BATCH_SIZE, train_rows)
+            train_rows, val_rows = (
+                shard_rows(torch.arange(len(split)), rank, workers, pad=False)
+                for split in (self.train_metric_data, self.val_data)
+            )
+        train = self.train_metric_data.batches(EVAL_BATCH_SIZE, train_rows)
         val = self.val_data.batches(EVAL_BATCH_SIZE, val_rows)
         return self._cancellable(self._formatted(train)), self._cancellable(self._formatted(val))
 
