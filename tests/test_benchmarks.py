@@ -28,6 +28,7 @@ from benchmarks.search_efficiency import (
     search_spec,
     shown,
 )
+from benchmarks.tracking_overhead import differences_text
 from benchmarks.trainable_vs_bare import loop_vs_bare
 from tuner.driver.schedulers import AshaSettings
 
@@ -287,3 +288,18 @@ def test_the_loop_alone_is_timed_epoch_by_epoch_against_the_bare_loop():
     figures = loop_vs_bare(digits, 4)
     assert figures["loop_ms_per_epoch"] > 0 and figures["bare_ms_per_epoch"] > 0
     assert figures["ratio"] == figures["bare_ms_per_epoch"] / figures["loop_ms_per_epoch"]
+
+
+def test_tracking_s_price_is_split_into_the_study_s_spans():
+    def side(trials: float, end: float, epochs: float) -> dict:
+        spans = {"to the trials": 5.0, "trials": trials, "results": 1.0, "end": end}
+        return {"spans_s": spans, "epochs_s": epochs}
+
+    samples = [
+        {"tracked": side(40.0, 3.0, 70.0), "untracked": side(38.0, 1.0, 69.0)},
+        {"tracked": side(41.0, 2.5, 71.0), "untracked": side(38.0, 1.5, 69.0)},
+        {"tracked": side(39.0, 2.0, 69.5), "untracked": side(38.0, 1.0, 69.0)},
+    ]
+    assert differences_text(samples) == (
+        "to the trials +0.00, trials +2.00, results +0.00, end +1.00, trials' epochs +1.00"
+    )
