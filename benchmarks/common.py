@@ -178,6 +178,21 @@ def mlflow_server(folder: Path) -> Iterator[str]:
             server.wait(timeout=30)
 
 
+def mlflow_server_cpu_s() -> float:
+    """CPU seconds used so far by this process's `mlflow server` (its uvicorn worker included)."""
+    import psutil
+
+    total = 0.0
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if "mlflow" in " ".join(child.cmdline()):
+                cpu = child.cpu_times()
+                total += cpu.user + cpu.system
+        except psutil.Error:
+            continue
+    return total
+
+
 def warm_up(uri: str, folder: Path) -> None:
     """One call of each endpoint a study uses: a fresh server spends seconds of CPU on its first
     requests (lazy imports, its store's set-up), which a long-running server has behind it."""

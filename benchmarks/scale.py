@@ -20,7 +20,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import LR, Benchmark, Workload, journal, mlflow_server, study_spec
+from benchmarks.common import (
+    LR,
+    Benchmark,
+    Workload,
+    journal,
+    mlflow_server,
+    mlflow_server_cpu_s,
+    study_spec,
+)
 from trainables import metrics as m
 
 SCALE_TRIALS_ENV = "TUNER_BENCH_SCALE_TRIALS"  # overrides the scale benchmark's trial count
@@ -138,21 +146,6 @@ class DriverSamples:
     def cpu_at(self, moment: float) -> float:
         """CPU seconds used by the first sample at or after `moment` (the last one if none)."""
         return next((c for t, _, c in self.samples if t >= moment), self.samples[-1][2])
-
-
-def mlflow_server_cpu_s() -> float:
-    """CPU seconds used so far by this process's `mlflow server` (its uvicorn worker included)."""
-    import psutil
-
-    total = 0.0
-    for child in psutil.Process().children(recursive=True):
-        try:
-            if "mlflow" in " ".join(child.cmdline()):
-                cpu = child.cpu_times()
-                total += cpu.user + cpu.system
-        except psutil.Error:
-            continue
-    return total
 
 
 def tracking_lag_s(uri: str, experiment: str, last_end: float) -> float:

@@ -21,6 +21,7 @@ from benchmarks.common import (
     journal,
     median_sample,
     mlflow_server,
+    mlflow_server_cpu_s,
     repeats_text,
     spread,
     study_spec,
@@ -38,28 +39,32 @@ SPANS = (
 )
 
 
-def run_tuner(spec_dict: dict[str, Any]) -> float:
+def run_tuner(spec_dict: dict[str, Any]) -> tuple[float, float]:
     """Seconds of `run_study` in this process, which has imported tuner, Ray, Optuna and MLflow
-    already; its stores do not exist yet."""
+    already (its stores do not exist yet), and the CPU seconds this process used meanwhile."""
     import mlflow.tracking  # noqa: F401  (imported here before the span, as tuner.driver.study is)
 
     from tuner.driver.study import run_study
     from tuner.spec.job_spec import spec_from_dict
 
     spec = spec_from_dict(spec_dict)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     run_study(spec, num_cpus=2, show_progress=False)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu
 
 
 def small_study(uri: str, tracked: bool) -> dict[str, Any]:
     """The SMALL study in a fresh folder, tracked to `uri` or with tracking off: its seconds,
-    the seconds of each of its `SPANS`, and the seconds its epochs trained, all trials'."""
+    the seconds of each of its `SPANS`, the seconds its epochs trained (all trials'), and the
+    CPU seconds of the driver (this process: Tune's loop, the MLflow writer thread) and of the
+    mlflow server meanwhile."""
     with tempfile.TemporaryDirectory() as name:
         folder = Path(name)
         spec = study_spec(SMALL, folder, tracking_uri=uri)
         spec["tracking"]["enabled"] = tracked
-        seconds = run_tuner(spec)
+        server_cpu = mlflow_server_cpu_s()
+        seconds, driver_cpu = run_tuner(spec)
+        server_cpu = mlflow_server_cpu_s() - server_cpu
         (log,) = (folder / "results").glob("*/tuner.log")
         marks = phases.read_phases(log.read_text())
         events = journal(folder / "results")
@@ -67,11 +72,14 @@ def small_study(uri: str, tracked: bool) -> dict[str, Any]:
         "seconds": seconds,
         "spans_s": {label: marks[b] - marks[a] for label, a, b in SPANS},
         "epochs_s": sum(e["row"][m.EPOCH_TIME_S] for e in events if e["event"] == "result"),
+        "driver_cpu_s": driver_cpu,
+        "server_cpu_s": server_cpu,
     }
 
 
 def differences_text(samples: list[dict[str, Any]]) -> str:
-    """Each span's median over the repeats of (tracked - untracked) seconds, and the epochs'."""
+    """Each span's median over the repeats of (tracked - untracked) seconds, and the epochs',
+    the driver's CPU and the server's CPU."""
     keys = [label for label, _, _ in SPANS]
     medians = {
         key: statistics.median(
@@ -79,9 +87,12 @@ def differences_text(samples: list[dict[str, Any]]) -> str:
         )
         for key in keys
     }
-    medians["trials' epochs"] = statistics.median(
-        s["tracked"]["epochs_s"] - s["untracked"]["epochs_s"] for s in samples
-    )
+    for key, name in (
+        ("epochs_s", "trials' epochs"),
+        ("driver_cpu_s", "driver CPU"),
+        ("server_cpu_s", "server CPU"),
+    ):
+        medians[name] = statistics.median(s["tracked"][key] - s["untracked"][key] for s in samples)
     return ", ".join(f"{key} {value:+.2f}" for key, value in medians.items())
 
 
@@ -122,7 +133,7 @@ def tracking_overhead(quick: bool) -> dict[str, Any]:
             "stopped, the Optuna SQLite store created from nothing, every trial with its "
             "checkpoints and per-epoch MLflow writes, the results, report and MLflow summary",
             "baseline": "the same study with tracking off, in the same process: no MLflow calls "
-            "at all",
+            "at all (the server runs idle beside it)",
         },
         "samples": samples,
     }

@@ -291,15 +291,16 @@ def test_the_loop_alone_is_timed_epoch_by_epoch_against_the_bare_loop():
 
 
 def test_tracking_s_price_is_split_into_the_study_s_spans():
-    def side(trials: float, end: float, epochs: float) -> dict:
+    def side(trials: float, end: float, epochs: float, cpu: float = 0.0) -> dict:
         spans = {"to the trials": 5.0, "trials": trials, "results": 1.0, "end": end}
-        return {"spans_s": spans, "epochs_s": epochs}
+        return {"spans_s": spans, "epochs_s": epochs, "driver_cpu_s": 9 + cpu, "server_cpu_s": cpu}
 
     samples = [
-        {"tracked": side(40.0, 3.0, 70.0), "untracked": side(38.0, 1.0, 69.0)},
-        {"tracked": side(41.0, 2.5, 71.0), "untracked": side(38.0, 1.5, 69.0)},
-        {"tracked": side(39.0, 2.0, 69.5), "untracked": side(38.0, 1.0, 69.0)},
+        {"tracked": side(40.0, 3.0, 70.0, 2.0), "untracked": side(38.0, 1.0, 69.0)},
+        {"tracked": side(41.0, 2.5, 71.0, 3.0), "untracked": side(38.0, 1.5, 69.0)},
+        {"tracked": side(39.0, 2.0, 69.5, 4.0), "untracked": side(38.0, 1.0, 69.0)},
     ]
     assert differences_text(samples) == (
-        "to the trials +0.00, trials +2.00, results +0.00, end +1.00, trials' epochs +1.00"
+        "to the trials +0.00, trials +2.00, results +0.00, end +1.00, trials' epochs +1.00, "
+        "driver CPU +3.00, server CPU +3.00"
     )
