@@ -3,8 +3,9 @@
 Pure PyTorch, measured on the CPU, so the driver can check a packing of trials onto GPUs before
 any GPU is touched. The figures follow the training loop (trainables/loop.py):
 
-- data: every split as whole tensors on the device (or, with the data in host memory, one
-  training batch and one evaluation batch copied over);
+- data: every split as whole tensors on the device, and a validation-sized copy of training rows
+  for the train metrics (or, with the data in host memory, one training batch and one
+  evaluation batch copied over);
 - parameters (and buffers, e.g. batch-norm statistics) and their gradients, fp32;
 - optimizer state: Adam and AdamW keep two tensors per parameter, SGD with momentum one;
 - activations: what autograd saves for the backward pass at the config's batch size, plus one
@@ -125,7 +126,11 @@ def estimate_trial_memory(
 
 
 def dataset_bytes(data: Dataset) -> int:
-    return sum(a.nbytes for a in (data.x_train, data.y_train, data.x_val, data.y_val))
+    """Every split, and the copy of the training rows the train metrics are measured on
+    (`TrainingRun.train_metric_data`: as many as the validation split has, when fewer than all)."""
+    n_train, n_val = len(data.x_train), len(data.x_val)
+    splits = sum(a.nbytes for a in (data.x_train, data.y_train, data.x_val, data.y_val))
+    return splits + (n_val if n_val < n_train else 0) * row_bytes(data)
 
 
 def row_bytes(data: Dataset) -> int:
