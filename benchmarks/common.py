@@ -110,6 +110,14 @@ def journal(results: Path) -> list[dict]:
     return read_journal(next(results.glob(f"*/{JOURNAL_FILE}")))
 
 
+def phase_marks(results: Path) -> dict[str, float]:
+    """{phase: Unix time it ended} from the log of the study under a study's `storage` folder."""
+    from tuner.driver.phases import read_phases
+
+    (log,) = results.glob("*/tuner.log")
+    return read_phases(log.read_text())
+
+
 def first_epoch_began(events: list[dict]) -> float:
     """When the first trial started training: its first result's time less that epoch's."""
     return min(e["time"] - e["row"][m.EPOCH_TIME_S] for e in events if e["event"] == "result")

@@ -21,6 +21,7 @@ from benchmarks.common import (
     alternate,
     first_epoch_began,
     journal,
+    phase_marks,
     repeats_text,
     spread,
     study_spec,
@@ -52,8 +53,7 @@ SPANS = (
 
 def phase_times(folder: Path, began: float) -> dict[str, float]:
     """Each phase's end (Unix time) from the study's log, with the spawn and the first batch."""
-    (log,) = (folder / "results").glob("*/tuner.log")
-    marks = phases.read_phases(log.read_text())
+    marks = phase_marks(folder / "results")
     return {**marks, "spawn": began, "first_batch": first_epoch_began(journal(folder / "results"))}
 
 

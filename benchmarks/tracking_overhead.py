@@ -22,6 +22,7 @@ from benchmarks.common import (
     median_sample,
     mlflow_server,
     mlflow_server_cpu_s,
+    phase_marks,
     repeats_text,
     spread,
     study_spec,
@@ -65,8 +66,7 @@ def small_study(uri: str, tracked: bool) -> dict[str, Any]:
         server_cpu = mlflow_server_cpu_s()
         seconds, driver_cpu = run_tuner(spec)
         server_cpu = mlflow_server_cpu_s() - server_cpu
-        (log,) = (folder / "results").glob("*/tuner.log")
-        marks = phases.read_phases(log.read_text())
+        marks = phase_marks(folder / "results")
         events = journal(folder / "results")
     return {
         "seconds": seconds,

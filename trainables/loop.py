@@ -169,10 +169,16 @@ def loss_function(task: str, label_smoothing: float = 0.0) -> nn.Module:
     return RegressionLoss()
 
 
+def subsample_size(n_train: int, n_val: int) -> int:
+    """How many training rows `train_subsample` takes: as many as the validation split has, or
+    0 (all of them, no subsample) when that is no fewer."""
+    return n_val if n_val < n_train else 0
+
+
 def train_subsample(n_train: int, n_val: int, seed: int) -> torch.Tensor | None:
     """The training rows the train metrics are measured on, fixed for a run: as many as the
     validation split has (sorted, seeded by the run's seed), or None (all) when that is no fewer."""
-    if n_val >= n_train:
+    if not subsample_size(n_train, n_val):
         return None
     rng = np.random.default_rng([seed, SUBSAMPLE_STREAM])
     rows = np.sort(rng.choice(n_train, size=n_val, replace=False))
@@ -357,16 +363,12 @@ class TrainingRun:
         self.train_rows = train_subsample(len(data.x_train), len(data.x_val), seed)
         #: the rows train metrics are measured on, gathered once: a validation-sized copy, where
         #: a gather every epoch cost 1 ms of a 90 ms epoch (the MLP on mnist_sample, 1 thread)
-        self.train_metric_data = (
-            self.train_data
-            if self.train_rows is None
-            else place(
-                data.x_train[self.train_rows.numpy()],
-                data.y_train[self.train_rows.numpy()],
-                self.device,
-                options.data_on_device,
+        self.train_metric_data = self.train_data
+        if self.train_rows is not None:
+            rows = self.train_rows.numpy()
+            self.train_metric_data = place(
+                data.x_train[rows], data.y_train[rows], self.device, options.data_on_device
             )
-        )
         self.batch_size = check_batch_size(self.hparams["batch_size"])
         self.lr_scheduler = make_lr_scheduler(
             self.optimizer,

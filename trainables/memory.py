@@ -39,6 +39,7 @@ from trainables.loop import (
     OPTIMIZER_DEFAULTS,
     TrainingOptions,
     loss_function,
+    subsample_size,
 )
 from trainables.models import build_model
 
@@ -128,9 +129,8 @@ def estimate_trial_memory(
 def dataset_bytes(data: Dataset) -> int:
     """Every split, and the copy of the training rows the train metrics are measured on
     (`TrainingRun.train_metric_data`: as many as the validation split has, when fewer than all)."""
-    n_train, n_val = len(data.x_train), len(data.x_val)
     splits = sum(a.nbytes for a in (data.x_train, data.y_train, data.x_val, data.y_val))
-    return splits + (n_val if n_val < n_train else 0) * row_bytes(data)
+    return splits + subsample_size(len(data.x_train), len(data.x_val)) * row_bytes(data)
 
 
 def row_bytes(data: Dataset) -> int:
