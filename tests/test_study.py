@@ -179,6 +179,25 @@ def assert_nothing_claimed(spec: JobSpec, study_dir: Path) -> None:
     assert not (study_dir / "tuner-results").exists()
 
 
+@pytest.mark.parametrize("step", ["save_spec", "publish"])
+def test_a_ctrl_c_while_the_claimed_folder_is_written_releases_the_claim(
+    step: str, study_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The moment between claiming the execution and starting its trials (the folder, the spec,
+    the upload), where a Ctrl-C once left a folder and an Optuna study that nothing could resume:
+    the interrupt lands there every time when that step raises it."""
+
+    def ctrl_c(*args) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(f"tuner.driver.study.{step}", ctrl_c)
+    spec = tiny_spec(name="ctrl-c-at-the-claim")
+    with pytest.raises(StudyError, match="before its first trial started: nothing was kept"):
+        run_study(spec, show_progress=False)
+    assert optuna.get_all_study_names(spec.search.storage) == []
+    assert list((study_dir / "tuner-results").glob("*")) == []
+
+
 def test_gpu_request_on_a_cpu_cluster_is_refused_up_front(study_dir: Path) -> None:
     spec = tiny_spec(resources={"gpu": 0.25})
     with pytest.raises(SpecError, match=r"resources.gpu.*0.25 GPU.*cluster has 0 GPU"):

@@ -172,11 +172,10 @@ def run_new_study(
     # only now, every check passed: a refused run leaves no Optuna study and no folder
     execution = claim_execution(spec)
     folder = study_folder(spec.storage, execution)
-    results_path = folder.local
-    log.write_to(results_path / LOG_FILE)
-    save_spec(spec, prepared.plugins, results_path)
-    publish(folder)  # a remote study's spec and plug-ins are in the bucket before any trial
-    with resumable(spec, folder):
+    with resumable(spec, folder):  # from the claim on: a Ctrl-C while its folder is written too
+        log.write_to(folder.local / LOG_FILE)
+        save_spec(spec, prepared.plugins, folder.local)
+        publish(folder)  # a remote study's spec and plug-ins are in the bucket before any trial
         study = StudyRun.start(prepared, execution, folder, show_progress, trainable, training)
         return study.run()
 
