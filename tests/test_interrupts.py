@@ -13,7 +13,12 @@ import pytest
 
 from tests.helpers import tiny_spec
 from tuner.cluster.storage import StudyFolder
-from tuner.driver.interrupts import ctrl_c_restored, finishing_first, resumable
+from tuner.driver.interrupts import (
+    ctrl_c_restored,
+    finishing_first,
+    resumable,
+    still_resumable,
+)
 from tuner.driver.optuna_storage import claim_execution
 from tuner.errors import StudyError
 
@@ -58,4 +63,16 @@ def test_tuner_stop_is_an_interrupt_and_a_plain_exit_is_not(study_dir: Path) -> 
     with pytest.raises(StudyError, match="interrupted"), resumable(spec, folder):
         raise SystemExit(15)  # SIGTERM, as Ray's driver raises it
     with pytest.raises(SystemExit), resumable(spec, folder):
+        raise SystemExit(0)
+
+
+def test_an_interrupted_resume_names_the_command_and_a_plain_exit_passes(study_dir: Path) -> None:
+    spec = tiny_spec(name="resuming")
+    folder = StudyFolder(study_dir / "tuner-results" / "resuming-20261207-000000")
+    continued = pytest.raises(StudyError, match=f"continue it with: tuner resume {folder.local}$")
+    with continued, still_resumable(spec, folder):
+        raise KeyboardInterrupt
+    with pytest.raises(StudyError, match="tuner resume"), still_resumable(spec, folder):
+        raise SystemExit(15)
+    with pytest.raises(SystemExit), still_resumable(spec, folder):
         raise SystemExit(0)

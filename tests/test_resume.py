@@ -21,6 +21,7 @@ import pytest
 import torch
 import yaml
 from optuna.trial import TrialState
+from ray import tune
 
 from tests.helpers import (
     NUM_TRIALS,
@@ -34,6 +35,7 @@ from tests.helpers import (
 )
 from tuner.driver.journal import JOURNAL_FILE, read_journal
 from tuner.driver.study import resume_study, run_study
+from tuner.errors import StudyError
 from tuner.results import outcomes
 from tuner.tracking import schema
 
@@ -209,6 +211,28 @@ def test_resume_from_saved_trials_one_behind_the_searcher(study_dir: Path) -> No
     told = [t.user_attrs["tuner.trial_id"] for t in study.trials]
     assert sorted(told) == sorted([*result.trials["trial_id"], lost])  # it keeps what it learned
     assert {t.state for t in study.trials} == {optuna.trial.TrialState.COMPLETE}
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_a_ctrl_c_before_ray_restores_a_resume_says_how_to_continue(
+    study_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A resume interrupted while Ray starts (before Ray restored the study): the study stays
+    saved, and the message is the command that continues it, not a bare 'interrupted'."""
+    spec = tiny_spec(name="resumed-then-stopped", search={"num_samples": 1})
+    folder = run_study(spec, show_progress=False).results_path
+
+    def ctrl_c(*args) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("tuner.driver.study.place_trials", ctrl_c)
+    with pytest.raises(StudyError, match=f"continue it with: tuner resume {folder}$"):
+        resume_study(str(folder), show_progress=False)
+    monkeypatch.undo()
+
+    assert tune.Tuner.can_restore(str(folder))  # still saved: Ray can restore it
+    result = resume_study(str(folder), show_progress=False)
+    assert sorted(result.trials["trial"]) == [1] and not result.interrupted
 
 
 @pytest.mark.usefixtures("ray_local")

@@ -47,10 +47,27 @@ def resumable(spec: JobSpec, folder: StudyFolder) -> Iterator[None]:
                 f"study {spec.name!r} was interrupted before its first trial started: nothing "
                 "was kept (no Optuna study, MLflow run or results folder); start it again"
             ) from None
-        raise StudyError(
-            f"study {spec.name!r} was interrupted; continue it with: "
-            f"tuner resume {folder.uri or folder.local}"
-        ) from None
+        raise StudyError(continue_with(spec, folder)) from None
+
+
+@contextlib.contextmanager
+def still_resumable(spec: JobSpec, folder: StudyFolder) -> Iterator[None]:
+    """Ctrl-C or `tuner stop` while a saved study resumes, before Ray restored it (Ray
+    starting, the saved counts mended beside it): the study is still saved, so the message is
+    the command that continues it, not a bare 'interrupted'."""
+    try:
+        yield
+    except (KeyboardInterrupt, SystemExit) as exc:
+        if isinstance(exc, SystemExit) and exc.code in (0, None):
+            raise
+        raise StudyError(continue_with(spec, folder)) from None
+
+
+def continue_with(spec: JobSpec, folder: StudyFolder) -> str:
+    return (
+        f"study {spec.name!r} was interrupted; continue it with: "
+        f"tuner resume {folder.uri or folder.local}"
+    )
 
 
 def fail_asked_trials(storage: str, execution: str) -> int:

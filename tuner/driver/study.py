@@ -31,6 +31,7 @@ from tuner.driver import phases
 from tuner.driver.gpu_shares import SharePlanner
 from tuner.driver.interrupts import (
     resumable,
+    still_resumable,
 )
 from tuner.driver.journal import JOURNAL_FILE, append_event, read_journal
 from tuner.driver.optuna_storage import claim_execution, open_optuna_storage
@@ -214,6 +215,7 @@ def resume_study(
             upload(folder)  # Ray restores a remote study from its URI: the new counts go there
 
     with (
+        still_resumable(spec, folder),
         study_environment(results_path, prepared.spec),
         ray_session(address, num_cpus, meanwhile=mend_saved_state),
     ):
