@@ -13,12 +13,7 @@ import pytest
 
 from tests.helpers import tiny_spec
 from tuner.cluster.storage import StudyFolder
-from tuner.driver.interrupts import (
-    ctrl_c_restored,
-    finishing_first,
-    resumable,
-    still_resumable,
-)
+from tuner.driver.interrupts import ctrl_c_restored, finishing_first, resumable
 from tuner.driver.optuna_storage import claim_execution
 from tuner.errors import StudyError
 
@@ -70,9 +65,9 @@ def test_an_interrupted_resume_names_the_command_and_a_plain_exit_passes(study_d
     spec = tiny_spec(name="resuming")
     folder = StudyFolder(study_dir / "tuner-results" / "resuming-20261207-000000")
     continued = pytest.raises(StudyError, match=f"continue it with: tuner resume {folder.local}$")
-    with continued, still_resumable(spec, folder):
+    with continued, resumable(spec, folder, resumed=True):
         raise KeyboardInterrupt
-    with pytest.raises(StudyError, match="tuner resume"), still_resumable(spec, folder):
+    with pytest.raises(StudyError, match="tuner resume"), resumable(spec, folder, resumed=True):
         raise SystemExit(15)
-    with pytest.raises(SystemExit), still_resumable(spec, folder):
+    with pytest.raises(SystemExit), resumable(spec, folder, resumed=True):
         raise SystemExit(0)

@@ -31,43 +31,28 @@ from tuner.tracking.runs import client_for
 
 
 @contextlib.contextmanager
-def resumable(spec: JobSpec, folder: StudyFolder) -> Iterator[None]:
+def resumable(spec: JobSpec, folder: StudyFolder, *, resumed: bool = False) -> Iterator[None]:
     """Ctrl-C, or `tuner stop` (SIGTERM, which Ray's driver raises as SystemExit), at any moment
     of a claimed study that Ray Tune does not catch itself (starting, writing the results):
-    one message with the command that continues the study. Before Ray saved the study's first
-    state there is nothing to continue: the claim is released and the message says so."""
+    one message with the command that continues the study. Before Ray saved a new study's first
+    state there is nothing to continue: the claim is released and the message says so. A
+    `resumed` study was saved before: it is never released (a resume interrupted while Ray
+    starts leaves it as it was)."""
     try:
         yield
     except (KeyboardInterrupt, SystemExit) as exc:
         if isinstance(exc, SystemExit) and exc.code in (0, None):
             raise
-        if not tune.Tuner.can_restore(folder.location):
+        if not resumed and not tune.Tuner.can_restore(folder.location):
             release_claim(spec, folder)
             raise StudyError(
                 f"study {spec.name!r} was interrupted before its first trial started: nothing "
                 "was kept (no Optuna study, MLflow run or results folder); start it again"
             ) from None
-        raise StudyError(continue_with(spec, folder)) from None
-
-
-@contextlib.contextmanager
-def still_resumable(spec: JobSpec, folder: StudyFolder) -> Iterator[None]:
-    """Ctrl-C or `tuner stop` while a saved study resumes, before Ray restored it (Ray
-    starting, the saved counts mended beside it): the study is still saved, so the message is
-    the command that continues it, not a bare 'interrupted'."""
-    try:
-        yield
-    except (KeyboardInterrupt, SystemExit) as exc:
-        if isinstance(exc, SystemExit) and exc.code in (0, None):
-            raise
-        raise StudyError(continue_with(spec, folder)) from None
-
-
-def continue_with(spec: JobSpec, folder: StudyFolder) -> str:
-    return (
-        f"study {spec.name!r} was interrupted; continue it with: "
-        f"tuner resume {folder.uri or folder.local}"
-    )
+        raise StudyError(
+            f"study {spec.name!r} was interrupted; continue it with: "
+            f"tuner resume {folder.uri or folder.local}"
+        ) from None
 
 
 def fail_asked_trials(storage: str, execution: str) -> int:

@@ -29,10 +29,7 @@ from tuner.cluster.storage import (
 )
 from tuner.driver import phases
 from tuner.driver.gpu_shares import SharePlanner
-from tuner.driver.interrupts import (
-    resumable,
-    still_resumable,
-)
+from tuner.driver.interrupts import resumable
 from tuner.driver.journal import JOURNAL_FILE, append_event, read_journal
 from tuner.driver.optuna_storage import claim_execution, open_optuna_storage
 from tuner.driver.placement import (
@@ -215,14 +212,13 @@ def resume_study(
             upload(folder)  # Ray restores a remote study from its URI: the new counts go there
 
     with (
-        still_resumable(spec, folder),
+        resumable(spec, folder, resumed=True),  # from Ray's start on
         study_environment(results_path, prepared.spec),
         ray_session(address, num_cpus, meanwhile=mend_saved_state),
     ):
         training = place_trials(prepared)
-        with resumable(spec, folder):
-            run = StudyRun.restore(prepared, folder, show_progress, training)
-            return run.run()
+        run = StudyRun.restore(prepared, folder, show_progress, training)
+        return run.run()
 
 
 def extension(spec: JobSpec, overrides: list[str]) -> int | None:
